@@ -1,0 +1,98 @@
+"""Shared fixtures: real data slices, built once per test session.
+
+Slow and GPU checks are skipped visibly (reason shown by `pytest -rs`) unless asked for:
+`WENZHI_SLOW=1` runs slow ones; GPU ones run where CUDA is there.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from kg.datadir import data_dir as _configured_data_dir
+
+
+def pytest_collection_modifyitems(config, items):
+    run_slow = os.environ.get("WENZHI_SLOW") == "1"
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except ImportError:  # pragma: no cover - torch is a hard dependency
+        has_gpu = False
+    es_url = os.environ.get("WENZHI_ES_URL")
+    for item in items:
+        if "slow" in item.keywords and not run_slow:
+            item.add_marker(pytest.mark.skip(reason="slow: set WENZHI_SLOW=1 to run"))
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(pytest.mark.skip(reason="gpu: no CUDA device here"))
+        if "cluster" in item.keywords and not es_url:
+            item.add_marker(pytest.mark.skip(reason="cluster: set WENZHI_ES_URL to a cluster"))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    root = _configured_data_dir()
+    if not (root / "kb" / "knowledge.txt").exists():
+        pytest.fail(f"shared data not found at {root}: set WENZHI_DATA (see README.md)")
+    return root
+
+
+def read_questions(path: Path, limit: int | None = None) -> list[dict]:
+    """KgCLUE/NLPCC JSON lines: {"id", "question", "answer": "head ||| relation ||| tail"}."""
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                rows.append(json.loads(line))
+                if limit is not None and len(rows) >= limit:
+                    break
+    return rows
+
+
+@pytest.fixture(scope="session")
+def kgclue_dev(data_dir) -> list[dict]:
+    return read_questions(data_dir / "kgclue" / "dev.json")
+
+
+@pytest.fixture(scope="session")
+def kb_slice_path(data_dir, tmp_path_factory) -> Path:
+    """A real slice of the merged KB: every triple of the gold heads of the first 300 KgCLUE dev,
+    300 KgCLUE train and 200 NLPCC questions, every triple of their homonyms (same base name),
+    and the KB's first 5,000 lines. Small enough to import in a second, real enough to
+    hold homonyms, aliases, descriptions and many-relation entities."""
+    from kg import parse_name
+
+    heads: set[str] = set()
+    for rel, n in (("kgclue/dev.json", 300), ("kgclue/train.json", 300), ("nlpcc2016/train.json", 200)):
+        for q in read_questions(data_dir / rel, n):
+            heads.add(q["answer"].split("|||")[0].strip())
+    bases = {parse_name(h)[0] for h in heads}
+    out = tmp_path_factory.mktemp("kb") / "knowledge_slice.txt"
+    with open(data_dir / "kb" / "knowledge.txt", encoding="utf-8") as src, open(out, "w", encoding="utf-8") as dst:
+        for i, line in enumerate(src):
+            head = line.split("\t", 1)[0]
+            if i < 5000 or head in heads or parse_name(head)[0] in bases:
+                dst.write(line)
+    return out
+
+
+@pytest.fixture(scope="session")
+def kb_db(kb_slice_path, tmp_path_factory) -> Path:
+    """The KB slice imported into a TripleStore file."""
+    from kg import TripleStore
+
+    db = tmp_path_factory.mktemp("store") / "kb.sqlite"
+    TripleStore.import_files([kb_slice_path], db)
+    return db
+
+
+@pytest.fixture(scope="session")
+def kb_store(kb_db):
+    from kg import TripleStore
+
+    store = TripleStore(kb_db)
+    yield store
+    store.close()
