@@ -1,0 +1,193 @@
+"""TripleStore: an embedded, file-backed (SQLite) store of KB triples, entities and aliases.
+
+Schema (written by kg.importer):
+  entities(id, name, base, disambiguation, description, n_triples)   indexed by name and base
+  relations(id, name)
+  triples(head_id, rel_id, tail)   clustered on (head_id, rel_id, tail), indexed by tail
+  aliases(entity_id, alias)        aliases from alias relations (the base name is implicit)
+  meta(key, value)                 import summary, configuration and a fingerprint
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+
+@dataclass(frozen=True)
+class Entity:
+    id: int
+    name: str  # the full KB head, e.g. '守望星光（韩玉玲、刘东考演唱歌曲）'
+    base: str
+    disambiguation: str | None
+    description: str | None
+    n_triples: int = 0
+
+
+@dataclass(frozen=True)
+class Triple:
+    head: str
+    relation: str
+    tail: str
+    head_id: int
+
+
+_ENTITY_COLUMNS = "id, name, base, disambiguation, description, n_triples"
+_TRIPLE_SELECT = (
+    "SELECT e.name, r.name, t.tail, t.head_id FROM triples t "
+    "JOIN entities e ON e.id = t.head_id JOIN relations r ON r.id = t.rel_id "
+)
+
+
+class TripleStore:
+    """Read access to a store written by `TripleStore.import_files`.
+
+    Opened read-only, so several processes (CLI, service workers) can share one file.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(
+                f"no triple store at {self.path}: create one with `wenzhi kg import FILE --db {self.path}`"
+            )
+        self._conn = sqlite3.connect(
+            f"file:{self.path.resolve()}?mode=ro", uri=True, check_same_thread=False
+        )
+        self._conn.execute("PRAGMA query_only=ON")
+        self._meta = dict(self._conn.execute("SELECT key, value FROM meta"))
+        self._relation_names: dict[int, str] | None = None
+
+    # -- import ---------------------------------------------------------------------------
+    @staticmethod
+    def import_files(files, db_path, fmt: str = "auto", **options):
+        """Stream `files` into a new store at `db_path` (atomically replacing any old one).
+
+        Returns an `ImportSummary`; see `kg.importer.import_files` for the options."""
+        from kg.importer import import_files
+
+        return import_files(files, db_path, fmt=fmt, **options)
+
+    # -- entities -------------------------------------------------------------------------
+    @staticmethod
+    def _entity(row) -> Entity | None:
+        return Entity(*row) if row else None
+
+    def entity(self, entity_id: int) -> Entity | None:
+        row = self._conn.execute(
+            f"SELECT {_ENTITY_COLUMNS} FROM entities WHERE id = ?", (entity_id,)
+        ).fetchone()
+        return self._entity(row)
+
+    def entity_by_name(self, full_name: str) -> Entity | None:
+        row = self._conn.execute(
+            f"SELECT {_ENTITY_COLUMNS} FROM entities WHERE name = ?", (full_name.strip(),)
+        ).fetchone()
+        return self._entity(row)
+
+    def entities_by_base(self, base: str) -> list[Entity]:
+        """Homonyms sharing a base name, the most described (most triples) first."""
+        rows = self._conn.execute(
+            f"SELECT {_ENTITY_COLUMNS} FROM entities WHERE base = ? ORDER BY n_triples DESC, id",
+            (base.strip(),),
+        )
+        return [Entity(*r) for r in rows]
+
+    def n_entities(self) -> int:
+        return self._conn.execute("SELECT COUNT(*) FROM entities").fetchone()[0]
+
+    def iter_entities(self) -> Iterator[Entity]:
+        for row in self._conn.execute(f"SELECT {_ENTITY_COLUMNS} FROM entities ORDER BY id"):
+            yield Entity(*row)
+
+    def aliases(self, entity_id: int) -> list[str]:
+        """The base name first, then aliases taken from alias relations."""
+        entity = self.entity(entity_id)
+        if entity is None:
+            return []
+        out = [entity.base]
+        for (alias,) in self._conn.execute(
+            "SELECT alias FROM aliases WHERE entity_id = ? ORDER BY alias", (entity_id,)
+        ):
+            if alias not in out:
+                out.append(alias)
+        return out
+
+    def iter_aliases(self) -> Iterator[tuple[int, str]]:
+        """(entity id, alias) for every alias-relation alias (base names are not repeated here)."""
+        yield from self._conn.execute("SELECT entity_id, alias FROM aliases")
+
+    # -- triples --------------------------------------------------------------------------
+    def triples(self, entity_id: int, relation: str | None = None) -> list[Triple]:
+        if relation is None:
+            rows = self._conn.execute(_TRIPLE_SELECT + "WHERE t.head_id = ?", (entity_id,))
+        else:
+            rows = self._conn.execute(
+                _TRIPLE_SELECT + "WHERE t.head_id = ? AND r.name = ?", (entity_id, relation)
+            )
+        return [Triple(*r) for r in rows]
+
+    def triples_by_tail(self, tail: str) -> list[Triple]:
+        rows = self._conn.execute(_TRIPLE_SELECT + "WHERE t.tail = ?", (tail.strip(),))
+        return [Triple(*r) for r in rows]
+
+    def iter_triples(self) -> Iterator[Triple]:
+        names = self.relation_names()
+        cur = self._conn.execute(
+            "SELECT e.name, t.rel_id, t.tail, t.head_id FROM triples t JOIN entities e ON e.id = t.head_id"
+        )
+        for head, rel_id, tail, head_id in cur:
+            yield Triple(head, names[rel_id], tail, head_id)
+
+    def relation_names(self) -> dict[int, str]:
+        if self._relation_names is None:
+            self._relation_names = dict(self._conn.execute("SELECT id, name FROM relations"))
+        return self._relation_names
+
+    def relation_counts(self) -> list[tuple[str, int]]:
+        """(relation, number of triples), most frequent first."""
+        names = self.relation_names()
+        rows = self._conn.execute(
+            "SELECT rel_id, COUNT(*) AS n FROM triples GROUP BY rel_id ORDER BY n DESC"
+        )
+        return [(names[rel_id], n) for rel_id, n in rows]
+
+    # -- bookkeeping ----------------------------------------------------------------------
+    @property
+    def fingerprint(self) -> str:
+        """Changes with every import: derived files (the alias index) are keyed by it."""
+        return self._meta["fingerprint"]
+
+    @property
+    def config(self) -> dict:
+        return json.loads(self._meta.get("config", "{}"))
+
+    def stats(self) -> dict:
+        one = lambda sql: self._conn.execute(sql).fetchone()[0]  # noqa: E731
+        return {
+            "path": str(self.path),
+            "bytes": self.path.stat().st_size,
+            "entities": one("SELECT COUNT(*) FROM entities"),
+            "triples": one("SELECT COUNT(*) FROM triples"),
+            "relations": one("SELECT COUNT(*) FROM relations"),
+            "aliases": one("SELECT COUNT(*) FROM aliases"),
+            "entities_with_description": one(
+                "SELECT COUNT(*) FROM entities WHERE description IS NOT NULL"
+            ),
+            "homonym_bases": one(
+                "SELECT COUNT(*) FROM (SELECT base FROM entities GROUP BY base HAVING COUNT(*) > 1)"
+            ),
+            "fingerprint": self.fingerprint,
+            "import": json.loads(self._meta.get("import_summary", "{}")),
+        }
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> "TripleStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
