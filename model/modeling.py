@@ -1,0 +1,610 @@
+"""wenzhi's encoder: an ERNIE-3.0-style universal module with NLU and NLG task modules.
+
+    tokens ──embed──> universal layers (shared) ──┬──> NLU layers (bidirectional)  -> MLM / NER / SIM heads
+                                                  └──> NLG layers (prefix-LM mask) -> LM / generation head
+
+Pre-LN blocks, rotary positions that restart at every packed document, and one
+`F.scaled_dot_product_attention` call per layer whose boolean mask is block-diagonal over
+`document_ids` (attention never crosses documents in a packed row). The NLG path runs the universal
+module under the prefix-LM (UniLM) mask too, otherwise target tokens would see the future through
+the shared layers.
+
+`model.universal(...)` runs the shared module once and returns a `UniversalOutput`; every head offers
+`from_universal(universal_output, ...)`, so one backbone pass can feed several heads (OBERT's unified
+representation). Heads fine-tuned with `freeze_universal()` from one checkpoint keep bit-identical
+universal weights and can therefore share that pass.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForPreTraining,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    PretrainedConfig,
+    PreTrainedModel,
+)
+from transformers import initialization as init
+from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassifierOutput
+from transformers.utils import ModelOutput
+
+IGNORE_INDEX = -100
+
+
+class WenzhiConfig(PretrainedConfig):
+    model_type = "wenzhi"
+
+    def __init__(
+        self,
+        vocab_size: int = 21128,
+        hidden_size: int = 256,
+        num_universal_layers: int = 2,
+        num_nlu_layers: int = 2,
+        num_nlg_layers: int = 1,
+        num_attention_heads: int = 4,
+        intermediate_size: int = 1024,
+        hidden_act: str = "gelu",
+        max_position_embeddings: int = 512,
+        type_vocab_size: int = 3,  # 0 text, 1 triple, 2 retrieved/knowledge context
+        rope_theta: float = 10000.0,
+        hidden_dropout_prob: float = 0.1,
+        attention_probs_dropout_prob: float = 0.1,
+        layer_norm_eps: float = 1e-12,
+        initializer_range: float = 0.02,
+        pad_token_id: int = 0,
+        cls_token_id: int = 101,
+        sep_token_id: int = 102,
+        mask_token_id: int = 103,
+        num_kinds: int = 4,  # example kinds in the shards (per-kind loss)
+        classifier_dropout: float | None = None,
+        **kwargs,
+    ):
+        # Input and output embeddings are tied by construction (the heads project with the word
+        # embedding matrix), so transformers' own tying machinery has nothing to do.
+        kwargs.setdefault("tie_word_embeddings", False)
+        super().__init__(pad_token_id=pad_token_id, **kwargs)
+        if hidden_size % num_attention_heads or (hidden_size // num_attention_heads) % 2:
+            raise ValueError(
+                f"hidden_size {hidden_size} must split into {num_attention_heads} heads of even size (rotary)"
+            )
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_universal_layers = num_universal_layers
+        self.num_nlu_layers = num_nlu_layers
+        self.num_nlg_layers = num_nlg_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        self.max_position_embeddings = max_position_embeddings
+        self.type_vocab_size = type_vocab_size
+        self.rope_theta = rope_theta
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_probs_dropout_prob = attention_probs_dropout_prob
+        self.layer_norm_eps = layer_norm_eps
+        self.initializer_range = initializer_range
+        self.cls_token_id = cls_token_id
+        self.sep_token_id = sep_token_id
+        self.mask_token_id = mask_token_id
+        self.num_kinds = num_kinds
+        self.classifier_dropout = classifier_dropout
+
+
+# ----------------------------------------------------------------------------- attention layout
+
+
+@dataclass
+class AttentionLayout:
+    """Who may attend to whom, and where each token sits: shared by every layer of a pass."""
+
+    mask: torch.Tensor | None  # bool [B, 1, L, L], True = may attend; None = everyone sees everyone
+    positions: torch.Tensor  # long [B, L], restarting at 0 at every document
+    document_ids: torch.Tensor  # long [B, L], -1 = padding
+    prefix_lm: bool  # True when built with the prefix-LM (UniLM) mask
+
+
+def positions_from_documents(document_ids: torch.Tensor) -> torch.Tensor:
+    """Index of each token inside its own (contiguous) document: [0,1,2,0,1,0,...]."""
+    B, L = document_ids.shape
+    arange = torch.arange(L, device=document_ids.device).expand(B, L)
+    starts = torch.ones_like(document_ids, dtype=torch.bool)
+    starts[:, 1:] = document_ids[:, 1:] != document_ids[:, :-1]
+    start_index = torch.cummax(torch.where(starts, arange, torch.zeros_like(arange)), dim=1).values
+    return arange - start_index
+
+
+def build_layout(
+    input_ids: torch.Tensor,
+    document_ids: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    prefix_lengths: torch.Tensor | None = None,
+    prefix_lm: bool = False,
+) -> AttentionLayout:
+    """Block-diagonal (per document) mask; with `prefix_lm`, bidirectional over each document's
+    first `prefix_lengths` tokens and causal after them. `prefix_lengths` is [B] (same prefix for
+    every document of a row) or [B, L] (per token: the prefix length of that token's document);
+    None with prefix_lm means a purely causal mask."""
+    B, L = input_ids.shape
+    if document_ids is None:
+        if attention_mask is None:
+            document_ids = torch.zeros_like(input_ids, dtype=torch.long)
+        else:
+            document_ids = torch.where(attention_mask.bool(), 0, -1).long()
+    document_ids = document_ids.long()
+    positions = positions_from_documents(document_ids)
+    single_document = bool((document_ids == document_ids[:, :1]).all())
+    if not prefix_lm and single_document:
+        return AttentionLayout(None, positions, document_ids, False)
+    mask = document_ids[:, :, None] == document_ids[:, None, :]
+    if prefix_lm:
+        if prefix_lengths is None:
+            prefix_lengths = torch.zeros(B, dtype=torch.long, device=input_ids.device)
+        prefix_lengths = prefix_lengths.to(input_ids.device).long()
+        if prefix_lengths.dim() == 1:
+            prefix_lengths = prefix_lengths[:, None].expand(B, L)
+        key_pos = positions[:, None, :]
+        visible = (key_pos <= positions[:, :, None]) | (key_pos < prefix_lengths[:, None, :])
+        mask = mask & visible
+    return AttentionLayout(mask[:, None], positions, document_ids, prefix_lm)
+
+
+def rotary_tables(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
+    angles = positions.float()[..., None] * inv_freq  # [B, L, D/2]
+    angles = torch.cat([angles, angles], dim=-1)[:, None]  # [B, 1, L, D]
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+# ----------------------------------------------------------------------------- blocks
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: WenzhiConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.out = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout_p = config.attention_probs_dropout_prob
+
+    def forward(self, x, cos, sin, mask, cache: dict | None = None):
+        B, L, H = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = apply_rotary(q, cos, sin).to(v.dtype), apply_rotary(k, cos, sin).to(v.dtype)  # [B, nh, L, hd]
+        if cache is not None:  # incremental decoding: keys/values of earlier tokens
+            if "k" in cache:
+                k = torch.cat([cache["k"], k], dim=2)
+                v = torch.cat([cache["v"], v], dim=2)
+            cache["k"], cache["v"] = k, v
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout_p if self.training else 0.0
+        )
+        return self.out(y.transpose(1, 2).reshape(B, L, H))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config: WenzhiConfig):
+        super().__init__()
+        self.up = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.down = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.act = nn.GELU(approximate="tanh" if config.hidden_act == "gelu_new" else "none")
+
+    def forward(self, x):
+        return self.down(self.act(self.up(x)))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: x + attn(LN(x)), then x + ffn(LN(x))."""
+
+    def __init__(self, config: WenzhiConfig):
+        super().__init__()
+        self.attn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attn = SelfAttention(config)
+        self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.ffn = FeedForward(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, x, cos, sin, mask, cache=None):
+        x = x + self.dropout(self.attn(self.attn_norm(x), cos, sin, mask, cache))
+        return x + self.dropout(self.ffn(self.ffn_norm(x)))
+
+
+class Embeddings(nn.Module):
+    def __init__(self, config: WenzhiConfig):
+        super().__init__()
+        self.word = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.token_type = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids, token_type_ids):
+        x = self.word(input_ids) + self.token_type(token_type_ids)
+        return self.dropout(self.norm(x))
+
+
+class PredictionHead(nn.Module):
+    """dense + GELU + LN, then the (tied) word-embedding projection plus a bias."""
+
+    def __init__(self, config: WenzhiConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, hidden: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.norm(F.gelu(self.dense(hidden))), word_embeddings, self.bias)
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+@dataclass
+class UniversalOutput(ModelOutput):
+    """The shared module's output plus the layout it was computed under (heads reuse both)."""
+
+    hidden_states: torch.Tensor | None = None
+    layout: AttentionLayout | None = None
+    rotary: tuple | None = None
+
+
+@dataclass
+class WenzhiPretrainingOutput(ModelOutput):
+    loss: torch.Tensor | None = None
+    mlm_loss: torch.Tensor | None = None
+    lm_loss: torch.Tensor | None = None
+    mlm_logits: torch.Tensor | None = None  # [num_masked, V]: only masked positions are projected
+    kind_loss_sum: torch.Tensor | None = None  # [num_kinds] summed MLM loss per example kind (detached)
+    kind_count: torch.Tensor | None = None  # [num_kinds] masked tokens per kind
+    mlm_correct: torch.Tensor | None = None  # number of masked tokens predicted right
+
+
+@dataclass
+class PrefixLMOutput(ModelOutput):
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+
+
+@dataclass
+class GenerationResult:
+    sequences: torch.Tensor  # long [B, R, T] generated target tokens (pad after eos)
+    scores: torch.Tensor  # float [B, R] sum of log-probabilities / length ** length_penalty
+
+
+# ----------------------------------------------------------------------------- models
+
+
+class WenzhiPreTrainedModel(PreTrainedModel):
+    config_class = WenzhiConfig
+    base_model_prefix = "wenzhi"
+    _no_split_modules = ["Block"]
+    _supports_sdpa = True
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, PredictionHead):
+            init.zeros_(module.bias)
+
+    def freeze_universal(self, frozen: bool = True) -> None:
+        """Stop (or resume) training the embeddings and the universal module (ERNIE 3.0 fine-tuning)."""
+        base = self.wenzhi if hasattr(self, "wenzhi") else self
+        for p in list(base.embeddings.parameters()) + list(base.universal_layers.parameters()):
+            p.requires_grad_(not frozen)
+
+    def universal(self, *args, **kwargs) -> UniversalOutput:
+        base = self.wenzhi if hasattr(self, "wenzhi") else self
+        return base.universal(*args, **kwargs)
+
+    @classmethod
+    def from_bert(cls, bert_dir: str | Path, **config_overrides):
+        """This model with its universal (and task) modules initialised from a Hugging Face BERT
+        checkpoint directory; see model/bert_init.py for what maps and what does not."""
+        from model.bert_init import wenzhi_from_bert
+
+        return wenzhi_from_bert(cls, bert_dir, **config_overrides)
+
+
+class WenzhiModel(WenzhiPreTrainedModel):
+    def __init__(self, config: WenzhiConfig):
+        super().__init__(config)
+        self.embeddings = Embeddings(config)
+        self.universal_layers = nn.ModuleList(Block(config) for _ in range(config.num_universal_layers))
+        self.nlu_layers = nn.ModuleList(Block(config) for _ in range(config.num_nlu_layers))
+        self.nlu_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.nlg_layers = nn.ModuleList(Block(config) for _ in range(config.num_nlg_layers))
+        self.nlg_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embeddings.word
+
+    def set_input_embeddings(self, value):
+        self.embeddings.word = value
+
+    def universal(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        document_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        prefix_lengths: torch.Tensor | None = None,
+        prefix_lm: bool = False,
+        caches: list | None = None,
+        layout: AttentionLayout | None = None,
+    ) -> UniversalOutput:
+        """Embeddings + shared layers. `prefix_lm=True` (or giving `prefix_lengths`) builds the
+        prefix-LM mask that the NLG branch needs; otherwise the mask is bidirectional per document."""
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        if layout is None:
+            layout = build_layout(
+                input_ids, document_ids, attention_mask, prefix_lengths, prefix_lm or prefix_lengths is not None
+            )
+        x = self.embeddings(input_ids, token_type_ids.long())
+        head_dim = self.config.hidden_size // self.config.num_attention_heads
+        cos, sin = rotary_tables(layout.positions, head_dim, self.config.rope_theta, x.dtype)
+        for i, block in enumerate(self.universal_layers):
+            x = block(x, cos, sin, layout.mask, caches[i] if caches is not None else None)
+        return UniversalOutput(hidden_states=x, layout=layout, rotary=(cos, sin))
+
+    def nlu(self, universal_output: UniversalOutput) -> torch.Tensor:
+        x = universal_output.hidden_states
+        cos, sin = universal_output.rotary
+        for block in self.nlu_layers:
+            x = block(x, cos, sin, universal_output.layout.mask)
+        return self.nlu_norm(x)
+
+    def nlg(self, universal_output: UniversalOutput, caches: list | None = None) -> torch.Tensor:
+        if not universal_output.layout.prefix_lm:
+            raise ValueError(
+                "the NLG branch needs the universal module run under the prefix-LM mask "
+                "(universal(..., prefix_lm=True) or prefix_lengths=...); a bidirectional pass leaks the future"
+            )
+        x = universal_output.hidden_states
+        cos, sin = universal_output.rotary
+        offset = len(self.universal_layers)
+        for i, block in enumerate(self.nlg_layers):
+            x = block(x, cos, sin, universal_output.layout.mask, caches[offset + i] if caches is not None else None)
+        return self.nlg_norm(x)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        document_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        branch: str = "nlu",
+        prefix_lengths: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Last hidden states [B, L, H] of the NLU (bidirectional) or NLG (prefix-LM) branch."""
+        if branch not in ("nlu", "nlg"):
+            raise ValueError(f"branch must be 'nlu' or 'nlg', not {branch!r}")
+        out = self.universal(
+            input_ids, token_type_ids, document_ids, attention_mask, prefix_lengths, prefix_lm=branch == "nlg"
+        )
+        return self.nlu(out) if branch == "nlu" else self.nlg(out)
+
+
+def _masked_lm_targets(labels: torch.Tensor) -> torch.Tensor:
+    return labels.reshape(-1) != IGNORE_INDEX
+
+
+class WenzhiForPretraining(WenzhiPreTrainedModel):
+    """Knowledge MLM on the NLU branch, projected to the vocabulary ONLY at masked positions (the
+    hidden states where labels != -100 are gathered first), plus prefix-LM loss on the NLG branch."""
+
+    def __init__(self, config: WenzhiConfig):
+        super().__init__(config)
+        self.wenzhi = WenzhiModel(config)
+        self.mlm_head = PredictionHead(config)
+        self.lm_head = PredictionHead(config)
+        self.post_init()
+
+    def mlm_from_universal(self, universal_output: UniversalOutput, labels: torch.Tensor, kind=None):
+        hidden = self.wenzhi.nlu(universal_output)
+        selected = _masked_lm_targets(labels)
+        masked_hidden = hidden.reshape(-1, hidden.shape[-1])[selected]  # [M, H]
+        targets = labels.reshape(-1)[selected].long()
+        logits = self.mlm_head(masked_hidden, self.wenzhi.embeddings.word.weight)  # [M, V]
+        token_loss = F.cross_entropy(logits.float(), targets, reduction="none")
+        loss = token_loss.mean() if targets.numel() else logits.sum() * 0.0
+        kind_sum = kind_count = None
+        if kind is not None:
+            token_kind = kind.long()[:, None].expand_as(labels).reshape(-1)[selected]
+            n = self.config.num_kinds
+            kind_sum = torch.zeros(n, device=loss.device).index_add_(0, token_kind, token_loss.detach())
+            kind_count = torch.bincount(token_kind, minlength=n)[:n]
+        correct = (logits.argmax(-1) == targets).sum().detach()
+        return loss, logits, kind_sum, kind_count, correct
+
+    def lm_from_universal(self, universal_output: UniversalOutput, lm_labels: torch.Tensor):
+        """Next-token loss: hidden at t predicts lm_labels[t + 1] when t and t + 1 share a document."""
+        hidden = self.wenzhi.nlg(universal_output)
+        doc = universal_output.layout.document_ids
+        shifted = lm_labels[:, 1:]
+        keep = (shifted != IGNORE_INDEX) & (doc[:, 1:] == doc[:, :-1])
+        h = hidden[:, :-1][keep]
+        logits = self.lm_head(h, self.wenzhi.embeddings.word.weight)
+        if not h.shape[0]:
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits.float(), shifted[keep].long())
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        document_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        kind: torch.Tensor | None = None,
+        lm_input_ids: torch.Tensor | None = None,
+        lm_prefix_lengths: torch.Tensor | None = None,
+        lm_labels: torch.Tensor | None = None,
+        lm_weight: float = 1.0,
+    ) -> WenzhiPretrainingOutput:
+        """MLM over (masked) `input_ids`; the NLG loss runs when `lm_prefix_lengths` ([B] or per token
+        [B, L]) is given: on `lm_input_ids` (default: the original tokens, labels put back), predicting
+        `lm_labels` (default: the tokens after each document's prefix)."""
+        out = self.wenzhi.universal(input_ids, token_type_ids, document_ids, attention_mask)
+        mlm_loss = logits = kind_sum = kind_count = correct = None
+        total = None
+        if labels is not None:
+            mlm_loss, logits, kind_sum, kind_count, correct = self.mlm_from_universal(out, labels, kind)
+            total = mlm_loss
+        lm_loss = None
+        if lm_prefix_lengths is not None and lm_weight > 0:
+            if lm_input_ids is None:
+                if labels is None:
+                    raise ValueError("lm_input_ids or labels (to restore the original tokens) is required")
+                lm_input_ids = torch.where(labels != IGNORE_INDEX, labels, input_ids)
+            lm_out = self.wenzhi.universal(
+                lm_input_ids, token_type_ids, out.layout.document_ids, prefix_lengths=lm_prefix_lengths
+            )
+            if lm_labels is None:
+                prefix = lm_prefix_lengths if lm_prefix_lengths.dim() == 2 else lm_prefix_lengths[:, None]
+                target = (lm_out.layout.positions >= prefix) & (lm_out.layout.document_ids >= 0)
+                lm_labels = torch.where(target, lm_input_ids, IGNORE_INDEX)
+            lm_loss = self.lm_from_universal(lm_out, lm_labels)
+            total = lm_weight * lm_loss if total is None else total + lm_weight * lm_loss
+        return WenzhiPretrainingOutput(
+            loss=total, mlm_loss=mlm_loss, lm_loss=lm_loss, mlm_logits=logits,
+            kind_loss_sum=kind_sum, kind_count=kind_count, mlm_correct=correct,
+        )
+
+
+class WenzhiForTokenClassification(WenzhiPreTrainedModel):
+    def __init__(self, config: WenzhiConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.wenzhi = WenzhiModel(config)
+        p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(p)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def from_universal(self, universal_output: UniversalOutput, labels: torch.Tensor | None = None):
+        hidden = self.wenzhi.nlu(universal_output)
+        logits = self.classifier(self.dropout(hidden))
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.reshape(-1, self.num_labels).float(), labels.reshape(-1).long())
+        return TokenClassifierOutput(loss=loss, logits=logits)
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, document_ids=None, labels=None):
+        out = self.wenzhi.universal(input_ids, token_type_ids, document_ids, attention_mask)
+        return self.from_universal(out, labels)
+
+
+class WenzhiForSequencePairClassification(WenzhiPreTrainedModel):
+    """Scores a pair such as `[CLS] question [SEP] relation [SEP]` from the [CLS] (first) token.
+    num_labels == 1: one similarity logit trained with BCE on float labels in [0, 1];
+    num_labels > 1: softmax classes trained with cross-entropy."""
+
+    def __init__(self, config: WenzhiConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.wenzhi = WenzhiModel(config)
+        self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
+        p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(p)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def from_universal(self, universal_output: UniversalOutput, labels: torch.Tensor | None = None):
+        hidden = self.wenzhi.nlu(universal_output)
+        pooled = torch.tanh(self.pooler(hidden[:, 0]))
+        logits = self.classifier(self.dropout(pooled))
+        loss = None
+        if labels is not None:
+            if self.num_labels == 1:
+                loss = F.binary_cross_entropy_with_logits(logits.squeeze(-1).float(), labels.float())
+            else:
+                loss = F.cross_entropy(logits.float(), labels.long())
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None):
+        out = self.wenzhi.universal(input_ids, token_type_ids, attention_mask=attention_mask)
+        return self.from_universal(out, labels)
+
+
+class WenzhiForPrefixLM(WenzhiPreTrainedModel):
+    """Seq2seq in one stack (UniLM): `[CLS] source [SEP] target [SEP]`, bidirectional over the
+    source prefix, causal over the target; the loss is next-token prediction over the target."""
+
+    def __init__(self, config: WenzhiConfig):
+        super().__init__(config)
+        self.wenzhi = WenzhiModel(config)
+        self.lm_head = PredictionHead(config)  # same name as in WenzhiForPretraining: loads from it
+        self.post_init()
+
+    def from_universal(self, universal_output: UniversalOutput, labels: torch.Tensor | None = None):
+        hidden = self.wenzhi.nlg(universal_output)
+        weight = self.wenzhi.embeddings.word.weight
+        loss = logits = None
+        if labels is not None:  # project only where a next token is predicted
+            doc = universal_output.layout.document_ids
+            shifted = labels[:, 1:]
+            keep = (shifted != IGNORE_INDEX) & (doc[:, 1:] == doc[:, :-1])
+            logits = self.lm_head(hidden[:, :-1][keep], weight)
+            loss = F.cross_entropy(logits.float(), shifted[keep].long()) if keep.any() else logits.sum() * 0.0
+        else:
+            logits = self.lm_head(hidden, weight)
+        return PrefixLMOutput(loss=loss, logits=logits)
+
+    def forward(self, input_ids, prefix_lengths, token_type_ids=None, attention_mask=None, labels=None):
+        """`prefix_lengths` [B]: source length (incl. [CLS] ... [SEP]) of each row. `labels` are aligned
+        with input_ids (shifted inside) and -100 on the source and padding; with labels, `logits` are
+        only those of the predicted positions ([num_targets, V]), else [B, L, V]."""
+        out = self.wenzhi.universal(
+            input_ids, token_type_ids, attention_mask=attention_mask, prefix_lengths=prefix_lengths
+        )
+        return self.from_universal(out, labels)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        max_new_tokens: int = 32,
+        num_beams: int = 1,
+        num_return_sequences: int = 1,
+        allowed_tokens_fn: Callable[[int, list[int]], list[int]] | None = None,
+        eos_token_id: int | None = None,
+        target_token_type: int = 0,
+        length_penalty: float = 1.0,
+    ) -> GenerationResult:
+        """Greedy (num_beams=1) or beam search from source rows `input_ids` (each `[CLS] source [SEP]`,
+        any padding side given `attention_mask`). `allowed_tokens_fn(batch_idx, prefix_ids)` gets the
+        row index and the target tokens generated so far and returns the token ids allowed next (a
+        KB prefix trie); an empty list ends that hypothesis. Uses a key/value cache: the source is
+        encoded once, each step runs one token through the layers."""
+        from model.generation import prefix_lm_generate
+
+        return prefix_lm_generate(
+            self, input_ids, attention_mask, token_type_ids, max_new_tokens, num_beams,
+            num_return_sequences, allowed_tokens_fn,
+            self.config.sep_token_id if eos_token_id is None else eos_token_id,
+            target_token_type, length_penalty,
+        )
+
+
+AutoConfig.register("wenzhi", WenzhiConfig, exist_ok=True)
+AutoModel.register(WenzhiConfig, WenzhiModel, exist_ok=True)
+AutoModelForTokenClassification.register(WenzhiConfig, WenzhiForTokenClassification, exist_ok=True)
+AutoModelForSequenceClassification.register(WenzhiConfig, WenzhiForSequencePairClassification, exist_ok=True)
+AutoModelForPreTraining.register(WenzhiConfig, WenzhiForPretraining, exist_ok=True)
