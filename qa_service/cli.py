@@ -1,8 +1,118 @@
-"""`wenzhi` sub-commands of the qa_service package."""
+"""`wenzhi finetune ner|sim|gen`, `wenzhi evaluate`, `wenzhi serve`: the KBQA service's commands."""
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
 
 
 def register(sub: "argparse._SubParsersAction") -> None:
     """Add this package's sub-commands to the `wenzhi` parser."""
+    ft = sub.add_parser("finetune", help="fine-tune the NER, SIM (relation) or GEN (KB-constrained) head")
+    ft.add_argument("task", choices=["ner", "sim", "gen", "fusion"],
+                    help="a head, or `fusion`: fit the pipeline's fusion weights on training questions")
+    ft.add_argument("--kb", required=True, metavar="DB", help="triple store (from `wenzhi kg import`)")
+    ft.add_argument("--out", required=True, metavar="DIR", help="model directory; the head goes to DIR/<task>")
+    ft.add_argument("--init", metavar="DIR", help="`wenzhi pretrain` checkpoint (default: a fresh tiny model)")
+    ft.add_argument("--size", choices=["tiny", "small"], default="tiny",
+                    help="fresh model size when --init is not given")
+    ft.add_argument("--questions", nargs="+", metavar="FILE",
+                    help="KBQA JSON lines (default: kgclue/train.json and nlpcc2016/train.json of the data dir)")
+    ft.add_argument("--holdout-nlpcc", type=float, default=0.2,
+                    help="share of NLPCC questions never trained on (evaluated by `wenzhi evaluate --nlpcc-holdout`)")
+    ft.add_argument("--limit", type=int, help="train on the first N (shuffled) questions (fusion: default 500)")
+    ft.add_argument("--skip", type=int, default=17_000,
+                    help="fusion only: questions skipped at the start of the file (default: all but KgCLUE train's tail)")
+    ft.add_argument("--no-gen", action="store_true", help="fusion only: leave the GEN head out")
+    ft.add_argument("--epochs", type=float, default=1.0)
+    ft.add_argument("--max-steps", type=int)
+    ft.add_argument("--batch-size", type=int, default=32)
+    ft.add_argument("--lr", type=float, default=5e-4)
+    ft.add_argument("--negatives", type=int, default=5, help="SIM negatives per question")
+    ft.add_argument("--unfreeze", action="store_true",
+                    help="train the universal module too (heads then no longer share one pass)")
+    ft.add_argument("--threads", type=int, help="torch threads")
+    ft.add_argument("--seed", type=int, default=0)
+    ft.set_defaults(handler=_finetune)
+
+    ev = sub.add_parser("evaluate", help="KgCLUE metric (EM/F1 on S, P, O, All; Score) on KBQA questions")
+    ev.add_argument("--questions", required=True, metavar="FILE")
+    ev.add_argument("--kb", required=True, metavar="DB")
+    ev.add_argument("--model", required=True, metavar="DIR")
+    ev.add_argument("--limit", type=int)
+    ev.add_argument("--nlpcc-holdout", type=float, metavar="FRACTION",
+                    help="score only the held-out share of an NLPCC file (as `finetune --holdout-nlpcc`)")
+    ev.add_argument("--errors", metavar="FILE", help="write wrong answers as JSON lines")
+    ev.add_argument("--index", metavar="DIR", help="BM25 entity index (fuzzy fallback)")
+    ev.add_argument("--no-gen", action="store_true", help="leave the GEN head out")
+    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--threads", type=int)
+    ev.add_argument("--relation-selection", action="store_true", default=True, help=argparse.SUPPRESS)
+    ev.set_defaults(handler=_evaluate)
+
+    sv = sub.add_parser("serve", help="the KBQA REST service (FastAPI)")
+    sv.add_argument("--model", required=True, metavar="DIR")
+    sv.add_argument("--kb", required=True, metavar="DB")
+    sv.add_argument("--index", metavar="DIR", help="BM25 entity index (fuzzy fallback)")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--no-gen", action="store_true", help="leave the GEN head out (lower latency)")
+    sv.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    sv.add_argument("--max-batch", type=int, default=32)
+    sv.add_argument("--max-wait-ms", type=float, default=5.0)
+    sv.add_argument("--threads", type=int)
+    sv.set_defaults(handler=_serve)
+
+
+def _finetune(args) -> int:
+    from kg.datadir import data_path
+
+    from qa_service.finetune import FinetuneConfig, finetune
+
+    if args.task == "fusion":
+        from qa_service.fusion import fit_fusion
+
+        questions = args.questions[0] if args.questions else data_path("kgclue/train.json")
+        report = fit_fusion(args.out, args.kb, questions, limit=args.limit or 500, skip=args.skip,
+                            use_gen=not args.no_gen, threads=args.threads)
+        print(json.dumps(report, ensure_ascii=False))
+        return 0
+    questions = [Path(q) for q in args.questions] if args.questions else [
+        data_path("kgclue/train.json"), data_path("nlpcc2016/train.json")]
+    cfg = FinetuneConfig(task=args.task, out=Path(args.out), kb=Path(args.kb), questions=questions,
+                         init=Path(args.init) if args.init else None, holdout_nlpcc=args.holdout_nlpcc,
+                         limit=args.limit, epochs=args.epochs, max_steps=args.max_steps,
+                         batch_size=args.batch_size, lr=args.lr, negatives=args.negatives,
+                         freeze_universal=not args.unfreeze, size=args.size, seed=args.seed, threads=args.threads)
+    report = finetune(cfg)
+    report.pop("config", None)
+    print(json.dumps(report, ensure_ascii=False))
+    return 0
+
+
+def _evaluate(args) -> int:
+    from qa_service.evaluate import evaluate
+
+    result = evaluate(args.questions, args.kb, args.model, limit=args.limit, errors=args.errors,
+                      index=args.index, use_gen=not args.no_gen, batch_size=args.batch_size,
+                      threads=args.threads, nlpcc_holdout=args.nlpcc_holdout)
+    print(json.dumps(result, ensure_ascii=False))
+    return 0
+
+
+def _serve(args) -> int:
+    import uvicorn
+
+    from qa_service.service import ServiceSettings, create_app
+
+    settings = ServiceSettings(model=args.model, kb=args.kb, index=args.index, use_gen=not args.no_gen,
+                               timeout_s=args.timeout, max_batch=args.max_batch,
+                               max_wait_ms=args.max_wait_ms, threads=args.threads)
+    for path in (Path(args.model), Path(args.kb)):
+        if not path.exists():
+            print(f"wenzhi serve: {path} does not exist", file=sys.stderr)
+            return 2
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning",
+                access_log=False)
+    return 0

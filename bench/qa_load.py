@@ -1,0 +1,183 @@
+"""Load benchmark of the KBQA service: a live `wenzhi serve` on 127.0.0.1 driven by concurrent clients.
+
+    .venv/bin/python bench/qa_load.py --model runs/demo/qa --kb runs/demo/kb.sqlite
+
+Starts the server as a subprocess, waits for /readyz, warms up, then for 1, 8 and 32 concurrent
+clients posts real KgCLUE dev questions to /v1/qa and reports p50/p99 latency, throughput and
+errors. The 32-client level runs `--requests` (10,000) requests with the server's RSS read from
+/proc before and after. With `--compare-unbatched` it repeats the 32-client level against a
+second server started with `--max-batch 1` (micro-batching off) and reports the ratio.
+Last line: a JSON object with p99_ms_at_32, errors and rss_growth_mb.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def start_server(args, port: int, extra: list[str]) -> subprocess.Popen:
+    cmd = [sys.executable, str(ROOT / "wenzhi.py"), "serve", "--model", args.model, "--kb", args.kb,
+           "--host", "127.0.0.1", "--port", str(port), *extra]
+    if not args.gen:
+        cmd.append("--no-gen")
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    log = open(Path(args.log_dir) / f"serve-{port}.log", "w")
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+async def wait_ready(client, base: str, proc: subprocess.Popen, timeout: float = 600) -> float:
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            if (await client.get(f"{base}/readyz")).status_code == 200:
+                return time.perf_counter() - t0
+        except Exception:  # noqa: BLE001 - not listening yet
+            pass
+        await asyncio.sleep(0.25)
+    raise TimeoutError("server not ready")
+
+
+async def drive(client, base: str, questions: list[str], n: int, concurrency: int) -> dict:
+    latencies: list[float] = []
+    errors = 0
+    counter = iter(range(n))
+
+    async def worker():
+        nonlocal errors
+        for i in counter:
+            t0 = time.perf_counter()
+            try:
+                r = await client.post(f"{base}/v1/qa", json={"question": questions[i % len(questions)], "top_k": 3})
+                if r.status_code != 200:
+                    errors += 1
+            except Exception:  # noqa: BLE001 - counted
+                errors += 1
+            latencies.append((time.perf_counter() - t0) * 1e3)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - t0
+    latencies.sort()
+    pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]  # noqa: E731
+    return {"clients": concurrency, "requests": n, "errors": errors, "p50_ms": round(pick(0.5), 1),
+            "p99_ms": round(pick(0.99), 1), "throughput_rps": round(n / wall, 1), "wall_s": round(wall, 1),
+            "_latencies": latencies}
+
+
+def merge(parts: list[dict]) -> dict:
+    """One level's figures from its chunks (percentiles from the chunks' raw latencies)."""
+    lat = sorted(x for p in parts for x in p["_latencies"])
+    wall = sum(p["wall_s"] for p in parts)
+    pick = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]  # noqa: E731
+    return {"clients": parts[0]["clients"], "requests": len(lat), "errors": sum(p["errors"] for p in parts),
+            "p50_ms": round(pick(0.5), 1), "p99_ms": round(pick(0.99), 1),
+            "throughput_rps": round(len(lat) / wall, 1), "wall_s": round(wall, 1)}
+
+
+async def run_levels(args, port: int, questions: list[str], proc, levels: list[int]) -> dict:
+    import httpx
+
+    base = f"http://127.0.0.1:{port}"
+    limits = httpx.Limits(max_connections=max(levels) + 4, max_keepalive_connections=max(levels) + 4)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        ready_s = await wait_ready(client, base, proc)
+        await drive(client, base, questions, args.warmup, 8)  # not counted
+        out = {"ready_s": round(ready_s, 1), "levels": []}
+        for c in levels:
+            if c == max(levels):  # in chunks of 1,000 so the RSS trajectory shows plateau or leak
+                out["rss_before_mb"] = round(rss_mb(proc.pid), 1)
+                out["rss_trajectory_mb"] = [out["rss_before_mb"]]
+                parts = []
+                for start in range(0, args.requests, 1000):
+                    parts.append(await drive(client, base, questions[start % len(questions):] + questions,
+                                             min(1000, args.requests - start), c))
+                    out["rss_trajectory_mb"].append(round(rss_mb(proc.pid), 1))
+                out["rss_after_mb"] = out["rss_trajectory_mb"][-1]
+                res = merge(parts)
+            else:
+                res = await drive(client, base, questions, args.requests_small, c)
+            res.pop("_latencies", None)
+            print(json.dumps(res), flush=True)
+            out["levels"].append(res)
+        return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True)
+    p.add_argument("--kb", required=True)
+    p.add_argument("--questions", default=None, help="KBQA JSON lines (default: kgclue/dev.json of the data dir)")
+    p.add_argument("--requests", type=int, default=10_000, help="requests at the highest concurrency")
+    p.add_argument("--requests-small", type=int, default=500, help="requests at the lower levels")
+    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--levels", default="1,8,32")
+    p.add_argument("--gen", action="store_true", help="serve with the GEN head (default: --no-gen)")
+    p.add_argument("--threads", type=int, help="server torch threads")
+    p.add_argument("--compare-unbatched", action="store_true")
+    p.add_argument("--log-dir", default="/tmp")
+    args = p.parse_args()
+
+    sys.path.insert(0, str(ROOT))
+    from qa_service.data import read_qa
+
+    if args.questions is None:
+        from kg.datadir import data_path
+
+        args.questions = str(data_path("kgclue/dev.json"))
+    questions = [ex.question for ex in read_qa(args.questions)]
+    levels = [int(x) for x in args.levels.split(",")]
+    result: dict = {"model": args.model, "kb": args.kb, "cpus": os.cpu_count(), "gen": args.gen}
+    port = free_port()
+    proc = start_server(args, port, [])
+    try:
+        result.update(asyncio.run(run_levels(args, port, questions, proc, levels)))
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    if args.compare_unbatched:
+        port = free_port()
+        proc = start_server(args, port, ["--max-batch", "1"])
+        try:
+            ub = asyncio.run(run_levels(args, port, questions, proc, [max(levels)]))
+        finally:
+            proc.terminate()
+            proc.wait(30)
+        top = result["levels"][-1]
+        result["unbatched_at_max"] = ub["levels"][-1]
+        result["batching_throughput_ratio"] = round(top["throughput_rps"] / ub["levels"][-1]["throughput_rps"], 2)
+    top = next(l for l in result["levels"] if l["clients"] == max(levels))
+    result["p99_ms_at_32"] = top["p99_ms"]
+    result["errors"] = sum(l["errors"] for l in result["levels"])
+    result["rss_growth_mb"] = round(result["rss_after_mb"] - result["rss_before_mb"], 1)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

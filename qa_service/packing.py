@@ -1,0 +1,157 @@
+"""One universal pass per question, shared by NER and by the scoring of every candidate relation.
+
+A question and its candidate relations form one row: `[CLS] q [SEP] [CLS] r1 [SEP] [CLS] r2 [SEP] …`.
+Question tokens attend only to the question; each relation segment attends to the question and to
+itself, with positions continuing after the question as in a `[CLS] q [SEP] r [SEP]` pair. So the
+question's hidden states do not depend on the relations: at serving time the universal module runs
+once over the question (its keys/values cached), NER reads it, the linker and the KB then supply
+the candidate relations, and only their segments go through the universal layers, attending to the
+cached question. The NLU branch then runs over the joined row. Training (`packed_batch`) builds the
+same row in one pass; `tests/qa/test_qa_model.py` checks that both routes give the same scores.
+Hand-written because this layout (a shared prefix with independent suffixes) is this project's way
+of scoring many relations per question at the cost of one question encoding (OBERT's idea).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from model.modeling import AttentionLayout, UniversalOutput, rotary_tables
+
+QUESTION_TYPE, RELATION_TYPE = 0, 1
+
+
+def layout_for(document_ids: torch.Tensor, positions: torch.Tensor,
+               key_document_ids: torch.Tensor | None = None) -> AttentionLayout:
+    """Queries `document_ids` [B, Lq] over keys `key_document_ids` [B, Lk] (default: the same):
+    a query of segment d >= 1 sees segment 0 (the question) and d; the question sees itself;
+    padding (-1) sees padding, so no row of the mask is empty."""
+    keys = document_ids if key_document_ids is None else key_document_ids
+    q = document_ids[:, :, None]
+    k = keys[:, None, :]
+    mask = (q == k) | ((k == 0) & (q >= 0))
+    return AttentionLayout(mask[:, None], positions, document_ids, False)
+
+
+@dataclass
+class PackedBatch:
+    input_ids: torch.Tensor  # [B, L]
+    token_type_ids: torch.Tensor
+    document_ids: torch.Tensor  # 0 question, 1..k relation segments, -1 padding
+    positions: torch.Tensor
+    segment_starts: list[list[int]]  # per row, index of each relation segment's [CLS]
+    question_lengths: list[int]
+
+
+def _pad(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
+    width = max((len(r) for r in rows), default=1) or 1
+    out = torch.full((len(rows), width), value, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.as_tensor(list(r), dtype=torch.long)
+    return out
+
+
+_SEGMENT_CACHE: dict[tuple[int, str], list[int]] = {}
+
+
+def relation_segments(tokenizer, relations: Sequence[str], max_relation_tokens: int = 16) -> list[list[int]]:
+    """`[CLS] relation [SEP]` ids; memoised because a KB has a few thousand relation names and
+    tokenising them again for every question costs more than scoring them."""
+    key = id(tokenizer)
+    missing = [r for r in dict.fromkeys(relations) if (key, r) not in _SEGMENT_CACHE]
+    if missing:
+        if len(_SEGMENT_CACHE) > 200_000:
+            _SEGMENT_CACHE.clear()
+        for rel, ids in zip(missing, tokenizer(missing, add_special_tokens=False)["input_ids"]):
+            _SEGMENT_CACHE[(key, rel)] = [tokenizer.cls_token_id, *ids[:max_relation_tokens], tokenizer.sep_token_id]
+    return [_SEGMENT_CACHE[(key, r)] for r in relations]
+
+
+def packed_batch(question_ids: Sequence[Sequence[int]], segments: Sequence[Sequence[Sequence[int]]],
+                 pad_id: int = 0) -> PackedBatch:
+    """Full rows (question + its relation segments) for training or one-pass scoring."""
+    ids, types, docs, pos, starts = [], [], [], [], []
+    for q, segs in zip(question_ids, segments):
+        row_ids, row_types, row_docs, row_pos, row_starts = list(q), [QUESTION_TYPE] * len(q), [0] * len(q), list(range(len(q))), []
+        for d, seg in enumerate(segs, 1):
+            row_starts.append(len(row_ids))
+            row_ids += seg
+            row_types += [RELATION_TYPE] * len(seg)
+            row_docs += [d] * len(seg)
+            row_pos += list(range(len(q), len(q) + len(seg)))
+        ids.append(row_ids); types.append(row_types); docs.append(row_docs); pos.append(row_pos); starts.append(row_starts)
+    return PackedBatch(_pad(ids, pad_id), _pad(types, 0), _pad(docs, -1), _pad(pos, 0), starts,
+                       [len(q) for q in question_ids])
+
+
+def universal_packed(model, batch: PackedBatch) -> UniversalOutput:
+    """One universal pass over full packed rows (training and the reference route)."""
+    layout = layout_for(batch.document_ids, batch.positions)
+    return model.wenzhi.universal(batch.input_ids, batch.token_type_ids, layout=layout)
+
+
+def gather_segment_cls(hidden: torch.Tensor, starts: Sequence[Sequence[int]]) -> torch.Tensor:
+    rows = torch.as_tensor([b for b, s in enumerate(starts) for _ in s], dtype=torch.long)
+    cols = torch.as_tensor([i for s in starts for i in s], dtype=torch.long)
+    return hidden[rows, cols]
+
+
+def sim_logits(sim_model, nlu_hidden: torch.Tensor, starts) -> torch.Tensor:
+    """One logit per relation segment, from the SIM head's own pooler and classifier."""
+    pooled = torch.tanh(sim_model.pooler(gather_segment_cls(nlu_hidden, starts)))
+    return sim_model.classifier(sim_model.dropout(pooled)).squeeze(-1)
+
+
+# -- serving route: question once, then relation segments against its cached keys/values ------
+@dataclass
+class QuestionEncoding:
+    universal: UniversalOutput  # over the question rows only (bidirectional)
+    caches: list[dict]  # per universal layer: keys/values of the question tokens
+    input_ids: torch.Tensor
+    document_ids: torch.Tensor  # 0 on question tokens, -1 on padding
+    lengths: list[int]
+
+
+def encode_questions(model, question_ids: Sequence[Sequence[int]], pad_id: int = 0) -> QuestionEncoding:
+    ids = _pad(question_ids, pad_id)
+    lengths = [len(q) for q in question_ids]
+    docs = torch.full_like(ids, -1)
+    for i, n in enumerate(lengths):
+        docs[i, :n] = 0
+    positions = torch.arange(ids.shape[1]).expand_as(ids).clone()
+    base = model.wenzhi
+    caches = [dict() for _ in base.universal_layers]
+    out = base.universal(ids, torch.zeros_like(ids), caches=caches, layout=layout_for(docs, positions))
+    return QuestionEncoding(out, caches, ids, docs, lengths)
+
+
+def extend_with_relations(model, enc: QuestionEncoding, segments: Sequence[Sequence[Sequence[int]]],
+                          pad_id: int = 0) -> tuple[UniversalOutput, list[list[int]]]:
+    """Universal states of the joined rows, running only the relation tokens through the layers."""
+    rows, docs, pos, starts = [], [], [], []
+    for b, segs in enumerate(segments):
+        q_len, width = enc.lengths[b], enc.input_ids.shape[1]
+        r_ids, r_docs, r_pos, r_starts = [], [], [], []
+        for d, seg in enumerate(segs, 1):
+            r_starts.append(width + len(r_ids))
+            r_ids += seg
+            r_docs += [d] * len(seg)
+            r_pos += list(range(q_len, q_len + len(seg)))
+        rows.append(r_ids); docs.append(r_docs); pos.append(r_pos); starts.append(r_starts)
+    r_ids, r_docs, r_pos = _pad(rows, pad_id), _pad(docs, -1), _pad(pos, 0)
+    key_docs = torch.cat([enc.document_ids, r_docs], dim=1)
+    base = model.wenzhi
+    caches = [dict(c) for c in enc.caches]  # the cat inside attention makes new tensors: copies stay clean
+    layout = layout_for(r_docs, r_pos, key_docs)
+    x = base.embeddings(r_ids, torch.full_like(r_ids, RELATION_TYPE))
+    head_dim = base.config.hidden_size // base.config.num_attention_heads
+    cos, sin = rotary_tables(r_pos, head_dim, base.config.rope_theta, x.dtype)
+    for block, cache in zip(base.universal_layers, caches):
+        x = block(x, cos, sin, layout.mask, cache)
+    hidden = torch.cat([enc.universal.hidden_states, x], dim=1)
+    positions = torch.cat([enc.universal.layout.positions, r_pos], dim=1)
+    full = layout_for(key_docs, positions)
+    full_cos, full_sin = rotary_tables(positions, head_dim, base.config.rope_theta, hidden.dtype)
+    return UniversalOutput(hidden_states=hidden, layout=full, rotary=(full_cos, full_sin)), starts

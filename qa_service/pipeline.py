@@ -1,0 +1,350 @@
+"""The answering pipeline: question -> (entity, relation, tail) with evidence and a confidence.
+
+    question ──universal (once)──┬─ NER head ──> mention spans ─┐
+                                 │        linker.rank + link(spans) -> candidate entities
+                                 │        (BM25 entity search when the linker finds none)
+                                 │        store -> candidate relations of every candidate entity
+                                 └─ + relation segments (cached question) -> SIM head -> score
+    question ──GEN head, beam search constrained by the KB trie──> (head, relation) hits
+    fusion: score = w_link·log p_link(entity) + w_ner·[in an NER mention] + w_sim·logit
+                    + w_gen·p_gen(head, relation); confidence = softmax over the candidates.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PipelineConfig:
+    max_entities: int = 8  # candidate entities per question from the linker
+    max_relations: int = 32  # relation segments per question row
+    max_question_tokens: int = 64
+    use_gen: bool = True
+    gen_beams: int = 3
+    w_link: float = 1.0
+    w_ner: float = 1.0
+    w_sim: float = 1.0
+    w_gen: float = 2.0
+    w_len: float = 0.0  # per character of the entity's mention (a question's subject is usually long)
+    no_answer_threshold: float = 0.0  # confidence under this -> no answer
+    threads: int | None = None
+
+    @classmethod
+    def load(cls, model_dir: Path, **overrides) -> "PipelineConfig":
+        path = Path(model_dir) / "pipeline.json"
+        values = json.loads(path.read_text()) if path.exists() else {}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class Candidate:
+    head: str
+    relation: str
+    tail: str
+    entity_id: int
+    score: float
+    link: float
+    sim: float | None
+    gen: float
+    mention: tuple[int, int] | None
+    disambiguation: str | None = None
+    confidence: float = 0.0  # softmax share of `score` among all candidates of the question
+    ner: float = 0.0
+
+
+def fused_score(c: Candidate, cfg: PipelineConfig) -> float:
+    """The fusion: a linear score over the evidence of each candidate triple (weights in
+    PipelineConfig, fitted by `wenzhi finetune fusion` on training questions)."""
+    mention_chars = (c.mention[1] - c.mention[0]) if c.mention else 0
+    return (cfg.w_link * c.link + cfg.w_ner * c.ner + cfg.w_gen * c.gen + cfg.w_len * mention_chars
+            + (cfg.w_sim * c.sim if c.sim is not None else -10.0))
+
+
+@dataclass
+class Answer:
+    question: str
+    triple: tuple[str, str, str] | None
+    entity: str | None
+    entity_id: int | None
+    disambiguation: str | None
+    mention: dict | None  # {"text", "start", "end"}
+    confidence: float
+    candidates: list[Candidate] = field(default_factory=list)
+    ner_spans: list[tuple[int, int]] = field(default_factory=list)
+    timings_ms: dict = field(default_factory=dict)
+
+    @property
+    def answer(self) -> str:
+        return " ||| ".join(self.triple) if self.triple else ""
+
+
+def _decode_bio(tags, offsets) -> list[tuple[int, int]]:
+    """Character spans of B I* runs (an I without a B starts a span too)."""
+    spans, cur = [], None
+    for tag, (s, e) in zip(tags, offsets):
+        if s == e:
+            continue
+        if tag == 1 or (tag == 2 and cur is None):
+            if cur:
+                spans.append(cur)
+            cur = [s, e]
+        elif tag == 2:
+            cur[1] = e
+        elif cur:
+            spans.append(cur)
+            cur = None
+    if cur:
+        spans.append(cur)
+    return [tuple(x) for x in spans]
+
+
+def ensure_trie(gen_dir: Path, store, tokenizer):
+    """The KB trie for this store, built beside the GEN head on first use (keyed by fingerprint)."""
+    from qa_service.trie import KBTrie
+
+    from qa_service.trie import FORMAT
+
+    path = Path(gen_dir) / f"trie-{store.fingerprint[:16]}"
+    meta = path / "meta.json"
+    if not meta.exists() or json.loads(meta.read_text()).get("format") != FORMAT:
+        log.info("building the KB trie at %s", path)
+        KBTrie.build_from_store(store, tokenizer, path, progress=True)
+    return KBTrie(path, tokenizer)
+
+
+class QAPipeline:
+    def __init__(self, model_dir: str | Path, kb: str | Path, config: PipelineConfig | None = None,
+                 index: str | Path | None = None):
+        import torch
+        from kg import EntityLinker, TripleStore
+        from model.modeling import (WenzhiForPrefixLM, WenzhiForSequencePairClassification,
+                                    WenzhiForTokenClassification)
+
+        from qa_service.finetune import load_tokenizer_for
+
+        self.model_dir = Path(model_dir)
+        self.config = config or PipelineConfig.load(self.model_dir)
+        if self.config.threads:
+            torch.set_num_threads(self.config.threads)
+        for needed in ("sim", "ner"):
+            if not (self.model_dir / needed / "config.json").exists():
+                raise FileNotFoundError(f"{self.model_dir / needed}: fine-tuned {needed} head missing "
+                                        f"(run `wenzhi finetune {needed} --out {self.model_dir}`)")
+        self.tokenizer = load_tokenizer_for(self.model_dir / "sim")
+        self.sim = WenzhiForSequencePairClassification.from_pretrained(self.model_dir / "sim").eval()
+        self.ner = WenzhiForTokenClassification.from_pretrained(self.model_dir / "ner").eval()
+        self.shared_universal = _same_universal(self.sim, self.ner)
+        if not self.shared_universal:
+            log.warning("NER and SIM heads have different universal modules: running it per head")
+        self.store = TripleStore(kb)
+        self.linker = EntityLinker(self.store)
+        self.gen = self.trie = None
+        if self.config.use_gen and (self.model_dir / "gen" / "config.json").exists():
+            self.gen = WenzhiForPrefixLM.from_pretrained(self.model_dir / "gen").eval()
+            self.trie = ensure_trie(self.model_dir / "gen", self.store, self.tokenizer)
+        self.retriever = None
+        if index is not None:
+            from retrieval.tantivy_backend import TantivyRetriever
+
+            self.retriever = TantivyRetriever(index)
+        self._lock = threading.Lock()  # torch modules and the sqlite handle: one batch at a time
+
+    # -- steps ------------------------------------------------------------------------------
+    def _ner(self, enc, offsets) -> list[list[tuple[int, int]]]:
+        from qa_service.packing import encode_questions
+
+        if self.shared_universal:
+            universal = enc.universal
+        else:
+            universal = encode_questions(self.ner, enc.input_ids.tolist()).universal
+        logits = self.ner.classifier(self.ner.wenzhi.nlu(universal))
+        tags = logits.argmax(-1).tolist()
+        return [_decode_bio(t[: len(o)], o) for t, o in zip(tags, offsets)]
+
+    def _entities(self, question: str, spans) -> dict[int, dict]:
+        """entity id -> {entity, link (log posterior), ner (posterior), mention}"""
+        cands: dict[int, dict] = {}
+        ranked = self.linker.rank(question, k=self.config.max_entities)
+        if ranked:
+            top = max(s for _, s, _ in ranked)
+            z = sum(math.exp(s - top) for _, s, _ in ranked)
+            for entity, score, mention in ranked:
+                cands[entity.id] = {"entity": entity, "link": (score - top) - math.log(z), "ner": 0.0,
+                                    "mention": (mention.start, mention.end)}
+        if spans:
+            for mention in self.linker.link(question, spans=spans):
+                for entity, p in mention.candidates[: self.config.max_entities]:
+                    c = cands.setdefault(entity.id, {"entity": entity, "link": math.log(1e-4), "ner": 0.0,
+                                                     "mention": (mention.start, mention.end)})
+                    c["ner"] = max(c["ner"], float(p))
+                    c["mention"] = (mention.start, mention.end)
+        if not cands and self.retriever is not None:  # fuzzy fallback: BM25 over entity names
+            try:
+                hits = self.retriever.search(question, k=self.config.max_entities, filters={"kind": "entity"})
+            except Exception as exc:  # an unsearchable question (e.g. only punctuation)
+                log.debug("BM25 fallback failed: %s", exc)
+                hits = []
+            for rank, hit in enumerate(hits):
+                entity = self.store.entity(int(hit.fields.get("entity_id", -1)))
+                if entity is not None:
+                    cands[entity.id] = {"entity": entity, "link": math.log(0.5) - rank, "ner": 0.0, "mention": None}
+        return cands
+
+    def _gen(self, q_ids) -> list[dict[tuple[int, str], float]]:
+        """Per question: (head id, relation) -> probability share among the returned beams.
+
+        The GEN head's `generate` encodes the source itself (it takes token ids, not a
+        UniversalOutput), so this is the one place the question passes the universal layers a
+        second time; GEN is fine-tuned with the universal module unfrozen for that reason."""
+        import torch
+
+        if self.gen is None:
+            return [{} for _ in q_ids]
+        from qa_service.packing import _pad
+
+        ids = _pad(q_ids, self.tokenizer.pad_token_id)
+        k = self.config.gen_beams
+        result = self.gen.generate(ids, attention_mask=(ids != self.tokenizer.pad_token_id).long(),
+                                   max_new_tokens=64, num_beams=k, num_return_sequences=k,
+                                   allowed_tokens_fn=lambda b, prefix: self.trie.allowed_next(prefix))
+        out = []
+        for seqs, scores in zip(result.sequences.tolist(), result.scores):
+            probs = torch.softmax(scores.float(), dim=0).tolist() if torch.isfinite(scores).any() else []
+            hits: dict[tuple[int, str], float] = {}
+            for seq, p, s in zip(seqs, probs, scores.tolist()):
+                if not math.isfinite(s):
+                    continue
+                if self.trie.sep_id in seq:  # [SEP] ends the trie key; padding follows
+                    seq = seq[: seq.index(self.trie.sep_id) + 1]
+                for hit in self.trie.lookup(seq):
+                    hits[(hit.head_id, hit.relation)] = hits.get((hit.head_id, hit.relation), 0.0) + p
+            out.append(hits)
+        return out
+
+    def answer_batch(self, questions: list[str], top_k: int = 5) -> list[Answer]:
+        import torch
+
+        top_k = max(1, top_k)
+
+        from qa_service.packing import encode_questions, extend_with_relations, relation_segments, sim_logits
+
+        cfg = self.config
+        with self._lock, torch.inference_mode():
+            t0 = time.perf_counter()
+            enc_tok = self.tokenizer(questions, max_length=cfg.max_question_tokens, truncation=True,
+                                     return_offsets_mapping=True)
+            q_ids = enc_tok["input_ids"]
+            enc = encode_questions(self.sim, q_ids, self.tokenizer.pad_token_id)
+            spans = self._ner(enc, enc_tok["offset_mapping"])
+            t1 = time.perf_counter()
+            gen_hits = self._gen(q_ids)
+            t2 = time.perf_counter()
+            per_q = []
+            for qi, question in enumerate(questions):
+                ents = self._entities(question, spans[qi])
+                for (head_id, _), _p in gen_hits[qi].items():  # GEN may find an entity the linker missed
+                    if head_id not in ents:
+                        entity = self.store.entity(head_id)
+                        if entity is not None:
+                            ents[head_id] = {"entity": entity, "link": math.log(1e-4), "ner": 0.0, "mention": None}
+                triples = []
+                for c in ents.values():
+                    triples.extend((c, t) for t in self.store.triples(c["entity"].id))
+                relations = list(dict.fromkeys(t.relation for _, t in triples))[: cfg.max_relations]
+                per_q.append((ents, triples, relations))
+            t3 = time.perf_counter()
+            segments = [relation_segments(self.tokenizer, rels) for _, _, rels in per_q]
+            sims: list[dict[str, float]] = [{} for _ in questions]
+            if any(segments):
+                universal, starts = extend_with_relations(self.sim, enc, segments, self.tokenizer.pad_token_id)
+                logits = sim_logits(self.sim, self.sim.wenzhi.nlu(universal), starts).tolist()
+                i = 0
+                for qi, (_, _, rels) in enumerate(per_q):
+                    for rel in rels:
+                        sims[qi][rel] = logits[i]
+                        i += 1
+            t4 = time.perf_counter()
+            answers = []
+            for qi, question in enumerate(questions):
+                ents, triples, _ = per_q[qi]
+                cands = []
+                for c, t in triples:
+                    sim = sims[qi].get(t.relation)
+                    gen = gen_hits[qi].get((c["entity"].id, t.relation), 0.0)
+                    cand = Candidate(t.head, t.relation, t.tail, c["entity"].id, 0.0, c["link"], sim, gen,
+                                     c["mention"], c["entity"].disambiguation, ner=c["ner"])
+                    cand.score = fused_score(cand, cfg)
+                    cands.append(cand)
+                cands.sort(key=lambda c: -c.score)
+                answers.append(self._answer(question, cands, ents, spans[qi], top_k))
+            timings = {"encode_ner": (t1 - t0) * 1e3, "gen": (t2 - t1) * 1e3, "link_kb": (t3 - t2) * 1e3,
+                       "sim": (t4 - t3) * 1e3, "total": (time.perf_counter() - t0) * 1e3}
+            for a in answers:
+                a.timings_ms = {k: round(v, 2) for k, v in timings.items()}
+            return answers
+
+    def _answer(self, question, cands, ents, spans, top_k) -> Answer:
+        if not cands:
+            return Answer(question, None, None, None, None, None, 0.0, [], spans)
+        top = cands[0].score
+        z = sum(math.exp(c.score - top) for c in cands)
+        for c in cands[:top_k]:
+            c.confidence = math.exp(c.score - top) / z
+        confidence = cands[0].confidence
+        best = cands[0]
+        entity = ents[best.entity_id]["entity"]
+        mention = None
+        if best.mention:
+            s, e = best.mention
+            mention = {"text": question[s:e], "start": s, "end": e}
+        if confidence < self.config.no_answer_threshold:
+            return Answer(question, None, None, None, None, None, confidence, cands[:top_k], spans)
+        return Answer(question, (best.head, best.relation, best.tail), entity.name, entity.id,
+                      entity.disambiguation, mention, confidence, cands[:top_k], spans)
+
+    def answer(self, question: str, top_k: int = 5) -> Answer:
+        return self.answer_batch([question], top_k)[0]
+
+    # -- relation selection on its own -------------------------------------------------------
+    def relation_scores(self, questions: list[str], relations: list[list[str]]) -> list[list[float]]:
+        import torch
+
+        from qa_service.packing import packed_batch, relation_segments, sim_logits, universal_packed
+
+        with self._lock, torch.inference_mode():
+            q_ids = self.tokenizer(questions, max_length=self.config.max_question_tokens, truncation=True)["input_ids"]
+            batch = packed_batch(q_ids, [relation_segments(self.tokenizer, r) for r in relations],
+                                 self.tokenizer.pad_token_id)
+            logits = sim_logits(self.sim, self.sim.wenzhi.nlu(universal_packed(self.sim, batch)),
+                                batch.segment_starts).tolist()
+        out, i = [], 0
+        for rels in relations:
+            out.append(logits[i : i + len(rels)])
+            i += len(rels)
+        return out
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def _same_universal(a, b) -> bool:
+    import torch
+
+    sa, sb = a.wenzhi.state_dict(), b.wenzhi.state_dict()
+    keys = [k for k in sa if k.startswith(("embeddings.", "universal_layers."))]
+    return all(k in sb and sa[k].shape == sb[k].shape and torch.equal(sa[k], sb[k]) for k in keys)
+
+
+def answer_to_dict(a: Answer) -> dict:
+    d = asdict(a)
+    d["answer"] = a.answer
+    return d

@@ -1,0 +1,343 @@
+"""The KBQA REST service: FastAPI + pydantic, the pipeline behind a micro-batching queue.
+
+- The model and KB load in a background thread at startup; /readyz answers 503 until they are in.
+- Concurrent /v1/qa requests are gathered into one `answer_batch` call (up to `max_batch`, waiting
+  at most `max_wait_ms` for company), so 32 clients cost a few batched passes, not 32 serial ones.
+- Bad input is a 4xx with a reason (422 for what pydantic or our checks reject), never a 5xx.
+- One log line per request: method, path, status, latency.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+import unicodedata
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import FastAPI, HTTPException, Path as PathParam, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+log = logging.getLogger("wenzhi.service")
+
+MAX_QUESTION_CHARS = 256
+MAX_TEXT_CHARS = 2000
+MAX_NAME_CHARS = 256
+
+
+def _clean_text(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty or whitespace only")
+    for ch in value:
+        cat = unicodedata.category(ch)
+        if (cat == "Cc" and ch not in "\t\n\r") or cat in ("Cs", "Co", "Cn"):
+            raise ValueError(f"contains a control or invalid character U+{ord(ch):04X}")
+    return value
+
+
+CleanText = AfterValidator(_clean_text)
+
+
+class QARequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    question: Annotated[str, Field(min_length=1, max_length=MAX_QUESTION_CHARS,
+                                   description="a Chinese question"), CleanText]
+    top_k: Annotated[int, Field(ge=1, le=20)] = 5
+
+
+class LinkRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    text: Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS), CleanText]
+
+
+class ErrorOut(BaseModel):
+    detail: str
+
+
+class BadRequestOut(BaseModel):
+    detail: str = Field(description="why the request was rejected")
+    errors: list[dict] = Field(default_factory=list, description="pydantic's itemised errors")
+
+
+class ReadinessOut(BaseModel):
+    status: str
+    detail: str | None = None
+
+
+BAD_REQUEST = {422: {"model": BadRequestOut, "description": "invalid input (type, length, blank, control characters, JSON)"},
+               400: {"model": ErrorOut, "description": "a body that cannot be parsed at all (e.g. not UTF-8)"}}
+NOT_READY = {503: {"model": ErrorOut, "description": "the model and KB are still loading"}}
+
+
+class TripleOut(BaseModel):
+    head: str
+    relation: str
+    tail: str
+
+
+class EntityRef(BaseModel):
+    id: int
+    name: str
+    disambiguation: str | None = None
+
+
+class MentionOut(BaseModel):
+    text: str
+    start: int
+    end: int
+
+
+class AnswerOut(BaseModel):
+    triple: TripleOut
+    entity: EntityRef
+    mention: MentionOut | None
+    confidence: float
+    scores: dict[str, float | None]
+
+
+class QAResponse(BaseModel):
+    question: str
+    answer: AnswerOut | None = Field(description="the best answer; null below the no-answer threshold")
+    answers: list[AnswerOut] = Field(description="top_k candidate answers, best first")
+    ner_spans: list[tuple[int, int]]
+    latency_ms: float
+
+
+class LinkedMention(BaseModel):
+    mention: str
+    start: int
+    end: int
+    entity: EntityRef | None
+    score: float
+    candidates: list[tuple[str, float]]
+
+
+class LinkResponse(BaseModel):
+    text: str
+    mentions: list[LinkedMention]
+
+
+class EntityResponse(BaseModel):
+    entity: EntityRef
+    description: str | None
+    triples: list[TripleOut]
+    homonyms: list[EntityRef]
+
+
+@dataclass
+class ServiceSettings:
+    model: str
+    kb: str
+    index: str | None = None
+    use_gen: bool = True
+    timeout_s: float = 10.0
+    max_batch: int = 32
+    max_wait_ms: float = 5.0
+    threads: int | None = None
+
+
+class Batcher:
+    """A worker thread that answers queued questions in batches."""
+
+    def __init__(self, pipeline, max_batch: int, max_wait_ms: float):
+        self.pipeline = pipeline
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1e3
+        self.queue: queue.Queue = queue.Queue()
+        self.thread = threading.Thread(target=self._run, name="qa-batcher", daemon=True)
+        self.thread.start()
+
+    def submit(self, question: str, top_k: int) -> Future:
+        fut: Future = Future()
+        self.queue.put((question, top_k, fut))
+        return fut
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            batch = [item]
+            deadline = time.perf_counter() + self.max_wait
+            while len(batch) < self.max_batch:
+                remaining = deadline - time.perf_counter()
+                try:
+                    nxt = self.queue.get(timeout=max(remaining, 0)) if remaining > 0 else self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self.queue.put(None)
+                    break
+                batch.append(nxt)
+            batch = [b for b in batch if not b[2].cancelled()]
+            if not batch:
+                continue
+            try:
+                answers = self.pipeline.answer_batch([q for q, _, _ in batch], max(k for _, k, _ in batch))
+                for (_, _, fut), ans in zip(batch, answers):
+                    if not fut.done():
+                        fut.set_result(ans)
+            except Exception as exc:  # noqa: BLE001 - handed to each waiting request
+                log.exception("batch failed")
+                for _, _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+
+    def close(self) -> None:
+        self.queue.put(None)
+
+
+class ServiceState:
+    def __init__(self, settings: ServiceSettings, loader=None):
+        self.settings = settings
+        self.pipeline = None
+        self.batcher: Batcher | None = None
+        self.error: str | None = None
+        self.ready = threading.Event()
+        self._loader = loader or self._load_pipeline
+
+    def _load_pipeline(self):
+        from qa_service.pipeline import PipelineConfig, QAPipeline
+
+        config = PipelineConfig.load(self.settings.model, use_gen=self.settings.use_gen,
+                                     threads=self.settings.threads)
+        return QAPipeline(self.settings.model, self.settings.kb, config, index=self.settings.index)
+
+    def load(self) -> None:
+        started = time.perf_counter()
+        try:
+            self.pipeline = self._loader()
+            self.batcher = Batcher(self.pipeline, self.settings.max_batch, self.settings.max_wait_ms)
+            self.ready.set()
+            log.info("ready: model and KB loaded in %.1f s", time.perf_counter() - started)
+        except Exception as exc:  # noqa: BLE001 - reported by /readyz
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.exception("loading failed")
+
+
+def _answer_out(c) -> AnswerOut:
+    mention = None
+    if c.mention:
+        mention = MentionOut(text="", start=c.mention[0], end=c.mention[1])
+    return AnswerOut(triple=TripleOut(head=c.head, relation=c.relation, tail=c.tail),
+                     entity=EntityRef(id=c.entity_id, name=c.head, disambiguation=c.disambiguation),
+                     mention=mention, confidence=round(c.confidence, 6),
+                     scores={"fused": round(c.score, 4), "link": round(c.link, 4),
+                             "sim": None if c.sim is None else round(c.sim, 4), "gen": round(c.gen, 4)})
+
+
+def create_app(settings: ServiceSettings, loader=None) -> FastAPI:
+    """The app; `loader` (a callable returning a pipeline) replaces the default loading (tests
+    use it to hold loading back and watch /readyz)."""
+    state = ServiceState(settings, loader)
+
+    async def lifespan(app: FastAPI):
+        thread = threading.Thread(target=state.load, name="qa-loader", daemon=True)
+        thread.start()
+        yield
+        if state.batcher:
+            state.batcher.close()
+        if state.pipeline:
+            state.pipeline.close()
+
+    app = FastAPI(title="wenzhi KBQA", version="0.1.0", lifespan=lifespan,
+                  description="Answers Chinese questions from a knowledge base, with the supporting triple.")
+    app.state.qa = state
+
+    @app.middleware("http")
+    async def access_log(request: Request, call_next):
+        t0 = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            log.info("%s %s %d %.1fms", request.method, request.url.path, status, (time.perf_counter() - t0) * 1e3)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError):
+        reasons = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+            reasons.append(f"{where}: {err.get('msg')}")
+        return JSONResponse(status_code=422, content=jsonable_encoder(
+            {"detail": "; ".join(reasons) or "invalid request", "errors": exc.errors()}))
+
+    def require_ready():
+        if not state.ready.is_set():
+            raise HTTPException(503, detail=state.error or "loading the model and the KB, retry shortly")
+        return state.pipeline
+
+    @app.get("/healthz", response_model=ReadinessOut)
+    def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz", response_model=ReadinessOut,
+             responses={503: {"model": ReadinessOut, "description": "still loading (or loading failed)"}})
+    def readyz():
+        if state.ready.is_set():
+            return {"status": "ready"}
+        return JSONResponse(status_code=503, content={"status": "failed" if state.error else "loading",
+                                                      "detail": state.error})
+
+    @app.post("/v1/qa", response_model=QAResponse,
+              responses={**BAD_REQUEST, **NOT_READY, 504: {"model": ErrorOut, "description": "timed out"}})
+    async def qa(req: QARequest) -> QAResponse:
+        require_ready()
+        t0 = time.perf_counter()
+        fut = state.batcher.submit(req.question, req.top_k)
+        try:
+            ans = await asyncio.wait_for(asyncio.wrap_future(fut), timeout=settings.timeout_s)
+        except asyncio.TimeoutError:
+            fut.cancel()
+            raise HTTPException(504, detail=f"no answer within {settings.timeout_s:g} s") from None
+        answers = []
+        for c in ans.candidates[: req.top_k]:
+            out = _answer_out(c)
+            if out.mention:
+                out.mention.text = req.question[out.mention.start : out.mention.end]
+            answers.append(out)
+        best = answers[0] if ans.triple is not None and answers else None
+        return QAResponse(question=req.question, answer=best, answers=answers,
+                          ner_spans=[tuple(s) for s in ans.ner_spans],
+                          latency_ms=round((time.perf_counter() - t0) * 1e3, 2))
+
+    @app.post("/v1/link", response_model=LinkResponse, responses={**BAD_REQUEST, **NOT_READY})
+    def link(req: LinkRequest) -> LinkResponse:
+        pipe = require_ready()
+        with pipe._lock:
+            mentions = pipe.linker.link(req.text)
+        return LinkResponse(text=req.text, mentions=[
+            LinkedMention(mention=m.text, start=m.start, end=m.end, score=round(m.score, 4),
+                          entity=EntityRef(id=m.entity.id, name=m.entity.name,
+                                           disambiguation=m.entity.disambiguation) if m.entity else None,
+                          candidates=[(e.name, round(s, 4)) for e, s in m.candidates[:10]])
+            for m in mentions])
+
+    @app.get("/v1/entities/{name}", response_model=EntityResponse,
+             responses={**BAD_REQUEST, **NOT_READY, 404: {"model": ErrorOut, "description": "no such entity"}})
+    def entity(name: Annotated[str, PathParam(min_length=1, max_length=MAX_NAME_CHARS), CleanText]) -> EntityResponse:
+        pipe = require_ready()
+        with pipe._lock:
+            ent = pipe.store.entity_by_name(name)
+            homonyms = pipe.store.entities_by_base(ent.base if ent else name)
+            if ent is None:
+                names = [h.name for h in homonyms[:20]]
+                raise HTTPException(404, detail=f"no entity named {name!r}" + (
+                    f"; entities with that base name: {names}" if names else ""))
+            triples = pipe.store.triples(ent.id)
+        return EntityResponse(
+            entity=EntityRef(id=ent.id, name=ent.name, disambiguation=ent.disambiguation),
+            description=ent.description,
+            triples=[TripleOut(head=t.head, relation=t.relation, tail=t.tail) for t in triples],
+            homonyms=[EntityRef(id=h.id, name=h.name, disambiguation=h.disambiguation)
+                      for h in homonyms if h.id != ent.id])
+
+    return app

@@ -1,0 +1,231 @@
+"""A compact, off-heap prefix trie over the tokenised `head [unused1] relation [SEP]` sequences of a KB.
+
+Why hand-written: the seq2seq + trie KgCLUE system keeps a pointer-based Python trie, which needs
+about 30 GB of RAM for 20M triples. Here the trie is implicit: every distinct (head, relation)
+sequence is stored once, sorted lexicographically, as a flat token array plus row offsets
+(numpy files opened with mmap). The children of a prefix are found by binary search over the rows
+sharing that prefix, so memory is ~2 bytes per token on disk and nothing on the Python heap.
+
+Agreement with the tokenizer is by construction: the sequences are made by `encode_target`, the
+same function that makes the GEN training targets, and the tokenizer's fingerprint is stored
+and checked on load. A walk through `allowed_next` can only end on a stored row, so constrained
+decoding can never produce a (head, relation) the KB does not hold.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "wenzhi-kb-trie-2"
+MAX_TOKENS = 96  # longer (head, relation) sequences are skipped and counted
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    vocab = tokenizer.get_vocab()
+    digest = hashlib.sha256()
+    for token, idx in sorted(vocab.items(), key=lambda kv: kv[1]):
+        digest.update(f"{idx}\t{token}\n".encode())
+    digest.update(f"lower={getattr(tokenizer, 'do_lower_case', None)}".encode())
+    return digest.hexdigest()[:16]
+
+
+def field_separator(tokenizer) -> int:
+    """The token between head and relation. Not [SEP]: [SEP] is the decoder's end of sequence,
+    so it must occur once, at the end, where the trie path is complete."""
+    vocab = tokenizer.get_vocab()
+    return vocab.get("[unused1]", tokenizer.unk_token_id)
+
+
+def encode_target(tokenizer, head: str, relation: str) -> list[int]:
+    """Token ids of `head [unused1] relation [SEP]`: the GEN target and the trie's key."""
+    return encode_targets(tokenizer, [(head, relation)])[0]
+
+
+def encode_targets(tokenizer, pairs: Sequence[tuple[str, str]]) -> list[list[int]]:
+    """Token ids of `head [unused1] relation [SEP]` for each pair (one tokenizer call per field)."""
+    if not pairs:
+        return []
+    sep, mid = tokenizer.sep_token_id, field_separator(tokenizer)
+    heads = tokenizer([h for h, _ in pairs], add_special_tokens=False)["input_ids"]
+    rels = tokenizer([r for _, r in pairs], add_special_tokens=False)["input_ids"]
+    return [[*h, mid, *r, sep] for h, r in zip(heads, rels)]
+
+
+@dataclass
+class TrieHit:
+    head_id: int
+    relation: str
+
+
+class KBTrie:
+    """Read-only view of a trie directory written by `KBTrie.build`."""
+
+    def __init__(self, path: str | os.PathLike, tokenizer=None):
+        self.path = Path(path)
+        meta_file = self.path / "meta.json"
+        if not meta_file.exists():
+            raise FileNotFoundError(f"no KB trie at {self.path} (missing meta.json)")
+        self.meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        if self.meta.get("format") != FORMAT:
+            raise ValueError(f"{self.path}: unknown trie format {self.meta.get('format')!r}")
+        if tokenizer is not None and tokenizer_fingerprint(tokenizer) != self.meta["tokenizer"]:
+            raise ValueError(
+                f"{self.path}: trie was built with another tokenizer; rebuild it with this one"
+            )
+        self.tokens = np.load(self.path / "tokens.npy", mmap_mode="r")
+        self.offsets = np.load(self.path / "offsets.npy", mmap_mode="r")
+        self.head_ids = np.load(self.path / "head_ids.npy", mmap_mode="r")
+        self.relation_ids = np.load(self.path / "relation_ids.npy", mmap_mode="r")
+        self.relations: list[str] = json.loads((self.path / "relations.json").read_text(encoding="utf-8"))
+        self.sep_id = int(self.meta["sep_id"])
+        self.n = int(self.meta["num_sequences"])
+        self._children = lru_cache(maxsize=65536)(self._children_uncached)
+
+    # -- building ---------------------------------------------------------------------------
+    @classmethod
+    def build(cls, pairs: Iterable[tuple[int, str, str]], tokenizer, out: str | os.PathLike,
+              batch_size: int = 4096, progress: bool = False) -> dict:
+        """Write a trie for (head_id, head, relation) pairs; atomic (temp dir then rename)."""
+        out = Path(out)
+        width = ">u2" if len(tokenizer) < 2**16 else ">u4"
+        relation_index: dict[str, int] = {}
+        # Big-endian bytes of the ids sort exactly like the id sequences (a prefix sorts first),
+        # so one sort of compact bytes keys orders the rows without a padded matrix.
+        keys: list[bytes] = []
+        head_ids: list[int] = []
+        rel_ids: list[int] = []
+        seen: set[tuple[int, str]] = set()
+        skipped_long = 0
+        batch: list[tuple[int, str, str]] = []
+
+        def flush() -> None:
+            nonlocal skipped_long
+            for (hid, _, rel), ids in zip(batch, encode_targets(tokenizer, [(h, r) for _, h, r in batch])):
+                if len(ids) > MAX_TOKENS:
+                    skipped_long += 1
+                    continue
+                keys.append(np.asarray(ids, dtype=width).tobytes())
+                head_ids.append(hid)
+                rel_ids.append(relation_index.setdefault(rel, len(relation_index)))
+            batch.clear()
+
+        iterator = pairs
+        if progress:
+            from tqdm import tqdm
+
+            iterator = tqdm(pairs, desc="trie", unit=" pairs")
+        for hid, head, rel in iterator:
+            if (hid, rel) in seen:
+                continue
+            seen.add((hid, rel))
+            batch.append((hid, head, rel))
+            if len(batch) >= batch_size:
+                flush()
+        flush()
+        seen.clear()
+        order = np.asarray(sorted(range(len(keys)), key=keys.__getitem__), dtype=np.int64)
+        itemsize = np.dtype(width).itemsize
+        lengths = np.fromiter((len(keys[i]) // itemsize for i in order), dtype=np.int64, count=len(order))
+        offsets = np.zeros(len(order) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        flat = np.frombuffer(b"".join(keys[i] for i in order), dtype=width).astype(width[1:])
+        del keys
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
+        np.save(tmp / "tokens.npy", flat)
+        np.save(tmp / "offsets.npy", offsets)
+        np.save(tmp / "head_ids.npy", np.asarray(head_ids, dtype=np.int64)[order])
+        np.save(tmp / "relation_ids.npy", np.asarray(rel_ids, dtype=np.int32)[order])
+        relations = sorted(relation_index, key=relation_index.get)
+        (tmp / "relations.json").write_text(json.dumps(relations, ensure_ascii=False), encoding="utf-8")
+        summary = {
+            "format": FORMAT,
+            "num_sequences": int(len(order)),
+            "num_tokens": int(len(flat)),
+            "skipped_too_long": skipped_long,
+            "sep_id": int(tokenizer.sep_token_id),
+            "tokenizer": tokenizer_fingerprint(tokenizer),
+            "bytes": 0,
+        }
+        summary["bytes"] = int(sum(f.stat().st_size for f in tmp.iterdir()))
+        (tmp / "meta.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+        return summary
+
+    @classmethod
+    def build_from_store(cls, store, tokenizer, out, progress: bool = False) -> dict:
+        def pairs():
+            for t in store.iter_triples():
+                yield t.head_id, t.head, t.relation
+
+        return cls.build(pairs(), tokenizer, out, progress=progress)
+
+    # -- lookup -----------------------------------------------------------------------------
+    def _tok(self, row: int, pos: int) -> int:
+        start = int(self.offsets[row]) + pos
+        return int(self.tokens[start]) if start < int(self.offsets[row + 1]) else -1
+
+    def _bound(self, lo: int, hi: int, pos: int, token: int, upper: bool) -> int:
+        # Rows in [lo, hi) share their first `pos` tokens, so their tokens at `pos` are sorted
+        # (a row that has ended reads -1, before every token).
+        while lo < hi:
+            mid = (lo + hi) // 2
+            t = self._tok(mid, pos)
+            if t < token or (upper and t == token):
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    def prefix_range(self, prefix: Sequence[int]) -> tuple[int, int]:
+        """Rows [lo, hi) whose sequence starts with `prefix` (empty range if none)."""
+        lo, hi = 0, self.n
+        for pos, token in enumerate(prefix):
+            token = int(token)
+            lo, hi = self._bound(lo, hi, pos, token, False), self._bound(lo, hi, pos, token, True)
+            if lo >= hi:
+                return lo, lo
+        return lo, hi
+
+    def _children_uncached(self, prefix: tuple[int, ...]) -> tuple[int, ...]:
+        lo, hi = self.prefix_range(prefix)
+        pos = len(prefix)
+        out = []
+        i = lo
+        while i < hi:
+            t = self._tok(i, pos)
+            j = self._bound(i, hi, pos, t, True)
+            if t >= 0:
+                out.append(t)
+            i = j
+        return tuple(out)
+
+    def allowed_next(self, prefix: Sequence[int]) -> list[int]:
+        """Token ids that extend `prefix` towards a stored sequence; [] once it is complete."""
+        return list(self._children(tuple(int(t) for t in prefix)))
+
+    def lookup(self, sequence: Sequence[int]) -> list[TrieHit]:
+        """The (head_id, relation) pairs stored under exactly this token sequence."""
+        lo, hi = self.prefix_range(sequence)
+        hits = []
+        for row in range(lo, hi):
+            if int(self.offsets[row + 1]) - int(self.offsets[row]) == len(sequence):
+                hits.append(TrieHit(int(self.head_ids[row]), self.relations[int(self.relation_ids[row])]))
+        return hits
+
+    def sequence(self, row: int) -> list[int]:
+        return [int(t) for t in self.tokens[int(self.offsets[row]) : int(self.offsets[row + 1])]]
+
+    def __len__(self) -> int:
+        return self.n

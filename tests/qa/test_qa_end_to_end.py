@@ -1,0 +1,193 @@
+"""End to end on real data: a tiny model fine-tuned here (SIM, then NER and GEN on its frozen
+universal module) answers KgCLUE dev questions from the KB slice, through the pipeline, the
+evaluation command's code and the REST service."""
+import json
+import threading
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from qa_service.finetune import FinetuneConfig, finetune
+from qa_service.metric import kgclue_scores
+
+
+@pytest.fixture(scope="module")
+def model_dir(data_dir, kb_db, tmp_path_factory):
+    root = tmp_path_factory.mktemp("qa_model")
+    train = root / "train.json"
+    with open(data_dir / "kgclue" / "train.json", encoding="utf-8") as src:
+        train.write_text("".join(next(src) for _ in range(300)), encoding="utf-8")  # heads in the slice
+    out = root / "model"
+    common = dict(out=out, kb=kb_db, questions=[train], max_steps=40, batch_size=16, lr=2e-3, threads=1)
+    sim = finetune(FinetuneConfig(task="sim", freeze_universal=False, **common))
+    assert sim["last_loss"] < sim["first_loss"]  # it learnt something
+    for task in ("ner", "gen"):
+        report = finetune(FinetuneConfig(task=task, init=out / "sim", **common))
+        assert report["last_loss"] < report["first_loss"]
+    return out
+
+
+@pytest.fixture(scope="module")
+def dev_file(kgclue_dev, tmp_path_factory):
+    path = tmp_path_factory.mktemp("dev") / "dev.json"
+    path.write_text("".join(json.dumps(q, ensure_ascii=False) + "\n" for q in kgclue_dev[:60]), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def pipeline(model_dir, kb_db):
+    from qa_service.pipeline import PipelineConfig, QAPipeline
+
+    pipe = QAPipeline(model_dir, kb_db, PipelineConfig(use_gen=True, threads=1))
+    yield pipe
+    pipe.close()
+
+
+def test_heads_share_one_universal_module(pipeline):
+    assert pipeline.shared_universal  # NER and GEN were fine-tuned on SIM's frozen universal module
+    assert pipeline.gen is not None and pipeline.trie is not None
+
+
+def test_answers_are_kb_triples_with_evidence(pipeline, kgclue_dev, kb_store):
+    questions = [q["question"] for q in kgclue_dev[:8]]
+    answers = pipeline.answer_batch(questions, top_k=3)
+    assert len(answers) == 8
+    right = 0
+    for q, a in zip(kgclue_dev[:8], answers):
+        assert a.triple is not None and 0.0 < a.confidence <= 1.0
+        head, rel, tail = a.triple
+        entity = kb_store.entity_by_name(head)
+        assert entity is not None and any(t.tail == tail for t in kb_store.triples(entity.id, rel))
+        assert a.mention is None or a.question[a.mention["start"]:a.mention["end"]] == a.mention["text"]
+        assert len(a.candidates) <= 3
+        right += a.answer == q["answer"]
+        for (head_id, rel2) in pipeline._gen([pipeline.tokenizer(q["question"])["input_ids"]])[0]:
+            assert kb_store.triples(head_id, rel2)  # GEN only ever proposes KB pairs
+    assert right >= 5
+
+
+def test_evaluate_on_kgclue_dev_slice(model_dir, kb_db, dev_file, tmp_path):
+    from qa_service.evaluate import evaluate
+
+    errors = tmp_path / "errors.jsonl"
+    result = evaluate(dev_file, kb_db, model_dir, errors=errors, use_gen=False, threads=1, progress=False)
+    assert result["n"] == 60
+    # the linker carries most of it; a pipeline that picked a random candidate scores far lower
+    assert result["score"] >= 60, result
+    assert result["breakdown"]["mention_found"] >= 0.9
+    assert 0.0 <= result["relation_selection"]["accuracy_at_1"] <= 1.0
+    lines = errors.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == round(60 * (1 - result["em_o"] / 100))
+    preds = [json.loads(line)["pred"] for line in lines]
+    golds = [json.loads(line)["gold"] for line in lines]
+    assert all(kgclue_scores([p], [g])["em_o"] == 0.0 for p, g in zip(preds, golds))
+
+
+# -- REST service --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def client(model_dir, kb_db):
+    from qa_service.service import ServiceSettings, create_app
+
+    app = create_app(ServiceSettings(model=str(model_dir), kb=str(kb_db), use_gen=False, threads=1, timeout_s=30))
+    with TestClient(app) as c:
+        for _ in range(600):
+            if c.get("/readyz").status_code == 200:
+                break
+            time.sleep(0.1)
+        yield c
+
+
+def test_qa_endpoint_contract(client, kgclue_dev):
+    q = kgclue_dev[2]  # 我很好奇龙编站的坐标是什么啊？
+    r = client.post("/v1/qa", json={"question": q["question"], "top_k": 2})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["answer"]["triple"] == dict(zip(("head", "relation", "tail"), (p.strip() for p in q["answer"].split("|||"))))
+    assert body["answer"]["entity"]["name"] == "龙编站"
+    assert body["answer"]["mention"] == {"text": "龙编站", "start": 4, "end": 7}
+    assert 0 < body["answer"]["confidence"] <= 1 and len(body["answers"]) <= 2
+    assert client.get("/healthz").json()["status"] == "ok"
+    schema = client.get("/openapi.json").json()
+    assert {"/v1/qa", "/v1/link", "/v1/entities/{name}", "/healthz", "/readyz"} <= set(schema["paths"])
+
+
+def test_link_and_entity_endpoints(client):
+    r = client.post("/v1/link", json={"text": "守望星光是韩玉玲、刘东考演唱的歌曲吗"})
+    assert r.status_code == 200
+    mention = r.json()["mentions"][0]
+    assert mention["mention"] == "守望星光" and mention["entity"]["disambiguation"] == "韩玉玲、刘东考演唱歌曲"
+    r = client.get("/v1/entities/龙编站")
+    assert r.status_code == 200 and r.json()["triples"][0]["relation"] == "坐标"
+    r = client.get("/v1/entities/没有这个实体的名字")
+    assert r.status_code == 404 and "no entity" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("body, reason", [
+    ({"question": ""}, "at least 1"),
+    ({"question": "   \t "}, "whitespace"),
+    ({"question": "问" * 257}, "at most 256"),
+    ({"question": 42}, "valid string"),
+    ({"question": ["a"]}, "valid string"),
+    ({"question": "龙编站\x00的坐标"}, "control"),
+    ({"question": "龙编站\x1b[31m"}, "control"),
+    ({"question": "龙编站", "top_k": "3"}, "top_k"),
+    ({"question": "龙编站", "top_k": 0}, "top_k"),
+    ({"question": "龙编站", "extra": 1}, "extra"),
+    ({}, "required"),
+])
+def test_bad_input_is_a_4xx_with_a_reason(client, body, reason):
+    r = client.post("/v1/qa", json=body)
+    assert r.status_code == 422
+    assert reason.lower() in r.json()["detail"].lower()
+
+
+def test_invalid_json_and_wrong_content(client):
+    r = client.post("/v1/qa", content=b'{"question": "abc"', headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "json" in r.json()["detail"].lower()
+    r = client.post("/v1/link", json={"text": ""})
+    assert r.status_code == 422
+    r = client.get("/v1/entities/" + "名" * 300)
+    assert r.status_code == 422
+
+
+def test_concurrent_requests_are_batched(client, kgclue_dev):
+    results, errors = [], []
+
+    def ask(q):
+        try:
+            results.append(client.post("/v1/qa", json={"question": q}).status_code)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ask, args=(q["question"],)) for q in kgclue_dev[:16]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and results == [200] * 16
+
+
+def test_readyz_is_503_until_the_model_is_loaded(model_dir, kb_db):
+    from qa_service.pipeline import PipelineConfig, QAPipeline
+    from qa_service.service import ServiceSettings, create_app
+
+    release = threading.Event()
+
+    def slow_loader():
+        release.wait(60)
+        return QAPipeline(model_dir, kb_db, PipelineConfig(use_gen=False, threads=1))
+
+    app = create_app(ServiceSettings(model=str(model_dir), kb=str(kb_db)), loader=slow_loader)
+    with TestClient(app) as c:
+        assert c.get("/healthz").status_code == 200
+        assert c.get("/readyz").status_code == 503
+        r = c.post("/v1/qa", json={"question": "龙编站的坐标是什么"})
+        assert r.status_code == 503 and "loading" in r.json()["detail"]
+        release.set()
+        for _ in range(600):
+            if c.get("/readyz").status_code == 200:
+                break
+            time.sleep(0.1)
+        assert c.get("/readyz").status_code == 200
+        assert c.post("/v1/qa", json={"question": "龙编站的坐标是什么"}).status_code == 200

@@ -1,0 +1,100 @@
+"""The KB prefix trie: every path it allows ends on a real (head, relation) of the KB."""
+import random
+
+import pytest
+import torch
+
+from qa_service.trie import KBTrie, encode_target
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from model.tokenizer import load_tokenizer
+
+    return load_tokenizer(None)
+
+
+@pytest.fixture(scope="module")
+def trie(kb_store, tokenizer, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trie") / "trie"
+    summary = KBTrie.build_from_store(kb_store, tokenizer, out)
+    assert summary["num_sequences"] > 1000
+    return KBTrie(out, tokenizer)
+
+
+def _is_kb_pair(store, hit) -> bool:
+    return bool(store.triples(hit.head_id, hit.relation))
+
+
+def test_every_stored_sequence_maps_back_to_its_kb_pair(trie, kb_store):
+    pairs = {(t.head_id, t.relation) for t in kb_store.iter_triples()}
+    assert len(trie) == len(pairs)  # one row per distinct (head, relation)
+    for row in range(0, len(trie), max(1, len(trie) // 300)):
+        hits = trie.lookup(trie.sequence(row))
+        assert hits and all((h.head_id, h.relation) in pairs for h in hits)
+
+
+def test_random_walks_never_leave_the_kb(trie, kb_store):
+    rng = random.Random(0)
+    for _ in range(300):
+        prefix = []
+        while True:
+            allowed = trie.allowed_next(prefix)
+            if not allowed:
+                break
+            prefix.append(rng.choice(allowed))
+            assert len(prefix) < 200
+        hits = trie.lookup(prefix)
+        assert hits, f"walk ended off the KB: {prefix}"
+        assert all(_is_kb_pair(kb_store, h) for h in hits)
+
+
+def test_a_real_head_with_a_relation_it_lacks_is_unreachable(trie, kb_store, tokenizer):
+    entity = kb_store.entity_by_name("龙编站")
+    assert entity is not None
+    ids = encode_target(tokenizer, entity.name, "主讲课程")
+    assert trie.lookup(ids) == []
+    walked = []
+    for token in ids:
+        if token not in trie.allowed_next(walked):
+            break
+        walked.append(token)
+    assert len(walked) < len(ids)  # the walk is cut off before the end
+    good = encode_target(tokenizer, entity.name, "坐标")
+    assert [(h.head_id, h.relation) for h in trie.lookup(good)] == [(entity.id, "坐标")]
+
+
+def test_trie_refuses_a_different_tokenizer(trie, tokenizer, tmp_path):
+    from model.tokenizer import load_tokenizer
+
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    (tmp_path / "vocab.txt").write_text("".join(f"{t}\n" for t, _ in vocab[:-1]), encoding="utf-8")
+    with pytest.raises(ValueError, match="another tokenizer"):
+        KBTrie(trie.path, load_tokenizer(tmp_path / "vocab.txt"))
+
+
+def test_constrained_generation_with_an_untrained_model_only_yields_kb_pairs(trie, kb_store, tokenizer):
+    from model.modeling import WenzhiConfig, WenzhiForPrefixLM
+
+    torch.manual_seed(0)
+    config = WenzhiConfig(vocab_size=len(tokenizer), hidden_size=32, num_universal_layers=1, num_nlu_layers=1,
+                          num_nlg_layers=1, num_attention_heads=2, intermediate_size=64)
+    model = WenzhiForPrefixLM(config).eval()
+    enc = tokenizer(["刘晓华主要讲什么课啊？", "我很好奇龙编站的坐标是什么啊？"], padding=True, return_tensors="pt")
+    result = model.generate(enc["input_ids"], attention_mask=enc["attention_mask"], max_new_tokens=48,
+                            num_beams=3, num_return_sequences=3,
+                            allowed_tokens_fn=lambda b, prefix: trie.allowed_next(prefix))
+    produced = 0
+    for seqs, scores in zip(result.sequences.tolist(), result.scores.tolist()):
+        for seq, score in zip(seqs, scores):
+            if score == float("-inf"):
+                continue
+            seq = seq[: seq.index(trie.sep_id) + 1]  # [SEP] is the end of sequence
+            hits = trie.lookup(seq)
+            assert hits and all(_is_kb_pair(kb_store, h) for h in hits)
+            produced += 1
+    assert produced >= 2
+
+
+def test_trie_is_compact(trie):
+    assert trie.meta["bytes"] / len(trie) < 64  # bytes per (head, relation) on disk
