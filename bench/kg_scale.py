@@ -181,6 +181,12 @@ def linking(db: Path, texts: list[str]) -> dict:
         out[label] = {"chars": chars, "texts": len(texts), "mentions": mentions, "wall_s": round(wall, 2),
                       "cpu_s": round(cpu, 2), "chars_per_s_wall": round(chars / wall),
                       "chars_per_s_cpu": round(chars / cpu)}
+        # The first pass fetches every entity and its features from the store (cold caches);
+        # a second pass over the same text is what a long-running service sees.
+        c0 = time.process_time()
+        for t in texts:
+            linker.link(t)
+        out[label]["warm_chars_per_s_cpu"] = round(chars / (time.process_time() - c0))
     store.close()
     return out
 

@@ -25,7 +25,6 @@ import re
 from array import array
 import time
 from pathlib import Path
-from typing import Iterator
 
 
 from kg.names import normalize
@@ -224,19 +223,18 @@ class AliasIndex:
     def key_candidates(self, key_id: int) -> list[tuple[int, float]]:
         return self._slice(key_id)
 
-    def matches(self, normalized_text: str, single_chars: bool = False) -> Iterator[tuple[int, int, int]]:
+    def matches(self, normalized_text: str, single_chars: bool = False) -> list[tuple[int, int, int]]:
         """Alias occurrences in normalised text: (start, end, key_id), end exclusive; the
         1-character ones only when asked."""
-        for end, value in self.automaton.iter(_encode(normalized_text)):
-            start = end + 1 - 2 * (value & _LEN_MASK)
-            if not start & 1:  # a match across a character boundary is no match
-                yield start >> 1, (end + 1) >> 1, value >> _LEN_BITS
+        # A match ending at encoded letter `end` covers characters [(end+1)/2 - length, (end+1)/2)
+        # when end + 1 is even; an odd `end` is a match across a character boundary: no match.
+        found = [((end + 1 >> 1) - (value & _LEN_MASK), end + 1 >> 1, value >> _LEN_BITS)
+                 for end, value in self.automaton.iter(_encode(normalized_text)) if end & 1]
         if single_chars and self.single_chars:
             get = self.single_chars.get
-            for i, ch in enumerate(normalized_text):
-                key_id = get(ch)
-                if key_id is not None:
-                    yield i, i + 1, key_id
+            found.extend((i, i + 1, key_id) for i, ch in enumerate(normalized_text)
+                         if (key_id := get(ch)) is not None)
+        return found
 
 
 REFERENCE_CORPUS = (("corpus/people_daily_1998_pos.txt", 600_000), ("corpus/reviews_pos.txt", 300_000),

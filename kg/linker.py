@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import math
+import operator
 import unicodedata
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -82,35 +83,64 @@ class LinkerConfig:
 
 
 @dataclass(frozen=True)
+class _Groups:
+    """Character sets (one per relation name, or per short tail) held as an inverted index,
+    char -> indices of the groups holding it: overlap with a context then costs work in the
+    characters they share, not one set intersection per group (an entity can have hundreds
+    of relations, and most share nothing with a given context)."""
+    index: dict  # char -> tuple of group indices
+    sizes: tuple[int, ...]  # distinct characters per group
+    chars: frozenset  # the index's keys: intersecting two sets visits the smaller one
+
+    @classmethod
+    def of(cls, groups: list[frozenset]) -> "_Groups":
+        index: dict[str, list[int]] = {}
+        for i, group in enumerate(groups):
+            for c in group:
+                index.setdefault(c, []).append(i)
+        return cls({c: tuple(ix) for c, ix in index.items()}, tuple(len(g) for g in groups), frozenset(index))
+
+    def hits(self, chars: frozenset) -> dict[int, int]:
+        """group index -> how many of its characters are in `chars`; groups with none left out."""
+        counts: dict[int, int] = {}
+        for c in self.chars & chars:
+            for i in self.index[c]:
+                counts[i] = counts.get(i, 0) + 1
+        return counts
+
+
+@dataclass(frozen=True)
 class _EntityFeatures:
-    relations: tuple[frozenset, ...]
-    relation_bigrams: tuple[frozenset, ...]
-    tails: tuple[frozenset, ...]
+    relations: _Groups
+    relation_bigrams: tuple[tuple[str, ...], ...]  # distinct bigrams of each relation, same order
+    tails: _Groups
     disambiguation: frozenset
     description: frozenset  # character bigrams
     base: str  # normalised
     full: str  # normalised full name
     log_triples: float
-    # unions of the groups above: most candidates share nothing with the context, and one
-    # intersection with the union proves it without scanning every relation and tail
-    relation_chars: frozenset = frozenset()
-    relation_grams: frozenset = frozenset()
-    tail_chars: frozenset = frozenset()
+
+
+class _Context:
+    """The text around a mention (the mention itself left out) as characters, and as bigrams
+    built only when a candidate has a description to compare them with."""
+
+    __slots__ = ("text", "chars", "_grams")
+
+    def __init__(self, text: str):
+        self.text = text
+        self.chars = frozenset(text)
+        self._grams: set[str] | None = None
+
+    @property
+    def grams(self) -> set[str]:
+        if self._grams is None:
+            self._grams = _bigrams(self.text)
+        return self._grams
 
 
 def _bigrams(text: str) -> set[str]:
     return {text[i : i + 2] for i in range(len(text) - 1)}
-
-
-def _best_cover(groups, chars) -> float:
-    """Largest fraction of one group's members present in `chars`."""
-    best = 0.0
-    for g in groups:
-        if g:
-            f = len(g & chars) / len(g)
-            if f > best:
-                best = f
-    return best
 
 
 def _has_word_char(text: str) -> bool:
@@ -127,6 +157,9 @@ class EntityLinker:
             raise ValueError(f"weights has {len(self.config.weights)} entries, FEATURES {len(FEATURES)}")
         self._entity = lru_cache(maxsize=200_000)(store.entity)
         self._entity_features = lru_cache(maxsize=200_000)(self._compute_entity_features)
+        # Per alias and per entity, not per occurrence: an AliasIndex does not change once built.
+        self._mention_features = lru_cache(maxsize=200_000)(self._compute_mention_features)
+        self._candidates = lru_cache(maxsize=200_000)(self._compute_candidates)
 
     # -- public ---------------------------------------------------------------------------
     def link(self, text: str, spans: list[tuple[int, int]] | None = None) -> list[Mention]:
@@ -135,13 +168,11 @@ class EntityLinker:
         if not text or not text.strip():
             return []
         norm, offmap = normalize_with_offsets(text)
-        to_orig = (lambda i: i) if offmap is None else offmap.__getitem__
         found = self._spans_from_ner(text, norm, offmap, spans) if spans is not None else self._detect(norm)
-        mentions = []
-        for s, e, key_id in found:
-            o_start, o_end = to_orig(s), to_orig(e - 1) + 1
-            mentions.append(self._disambiguate(text, norm, s, e, key_id, o_start, o_end))
-        return mentions
+        if offmap is None:  # nothing dropped: offsets into `norm` are offsets into `text`
+            return [self._disambiguate(text, norm, s, e, key_id, s, e) for s, e, key_id in found]
+        return [self._disambiguate(text, norm, s, e, key_id, offmap[s], offmap[e - 1] + 1)
+                for s, e, key_id in found]
 
     def rank(self, text: str, k: int = 5) -> list[tuple[Entity, float, Mention]]:
         """The entities `text` is most likely about, best first: KBQA topic-entity selection.
@@ -193,18 +224,20 @@ class EntityLinker:
         for s, e, key_id in set(self.index.matches(norm, single_chars=True)):
             ctx = self._context(norm, s, e)
             for eid, prior in self.index.key_candidates(key_id)[: self.config.max_candidates]:
-                rows.append((eid, self._feature_vector(norm, s, e, key_id, ctx, eid, prior)))
+                rows.append((eid, self._feature_vector(norm[s:e], key_id, ctx, eid, prior)))
         return rows
 
     # -- mention detection ----------------------------------------------------------------
     def _detect(self, norm: str) -> list[tuple[int, int, int]]:
-        found = list(self.index.matches(norm, single_chars=self.config.single_char_mentions))
+        # (-length, start, ...) tuples sort longest first, then leftmost, with no key function
+        found = [(s - e, s, e, k)
+                 for s, e, k in self.index.matches(norm, single_chars=self.config.single_char_mentions)]
         if not found:
             return []
-        found.sort(key=lambda m: (m[0] - m[1], m[0]))  # longest first, then leftmost
+        found.sort()
         taken = bytearray(len(norm))
         chosen = []
-        for s, e, key_id in found:
+        for _, s, e, key_id in found:
             if taken.find(1, s, e) == -1:
                 taken[s:e] = b"\x01" * (e - s)
                 chosen.append((s, e, key_id))
@@ -240,7 +273,7 @@ class EntityLinker:
     def _disambiguate(self, text, norm, s, e, key_id, o_start, o_end) -> Mention:
         cfg = self.config
         surface = text[o_start:o_end]
-        cands = self.index.key_candidates(key_id)[: cfg.max_candidates] if key_id >= 0 else []
+        cands = self._candidates(key_id) if key_id >= 0 else ()
         if not cands:
             return Mention(surface, o_start, o_end, None, 0.0, [])
         if len(cands) == 1:  # the common case in running text: nothing to weigh
@@ -265,72 +298,81 @@ class EntityLinker:
     def _scores(self, norm, s, e, key_id, cands) -> list[float]:
         w = self.config.weights
         ctx = self._context(norm, s, e)
+        mention = norm[s:e]
         return [
-            sum(a * b for a, b in zip(w, self._feature_vector(norm, s, e, key_id, ctx, eid, p)))
+            sum(map(operator.mul, w, self._feature_vector(mention, key_id, ctx, eid, p)))
             for eid, p in cands
         ]
 
-    def _context(self, norm: str, s: int, e: int) -> tuple[frozenset, set]:
-        """Characters and bigrams around the mention (the mention itself left out)."""
+    def _context(self, norm: str, s: int, e: int) -> _Context:
         w = self.config.context_window
-        context = norm[max(0, s - w) : s] + "\x00" + norm[e : e + w]
-        return frozenset(context), _bigrams(context)
+        return _Context(norm[max(0, s - w) : s] + "\x00" + norm[e : e + w])
 
-    def _feature_vector(self, norm: str, s: int, e: int, key_id: int, ctx, entity_id: int,
+    def _feature_vector(self, mention: str, key_id: int, ctx: _Context, entity_id: int,
                         prior: float) -> list[float]:
-        chars, grams = ctx
+        chars = ctx.chars
         f = self._entity_features(entity_id)
-        mention = norm[s:e]
         best_hits = 0
         rel_cover = rel_gram_cover = tail_cover = 0.0
-        if not f.relation_chars.isdisjoint(chars):
-            for r in f.relations:
-                hits = len(r & chars)
-                if hits > best_hits:
-                    best_hits = hits
-            rel_cover = _best_cover(f.relations, chars)
-            if not f.relation_grams.isdisjoint(grams):
-                rel_gram_cover = _best_cover(f.relation_bigrams, grams)
-        if not f.tail_chars.isdisjoint(chars):
-            tail_cover = _best_cover(f.tails, chars)
+        # Only relations sharing a character with the context can score; a relation's bigram is
+        # among the context's bigrams exactly when it is a substring of the context text.
+        relation_hits = f.relations.hits(chars)
+        if relation_hits:
+            sizes, text = f.relations.sizes, ctx.text
+            best_hits = max(relation_hits.values())
+            rel_cover = max(hits / sizes[i] for i, hits in relation_hits.items())
+            bigrams = [f.relation_bigrams[i] for i in relation_hits]
+            rel_gram_cover = max((sum(g in text for g in grams) / len(grams) for grams in bigrams if grams),
+                                 default=0.0)
+        tail_hits = f.tails.hits(chars)
+        if tail_hits:
+            tail_cover = max(hits / f.tails.sizes[i] for i, hits in tail_hits.items())
+        description = 0.0
+        if f.description:
+            grams = ctx.grams
+            description = len(f.description & grams) / len(grams) if grams else 0.0
+        length, single_char, no_word_char, text_frequency = self._mention_features(mention, key_id)
         return [
             rel_cover,
             min(best_hits, 4) / 4.0,
             rel_gram_cover,
             tail_cover,
             len(f.disambiguation & chars) / len(f.disambiguation) if f.disambiguation else 0.0,
-            len(f.description & grams) / len(grams) if f.description and grams else 0.0,
+            description,
             math.log(max(prior, 1e-9)),
             f.log_triples,
-            min(e - s, 12) / 12.0,
-            float(e - s == 1),
-            float(not _has_word_char(mention)),
+            length,
+            single_char,
+            no_word_char,
             float(mention == f.full and f.full != f.base),
             float(mention != f.base and mention != f.full),
-            math.log1p(self.index.text_frequency[key_id]),
+            text_frequency,
         ]
+
+    def _compute_candidates(self, key_id: int) -> tuple[tuple[int, float], ...]:
+        return tuple(self.index.key_candidates(key_id)[: self.config.max_candidates])
+
+    def _compute_mention_features(self, mention: str, key_id: int) -> tuple[float, float, float, float]:
+        """The features of the mention alone (same for every candidate and occurrence)."""
+        return (min(len(mention), 12) / 12.0, float(len(mention) == 1), float(not _has_word_char(mention)),
+                math.log1p(self.index.text_frequency[key_id]))
 
     def _compute_entity_features(self, entity_id: int) -> _EntityFeatures:
         entity = self._entity(entity_id)
         triples = self.store.triples(entity_id)[: self.config.max_triples]
-        rel_names = {_normalized_relation(t.relation) for t in triples}
+        rel_names = list({_normalized_relation(t.relation) for t in triples})
         tails = {frozenset(normalize(t.tail)) for t in triples if 2 <= len(t.tail) <= 20}
         dis = frozenset(normalize(entity.disambiguation)) if entity.disambiguation else frozenset()
         desc = frozenset(_bigrams(normalize(entity.description[:500]))) if entity.description else frozenset()
-        relations = tuple(frozenset(r) for r in rel_names)
-        relation_bigrams = tuple(frozenset(_bigrams(r)) for r in rel_names if len(r) > 1)
         return _EntityFeatures(
-            relations=relations,
-            relation_bigrams=relation_bigrams,
-            tails=tuple(tails),
+            relations=_Groups.of([frozenset(r) for r in rel_names]),
+            relation_bigrams=tuple(tuple(_bigrams(r)) for r in rel_names),
+            tails=_Groups.of(list(tails)),
             disambiguation=dis,
             description=desc,
             base=normalize(entity.base),
             full=normalize(entity.name),
             log_triples=math.log1p(entity.n_triples),
-            relation_chars=frozenset().union(*relations),
-            relation_grams=frozenset().union(*relation_bigrams),
-            tail_chars=frozenset().union(*tails),
         )
 
 
