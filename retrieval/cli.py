@@ -1,8 +1,157 @@
-"""`wenzhi` sub-commands of the retrieval package."""
+"""`wenzhi index ...`: dense (faiss) and sparse (BM25) indexes: build and search."""
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 
 
 def register(sub: "argparse._SubParsersAction") -> None:
     """Add this package's sub-commands to the `wenzhi` parser."""
+    idx = sub.add_parser("index", help="retrieval indexes: dense faiss and BM25 (tantivy, OpenSearch/Elasticsearch)")
+    idx_sub = idx.add_subparsers(dest="index_command", required=True, metavar="INDEX_COMMAND")
+
+    def add_source(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--kind", required=True, choices=["entities", "triples", "passages"])
+        p.add_argument("--db", help="KB store (from `wenzhi kg import`) for entities and triples")
+        p.add_argument("--source", action="append", metavar="JSON",
+                       help="SQuAD-format file(s) for passages (default: the data directory's cmrc2018/*.json)")
+        p.add_argument("--limit", type=int, help="index only the first N documents")
+
+    p = idx_sub.add_parser("build", help="encode documents and build a faiss index (atomically)")
+    add_source(p)
+    p.add_argument("--encoder", required=True, metavar="DIR", help="a transformers model directory")
+    p.add_argument("--index-type", metavar="STRING", help="faiss factory string, e.g. Flat, HNSW32, IVF4096,PQ64 "
+                   "(default: by corpus size: Flat up to 100k, HNSW32 up to 3M, IVF-PQ beyond)")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--gpu", action="store_true", help="encode and build on the GPU when there is one")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-length", type=int, default=128, help="encoder tokens per document")
+    p.set_defaults(handler=_build)
+
+    p = idx_sub.add_parser("search", help="search a faiss index")
+    p.add_argument("query")
+    p.add_argument("--index", required=True, metavar="DIR")
+    p.add_argument("--encoder", metavar="DIR", help="default: the encoder the index was built with")
+    p.add_argument("-k", type=int, default=10)
+    p.set_defaults(handler=_search)
+
+    p = idx_sub.add_parser("bm25", help="build a BM25 index: tantivy at --out, or a cluster index with --url")
+    add_source(p)
+    p.add_argument("--out", metavar="DIR", help="tantivy index directory (built aside, swapped in at the end)")
+    p.add_argument("--analyzer", default="bigrams", choices=["bigrams", "jieba"], help="tantivy only")
+    _cluster_args(p)
+    p.set_defaults(handler=_bm25)
+
+    p = idx_sub.add_parser("bm25-search", help="search a BM25 index (tantivy --index DIR, or --url)")
+    p.add_argument("query")
+    p.add_argument("--index", metavar="DIR")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--filter-kind", choices=["entity", "triple", "passage"])
+    _cluster_args(p)
+    p.set_defaults(handler=_bm25_search)
+
+
+def _cluster_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", help="Elasticsearch/OpenSearch URL instead of tantivy")
+    p.add_argument("--flavor", default="opensearch", choices=["opensearch", "elasticsearch"])
+    p.add_argument("--index-name", default="wenzhi-retrieval")
+
+
+def _documents(args):
+    from itertools import islice
+
+    from retrieval.documents import documents_for
+
+    docs = documents_for(args.kind, db=args.db, sources=args.source)
+    return islice(docs, args.limit) if args.limit else docs
+
+
+def _print_hits(hits) -> None:
+    for rank, h in enumerate(hits, 1):
+        row = {"rank": rank, "id": h.id, "score": round(h.score, 4), "kind": h.kind, "title": h.fields.get("title"),
+               "text": (h.fields.get("text") or "")[:120]}
+        print(json.dumps(row, ensure_ascii=False))
+
+
+def _build(args) -> int:
+    from retrieval.documents import KIND_BY_PLURAL
+    from retrieval.encoder import TransformersEncoder
+    from retrieval.faiss_index import build_faiss_index
+
+    device = None if args.gpu else "cpu"
+    encoder = TransformersEncoder(args.encoder, max_length=args.max_length, batch_size=args.batch_size, device=device)
+    try:
+        m = build_faiss_index(_documents(args), encoder, args.out, args.index_type, kind=KIND_BY_PLURAL[args.kind],
+                              batch_size=args.batch_size, gpu=args.gpu, encoder_path=args.encoder)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"wenzhi index build: {exc}", file=sys.stderr)
+        return 2
+    print(f"built {m.index_string} over {m.count} {args.kind} (dim {m.dim}, {m.metric}) in {m.build_seconds:.1f} s -> {args.out}")
+    return 0
+
+
+def _search(args) -> int:
+    from retrieval.analysis import QueryError
+    from retrieval.encoder import TransformersEncoder
+    from retrieval.faiss_index import FaissIndex, StaleIndexError
+
+    try:
+        encoder = TransformersEncoder(args.encoder) if args.encoder else None
+        index = FaissIndex(args.index, encoder)
+        _print_hits(index.search(args.query, args.k))
+    except (StaleIndexError, QueryError, FileNotFoundError) as exc:
+        print(f"wenzhi index search: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _cluster(args):
+    from retrieval.search_cluster import SearchClusterRetriever, connect
+
+    return SearchClusterRetriever(connect(args.url, args.flavor), args.index_name)
+
+
+def _bm25(args) -> int:
+    import time
+
+    from retrieval.tantivy_backend import TantivyRetriever
+
+    if bool(args.out) == bool(args.url):
+        print("wenzhi index bm25: give exactly one of --out DIR (tantivy) or --url URL (cluster)", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    try:
+        if args.url:
+            retriever = _cluster(args)
+            retriever.create_index(recreate=True)
+            n = retriever.index(_documents(args), progress=True)
+        else:
+            n = TantivyRetriever.build(args.out, _documents(args), analyzer=args.analyzer).count()
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"wenzhi index bm25: {exc}", file=sys.stderr)
+        return 2
+    print(f"indexed {n} {args.kind} in {time.perf_counter() - started:.1f} s -> {args.url or args.out}")
+    return 0
+
+
+def _bm25_search(args) -> int:
+    from pathlib import Path
+
+    from retrieval.analysis import QueryError
+    from retrieval.tantivy_backend import META_FILE, TantivyRetriever
+
+    if bool(args.index) == bool(args.url):
+        print("wenzhi index bm25-search: give exactly one of --index DIR or --url URL", file=sys.stderr)
+        return 2
+    if args.index and not (Path(args.index) / META_FILE).exists():
+        print(f"wenzhi index bm25-search: no BM25 index at {args.index} (build one with `wenzhi index bm25`)", file=sys.stderr)
+        return 2
+    retriever = _cluster(args) if args.url else TantivyRetriever(args.index)
+    try:
+        hits = retriever.search(args.query, args.k, {"kind": args.filter_kind} if args.filter_kind else None)
+    except QueryError as exc:
+        print(f"wenzhi index bm25-search: {exc}", file=sys.stderr)
+        return 2
+    _print_hits(hits)
+    return 0

@@ -5,13 +5,13 @@ Slow and GPU checks are skipped visibly (reason shown by `pytest -rs`) unless as
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pytest
 
 from kg.datadir import data_dir as _configured_data_dir
+from kg.linking_eval import read_questions
 
 
 def pytest_collection_modifyitems(config, items):
@@ -38,18 +38,6 @@ def data_dir() -> Path:
     if not (root / "kb" / "knowledge.txt").exists():
         pytest.fail(f"shared data not found at {root}: set WENZHI_DATA (see README.md)")
     return root
-
-
-def read_questions(path: Path, limit: int | None = None) -> list[dict]:
-    """KgCLUE/NLPCC JSON lines: {"id", "question", "answer": "head ||| relation ||| tail"}."""
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                rows.append(json.loads(line))
-                if limit is not None and len(rows) >= limit:
-                    break
-    return rows
 
 
 @pytest.fixture(scope="session")
