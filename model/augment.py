@@ -2,9 +2,10 @@
 the KB knows about that entity as an extra segment (token type 2), so the model learns
 P(w | context without w, K_w).
 
-K_w is, in order of preference: the entity's encyclopedia description (kg store); its triples
-written out as `relation：tail；...` (most entities here have no description, but do have
-triples); passages retrieved by the mention's entity name through a `retrieval.Retriever`.
+K_w is, in the order of preference `AugmentConfig.sources`: the entity's encyclopedia description
+(kg store); its triples written out as `relation：tail；...` (most entities here have no
+description, but do have triples); passages retrieved by the entity's name through a
+`retrieval.Retriever` (REALM's retrieved blocks; put "retrieval" before "triples" to prefer them).
 """
 from __future__ import annotations
 
@@ -25,6 +26,13 @@ class AugmentConfig:
     use_triples: bool = True  # verbalise triples when there is no description
     max_triples: int = 8
     retrieval_k: int = 1
+    sources: tuple[str, ...] = ("description", "triples", "retrieval")
+
+    def __post_init__(self):
+        self.sources = tuple(self.sources)
+        unknown = set(self.sources) - {"description", "triples", "retrieval"}
+        if unknown:
+            raise ValueError(f"augment sources {sorted(unknown)}: choose from description, triples, retrieval")
 
 
 @dataclass
@@ -60,9 +68,16 @@ class KnowledgeAugmenter:
         entity = self.store.entity(entity_id)
         if entity is None:
             return None
-        if entity.description:
-            return entity.description, "description"
-        if self.config.use_triples:
+        for source in self.config.sources:
+            found = self._from_source(source, entity, entity_id)
+            if found:
+                return found, source
+        return None
+
+    def _from_source(self, source: str, entity, entity_id: int) -> str | None:
+        if source == "description":
+            return entity.description or None
+        if source == "triples" and self.config.use_triples:
             facts = []
             for t in self.store.triples(entity_id):
                 if self.exclude_triple and self.exclude_triple(entity.base, t.relation, t.tail):
@@ -70,13 +85,14 @@ class KnowledgeAugmenter:
                 facts.append(f"{t.relation}：{t.tail}")
                 if len(facts) >= self.config.max_triples:
                     break
-            if facts:
-                return f"{entity.base}：" + "；".join(facts), "triples"
-        if self.retriever is not None:
-            hits = self.retriever.search(entity.base, k=self.config.retrieval_k)
+            return f"{entity.base}：" + "；".join(facts) if facts else None
+        if source == "retrieval" and self.retriever is not None:
+            try:
+                hits = self.retriever.search(entity.base, k=self.config.retrieval_k)
+            except ValueError:  # a name with nothing searchable in it (punctuation only)
+                return None
             texts = [h.fields.get("text") for h in hits if h.fields.get("text")]
-            if texts:
-                return "；".join(texts), "retrieval"
+            return "；".join(texts) if texts else None
         return None
 
     def augment(self, input_ids, labels, token_type_ids, entity_ids: list[int], max_len: int):

@@ -79,6 +79,9 @@ class PrepareConfig:
     augment: dict = field(default_factory=dict)
     rows_per_shard: int = 65536
     max_linked_pairs: int = 2  # UKTP examples per text chunk from linking
+    # a tantivy BM25 index (`wenzhi index bm25 --kind passages --out DIR`) whose passages can
+    # serve as the knowledge segment (augment.sources says in which order of preference)
+    retrieval_index: str | None = None
     base_dir: str = "."
 
     @classmethod
@@ -101,16 +104,17 @@ class PrepareConfig:
         return cfg
 
     def resolve(self, path: str | None) -> Path | None:
-        """Absolute paths as given; else relative to the config file if it exists there; else
-        inside the data directory (a clear error if missing)."""
+        """Absolute paths as given; else relative to the config file, or to the working directory
+        (command-line overrides), if it exists there; else inside the data directory (a clear
+        error if missing)."""
         if path is None:
             return None
         p = Path(path).expanduser()
         if p.is_absolute():
             return p
-        local = Path(self.base_dir) / p
-        if local.exists():
-            return local
+        for local in (Path(self.base_dir) / p, Path.cwd() / p):
+            if local.exists():
+                return local
         from kg.datadir import data_path
 
         return data_path(str(p))
@@ -405,6 +409,10 @@ def prepare(cfg: PrepareConfig, show_progress: bool = True, retriever=None, over
             raise FileNotFoundError(f"KB store {kb_path} not found: create it with `wenzhi kg import`")
         store = TripleStore(kb_path)
         linker = EntityLinker(store)
+    if retriever is None and cfg.retrieval_index:
+        from retrieval import TantivyRetriever
+
+        retriever = TantivyRetriever(cfg.resolve(cfg.retrieval_index))
     paths = [cfg.resolve(c.path) for c in cfg.corpora]
     totals = [_count(c, p) for c, p in zip(cfg.corpora, paths)]
     grand_total = sum(totals)

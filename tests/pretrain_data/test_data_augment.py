@@ -70,3 +70,24 @@ def test_triples_verbalised_when_no_description(tokenizer, kb_store):
     text, source = augmenter.knowledge(entity.id)
     assert source == "triples" and text.startswith(entity.base)
     assert kb_store.triples(entity.id)[0].tail in text
+
+
+def test_retrieved_passages_serve_as_knowledge_when_preferred(tokenizer, kb_store, data_dir, tmp_path):
+    """REALM-style K_w: with `sources` putting retrieval first, the knowledge segment is the
+    BM25 passage retrieved for the entity's name from a real tantivy index of CMRC paragraphs."""
+    from retrieval import TantivyRetriever
+    from retrieval.documents import passages_from_squad
+
+    passages = list(passages_from_squad([data_dir / "cmrc2018" / "cmrc2018_trial.json"]))
+    retriever = TantivyRetriever.build(tmp_path / "bm25", passages)
+    chinese = [e for e in kb_store.iter_entities() if len(e.base) >= 2 and all("\u4e00" <= c <= "\u9fff" for c in e.base)]
+    entity = next(e for e in chinese if retriever.search(e.base, k=1))
+    augmenter = KnowledgeAugmenter(kb_store, tokenizer, retriever,
+                                   AugmentConfig(sources=("retrieval", "description", "triples")))
+    text, source = augmenter.knowledge(entity.id)
+    assert source == "retrieval"
+    assert text == retriever.search(entity.base, k=1)[0].fields["text"]
+    # default order: the KB's own knowledge first, retrieval only as the last resort
+    assert KnowledgeAugmenter(kb_store, tokenizer, retriever).knowledge(entity.id)[1] != "retrieval"
+    with pytest.raises(ValueError, match="augment sources"):
+        AugmentConfig(sources=("wikipedia",))
