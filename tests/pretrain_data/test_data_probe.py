@@ -33,7 +33,7 @@ def _train(tmp_path, name, skip, vocab):
     return load_model(train(cfg, resume=False, show_progress=False)["model_dir"])
 
 
-@pytest.mark.slow  # two trainings of 600 steps: about 3 minutes on 2 busy cores
+# two trainings of 600 steps: about 3 minutes on 2 busy cores, well inside the suite's budget
 @pytest.mark.filterwarnings("ignore")
 def test_probe_scores_seen_facts_above_unseen(tmp_path, data_dir):
     from model.tokenizer import SPECIAL_TOKENS, load_tokenizer
