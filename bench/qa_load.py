@@ -66,6 +66,7 @@ async def wait_ready(client, base: str, proc: subprocess.Popen, timeout: float =
 async def drive(client, base: str, questions: list[str], n: int, concurrency: int) -> dict:
     latencies: list[float] = []
     errors = 0
+    error_kinds: dict[str, int] = {}
     counter = iter(range(n))
 
     async def worker():
@@ -76,8 +77,10 @@ async def drive(client, base: str, questions: list[str], n: int, concurrency: in
                 r = await client.post(f"{base}/v1/qa", json={"question": questions[i % len(questions)], "top_k": 3})
                 if r.status_code != 200:
                     errors += 1
-            except Exception:  # noqa: BLE001 - counted
+                    error_kinds[str(r.status_code)] = error_kinds.get(str(r.status_code), 0) + 1
+            except Exception as exc:  # noqa: BLE001 - counted
                 errors += 1
+                error_kinds[type(exc).__name__] = error_kinds.get(type(exc).__name__, 0) + 1
             latencies.append((time.perf_counter() - t0) * 1e3)
 
     t0 = time.perf_counter()
@@ -87,7 +90,7 @@ async def drive(client, base: str, questions: list[str], n: int, concurrency: in
     pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]  # noqa: E731
     return {"clients": concurrency, "requests": n, "errors": errors, "p50_ms": round(pick(0.5), 1),
             "p99_ms": round(pick(0.99), 1), "throughput_rps": round(n / wall, 1), "wall_s": round(wall, 1),
-            "_latencies": latencies}
+            "error_kinds": error_kinds, "_latencies": latencies}
 
 
 def merge(parts: list[dict]) -> dict:
@@ -95,7 +98,12 @@ def merge(parts: list[dict]) -> dict:
     lat = sorted(x for p in parts for x in p["_latencies"])
     wall = sum(p["wall_s"] for p in parts)
     pick = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]  # noqa: E731
+    kinds: dict[str, int] = {}
+    for p in parts:
+        for k, v in p["error_kinds"].items():
+            kinds[k] = kinds.get(k, 0) + v
     return {"clients": parts[0]["clients"], "requests": len(lat), "errors": sum(p["errors"] for p in parts),
+            "error_kinds": kinds,
             "p50_ms": round(pick(0.5), 1), "p99_ms": round(pick(0.99), 1),
             "throughput_rps": round(len(lat) / wall, 1), "wall_s": round(wall, 1)}
 

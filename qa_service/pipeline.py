@@ -235,7 +235,7 @@ class QAPipeline:
 
         top_k = max(1, top_k)
 
-        from qa_service.packing import encode_questions, extend_with_relations, relation_segments, sim_logits
+        from qa_service.packing import encode_questions, relation_segments, score_relations
 
         cfg = self.config
         with self._lock, torch.inference_mode():
@@ -265,8 +265,7 @@ class QAPipeline:
             segments = [relation_segments(self.tokenizer, rels) for _, _, rels in per_q]
             sims: list[dict[str, float]] = [{} for _ in questions]
             if any(segments):
-                universal, starts = extend_with_relations(self.sim, enc, segments, self.tokenizer.pad_token_id)
-                logits = sim_logits(self.sim, self.sim.wenzhi.nlu(universal), starts).tolist()
+                logits = score_relations(self.sim, enc, segments, self.tokenizer.pad_token_id).tolist()
                 i = 0
                 for qi, (_, _, rels) in enumerate(per_q):
                     for rel in rels:

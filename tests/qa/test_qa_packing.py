@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from qa_service.packing import (encode_questions, extend_with_relations, packed_batch, relation_segments,
-                                sim_logits, universal_packed)
+                                score_relations, sim_logits, universal_packed)
 
 QUESTIONS = ["刘晓华主要讲什么课啊？", "我很好奇龙编站的坐标是什么啊？"]
-RELATIONS = [["主讲课程", "教学职称", "国籍"], ["坐标", "所属线路", "站台", "开通时间", "出口"]]
+RELATIONS = [["主讲课程", "教学职称", "国籍", "出生地"], ["坐标", "所属线路", "站台", "开通时间", "出口", "高", "中文名称别名"]]
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +37,16 @@ def test_cached_route_equals_one_pass(models):
         enc = encode_questions(sim, q_ids)
         universal, starts = extend_with_relations(sim, enc, segs)
         cached = sim_logits(sim, sim.wenzhi.nlu(universal), starts)
+        joined = score_relations(sim, enc, segs)  # few segments: the joined rows
+        per_segment = score_relations(sim, enc, segs, per_segment_above=0)  # widths 4, 6, 8; padding in 4 and 6
+        # a question with no candidate relation between the others leaves the rest unchanged
+        with_empty = score_relations(sim, encode_questions(sim, [q_ids[0], tok("谁？")["input_ids"], q_ids[1]]),
+                                     [segs[0], [], segs[1]], per_segment_above=0)
     assert one_pass.shape == (sum(len(r) for r in RELATIONS),)
     assert torch.allclose(one_pass, cached, atol=1e-5)
+    assert torch.allclose(one_pass, per_segment, atol=1e-5)
+    assert torch.allclose(one_pass, with_empty, atol=1e-5)
+    assert torch.allclose(one_pass, joined, atol=1e-5)
     # and the scores differ between relations (the test would pass trivially on a constant)
     assert one_pass.std() > 1e-4
 
