@@ -232,8 +232,8 @@ class AliasIndex:
                  for end, value in self.automaton.iter(_encode(normalized_text)) if end & 1]
         if single_chars and self.single_chars:
             get = self.single_chars.get
-            found.extend((i, i + 1, key_id) for i, ch in enumerate(normalized_text)
-                         if (key_id := get(ch)) is not None)
+            found += [(i, i + 1, key_id) for i, ch in enumerate(normalized_text)
+                      if (key_id := get(ch)) is not None]
         return found
 
 

@@ -13,9 +13,16 @@
    KgCLUE *train* questions (softmax over each question's candidates) and checked on KgCLUE
    dev and NLPCC 2016, see bench/RESULTS.md.
 4. NIL: a mention whose best candidate's posterior falls under `nil_threshold` links to nothing.
+
+Scoring every candidate of every occurrence is the KBQA service's hot path (`rank` runs on
+every question), so the part of each score that does not depend on the context is computed
+once per (alias, candidate), and a candidate sharing no character with the context skips the
+context features, all 0 for it (`_occurrence_scores`). The scores are the same floats as the
+plain weights . `_feature_vector`, which `feature_rows` still gives the fitting.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import operator
 import unicodedata
@@ -42,6 +49,9 @@ FEATURES = (
     "alias_only",         # matched through an alias relation, not the entity's own name
     "text_frequency",     # log(1 + occurrences of the alias per million characters of ordinary text)
 )
+# The features before log_prior depend on the text around the mention; the rest only on the
+# alias and the candidate, so their weighted terms are computed once per (alias, candidate).
+_N_CONTEXT_FEATURES = FEATURES.index("log_prior")
 
 
 @dataclass
@@ -82,30 +92,43 @@ class LinkerConfig:
     max_triples: int = 300  # per entity, for context features
 
 
+# Entities with more relations (or short tails) than this also get an inverted index.
+_INDEX_MIN_GROUPS = 16
+
+
 @dataclass(frozen=True)
 class _Groups:
-    """Character sets (one per relation name, or per short tail) held as an inverted index,
-    char -> indices of the groups holding it: overlap with a context then costs work in the
-    characters they share, not one set intersection per group (an entity can have hundreds
-    of relations, and most share nothing with a given context)."""
-    index: dict  # char -> tuple of group indices
+    """Character sets (one per relation name, or per short tail), and their overlap with a context.
+
+    Most entities have a few groups, and one set intersection each (a C loop) is cheapest. But
+    an entity can have hundreds of relations, most sharing nothing with a given context: those
+    also get an inverted index, char -> indices of the groups holding it, so overlap costs work
+    in the characters they share, not one intersection per group."""
+    groups: tuple[frozenset, ...]
     sizes: tuple[int, ...]  # distinct characters per group
-    chars: frozenset  # the index's keys: intersecting two sets visits the smaller one
+    chars: frozenset  # every group's characters
+    index: dict | None  # char -> tuple of group indices, for more than _INDEX_MIN_GROUPS groups
 
     @classmethod
     def of(cls, groups: list[frozenset]) -> "_Groups":
-        index: dict[str, list[int]] = {}
-        for i, group in enumerate(groups):
-            for c in group:
-                index.setdefault(c, []).append(i)
-        return cls({c: tuple(ix) for c, ix in index.items()}, tuple(len(g) for g in groups), frozenset(index))
+        groups = tuple(groups)
+        index = None
+        if len(groups) > _INDEX_MIN_GROUPS:
+            lists: dict[str, list[int]] = {}
+            for i, group in enumerate(groups):
+                for c in group:
+                    lists.setdefault(c, []).append(i)
+            index = {c: tuple(ix) for c, ix in lists.items()}
+        return cls(groups, tuple(map(len, groups)), frozenset().union(*groups), index)
 
-    def hits(self, chars: frozenset) -> dict[int, int]:
-        """group index -> how many of its characters are in `chars`; groups with none left out."""
-        counts: dict[int, int] = {}
+    def hits(self, chars: frozenset) -> list[int]:
+        """How many of each group's characters are in `chars`, in group order."""
+        if self.index is None:
+            return list(map(len, map(chars.intersection, self.groups)))
+        counts = [0] * len(self.groups)
         for c in self.chars & chars:
             for i in self.index[c]:
-                counts[i] = counts.get(i, 0) + 1
+                counts[i] += 1
         return counts
 
 
@@ -119,6 +142,9 @@ class _EntityFeatures:
     base: str  # normalised
     full: str  # normalised full name
     log_triples: float
+    # Every character of its relations, short tails and disambiguation: a context sharing none
+    # of them gives the entity no relation, tail or disambiguation evidence (see `_occurrence_scores`).
+    chars: frozenset
 
 
 class _Context:
@@ -140,7 +166,7 @@ class _Context:
 
 
 def _bigrams(text: str) -> set[str]:
-    return {text[i : i + 2] for i in range(len(text) - 1)}
+    return set(map(operator.add, text, text[1:]))  # text[i] + text[i + 1], at C speed
 
 
 def _has_word_char(text: str) -> bool:
@@ -160,6 +186,10 @@ class EntityLinker:
         # Per alias and per entity, not per occurrence: an AliasIndex does not change once built.
         self._mention_features = lru_cache(maxsize=200_000)(self._compute_mention_features)
         self._candidates = lru_cache(maxsize=200_000)(self._compute_candidates)
+        # The weights are folded into these: a linker's config must not change once it is built.
+        self._prepared = lru_cache(maxsize=200_000)(self._prepare_candidates)
+        # Per entity and the few of its characters a context holds (see `_compute_overlap`).
+        self._overlap = lru_cache(maxsize=100_000)(self._compute_overlap)
 
     # -- public ---------------------------------------------------------------------------
     def link(self, text: str, spans: list[tuple[int, int]] | None = None) -> list[Mention]:
@@ -184,18 +214,20 @@ class EntityLinker:
             return []
         cfg = self.config
         norm, offmap = normalize_with_offsets(text)
-        to_orig = (lambda i: i) if offmap is None else offmap.__getitem__
-        scored = []
+        text_chars = frozenset(norm + "\x00")  # every context's characters are among these
+        occurrences = []
         for s, e, key_id in set(self.index.matches(norm, single_chars=True)):
-            cands = self.index.key_candidates(key_id)[: cfg.max_candidates]
             if cfg.context:
-                raw = self._scores(norm, s, e, key_id, cands)
+                cands = self._occurrence_scores(norm, s, e, key_id, text_chars)
             else:  # the baseline: longest match first, then the most frequent homonym
-                raw = [100.0 * (e - s) + math.log(max(p, 1e-9)) for _, p in cands]
-            o_start, o_end = to_orig(s), to_orig(e - 1) + 1
-            for (eid, _), r in zip(cands, raw):
-                scored.append((r, eid, o_start, o_end))
-        scored.sort(key=lambda x: -x[0])
+                cands = [(eid, 100.0 * (e - s) + math.log(max(p, 1e-9))) for eid, p in self._candidates(key_id)]
+            if offmap is None:
+                occurrences.append((s, e, cands))
+            else:
+                occurrences.append((offmap[s], offmap[e - 1] + 1, cands))
+        scored = [(r, eid, o_start, o_end) for o_start, o_end, cands in occurrences for eid, r in cands]
+        # best first; equal scores keep their order (a stable sort, reversed or not)
+        scored.sort(key=operator.itemgetter(0), reverse=True)
         seen, out = set(), []
         for score, eid, o_start, o_end in scored:
             if eid in seen:
@@ -280,7 +312,7 @@ class EntityLinker:
             entity = self._entity(cands[0][0])
             return Mention(surface, o_start, o_end, entity, 1.0, [(entity, 1.0)])
         if cfg.context:
-            raw = self._scores(norm, s, e, key_id, cands)
+            raw = [r for _, r in self._occurrence_scores(norm, s, e, key_id)]
         else:  # the baseline: the prior decides
             raw = [math.log(max(p, 1e-9)) for _, p in cands]
         top = max(raw)
@@ -295,14 +327,67 @@ class EntityLinker:
             best = None
         return Mention(surface, o_start, o_end, best, score, ranked)
 
-    def _scores(self, norm, s, e, key_id, cands) -> list[float]:
+    def _occurrence_scores(self, norm: str, s: int, e: int, key_id: int,
+                           text_chars: frozenset | None = None) -> list[tuple[int, float]]:
+        """(entity id, linear score) for each candidate of the alias occurrence norm[s:e], in
+        candidate order: the same floats as w . `_feature_vector`, summed in the same order.
+        `text_chars`: the characters of all of `norm` and the separator, if at hand."""
         w = self.config.weights
-        ctx = self._context(norm, s, e)
-        mention = norm[s:e]
-        return [
-            sum(map(operator.mul, w, self._feature_vector(mention, key_id, ctx, eid, p)))
-            for eid, p in cands
-        ]
+        ctx = None
+        found = []
+        for eid, f, fixed, fixed_score in self._prepared(norm[s:e], key_id):
+            # Most candidates (3 in 4 on KgCLUE questions, mostly 1-character entries) share no
+            # character with the text around the mention: their context features are all 0, and
+            # adding 0.0 terms changes no float, so the score is the precomputed context-free sum.
+            if f.description or text_chars is None or not f.chars.isdisjoint(text_chars):
+                if ctx is None:
+                    ctx = self._context(norm, s, e)
+                shared = f.chars & ctx.chars
+                if shared or f.description:
+                    features = self._shared_context_features(eid, f, shared, ctx)
+                    fixed_score = sum((*map(operator.mul, w, features), *fixed))
+            found.append((eid, fixed_score))
+        return found
+
+    def _shared_context_features(self, entity_id: int, f: _EntityFeatures, shared: frozenset,
+                                 ctx: _Context) -> tuple[float, ...]:
+        """`_context_features(f, ctx)`, from the entity's characters the context holds (`shared`)."""
+        rel_cover, rel_hits, tail_cover, disambiguation, gram_checks = self._overlap(entity_id, shared)
+        rel_gram_cover = 0.0
+        if gram_checks:
+            in_text = ctx.text.__contains__
+            rel_gram_cover = max(sum(map(in_text, grams)) / n for grams, n in gram_checks)
+        description = 0.0
+        if f.description:
+            grams = ctx.grams
+            description = len(f.description & grams) / len(grams) if grams else 0.0
+        return rel_cover, rel_hits, rel_gram_cover, tail_cover, disambiguation, description
+
+    def _compute_overlap(self, entity_id: int, shared: frozenset) -> tuple:
+        """What the relation, tail and disambiguation features need to know of a context: only
+        which of the entity's characters it holds (`shared`, 1 or 2 in most questions, and the
+        same few again and again, hence cached). Returns (relation_cover, relation_hits,
+        tail_cover, disambiguation, ((relation bigrams to look for in the context, how many
+        bigrams the relation has), ...))."""
+        f = self._entity_features(entity_id)
+        rel_cover = tail_cover = 0.0
+        gram_checks = []
+        hits = f.relations.hits(shared)
+        best_hits = max(hits, default=0)
+        if best_hits:
+            rel_cover = max(map(operator.truediv, hits, f.relations.sizes))
+            for grams in itertools.compress(f.relation_bigrams, hits):
+                # A bigram is in the context only if both its characters are; a relation with
+                # none such has a bigram cover of 0, which cannot raise the max.
+                possible = tuple(g for g in grams if g[0] in shared and g[1] in shared)
+                if possible:
+                    gram_checks.append((possible, len(grams)))
+        tail_hits = f.tails.hits(shared)
+        if any(tail_hits):
+            tail_cover = max(map(operator.truediv, tail_hits, f.tails.sizes))
+        dis = f.disambiguation
+        return (rel_cover, min(best_hits, 4) / 4.0, tail_cover,
+                len(dis & shared) / len(dis) if dis else 0.0, tuple(gram_checks))
 
     def _context(self, norm: str, s: int, e: int) -> _Context:
         w = self.config.context_window
@@ -310,35 +395,44 @@ class EntityLinker:
 
     def _feature_vector(self, mention: str, key_id: int, ctx: _Context, entity_id: int,
                         prior: float) -> list[float]:
-        chars = ctx.chars
+        """The FEATURES of one candidate: the straightforward form `feature_rows` gives the fitting."""
         f = self._entity_features(entity_id)
-        best_hits = 0
+        return [*self._context_features(f, ctx), *self._fixed_features(mention, key_id, f, prior)]
+
+    def _context_features(self, f: _EntityFeatures, ctx: _Context) -> tuple[float, ...]:
+        """The first `_N_CONTEXT_FEATURES` features: overlap of the entity with the context."""
+        chars = ctx.chars
         rel_cover = rel_gram_cover = tail_cover = 0.0
-        # Only relations sharing a character with the context can score; a relation's bigram is
-        # among the context's bigrams exactly when it is a substring of the context text.
         relation_hits = f.relations.hits(chars)
-        if relation_hits:
-            sizes, text = f.relations.sizes, ctx.text
-            best_hits = max(relation_hits.values())
-            rel_cover = max(hits / sizes[i] for i, hits in relation_hits.items())
-            bigrams = [f.relation_bigrams[i] for i in relation_hits]
-            rel_gram_cover = max((sum(g in text for g in grams) / len(grams) for grams in bigrams if grams),
+        best_hits = max(relation_hits, default=0)
+        if best_hits:
+            rel_cover = max(map(operator.truediv, relation_hits, f.relations.sizes))
+            # Only relations sharing a character with the context can score; a relation's bigram
+            # is among the context's bigrams exactly when it is a substring of the context text.
+            in_text = ctx.text.__contains__
+            rel_gram_cover = max((sum(map(in_text, grams)) / len(grams)
+                                  for hits, grams in zip(relation_hits, f.relation_bigrams) if hits and grams),
                                  default=0.0)
         tail_hits = f.tails.hits(chars)
-        if tail_hits:
-            tail_cover = max(hits / f.tails.sizes[i] for i, hits in tail_hits.items())
+        if any(tail_hits):
+            tail_cover = max(map(operator.truediv, tail_hits, f.tails.sizes))
         description = 0.0
         if f.description:
             grams = ctx.grams
             description = len(f.description & grams) / len(grams) if grams else 0.0
-        length, single_char, no_word_char, text_frequency = self._mention_features(mention, key_id)
-        return [
+        return (
             rel_cover,
             min(best_hits, 4) / 4.0,
             rel_gram_cover,
             tail_cover,
             len(f.disambiguation & chars) / len(f.disambiguation) if f.disambiguation else 0.0,
             description,
+        )
+
+    def _fixed_features(self, mention: str, key_id: int, f: _EntityFeatures, prior: float) -> tuple[float, ...]:
+        """The features after the context ones: the alias and the candidate alone."""
+        length, single_char, no_word_char, text_frequency = self._mention_features(mention, key_id)
+        return (
             math.log(max(prior, 1e-9)),
             f.log_triples,
             length,
@@ -347,7 +441,17 @@ class EntityLinker:
             float(mention == f.full and f.full != f.base),
             float(mention != f.base and mention != f.full),
             text_frequency,
-        ]
+        )
+
+    def _prepare_candidates(self, mention: str, key_id: int) -> tuple:
+        """(entity id, features, weighted context-free terms, their sum) per candidate of an alias."""
+        fixed_weights = self.config.weights[_N_CONTEXT_FEATURES:]
+        out = []
+        for eid, prior in self._candidates(key_id):
+            f = self._entity_features(eid)
+            fixed = tuple(map(operator.mul, fixed_weights, self._fixed_features(mention, key_id, f, prior)))
+            out.append((eid, f, fixed, sum(fixed)))
+        return tuple(out)
 
     def _compute_candidates(self, key_id: int) -> tuple[tuple[int, float], ...]:
         return tuple(self.index.key_candidates(key_id)[: self.config.max_candidates])
@@ -360,19 +464,23 @@ class EntityLinker:
     def _compute_entity_features(self, entity_id: int) -> _EntityFeatures:
         entity = self._entity(entity_id)
         triples = self.store.triples(entity_id)[: self.config.max_triples]
-        rel_names = list({_normalized_relation(t.relation) for t in triples})
-        tails = {frozenset(normalize(t.tail)) for t in triples if 2 <= len(t.tail) <= 20}
+        # (a name or tail that normalises to nothing, e.g. spaces, can match no context)
+        rel_parts = [p for p in map(_relation_parts, {_normalized_relation(t.relation) for t in triples}) if p[0]]
+        tails = {frozenset(normalize(t.tail)) for t in triples if 2 <= len(t.tail) <= 20} - {frozenset()}
         dis = frozenset(normalize(entity.disambiguation)) if entity.disambiguation else frozenset()
+        relations = _Groups.of([chars for chars, _ in rel_parts])
+        tail_groups = _Groups.of(list(tails))
         desc = frozenset(_bigrams(normalize(entity.description[:500]))) if entity.description else frozenset()
         return _EntityFeatures(
-            relations=_Groups.of([frozenset(r) for r in rel_names]),
-            relation_bigrams=tuple(tuple(_bigrams(r)) for r in rel_names),
-            tails=_Groups.of(list(tails)),
+            relations=relations,
+            relation_bigrams=tuple(bigrams for _, bigrams in rel_parts),
+            tails=tail_groups,
             disambiguation=dis,
             description=desc,
             base=normalize(entity.base),
             full=normalize(entity.name),
             log_triples=math.log1p(entity.n_triples),
+            chars=relations.chars | tail_groups.chars | dis,
         )
 
 
@@ -380,6 +488,12 @@ class EntityLinker:
 def _normalized_relation(relation: str) -> str:
     # KgCLUE has ~246k relation names shared by 3.1M entities: normalise each once.
     return normalize(relation)
+
+
+@lru_cache(maxsize=500_000)
+def _relation_parts(normalized_relation: str) -> tuple[frozenset, tuple[str, ...]]:
+    """A relation name's characters and distinct bigrams: made once, shared by its entities."""
+    return frozenset(normalized_relation), tuple(_bigrams(normalized_relation))
 
 
 def _inverse_map(offmap: list[int], n_orig: int) -> list[int]:

@@ -84,7 +84,8 @@ def _fold(text: str) -> str:
 
 def normalize(text: str) -> str:
     """Matching form of `text`: half width, simplified script, lowercase, no whitespace."""
-    return _SPACE_RE.sub("", _fold(text))
+    # str.split() splits on exactly the characters `\s` matches (str.isspace), and is faster.
+    return "".join(_fold(text).split())
 
 
 class OffsetMap:

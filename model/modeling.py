@@ -66,6 +66,7 @@ class WenzhiConfig(PretrainedConfig):
         mask_token_id: int = 103,
         num_kinds: int = 4,  # example kinds in the shards (per-kind loss)
         classifier_dropout: float | None = None,
+        pair_interaction: str = "full",
         **kwargs,
     ):
         # Input and output embeddings are tied by construction (the heads project with the word
@@ -96,6 +97,12 @@ class WenzhiConfig(PretrainedConfig):
         self.mask_token_id = mask_token_id
         self.num_kinds = num_kinds
         self.classifier_dropout = classifier_dropout
+        if pair_interaction not in ("full", "late"):
+            raise ValueError(f"pair_interaction must be 'full' or 'late', not {pair_interaction!r}")
+        # Pair classification: "full" = the second segment attends to the first in every layer;
+        # "late" = the universal module encodes the segments apart and they meet in the NLU layers,
+        # so the second segment's universal states (a relation name) can be computed once and cached.
+        self.pair_interaction = pair_interaction
 
 
 # ----------------------------------------------------------------------------- attention layout
@@ -181,10 +188,18 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout_p = config.attention_probs_dropout_prob
 
-    def forward(self, x, cos, sin, mask, cache: dict | None = None):
+    def forward(self, x, cos, sin, mask, cache: dict | None = None, queries: torch.Tensor | None = None):
+        """`queries`: optional indices into L; only those tokens are queries (every token is still a
+        key/value) and the output is [B, len(queries), H]. A pair classifier reads one token of its
+        last layer, so computing the others there is waste."""
         B, L, H = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k = apply_rotary(q, cos, sin).to(v.dtype), apply_rotary(k, cos, sin).to(v.dtype)  # [B, nh, L, hd]
+        k = apply_rotary(k, cos, sin).to(v.dtype)  # [B, nh, L, hd]
+        if queries is not None:
+            q, cos, sin = q[:, :, queries], cos[:, :, queries], sin[:, :, queries]
+            if mask is not None and mask.shape[2] > 1:
+                mask = mask[:, :, queries]
+        q = apply_rotary(q, cos, sin).to(v.dtype)
         if cache is not None:  # incremental decoding: keys/values of earlier tokens
             if "k" in cache:
                 k = torch.cat([cache["k"], k], dim=2)
@@ -193,7 +208,7 @@ class SelfAttention(nn.Module):
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout_p if self.training else 0.0
         )
-        return self.out(y.transpose(1, 2).reshape(B, L, H))
+        return self.out(y.transpose(1, 2).reshape(B, q.shape[2], H))
 
 
 class FeedForward(nn.Module):
@@ -218,8 +233,10 @@ class Block(nn.Module):
         self.ffn = FeedForward(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, x, cos, sin, mask, cache=None):
-        x = x + self.dropout(self.attn(self.attn_norm(x), cos, sin, mask, cache))
+    def forward(self, x, cos, sin, mask, cache=None, queries: torch.Tensor | None = None):
+        """x [B, L, H] -> [B, L, H], or [B, len(queries), H] for the `queries` tokens only."""
+        attended = self.dropout(self.attn(self.attn_norm(x), cos, sin, mask, cache, queries))
+        x = (x if queries is None else x[:, queries]) + attended
         return x + self.dropout(self.ffn(self.ffn_norm(x)))
 
 
@@ -537,7 +554,19 @@ class WenzhiForSequencePairClassification(WenzhiPreTrainedModel):
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None):
-        out = self.wenzhi.universal(input_ids, token_type_ids, attention_mask=attention_mask)
+        if self.config.pair_interaction == "full":
+            out = self.wenzhi.universal(input_ids, token_type_ids, attention_mask=attention_mask)
+            return self.from_universal(out, labels)
+        if token_type_ids is None:
+            raise ValueError("pair_interaction='late' needs token_type_ids to tell the two segments apart")
+        keep = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        segments = torch.where(keep, token_type_ids.long(), -1)  # [B, L]; -1 = padding
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+        apart = (segments[:, :, None] == segments[:, None, :])[:, None]
+        out = self.wenzhi.universal(input_ids, token_type_ids,
+                                    layout=AttentionLayout(apart, positions, segments, False))
+        together = ((segments[:, :, None] >= 0) & (segments[:, None, :] >= 0)) | apart
+        out.layout = AttentionLayout(together, positions, segments, False)
         return self.from_universal(out, labels)
 
 

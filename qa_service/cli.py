@@ -30,6 +30,9 @@ def register(sub: "argparse._SubParsersAction") -> None:
     ft.add_argument("--batch-size", type=int, default=32)
     ft.add_argument("--lr", type=float, default=5e-4)
     ft.add_argument("--negatives", type=int, default=5, help="SIM negatives per question")
+    ft.add_argument("--interaction", choices=["late", "full"], default="late",
+                    help="SIM only: relations meet the question in the NLU layers (late: relation states are "
+                         "computed once per name and cached by the service) or in every layer (full)")
     ft.add_argument("--unfreeze", action="store_true",
                     help="train the universal module too (heads then no longer share one pass)")
     ft.add_argument("--threads", type=int, help="torch threads")
@@ -61,7 +64,8 @@ def register(sub: "argparse._SubParsersAction") -> None:
     sv.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
     sv.add_argument("--max-batch", type=int, default=32)
     sv.add_argument("--max-wait-ms", type=float, default=5.0)
-    sv.add_argument("--threads", type=int)
+    sv.add_argument("--threads", type=int, default=1,
+                    help="torch threads of the batcher (default 1: the event loop keeps the other core)")
     sv.set_defaults(handler=_serve)
 
 
@@ -84,7 +88,8 @@ def _finetune(args) -> int:
                          init=Path(args.init) if args.init else None, holdout_nlpcc=args.holdout_nlpcc,
                          limit=args.limit, epochs=args.epochs, max_steps=args.max_steps,
                          batch_size=args.batch_size, lr=args.lr, negatives=args.negatives,
-                         freeze_universal=not args.unfreeze, size=args.size, seed=args.seed, threads=args.threads)
+                         freeze_universal=not args.unfreeze, size=args.size, seed=args.seed, threads=args.threads,
+                         interaction=args.interaction)
     report = finetune(cfg)
     report.pop("config", None)
     print(json.dumps(report, ensure_ascii=False))
@@ -108,7 +113,8 @@ def _serve(args) -> int:
 
     settings = ServiceSettings(model=args.model, kb=args.kb, index=args.index, use_gen=not args.no_gen,
                                timeout_s=args.timeout, max_batch=args.max_batch,
-                               max_wait_ms=args.max_wait_ms, threads=args.threads)
+                               max_wait_ms=args.max_wait_ms, threads=args.threads,
+                               manage_gc=True)
     for path in (Path(args.model), Path(args.kb)):
         if not path.exists():
             print(f"wenzhi serve: {path} does not exist", file=sys.stderr)

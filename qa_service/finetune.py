@@ -41,6 +41,7 @@ class FinetuneConfig:
     seed: int = 0
     threads: int | None = None
     size: str = "tiny"  # fresh model size when there is no `init`: tiny (tests) or small
+    interaction: str = "late"  # SIM: pair_interaction of the head (see model.modeling.WenzhiConfig)
 
 
 SIZES = {
@@ -217,7 +218,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
         q_ids = tokenizer([g[0] for g in groups], max_length=48, truncation=True)["input_ids"]
         segs = [relation_segments(tokenizer, g[1]) for g in groups]
         report["pairs"] = len(pairs)
-        model = _model(cfg, tokenizer, WenzhiForSequencePairClassification, num_labels=1)
+        model = _model(cfg, tokenizer, WenzhiForSequencePairClassification, num_labels=1,
+                       pair_interaction=cfg.interaction)
 
         def step(idx):
             batch = packed_batch([q_ids[i] for i in idx], [segs[i] for i in idx], pad)

@@ -17,6 +17,7 @@ import math
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,7 @@ class QAPipeline:
                                     WenzhiForTokenClassification)
 
         from qa_service.finetune import load_tokenizer_for
+        from qa_service.packing import is_late
 
         self.model_dir = Path(model_dir)
         self.config = config or PipelineConfig.load(self.model_dir)
@@ -143,9 +145,23 @@ class QAPipeline:
         self.sim = WenzhiForSequencePairClassification.from_pretrained(self.model_dir / "sim").eval()
         self.ner = WenzhiForTokenClassification.from_pretrained(self.model_dir / "ner").eval()
         self.shared_universal = _same_universal(self.sim, self.ner)
+        self.relation_states = None  # late SIM heads: what each relation contributes, computed once
+        if is_late(self.sim):
+            from qa_service.relation_states import relation_scorer
+
+            self.relation_states = relation_scorer(self.sim, self.tokenizer)
         if not self.shared_universal:
             log.warning("NER and SIM heads have different universal modules: running it per head")
         self.store = TripleStore(kb)
+        # the store is read-only: an entity's triples are fetched once, not per question
+        self._triples = lru_cache(maxsize=100_000)(lambda entity_id: tuple(self.store.triples(entity_id)))
+        if self.relation_states is not None:
+            names = list(self.store.relation_names().values())
+            if len(names) <= 100_000:  # a few thousand in practice: all of them now, not on first use
+                with torch.inference_mode():
+                    t0 = time.perf_counter()
+                    self.relation_states.warm(names)
+                    log.info("relation states for %d relations in %.1f s", len(names), time.perf_counter() - t0)
         self.linker = EntityLinker(self.store)
         self.gen = self.trie = None
         if self.config.use_gen and (self.model_dir / "gen" / "config.json").exists():
@@ -162,11 +178,12 @@ class QAPipeline:
     def _ner(self, enc, offsets) -> list[list[tuple[int, int]]]:
         from qa_service.packing import encode_questions
 
-        if self.shared_universal:
-            universal = enc.universal
+        if self.shared_universal and enc.packed is not None:  # the NLU layer over the packed rows too
+            logits = enc.packed.unpack(self.ner.classifier(self.ner.wenzhi.nlu(enc.packed.universal)), enc.lengths)
         else:
-            universal = encode_questions(self.ner, enc.input_ids.tolist()).universal
-        logits = self.ner.classifier(self.ner.wenzhi.nlu(universal))
+            universal = enc.universal if self.shared_universal else encode_questions(
+                self.ner, [ids[:n] for ids, n in zip(enc.input_ids.tolist(), enc.lengths)]).universal
+            logits = self.ner.classifier(self.ner.wenzhi.nlu(universal))
         tags = logits.argmax(-1).tolist()
         return [_decode_bio(t[: len(o)], o) for t, o in zip(tags, offsets)]
 
@@ -235,7 +252,7 @@ class QAPipeline:
 
         top_k = max(1, top_k)
 
-        from qa_service.packing import encode_questions, relation_segments, score_relations
+        from qa_service.packing import encode_questions, encode_questions_packed, relation_segments, score_relations
 
         cfg = self.config
         with self._lock, torch.inference_mode():
@@ -243,7 +260,9 @@ class QAPipeline:
             enc_tok = self.tokenizer(questions, max_length=cfg.max_question_tokens, truncation=True,
                                      return_offsets_mapping=True)
             q_ids = enc_tok["input_ids"]
-            enc = encode_questions(self.sim, q_ids, self.tokenizer.pad_token_id)
+            # the late route needs no per-layer caches of the question, so it can pack questions without padding
+            encode = encode_questions_packed if self.relation_states is not None else encode_questions
+            enc = encode(self.sim, q_ids, self.tokenizer.pad_token_id)
             spans = self._ner(enc, enc_tok["offset_mapping"])
             t1 = time.perf_counter()
             gen_hits = self._gen(q_ids)
@@ -258,14 +277,17 @@ class QAPipeline:
                             ents[head_id] = {"entity": entity, "link": math.log(1e-4), "ner": 0.0, "mention": None}
                 triples = []
                 for c in ents.values():
-                    triples.extend((c, t) for t in self.store.triples(c["entity"].id))
+                    triples.extend((c, t) for t in self._triples(c["entity"].id))
                 relations = list(dict.fromkeys(t.relation for _, t in triples))[: cfg.max_relations]
                 per_q.append((ents, triples, relations))
             t3 = time.perf_counter()
-            segments = [relation_segments(self.tokenizer, rels) for _, _, rels in per_q]
             sims: list[dict[str, float]] = [{} for _ in questions]
-            if any(segments):
-                logits = score_relations(self.sim, enc, segments, self.tokenizer.pad_token_id).tolist()
+            if any(rels for _, _, rels in per_q):
+                if self.relation_states is not None:
+                    logits = self.relation_states.score(enc, [rels for _, _, rels in per_q]).tolist()
+                else:
+                    segments = [relation_segments(self.tokenizer, rels) for _, _, rels in per_q]
+                    logits = score_relations(self.sim, enc, segments, self.tokenizer.pad_token_id).tolist()
                 i = 0
                 for qi, (_, _, rels) in enumerate(per_q):
                     for rel in rels:

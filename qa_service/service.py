@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import gc
+import os
 import logging
 import queue
 import threading
 import time
 import unicodedata
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import FastAPI, HTTPException, Path as PathParam, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 log = logging.getLogger("wenzhi.service")
@@ -141,6 +142,7 @@ class ServiceSettings:
     max_batch: int = 32
     max_wait_ms: float = 5.0
     threads: int | None = None
+    manage_gc: bool = False  # `wenzhi serve`: the process is the service's own (see _quiet_gc)
 
 
 def _libc_malloc_trim():
@@ -161,8 +163,10 @@ class Batcher:
     444 -> 462 MB). So the worker hands free heap memory back to the OS at most every
     `trim_every_s` (a trim measured 7-23 ms)."""
 
-    def __init__(self, pipeline, max_batch: int, max_wait_ms: float, trim_every_s: float = 2.0):
+    def __init__(self, pipeline, max_batch: int, max_wait_ms: float, trim_every_s: float = 2.0,
+                 manage_gc: bool = False):
         self.pipeline = pipeline
+        self.manage_gc = manage_gc
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1e3
         self.trim_every_s = trim_every_s
@@ -172,12 +176,31 @@ class Batcher:
         self.thread = threading.Thread(target=self._run, name="qa-batcher", daemon=True)
         self.thread.start()
 
-    def submit(self, question: str, top_k: int) -> Future:
-        fut: Future = Future()
-        self.queue.put((question, top_k, fut))
+    def submit(self, question: str, top_k: int) -> asyncio.Future:
+        """From the event loop: a future of that loop, resolved when the question's batch is done."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self.queue.put((question, top_k, fut, loop))
         return fut
 
+    @staticmethod
+    def _deliver(batch, outcome) -> None:
+        """One call per batch on the event loop (not one wake-up per request): set each future."""
+        for (_, _, fut, _), value in zip(batch, outcome):
+            if not fut.done():
+                if isinstance(value, BaseException):
+                    fut.set_exception(value)
+                else:
+                    fut.set_result(value)
+
     def _run(self) -> None:
+        threads = getattr(getattr(self.pipeline, "config", None), "threads", None)
+        if threads:
+            import torch
+
+            # set where the work runs: OpenMP keeps the thread count per OS thread, and the pipeline
+            # was loaded (and its setting made) in the loader thread
+            torch.set_num_threads(threads)
         while True:
             item = self.queue.get()
             if item is None:
@@ -194,29 +217,54 @@ class Batcher:
                     self.queue.put(None)
                     break
                 batch.append(nxt)
-            batch = [b for b in batch if not b[2].cancelled()]
+            batch = [b for b in batch if not b[2].cancelled()]  # timed out while queued
             if not batch:
                 continue
             try:
-                answers = self.pipeline.answer_batch([q for q, _, _ in batch], max(k for _, k, _ in batch))
-                for (_, _, fut), ans in zip(batch, answers):
-                    if not fut.done():
-                        fut.set_result(ans)
+                outcome = self.pipeline.answer_batch([b[0] for b in batch], max(b[1] for b in batch))
             except Exception as exc:  # noqa: BLE001 - handed to each waiting request
                 log.exception("batch failed")
-                for _, _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
+                outcome = [exc] * len(batch)
+            for loop in {b[3] for b in batch}:
+                mine = [(b, o) for b, o in zip(batch, outcome) if b[3] is loop]
+                try:
+                    loop.call_soon_threadsafe(self._deliver, [b for b, _ in mine], [o for _, o in mine])
+                except RuntimeError:  # that loop has closed (shutdown): nobody is waiting
+                    pass
+            if self.manage_gc:
+                gc.freeze()  # O(1): what survived this batch joins the frozen objects (see _quiet_gc)
             self._trim()
 
     def _trim(self) -> None:
         now = time.perf_counter()
-        if self._malloc_trim is not None and now - self._last_trim >= self.trim_every_s:
-            self._malloc_trim(0)
+        if now - self._last_trim >= self.trim_every_s:
+            if self._malloc_trim is not None:
+                self._malloc_trim(0)
             self._last_trim = now
 
     def close(self) -> None:
         self.queue.put(None)
+
+
+def _quiet_gc() -> None:
+    """Move what loading created (KB caches, alias index, model: millions of objects) out of the
+    collector's sight; the batcher does the same after every batch with what the batch added to the
+    caches. Otherwise each full collection walks all of them while requests wait: pauses of 0.1-0.4 s
+    every few seconds under load, which were the p99 of bench/qa_load.py. Young objects are still
+    collected as usual (cycles that die young); a frozen object is still freed by its refcount."""
+    gc.collect()
+    gc.freeze()
+    if os.environ.get("WENZHI_GC_DEBUG"):  # log every collection beyond the youngest generation
+        started: list[float] = []
+
+        def timing(phase, info):
+            if phase == "start":
+                started[:] = [time.perf_counter()]
+            elif started and info.get("generation", 0) >= 1:
+                log.info("gc gen%d: %.1f ms, %d collected", info["generation"],
+                         (time.perf_counter() - started[0]) * 1e3, info.get("collected", 0))
+
+        gc.callbacks.append(timing)
 
 
 class ServiceState:
@@ -239,7 +287,10 @@ class ServiceState:
         started = time.perf_counter()
         try:
             self.pipeline = self._loader()
-            self.batcher = Batcher(self.pipeline, self.settings.max_batch, self.settings.max_wait_ms)
+            if self.settings.manage_gc:
+                _quiet_gc()
+            self.batcher = Batcher(self.pipeline, self.settings.max_batch, self.settings.max_wait_ms,
+                                   manage_gc=self.settings.manage_gc)
             self.ready.set()
             log.info("ready: model and KB loaded in %.1f s", time.perf_counter() - started)
         except Exception as exc:  # noqa: BLE001 - reported by /readyz
@@ -332,12 +383,12 @@ def create_app(settings: ServiceSettings, loader=None) -> FastAPI:
 
     @app.post("/v1/qa", response_model=QAResponse,
               responses={**BAD_REQUEST, **NOT_READY, 504: {"model": ErrorOut, "description": "timed out"}})
-    async def qa(req: QARequest) -> QAResponse:
+    async def qa(req: QARequest) -> Response:
         require_ready()
         t0 = time.perf_counter()
         fut = state.batcher.submit(req.question, req.top_k)
         try:
-            ans = await asyncio.wait_for(asyncio.wrap_future(fut), timeout=settings.timeout_s)
+            ans = await asyncio.wait_for(fut, timeout=settings.timeout_s)
         except asyncio.TimeoutError:
             fut.cancel()
             raise HTTPException(504, detail=f"no answer within {settings.timeout_s:g} s") from None
@@ -348,9 +399,11 @@ def create_app(settings: ServiceSettings, loader=None) -> FastAPI:
                 out.mention.text = req.question[out.mention.start : out.mention.end]
             answers.append(out)
         best = answers[0] if ans.triple is not None and answers else None
-        return QAResponse(question=req.question, answer=best, answers=answers,
-                          ner_spans=[tuple(s) for s in ans.ner_spans],
-                          latency_ms=round((time.perf_counter() - t0) * 1e3, 2))
+        out = QAResponse(question=req.question, answer=best, answers=answers,
+                         ner_spans=[tuple(s) for s in ans.ner_spans],
+                         latency_ms=round((time.perf_counter() - t0) * 1e3, 2))
+        # built by our own pydantic model already: serialise it once instead of FastAPI validating it again
+        return Response(out.model_dump_json(), media_type="application/json")
 
     @app.post("/v1/link", response_model=LinkResponse, responses={**BAD_REQUEST, **NOT_READY})
     def link(req: LinkRequest) -> LinkResponse:
@@ -384,3 +437,4 @@ def create_app(settings: ServiceSettings, loader=None) -> FastAPI:
                       for h in homonyms if h.id != ent.id])
 
     return app
+

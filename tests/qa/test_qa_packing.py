@@ -64,3 +64,101 @@ def test_question_states_ignore_the_relations(models):
         packed = universal_packed(sim, batch).hidden_states
         for i, ids in enumerate(q_ids):
             assert torch.allclose(packed[i, : len(ids)], enc.universal.hidden_states[i, : len(ids)], atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def late_sim(models):
+    from model.modeling import WenzhiForSequencePairClassification
+
+    _, sim, _ = models
+    late = WenzhiForSequencePairClassification(sim.config.__class__(**{**sim.config.to_dict(), "pair_interaction": "late"})).eval()
+    late.load_state_dict(sim.state_dict())
+    return late
+
+
+def test_late_route_equals_packed_rows(models, late_sim):
+    """A late SIM head: cached relation states + NLU (last layer at [CLS] only) give the packed scores."""
+    from qa_service.relation_states import (RelationStates, RelationSummaries, score_relations_late,
+                                            score_relations_summarised)
+
+    tok, sim, _ = models
+    q_ids = tok(QUESTIONS)["input_ids"]
+    segs = [relation_segments(tok, r) for r in RELATIONS]
+    states = RelationStates(late_sim, tok)
+    with torch.no_grad():
+        batch = packed_batch(q_ids, segs)
+        packed = sim_logits(late_sim, late_sim.wenzhi.nlu(universal_packed(late_sim, batch)), batch.segment_starts)
+        full = sim_logits(sim, sim.wenzhi.nlu(universal_packed(sim, batch)), batch.segment_starts)
+        enc = encode_questions(late_sim, q_ids)
+        late = score_relations_late(late_sim, enc, RELATIONS, states)
+        again = score_relations_late(late_sim, enc, RELATIONS, states)  # from the cache this time
+        summaries = RelationSummaries(late_sim, tok)
+        summarised = score_relations_summarised(late_sim, enc, RELATIONS, summaries)
+        summarised_empty = score_relations_summarised(
+            late_sim, encode_questions(late_sim, [q_ids[0], tok("谁？")["input_ids"], q_ids[1]]),
+            [RELATIONS[0], [], RELATIONS[1]], summaries)
+        with_empty = score_relations_late(late_sim, encode_questions(late_sim, [q_ids[0], tok("谁？")["input_ids"], q_ids[1]]),
+                                          [RELATIONS[0], [], RELATIONS[1]], states)
+        # the HF-style forward of `[CLS] q [SEP] r [SEP]` pairs (segments by token type): the question's
+        # universal states must not depend on the relation in a late model
+        pairs = tok([QUESTIONS[1]] * 2, RELATIONS[1][:2], return_tensors="pt", padding=True)
+        seen = []
+        hook = late_sim.wenzhi.universal_layers[-1].register_forward_hook(lambda m, a, o: seen.append(o))
+        logits = late_sim(pairs["input_ids"], token_type_ids=pairs["token_type_ids"],
+                          attention_mask=pairs["attention_mask"]).logits[:, 0]
+        hook.remove()
+        n_q = len(q_ids[1])
+    assert len(states) == len({r for rels in RELATIONS for r in rels})
+    assert torch.allclose(packed, late, atol=1e-5)
+    assert torch.equal(late, again)
+    assert torch.allclose(packed, summarised, atol=1e-5)
+    assert torch.allclose(packed, summarised_empty, atol=1e-5)
+    assert torch.allclose(packed, with_empty, atol=1e-5)
+    assert torch.allclose(seen[0][0, :n_q], seen[0][1, :n_q], atol=1e-6)
+    assert not torch.allclose(logits[0], logits[1], atol=1e-4)
+    assert not torch.allclose(packed, full, atol=1e-3)  # the late layout is a different function
+    assert packed.std() > 1e-4
+
+
+def test_query_subset_block_equals_full_block(models):
+    """Block(queries=...) computes the chosen tokens exactly as the full block does."""
+    _, sim, _ = models
+    block = sim.wenzhi.nlu_layers[0]
+    from model.modeling import rotary_tables
+
+    x = torch.randn(3, 7, 32)
+    cos, sin = rotary_tables(torch.arange(7).expand(3, 7), 16, 10000.0, x.dtype)
+    mask = torch.rand(3, 1, 7, 7) > 0.3
+    mask[..., 0] = True
+    with torch.no_grad():
+        full = block(x, cos, sin, mask)
+        some = block(x, cos, sin, mask, queries=torch.tensor([0, 4]))
+    assert some.shape == (3, 2, 32)
+    assert torch.allclose(full[:, [0, 4]], some, atol=1e-6)
+
+
+def test_packed_questions_equal_padded(models, late_sim):
+    """Questions packed end to end (no padding work) give the padded route's states, NER logits and
+    late relation scores."""
+    from qa_service.packing import encode_questions_packed
+    from qa_service.relation_states import RelationSummaries, score_relations_summarised
+
+    tok, _, ner = models
+    questions = QUESTIONS + ["谁？", "中华人民共和国的首都在哪个城市，它的面积有多大？"]
+    q_ids = tok(questions)["input_ids"]
+    rels = RELATIONS + [["国籍"], ["首都", "面积"]]
+    with torch.no_grad():
+        padded = encode_questions(late_sim, q_ids)
+        packed = encode_questions_packed(late_sim, q_ids, row_width=40)  # several rows, first fit
+        assert packed.packed.universal.hidden_states.shape[0] > 1
+        for i, ids in enumerate(q_ids):
+            assert torch.allclose(padded.universal.hidden_states[i, : len(ids)],
+                                  packed.universal.hidden_states[i, : len(ids)], atol=1e-5)
+        ner_padded = ner.classifier(ner.wenzhi.nlu(padded.universal))
+        ner_packed = packed.packed.unpack(ner.classifier(ner.wenzhi.nlu(packed.packed.universal)), packed.lengths)
+        for i, ids in enumerate(q_ids):
+            assert torch.allclose(ner_padded[i, : len(ids)], ner_packed[i, : len(ids)], atol=1e-5)
+        summaries = RelationSummaries(late_sim, tok)
+        a = score_relations_summarised(late_sim, padded, rels, summaries)
+        b = score_relations_summarised(late_sim, packed, rels, summaries)
+    assert torch.allclose(a, b, atol=1e-5)
