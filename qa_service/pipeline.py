@@ -260,8 +260,10 @@ class QAPipeline:
             enc_tok = self.tokenizer(questions, max_length=cfg.max_question_tokens, truncation=True,
                                      return_offsets_mapping=True)
             q_ids = enc_tok["input_ids"]
-            # the late route needs no per-layer caches of the question, so it can pack questions without padding
-            encode = encode_questions_packed if self.relation_states is not None else encode_questions
+            # the late route needs no per-layer caches of the question, so it can pack questions without
+            # padding; worth it from a handful of questions (bench/qa_pipeline_speed.py)
+            packed = self.relation_states is not None and len(questions) > 4
+            encode = encode_questions_packed if packed else encode_questions
             enc = encode(self.sim, q_ids, self.tokenizer.pad_token_id)
             spans = self._ner(enc, enc_tok["offset_mapping"])
             t1 = time.perf_counter()
