@@ -38,7 +38,7 @@ demo: setup
 	$(WENZHI) --data-dir $(DATA) pretrain run --config model/configs/tiny.yaml --output-dir $(DEMO)/pretrain \
 		--set shards=$(DEMO)/shards/tiny-128 --set steps=200 --no-progress
 	$(WENZHI) --data-dir $(DATA) finetune sim --kb $(DEMO)/kb.sqlite --out $(DEMO)/qa --init $(DEMO)/pretrain \
-		--unfreeze --max-steps 200 --negatives 3 --lr 2e-3 --threads 1
+		--unfreeze --max-steps 600 --negatives 3 --lr 2e-3 --threads 1
 	$(WENZHI) --data-dir $(DATA) finetune ner --kb $(DEMO)/kb.sqlite --out $(DEMO)/qa --init $(DEMO)/qa/sim \
 		--max-steps 150 --lr 2e-3 --threads 1
 	$(WENZHI) --data-dir $(DATA) finetune gen --kb $(DEMO)/kb.sqlite --out $(DEMO)/qa --init $(DEMO)/qa/sim \
