@@ -37,8 +37,10 @@ demo: setup
 		--kb $(abspath $(DEMO)/kb.sqlite) --output $(DEMO)/shards/tiny-128 --no-progress
 	$(WENZHI) --data-dir $(DATA) pretrain run --config model/configs/tiny.yaml --output-dir $(DEMO)/pretrain \
 		--set shards=$(DEMO)/shards/tiny-128 --set steps=200 --no-progress
+	# SIM: the full-interaction head learns faster in the demo's 200 steps; the late head (the default,
+	# 4x cheaper to serve) needs about an epoch (bench/RESULTS.md)
 	$(WENZHI) --data-dir $(DATA) finetune sim --kb $(DEMO)/kb.sqlite --out $(DEMO)/qa --init $(DEMO)/pretrain \
-		--unfreeze --max-steps 600 --negatives 3 --lr 2e-3 --threads 1
+		--unfreeze --max-steps 200 --negatives 3 --lr 2e-3 --threads 1 --interaction full
 	$(WENZHI) --data-dir $(DATA) finetune ner --kb $(DEMO)/kb.sqlite --out $(DEMO)/qa --init $(DEMO)/qa/sim \
 		--max-steps 150 --lr 2e-3 --threads 1
 	$(WENZHI) --data-dir $(DATA) finetune gen --kb $(DEMO)/kb.sqlite --out $(DEMO)/qa --init $(DEMO)/qa/sim \
