@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from functools import lru_cache
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -59,6 +60,9 @@ class TripleStore:
         self._conn.execute("PRAGMA query_only=ON")
         self._meta = dict(self._conn.execute("SELECT key, value FROM meta"))
         self._relation_names: dict[int, str] | None = None
+        # the store never changes once opened: a head's triples are read once (the linker's entity
+        # features and the QA pipeline's candidate relations ask for the same heads)
+        self._head_triples = lru_cache(maxsize=100_000)(self._read_head_triples)
 
     # -- import ---------------------------------------------------------------------------
     @staticmethod
@@ -122,12 +126,15 @@ class TripleStore:
     # -- triples --------------------------------------------------------------------------
     def triples(self, entity_id: int, relation: str | None = None) -> list[Triple]:
         if relation is None:
-            rows = self._conn.execute(_TRIPLE_SELECT + "WHERE t.head_id = ?", (entity_id,))
-        else:
-            rows = self._conn.execute(
-                _TRIPLE_SELECT + "WHERE t.head_id = ? AND r.name = ?", (entity_id, relation)
-            )
+            return list(self._head_triples(entity_id))
+        rows = self._conn.execute(
+            _TRIPLE_SELECT + "WHERE t.head_id = ? AND r.name = ?", (entity_id, relation)
+        )
         return [Triple(*r) for r in rows]
+
+    def _read_head_triples(self, entity_id: int) -> tuple[Triple, ...]:
+        rows = self._conn.execute(_TRIPLE_SELECT + "WHERE t.head_id = ?", (entity_id,))
+        return tuple(Triple(*r) for r in rows)
 
     def triples_by_tail(self, tail: str) -> list[Triple]:
         rows = self._conn.execute(_TRIPLE_SELECT + "WHERE t.tail = ?", (tail.strip(),))

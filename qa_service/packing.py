@@ -238,6 +238,34 @@ def extend_with_relations(model, enc: QuestionEncoding, segments: Sequence[Seque
 SEGMENT_WIDTHS = (4, 6, 8, 12)  # `[CLS] relation [SEP]` lengths; most relation names are 2-6 characters
 
 
+def segment_width(n: int, beyond: int) -> int:
+    """The width bucket of an `n`-token segment (`beyond` for segments longer than every bucket)."""
+    return next((w for w in SEGMENT_WIDTHS if w >= n), beyond)
+
+
+def question_nlu_caches(model, enc: QuestionEncoding) -> list[dict]:
+    """The question's keys/values in every NLU layer: what each relation segment's NLU layers attend to."""
+    hidden, (cos, sin) = enc.universal.hidden_states, enc.universal.rotary
+    caches = []
+    for block in model.wenzhi.nlu_layers:
+        cache: dict = {}
+        hidden = block(hidden, cos, sin, enc.universal.layout.mask, cache)
+        caches.append(cache)
+    return caches
+
+
+def segment_rows(model, q_len: torch.Tensor, seg_len: torch.Tensor, q_width: int, width: int, dtype):
+    """Mask [n, 1, 1, Lq + width] and rotary tables of rows holding one relation segment each,
+    attending to its question's cached keys (first `q_len` of `q_width`) and to itself: every query
+    (padding too, so no row of the mask is empty) sees the question and the segment; positions
+    continue after the question, as in a `[CLS] q [SEP] r [SEP]` pair."""
+    config = model.wenzhi.config
+    positions = q_len[:, None] + torch.arange(width)
+    visible = torch.cat([torch.arange(q_width) < q_len[:, None], torch.arange(width) < seg_len[:, None]], 1)
+    cos, sin = rotary_tables(positions, config.hidden_size // config.num_attention_heads, config.rope_theta, dtype)
+    return visible[:, None, None, :], cos, sin
+
+
 def score_relations(model, enc: QuestionEncoding, segments: Sequence[Sequence[Sequence[int]]],
                     pad_id: int = 0, per_segment_above: int = 256) -> torch.Tensor:
     """SIM logit per relation segment (flattened in order), each segment as its own short row.
@@ -262,28 +290,16 @@ def score_relations(model, enc: QuestionEncoding, segments: Sequence[Sequence[Se
     owner_all = [b for b, segs in enumerate(segments) for _ in segs]
     flat = [seg for segs in segments for seg in segs]
     q_len_all = torch.as_tensor(enc.lengths, dtype=torch.long)
-    q_width = enc.input_ids.shape[1]
-    head_dim = base.config.hidden_size // base.config.num_attention_heads
-    q_hidden, (q_cos, q_sin) = enc.universal.hidden_states, enc.universal.rotary
-    nlu_caches = []
-    for block in base.nlu_layers:
-        cache: dict = {}
-        q_hidden = block(q_hidden, q_cos, q_sin, enc.universal.layout.mask, cache)
-        nlu_caches.append(cache)
+    nlu_caches = question_nlu_caches(model, enc)
     out = torch.empty(len(flat))
     buckets: dict[int, list[int]] = {}
     for i, n in enumerate(lengths):
-        buckets.setdefault(next((w for w in SEGMENT_WIDTHS if w >= n), max(lengths)), []).append(i)
+        buckets.setdefault(segment_width(n, max(lengths)), []).append(i)
     for rows in buckets.values():
         owner = torch.as_tensor([owner_all[i] for i in rows], dtype=torch.long)
         ids = _pad([flat[i] for i in rows], pad_id)  # [n, width]
-        width = ids.shape[1]
-        q_len, seg_len = q_len_all[owner], torch.as_tensor([lengths[i] for i in rows], dtype=torch.long)
-        positions = q_len[:, None] + torch.arange(width)  # continuing after the question, as in a pair
-        # every query (padding too, so no row of the mask is empty) sees the question and the segment
-        visible = torch.cat([torch.arange(q_width) < q_len[:, None], torch.arange(width) < seg_len[:, None]], 1)
-        mask = visible[:, None, None, :]  # [n, 1, 1, Lq+width]
-        cos, sin = rotary_tables(positions, head_dim, base.config.rope_theta, q_hidden.dtype)
+        mask, cos, sin = segment_rows(model, q_len_all[owner], torch.as_tensor([lengths[i] for i in rows]),
+                                      enc.input_ids.shape[1], ids.shape[1], enc.universal.hidden_states.dtype)
         x = base.embeddings(ids, torch.full_like(ids, RELATION_TYPE))
         for block, cache in zip([*base.universal_layers, *base.nlu_layers], [*enc.caches, *nlu_caches]):
             x = block(x, cos, sin, mask, {"k": cache["k"].index_select(0, owner), "v": cache["v"].index_select(0, owner)})

@@ -17,7 +17,6 @@ import math
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -153,8 +152,6 @@ class QAPipeline:
         if not self.shared_universal:
             log.warning("NER and SIM heads have different universal modules: running it per head")
         self.store = TripleStore(kb)
-        # the store is read-only: an entity's triples are fetched once, not per question
-        self._triples = lru_cache(maxsize=100_000)(lambda entity_id: tuple(self.store.triples(entity_id)))
         if self.relation_states is not None:
             names = list(self.store.relation_names().values())
             if len(names) <= 100_000:  # a few thousand in practice: all of them now, not on first use
@@ -279,7 +276,7 @@ class QAPipeline:
                             ents[head_id] = {"entity": entity, "link": math.log(1e-4), "ner": 0.0, "mention": None}
                 triples = []
                 for c in ents.values():
-                    triples.extend((c, t) for t in self._triples(c["entity"].id))
+                    triples.extend((c, t) for t in self.store.triples(c["entity"].id))
                 relations = list(dict.fromkeys(t.relation for _, t in triples))[: cfg.max_relations]
                 per_q.append((ents, triples, relations))
             t3 = time.perf_counter()

@@ -19,18 +19,14 @@ from collections.abc import Sequence
 import torch
 
 from model.modeling import apply_rotary, rotary_tables
-from qa_service.packing import (RELATION_TYPE, SEGMENT_WIDTHS, QuestionEncoding, _pad, layout_for,
-                                relation_segments)
+from qa_service.packing import (RELATION_TYPE, QuestionEncoding, _pad, layout_for, question_nlu_caches,
+                                relation_segments, segment_rows, segment_width)
 
 
 def relation_scorer(model, tokenizer) -> "RelationStates | RelationSummaries":
     """The cache that scores relations for a late SIM head: summaries with one NLU layer, else states."""
     one_layer = len(model.wenzhi.nlu_layers) == 1
     return (RelationSummaries if one_layer else RelationStates)(model, tokenizer)
-
-
-def _bucket(n: int) -> int:
-    return next((w for w in SEGMENT_WIDTHS if w >= n), n)
 
 
 class RelationStates:
@@ -72,7 +68,7 @@ class RelationStates:
                                           layout=layout_for(docs, positions, see_question=False))
         hidden = out.hidden_states
         for i, (name, n) in enumerate(zip(names, lengths.tolist())):
-            state = hidden.new_zeros(_bucket(n), hidden.shape[-1])
+            state = hidden.new_zeros(segment_width(n, n), hidden.shape[-1])
             state[:n] = hidden[i, :n]
             self._states[name] = (state, n)
 
@@ -87,15 +83,7 @@ def score_relations_late(model, enc: QuestionEncoding, relations: Sequence[Seque
     base = model.wenzhi
     owner_all = [b for b, rels in enumerate(relations) for _ in rels]
     q_len_all = torch.as_tensor(enc.lengths, dtype=torch.long)
-    q_width = enc.input_ids.shape[1]
-    head_dim = base.config.hidden_size // base.config.num_attention_heads
-    # the question through the NLU layers once: their keys/values are what every segment attends to
-    q_hidden, (q_cos, q_sin) = enc.universal.hidden_states, enc.universal.rotary
-    nlu_caches = []
-    for block in base.nlu_layers:
-        cache: dict = {}
-        q_hidden = block(q_hidden, q_cos, q_sin, enc.universal.layout.mask, cache)
-        nlu_caches.append(cache)
+    nlu_caches = question_nlu_caches(model, enc)
     got = states.get(flat)
     buckets: dict[int, list[int]] = {}
     for i, (state, _) in enumerate(got):
@@ -106,12 +94,8 @@ def score_relations_late(model, enc: QuestionEncoding, relations: Sequence[Seque
     for width, rows in buckets.items():
         owner = torch.as_tensor([owner_all[i] for i in rows], dtype=torch.long)
         x = torch.stack([got[i][0] for i in rows])  # [n, width, H]
-        seg_len = torch.as_tensor([got[i][1] for i in rows], dtype=torch.long)
-        q_len = q_len_all[owner]
-        positions = q_len[:, None] + torch.arange(width)  # continuing after the question, as in a pair
-        visible = torch.cat([torch.arange(q_width) < q_len[:, None], torch.arange(width) < seg_len[:, None]], 1)
-        mask = visible[:, None, None, :]  # [n, 1, 1, Lq + width]: every query sees question + segment
-        cos, sin = rotary_tables(positions, head_dim, base.config.rope_theta, x.dtype)
+        mask, cos, sin = segment_rows(model, q_len_all[owner], torch.as_tensor([got[i][1] for i in rows]),
+                                      enc.input_ids.shape[1], width, x.dtype)
         for i, (block, cache) in enumerate(zip(base.nlu_layers, nlu_caches)):
             kv = {"k": cache["k"].index_select(0, owner), "v": cache["v"].index_select(0, owner)}
             x = block(x, cos, sin, mask, kv, queries=cls_only if i == last else None)
