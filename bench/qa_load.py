@@ -31,12 +31,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def process_tree(pid: int) -> list[int]:
+    """The server and its descendants (`wenzhi serve` answers in a worker process of its own)."""
+    pids, i = [pid], 0
+    while i < len(pids):
+        try:
+            for task in os.listdir(f"/proc/{pids[i]}/task"):
+                with open(f"/proc/{pids[i]}/task/{task}/children") as fh:
+                    pids.extend(int(c) for c in fh.read().split())
+        except FileNotFoundError:
+            pass
+        i += 1
+    return pids
+
+
 def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
+    """Resident memory of the server and its worker together."""
+    total = 0
+    for p in process_tree(pid):
+        try:
+            with open(f"/proc/{p}/status") as fh:
+                total += next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
+        except (FileNotFoundError, StopIteration):
+            pass
+    return total / 1024
 
 
 def steal_jiffies() -> tuple[int, int]:
@@ -47,10 +65,16 @@ def steal_jiffies() -> tuple[int, int]:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads), from /proc."""
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of the server and its worker (all their threads), from /proc."""
+    total = 0
+    for p in process_tree(pid):
+        try:
+            with open(f"/proc/{p}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def start_server(args, port: int, extra: list[str]) -> subprocess.Popen:
@@ -200,6 +224,26 @@ async def run_levels(args, port: int, questions: list[str], proc, levels: list[i
     return out
 
 
+async def compare_interleaved(args, questions: list[str], servers: dict, clients: int) -> dict:
+    """The same load on two live servers in alternating chunks of 1,000 requests, so that a noisy
+    machine (CPU steal) weighs on both alike; per server: merged figures and CPU per request."""
+    for port, proc in servers.values():
+        await wait_ready(port, proc)
+        await drive(port, questions, args.warmup, 8)
+    parts: dict = {name: [] for name in servers}
+    cpu0 = {name: cpu_seconds(proc.pid) for name, (_, proc) in servers.items()}
+    for start in range(0, args.requests, 1000):
+        for name, (port, _) in servers.items():
+            parts[name].append(await drive(port, questions[start % len(questions):] + questions,
+                                           min(1000, args.requests - start), clients))
+    out = {}
+    for name, (_, proc) in servers.items():
+        out[name] = merge(parts[name])
+        out[name]["server_cpu_ms_per_request"] = round((cpu_seconds(proc.pid) - cpu0[name]) * 1e3
+                                                       / max(1, out[name]["requests"]), 2)
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True)
@@ -214,6 +258,8 @@ def main() -> int:
     p.add_argument("--max-wait-ms", type=float, help="server micro-batching wait")
     p.add_argument("--max-batch", type=int, help="server micro-batch size")
     p.add_argument("--compare-unbatched", action="store_true")
+    p.add_argument("--compare-in-process", action="store_true",
+                   help="only: the top level on a worker-process server and an --in-process one, interleaved")
     p.add_argument("--log-dir", default="/tmp")
     args = p.parse_args()
 
@@ -228,6 +274,24 @@ def main() -> int:
     levels = [int(x) for x in args.levels.split(",")]
     result: dict = {"model": args.model, "kb": args.kb, "cpus": os.cpu_count(), "gen": args.gen,
                     "max_batch": args.max_batch}
+    if args.compare_in_process:
+        servers = {}
+        try:
+            for name, extra in (("worker_process", []), ("in_process", ["--in-process"])):
+                port = free_port()
+                servers[name] = (port, start_server(args, port, extra))
+            cmp = asyncio.run(compare_interleaved(args, questions, servers, max(levels)))
+        finally:
+            for _, proc in servers.values():
+                proc.terminate()
+                proc.wait(30)
+        result.update(cmp)
+        result["throughput_ratio"] = round(cmp["worker_process"]["throughput_rps"]
+                                           / cmp["in_process"]["throughput_rps"], 2)
+        result["p99_ms_at_32"] = cmp["worker_process"]["p99_ms"]
+        result["errors"] = sum(v["errors"] for v in cmp.values())
+        print(json.dumps(result))
+        return 0
     port = free_port()
     proc = start_server(args, port, [])
     try:

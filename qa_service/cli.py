@@ -63,9 +63,12 @@ def register(sub: "argparse._SubParsersAction") -> None:
     sv.add_argument("--no-gen", action="store_true", help="leave the GEN head out (lower latency)")
     sv.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
     sv.add_argument("--max-batch", type=int, default=32)
-    sv.add_argument("--max-wait-ms", type=float, default=5.0)
+    sv.add_argument("--max-wait-ms", type=float, default=0.0,
+                    help="how long a batch waits for company (default 0: batch what queued while the pipeline was busy)")
     sv.add_argument("--threads", type=int, default=1,
-                    help="torch threads of the batcher (default 1: the event loop keeps the other core)")
+                    help="torch threads of the pipeline (default 1: the event loop keeps the other core)")
+    sv.add_argument("--in-process", action="store_true",
+                    help="run the pipeline in the service's process instead of a worker process of its own")
     sv.set_defaults(handler=_serve)
 
 
@@ -114,7 +117,7 @@ def _serve(args) -> int:
     settings = ServiceSettings(model=args.model, kb=args.kb, index=args.index, use_gen=not args.no_gen,
                                timeout_s=args.timeout, max_batch=args.max_batch,
                                max_wait_ms=args.max_wait_ms, threads=args.threads,
-                               manage_gc=True)
+                               manage_gc=True, worker_process=not args.in_process)
     for path in (Path(args.model), Path(args.kb)):
         if not path.exists():
             print(f"wenzhi serve: {path} does not exist", file=sys.stderr)

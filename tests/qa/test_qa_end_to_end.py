@@ -89,7 +89,9 @@ def test_evaluate_on_kgclue_dev_slice(model_dir, kb_db, dev_file, tmp_path):
 def client(model_dir, kb_db):
     from qa_service.service import ServiceSettings, create_app
 
-    app = create_app(ServiceSettings(model=str(model_dir), kb=str(kb_db), use_gen=False, threads=1, timeout_s=30))
+    # as `wenzhi serve` runs it: the pipeline in a worker process
+    app = create_app(ServiceSettings(model=str(model_dir), kb=str(kb_db), use_gen=False, threads=1, timeout_s=30,
+                                     worker_process=True))
     with TestClient(app) as c:
         for _ in range(600):
             if c.get("/readyz").status_code == 200:
@@ -152,6 +154,8 @@ def test_invalid_json_and_wrong_content(client):
 
 
 def test_concurrent_requests_are_batched(client, kgclue_dev):
+    batcher = client.app.state.qa.batcher
+    batches0, questions0 = batcher.batches, batcher.questions
     results, errors = [], []
 
     def ask(q):
@@ -166,6 +170,8 @@ def test_concurrent_requests_are_batched(client, kgclue_dev):
     for t in threads:
         t.join()
     assert not errors and results == [200] * 16
+    # questions that queue while the pipeline is busy go together: fewer batches than questions
+    assert batcher.questions - questions0 == 16 and batcher.batches - batches0 < 16
 
 
 def test_readyz_is_503_until_the_model_is_loaded(model_dir, kb_db):
@@ -191,3 +197,30 @@ def test_readyz_is_503_until_the_model_is_loaded(model_dir, kb_db):
             time.sleep(0.1)
         assert c.get("/readyz").status_code == 200
         assert c.post("/v1/qa", json={"question": "龙编站的坐标是什么"}).status_code == 200
+
+
+def test_a_killed_worker_is_a_503_then_replaced(model_dir, kb_db):
+    from qa_service.service import ServiceSettings, create_app
+
+    def wait_ready(c):
+        for _ in range(600):
+            if c.get("/readyz").status_code == 200:
+                return True
+            time.sleep(0.1)
+        return False
+
+    app = create_app(ServiceSettings(model=str(model_dir), kb=str(kb_db), use_gen=False, threads=1,
+                                     worker_process=True))
+    with TestClient(app) as c:
+        assert wait_ready(c)
+        question = {"question": "龙编站的坐标是什么"}
+        assert c.post("/v1/qa", json=question).status_code == 200
+        first = app.state.qa.backend.process
+        first.kill()
+        first.join(10)
+        r = c.post("/v1/qa", json=question)
+        assert r.status_code == 503 and "worker process exited" in r.json()["detail"]
+        assert wait_ready(c)
+        assert app.state.qa.backend.process.pid != first.pid
+        assert c.post("/v1/qa", json=question).status_code == 200
+        assert c.get("/v1/entities/龙编站").status_code == 200

@@ -1,0 +1,225 @@
+"""Where the service's pipeline runs: in the service's process, or in a worker process of its own.
+
+`wenzhi serve` runs it in a worker process. In one process the event loop (HTTP parsing, request
+validation, routing) and the pipeline's Python parts (linking, KB reads, answer building) take
+turns holding the GIL: bench/qa_load.py measured 379 requests/s at 3.0 ms of CPU each, 1.14 of
+the 2 cores busy, with 32 clients waiting. In two processes each has a core, and what crosses
+between them per batch is a list of questions one way and finished JSON bodies the other.
+
+Both backends answer the same three calls, in the shapes the endpoints send:
+`answer_batch([(question, top_k), ...])` -> one JSON body (without its latency) or exception per
+question, `link(text)` -> JSON body, `entity(name)` -> (status, JSON body or reason).
+"""
+from __future__ import annotations
+
+import ctypes
+import gc
+import logging
+import multiprocessing
+import os
+import threading
+import time
+
+from qa_service import schemas
+
+log = logging.getLogger("wenzhi.service")
+
+
+def _libc_malloc_trim():
+    """glibc's malloc_trim, or None off glibc."""
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def quiet_gc() -> None:
+    """Move what loading created (KB caches, alias index, model: millions of objects) out of the
+    collector's sight; `LocalPipeline` does the same after every batch with what the batch added to
+    the caches. Otherwise each full collection walks all of them while requests wait: pauses of
+    0.1-0.4 s every few seconds under load, which were the p99 of bench/qa_load.py. Young objects are
+    still collected as usual (cycles that die young); a frozen object is still freed by its refcount."""
+    gc.collect()
+    gc.freeze()
+    if os.environ.get("WENZHI_GC_DEBUG"):  # log every collection beyond the youngest generation
+        started: list[float] = []
+
+        def timing(phase, info):
+            if phase == "start":
+                started[:] = [time.perf_counter()]
+            elif started and info.get("generation", 0) >= 1:
+                log.info("gc gen%d: %.1f ms, %d collected", info["generation"],
+                         (time.perf_counter() - started[0]) * 1e3, info.get("collected", 0))
+
+        gc.callbacks.append(timing)
+
+
+class LocalPipeline:
+    """A QAPipeline answering in this process.
+
+    Every batch has another shape (questions, lengths, candidate relations), and glibc keeps the
+    freed tensor memory of each in its heaps instead of giving it back: RSS grew ~60 MB per 1,000
+    requests in bench/qa_load.py with no live object behind it (answer_batch in one process with
+    batch sizes 1-32: 411 -> 925 MB over 3,000 questions; with malloc_trim every 500 questions:
+    444 -> 462 MB). So free heap memory goes back to the OS at most every `trim_every_s` (a trim
+    measured 7-23 ms)."""
+
+    def __init__(self, pipeline, manage_gc: bool = False, trim_every_s: float = 2.0):
+        self.pipeline = pipeline
+        self.manage_gc = manage_gc
+        self.trim_every_s = trim_every_s
+        self._malloc_trim = _libc_malloc_trim()
+        self._last_trim = time.perf_counter()
+        self._threads_set_in: int | None = None
+
+    def _set_threads(self) -> None:
+        # OpenMP keeps the thread count per OS thread, and the pipeline was loaded (and its setting
+        # made) in another thread than the one answering
+        threads = getattr(getattr(self.pipeline, "config", None), "threads", None)
+        if threads and self._threads_set_in != threading.get_ident():
+            import torch
+
+            torch.set_num_threads(threads)
+            self._threads_set_in = threading.get_ident()
+
+    def answer_batch(self, items: list[tuple[str, int]]) -> list:
+        self._set_threads()
+        try:
+            answers = self.pipeline.answer_batch([q for q, _ in items], max(k for _, k in items))
+            out = [schemas.qa_body_without_latency(q, k, a) for (q, k), a in zip(items, answers)]
+        except Exception as exc:  # noqa: BLE001 - handed to each waiting request
+            log.exception("batch failed")
+            out = [exc] * len(items)
+        if self.manage_gc:
+            gc.freeze()  # O(1): what survived this batch joins the frozen objects (see quiet_gc)
+        now = time.perf_counter()
+        if now - self._last_trim >= self.trim_every_s:
+            if self._malloc_trim is not None:
+                self._malloc_trim(0)
+            self._last_trim = now
+        return out
+
+    def link(self, text: str) -> str:
+        pipe = self.pipeline
+        with pipe._lock:
+            mentions = pipe.linker.link(text)
+        return schemas.link_body(text, mentions)
+
+    def entity(self, name: str) -> tuple[int, str]:
+        store = self.pipeline.store
+        with self.pipeline._lock:
+            ent = store.entity_by_name(name)
+            homonyms = store.entities_by_base(ent.base if ent else name)
+            if ent is None:
+                names = [h.name for h in homonyms[:20]]
+                return 404, f"no entity named {name!r}" + (
+                    f"; entities with that base name: {names}" if names else "")
+            return 200, schemas.entity_body(ent, store.triples(ent.id), homonyms)
+
+    def close(self) -> None:
+        self.pipeline.close()
+
+
+class WorkerGone(RuntimeError):
+    """The worker process exited (killed, out of memory): the service is no longer ready."""
+
+
+def _worker_main(conn, model: str, kb: str, index: str | None, use_gen: bool, threads: int | None,
+                 manage_gc: bool) -> None:
+    """The worker process: load the pipeline, say so, then answer calls until told to stop or the
+    service's end of the pipe closes."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[worker]: %(message)s")
+    started = time.perf_counter()
+    try:
+        from qa_service.pipeline import PipelineConfig, QAPipeline
+
+        config = PipelineConfig.load(model, use_gen=use_gen, threads=threads)
+        local = LocalPipeline(QAPipeline(model, kb, config, index=index), manage_gc=manage_gc)
+        if manage_gc:
+            quiet_gc()
+    except Exception as exc:  # noqa: BLE001 - reported by /readyz
+        log.exception("loading failed")
+        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready", time.perf_counter() - started))
+    calls = {"qa": local.answer_batch, "link": local.link, "entity": local.entity}
+    while True:
+        try:
+            op, arg = conn.recv()
+        except (EOFError, OSError):  # the service is gone
+            break
+        if op == "stop":
+            break
+        try:
+            value = calls[op](arg)
+            if op == "qa":  # not every exception pickles: per-question failures travel as text
+                value = [RuntimeError(f"{type(r).__name__}: {r}") if isinstance(r, BaseException) else r
+                         for r in value]
+            result = ("ok", value)
+        except Exception as exc:  # noqa: BLE001 - raised again in the service
+            log.exception("%s failed", op)
+            result = ("error", f"{type(exc).__name__}: {exc}")
+        conn.send(result)
+    local.close()
+
+
+class PipelineProcess:
+    """The same calls as `LocalPipeline`, answered by one in a spawned worker process.
+
+    Spawned, not forked: the service process runs an event loop and threads that a fork would copy
+    in mid-flight. One call at a time crosses the pipe (the worker answers in order anyway)."""
+
+    def __init__(self, model: str, kb: str, index: str | None = None, use_gen: bool = True,
+                 threads: int | None = None, manage_gc: bool = False):
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_worker_main, name="wenzhi-qa-worker", daemon=True,
+                                   args=(child, model, kb, index, use_gen, threads, manage_gc))
+        self.process.start()
+        child.close()  # ours is closed too once the worker exits: recv then raises EOFError
+        self._lock = threading.Lock()
+
+    def wait_ready(self) -> float:
+        """Block until the worker has loaded; seconds it took. Raises if loading failed."""
+        status, value = self._recv()
+        if status != "ready":
+            raise RuntimeError(value)
+        return value
+
+    def _recv(self):
+        try:
+            return self._conn.recv()
+        except (EOFError, OSError):
+            self.process.join(1)
+            raise WorkerGone(f"the QA worker process exited (code {self.process.exitcode})") from None
+
+    def _call(self, op: str, arg):
+        with self._lock:
+            try:
+                self._conn.send((op, arg))
+            except (BrokenPipeError, OSError):
+                raise WorkerGone(f"the QA worker process exited (code {self.process.exitcode})") from None
+            status, value = self._recv()
+        if status != "ok":
+            raise RuntimeError(value)
+        return value
+
+    def answer_batch(self, items: list[tuple[str, int]]) -> list:
+        return self._call("qa", items)
+
+    def link(self, text: str) -> str:
+        return self._call("link", text)
+
+    def entity(self, name: str) -> tuple[int, str]:
+        return self._call("entity", name)
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self._conn.send(("stop", None))
+            except OSError:
+                pass
+        self.process.join(10)
+        if self.process.is_alive():
+            self.process.kill()
+        self._conn.close()
