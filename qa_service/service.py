@@ -6,7 +6,7 @@
   pipeline was busy (up to `max_batch`), so 32 clients cost a few batched passes, not 32 serial
   ones, and a lone request does not wait for company. `max_wait_ms` > 0 waits for company (worth it
   where a bigger batch is nearly free, as on a GPU; on 2 CPU cores a 5 ms wait cost a lone client
-  2.7x its throughput, bench/RESULTS.md).
+  2.1-2.7x its throughput, bench/RESULTS.md).
 - Bad input is a 4xx with a reason (422 for what pydantic or our checks reject), never a 5xx.
 - One log line per request: method, path, status, latency.
 """
