@@ -17,6 +17,7 @@ import gc
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 import time
 
@@ -128,6 +129,8 @@ def _worker_main(conn, model: str, kb: str, index: str | None, use_gen: bool, th
                  manage_gc: bool) -> None:
     """The worker process: load the pipeline, say so, then answer calls until told to stop or the
     service's end of the pipe closes."""
+    # Ctrl-C reaches the whole process group: the service stops this worker in order (lifespan)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[worker]: %(message)s")
     started = time.perf_counter()
     try:
