@@ -1,10 +1,11 @@
 """Where the service's pipeline runs: in the service's process, or in a worker process of its own.
 
-`wenzhi serve` runs it in a worker process. In one process the event loop (HTTP parsing, request
-validation, routing) and the pipeline's Python parts (linking, KB reads, answer building) take
-turns holding the GIL: bench/qa_load.py measured 379 requests/s at 3.0 ms of CPU each, 1.14 of
-the 2 cores busy, with 32 clients waiting. In two processes each has a core, and what crosses
-between them per batch is a list of questions one way and finished JSON bodies the other.
+`wenzhi serve` runs it in a worker process, for isolation: a crash or an out-of-memory kill in
+torch takes the worker down, not the HTTP side, which answers 503 while a new worker loads. It is
+not for speed: on 2 cores the two arrangements served within 1.01-1.15x of each other in
+interleaved runs (bench/qa_load.py --compare-in-process; the event loop's part is ~0.27 ms of CPU
+per request, the pipeline's ~0.97 ms). What crosses the pipe per batch is a list of questions one
+way and finished JSON bodies the other.
 
 Both backends answer the same three calls, in the shapes the endpoints send:
 `answer_batch([(question, top_k), ...])` -> one JSON body (without its latency) or exception per
@@ -121,6 +122,19 @@ class LocalPipeline:
         self.pipeline.close()
 
 
+def load_local(model: str, kb: str, index: str | None = None, use_gen: bool = True,
+               threads: int | None = None, manage_gc: bool = False, pipeline=None) -> LocalPipeline:
+    """Load the pipeline (or wrap the one given) in this process, the caches out of gc's sight."""
+    if pipeline is None:
+        from qa_service.pipeline import PipelineConfig, QAPipeline
+
+        config = PipelineConfig.load(model, use_gen=use_gen, threads=threads)
+        pipeline = QAPipeline(model, kb, config, index=index)
+    if manage_gc:
+        quiet_gc()
+    return LocalPipeline(pipeline, manage_gc=manage_gc)
+
+
 class WorkerGone(RuntimeError):
     """The worker process exited (killed, out of memory): the service is no longer ready."""
 
@@ -134,12 +148,7 @@ def _worker_main(conn, model: str, kb: str, index: str | None, use_gen: bool, th
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[worker]: %(message)s")
     started = time.perf_counter()
     try:
-        from qa_service.pipeline import PipelineConfig, QAPipeline
-
-        config = PipelineConfig.load(model, use_gen=use_gen, threads=threads)
-        local = LocalPipeline(QAPipeline(model, kb, config, index=index), manage_gc=manage_gc)
-        if manage_gc:
-            quiet_gc()
+        local = load_local(model, kb, index, use_gen, threads, manage_gc)
     except Exception as exc:  # noqa: BLE001 - reported by /readyz
         log.exception("loading failed")
         conn.send(("failed", f"{type(exc).__name__}: {exc}"))
@@ -193,15 +202,18 @@ class PipelineProcess:
         try:
             return self._conn.recv()
         except (EOFError, OSError):
-            self.process.join(1)
-            raise WorkerGone(f"the QA worker process exited (code {self.process.exitcode})") from None
+            raise self._gone() from None
+
+    def _gone(self) -> WorkerGone:
+        self.process.join(1)
+        return WorkerGone(f"the QA worker process exited (code {self.process.exitcode})")
 
     def _call(self, op: str, arg):
         with self._lock:
             try:
                 self._conn.send((op, arg))
-            except (BrokenPipeError, OSError):
-                raise WorkerGone(f"the QA worker process exited (code {self.process.exitcode})") from None
+            except OSError:  # BrokenPipeError, or our end closed after the worker died
+                raise self._gone() from None
             status, value = self._recv()
         if status != "ok":
             raise RuntimeError(value)

@@ -25,7 +25,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
-from qa_service.backend import LocalPipeline, PipelineProcess, WorkerGone, quiet_gc
+from qa_service.backend import LocalPipeline, PipelineProcess, WorkerGone, load_local
 from qa_service.schemas import (BAD_REQUEST, MAX_NAME_CHARS, NOT_READY, CleanText, EntityResponse, ErrorOut,
                                 LinkRequest, LinkResponse, QARequest, QAResponse, ReadinessOut, with_latency)
 
@@ -134,16 +134,8 @@ class ServiceState:
             self.backend = worker  # before it is ready, so that shutdown can stop a loading worker
             worker.wait_ready()
             return worker
-        if self._loader is not None:
-            pipeline = self._loader()
-        else:
-            from qa_service.pipeline import PipelineConfig, QAPipeline
-
-            config = PipelineConfig.load(s.model, use_gen=s.use_gen, threads=s.threads)
-            pipeline = QAPipeline(s.model, s.kb, config, index=s.index)
-        if s.manage_gc:
-            quiet_gc()
-        return LocalPipeline(pipeline, manage_gc=s.manage_gc)
+        pipeline = self._loader() if self._loader is not None else None
+        return load_local(s.model, s.kb, s.index, s.use_gen, s.threads, s.manage_gc, pipeline=pipeline)
 
     def load(self) -> None:
         started = time.perf_counter()
