@@ -48,7 +48,7 @@ demo: setup
 	$(WENZHI) --data-dir $(DATA) finetune fusion --kb $(DEMO)/kb.sqlite --out $(DEMO)/qa --limit 200 --no-gen --threads 1
 	$(WENZHI) evaluate --questions $(DATA)/kgclue/dev.json --limit 200 --kb $(DEMO)/kb.sqlite --model $(DEMO)/qa \
 		--index $(DEMO)/bm25-entities --errors $(DEMO)/errors-dev200.jsonl --threads 1 | tee $(DEMO)/eval-dev200.json
-	$(PY) -m qa_service.demo --model $(DEMO)/qa --kb $(DEMO)/kb.sqlite --index $(DEMO)/bm25-entities
+	$(PY) -m wenzhi.qa_service.demo --model $(DEMO)/qa --kb $(DEMO)/kb.sqlite --index $(DEMO)/bm25-entities
 
 clean:
 	rm -rf $(DEMO)

@@ -45,7 +45,7 @@ CJK_SENT = re.compile(r"[^。！？!?\n]+[。！？!?]?")
 
 def text_units(limit: int) -> list[str]:
     """Distinct real text units from the data directory, in a fixed order, at most `limit`."""
-    from kg.datadir import data_path
+    from wenzhi.kg.datadir import data_path
 
     seen: dict[str, None] = {}
 
@@ -96,7 +96,7 @@ def text_units(limit: int) -> list[str]:
 
 
 def queries(n: int) -> list[str]:
-    from kg.datadir import data_path
+    from wenzhi.kg.datadir import data_path
 
     with open(data_path("kgclue/dev.json"), encoding="utf-8") as fh:
         return [json.loads(line)["question"] for line in fh if line.strip()][:n]
@@ -205,7 +205,7 @@ def main(argv=None) -> int:
         qtexts = queries(args.queries)
         start = time.perf_counter()
         if args.encoder:
-            from retrieval.encoder import TransformersEncoder
+            from wenzhi.retrieval.encoder import TransformersEncoder
 
             enc = TransformersEncoder(args.encoder, max_length=64, batch_size=256)
             xb, xq = enc.encode(texts), enc.encode(qtexts)

@@ -29,8 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kg.datadir import data_path  # noqa: E402
-from kg.names import parse_name  # noqa: E402
+from wenzhi.kg.datadir import data_path  # noqa: E402
+from wenzhi.kg.names import parse_name  # noqa: E402
 
 KGCLUE_TRIPLES = 20_559_652
 KGCLUE_ENTITIES = 3_121_457
@@ -90,7 +90,7 @@ def child(code: str, *args: str) -> tuple[dict, float, int]:
 
 IMPORT_CODE = """
 import json, resource, sys, time
-from kg.importer import import_files
+from wenzhi.kg.importer import import_files
 t = time.process_time()
 s = import_files([sys.argv[1]], sys.argv[2])
 ru = resource.getrusage(resource.RUSAGE_SELF)
@@ -100,7 +100,7 @@ print(json.dumps({"summary": {k: v for k, v in s.to_dict().items() if k != "reje
 
 INDEX_CODE = """
 import json, resource, sys, time, os
-from kg import TripleStore, AliasIndex
+from wenzhi.kg import TripleStore, AliasIndex
 def rss():
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -124,7 +124,7 @@ print(json.dumps({"aliases": len(index), "build_s": build_s, "load_s": load_s,
 
 
 def lookups(db: Path, names: list[str]) -> dict:
-    from kg import TripleStore
+    from wenzhi.kg import TripleStore
 
     store = TripleStore(db)
     out = {}
@@ -166,8 +166,8 @@ def corpus_texts(limit_chars: int) -> list[str]:
 
 
 def linking(db: Path, texts: list[str]) -> dict:
-    from kg import EntityLinker, TripleStore
-    from kg.linker import LinkerConfig
+    from wenzhi.kg import EntityLinker, TripleStore
+    from wenzhi.kg.linker import LinkerConfig
 
     store = TripleStore(db)
     out = {}
@@ -245,7 +245,7 @@ def main() -> None:
     log(f"alias index: {result['alias_index']}")
 
     log("entity lookups")
-    from kg import TripleStore
+    from wenzhi.kg import TripleStore
 
     rng = random.Random(1)
     with TripleStore(db) as store:

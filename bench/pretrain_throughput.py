@@ -57,9 +57,9 @@ def main() -> None:
     import torch
     from transformers import BertConfig, BertForMaskedLM, DataCollatorForLanguageModeling
 
-    from model.devdata import bert_chinese_tokenizer, read_corpus_lines, tokenize_lines, write_text_shards
-    from model.modeling import WenzhiConfig, WenzhiForPretraining
-    from model.shards import ShardReader, batch_to_tensors
+    from wenzhi.model.devdata import bert_chinese_tokenizer, read_corpus_lines, tokenize_lines, write_text_shards
+    from wenzhi.model.modeling import WenzhiConfig, WenzhiForPretraining
+    from wenzhi.model.shards import ShardReader, batch_to_tensors
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

@@ -78,7 +78,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def start_server(args, port: int, extra: list[str]) -> subprocess.Popen:
-    cmd = [sys.executable, str(ROOT / "wenzhi.py"), "serve", "--model", args.model, "--kb", args.kb,
+    cmd = [sys.executable, "-m", "wenzhi", "serve", "--model", args.model, "--kb", args.kb,
            "--host", "127.0.0.1", "--port", str(port), *extra]
     if not args.gen:
         cmd.append("--no-gen")
@@ -264,10 +264,10 @@ def main() -> int:
     args = p.parse_args()
 
     sys.path.insert(0, str(ROOT))
-    from qa_service.data import read_qa
+    from wenzhi.qa_service.data import read_qa
 
     if args.questions is None:
-        from kg.datadir import data_path
+        from wenzhi.kg.datadir import data_path
 
         args.questions = str(data_path("kgclue/dev.json"))
     questions = [ex.question for ex in read_qa(args.questions)]

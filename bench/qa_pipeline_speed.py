@@ -42,9 +42,9 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
     sys.path.insert(0, str(ROOT))
-    from kg.datadir import data_path
-    from qa_service.data import read_qa
-    from qa_service.pipeline import PipelineConfig, QAPipeline
+    from wenzhi.kg.datadir import data_path
+    from wenzhi.qa_service.data import read_qa
+    from wenzhi.qa_service.pipeline import PipelineConfig, QAPipeline
 
     path = args.questions or str(data_path("kgclue/dev.json"))
     questions = [ex.question for ex in read_qa(path)][: args.questions_limit]

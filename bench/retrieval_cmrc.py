@@ -26,7 +26,7 @@ DEPTH = 20
 
 
 def load(files):
-    from retrieval.documents import passages_from_squad
+    from wenzhi.retrieval.documents import passages_from_squad
 
     docs = list(passages_from_squad(files))
     questions = []
@@ -61,8 +61,8 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, help="only the first N questions")
     args = p.parse_args(argv)
 
-    from kg.datadir import data_path
-    from retrieval.tantivy_backend import TantivyRetriever
+    from wenzhi.kg.datadir import data_path
+    from wenzhi.retrieval.tantivy_backend import TantivyRetriever
 
     files = sorted(data_path("cmrc2018").glob("*.json"))
     docs, questions = load(files)
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
             elif backend == "opensearch":
                 from osmem_server import OsmemServer
 
-                from retrieval.search_cluster import SearchClusterRetriever, connect
+                from wenzhi.retrieval.search_cluster import SearchClusterRetriever, connect
 
                 server = OsmemServer.start(japanese=False, addr="127.0.0.1:0")
                 retriever = SearchClusterRetriever(connect(server.url), "cmrc")

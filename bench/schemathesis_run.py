@@ -35,7 +35,7 @@ def main() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, str(ROOT / "wenzhi.py"), "serve", "--model", args.model,
+    server = subprocess.Popen([sys.executable, "-m", "wenzhi", "serve", "--model", args.model,
                                "--kb", args.kb, "--port", str(port), "--no-gen", "--threads", "1"],
                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open("/tmp/schemathesis-serve.log", "w"))
     base = f"http://127.0.0.1:{port}"

@@ -55,10 +55,10 @@ def main(argv=None) -> int:
     p.add_argument("--questions", type=int, help="only the first N KgCLUE dev questions")
     args = p.parse_args(argv)
 
-    from kg import TripleStore
-    from kg.datadir import data_path
-    from retrieval.documents import entity_documents, triple_documents
-    from retrieval.tantivy_backend import TantivyRetriever
+    from wenzhi.kg import TripleStore
+    from wenzhi.kg.datadir import data_path
+    from wenzhi.retrieval.documents import entity_documents, triple_documents
+    from wenzhi.retrieval.tantivy_backend import TantivyRetriever
 
     db = Path(args.db)
     if not db.exists():
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
             elif backend == "opensearch":
                 from osmem_server import OsmemServer
 
-                from retrieval.search_cluster import SearchClusterRetriever, connect
+                from wenzhi.retrieval.search_cluster import SearchClusterRetriever, connect
 
                 server = OsmemServer.start(japanese=False, addr="127.0.0.1:0")
                 retriever = SearchClusterRetriever(connect(server.url, timeout=120), "entities")

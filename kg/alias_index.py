@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 
-from kg.names import normalize
+from wenzhi.kg.names import normalize
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +246,7 @@ _POS_TAG = re.compile(r"/[a-zA-Z]+\s*")
 def reference_corpus() -> tuple[str, ...]:
     """About 1.2M characters of news (tags and segmentation removed) and reviews from the data
     directory; [] (frequencies all 0) when the data directory lacks them."""
-    from kg.datadir import DataMissingError, data_path
+    from wenzhi.kg.datadir import DataMissingError, data_path
 
     texts = []
     for rel, budget in REFERENCE_CORPUS:

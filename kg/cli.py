@@ -60,7 +60,7 @@ def _split(value: str | None):
 
 
 def _import(args) -> int:
-    from kg.importer import (DEFAULT_ALIAS_RELATIONS, DEFAULT_DESCRIPTION_RELATIONS,
+    from wenzhi.kg.importer import (DEFAULT_ALIAS_RELATIONS, DEFAULT_DESCRIPTION_RELATIONS,
                              import_files)
 
     summary = import_files(
@@ -74,7 +74,7 @@ def _import(args) -> int:
 
 
 def _open(db: str):
-    from kg.store import TripleStore
+    from wenzhi.kg.store import TripleStore
 
     try:
         return TripleStore(db)
@@ -120,7 +120,7 @@ def _entity(args) -> int:
 
 
 def _linker(args):
-    from kg.linker import EntityLinker, LinkerConfig
+    from wenzhi.kg.linker import EntityLinker, LinkerConfig
 
     store = _open(args.db)
     if store is None:
@@ -141,8 +141,8 @@ def _link(args) -> int:
 
 
 def _eval_linking(args) -> int:
-    from kg.linker import EntityLinker, LinkerConfig
-    from kg.linking_eval import evaluate_linking, read_questions
+    from wenzhi.kg.linker import EntityLinker, LinkerConfig
+    from wenzhi.kg.linking_eval import evaluate_linking, read_questions
 
     linker = _linker(args)
     if linker is None:
@@ -158,8 +158,8 @@ def _eval_linking(args) -> int:
 
 
 def _fit_linker(args) -> int:
-    from kg.linking_eval import read_questions
-    from kg.tuning import fit_weights
+    from wenzhi.kg.linking_eval import read_questions
+    from wenzhi.kg.tuning import fit_weights
 
     linker = _linker(args)
     if linker is None:

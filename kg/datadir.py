@@ -1,11 +1,12 @@
-"""Where the shared data lives: `--data-dir`, else `$WENZHI_DATA`, else `../shared/data`."""
+"""Where the shared data lives: `--data-dir`, else `$WENZHI_DATA`, else `../shared/data` of the
+working directory. Never a path inside the installed package: an installed wenzhi has no data of
+its own, and a missing directory is a clear error (`data_path`)."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
 DEFAULT_DATA_DIR = "../shared/data"
-_PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 class DataMissingError(FileNotFoundError):
@@ -17,13 +18,7 @@ def data_dir() -> Path:
     configured = os.environ.get("WENZHI_DATA")
     if configured:
         return Path(configured).expanduser()
-    # Relative to the working directory first (the README runs from the project root), then
-    # relative to the project checkout, so tests and installed commands agree.
-    for base in (Path.cwd(), _PROJECT_ROOT):
-        candidate = (base / DEFAULT_DATA_DIR).resolve()
-        if candidate.is_dir():
-            return candidate
-    return (_PROJECT_ROOT / DEFAULT_DATA_DIR).resolve()
+    return (Path.cwd() / DEFAULT_DATA_DIR).resolve()
 
 
 def data_path(relative: str) -> Path:

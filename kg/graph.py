@@ -11,7 +11,7 @@ from collections import deque
 
 import networkx as nx
 
-from kg.store import Entity, TripleStore
+from wenzhi.kg.store import Entity, TripleStore
 
 
 def resolve_tail(store: TripleStore, tail: str) -> Entity | None:

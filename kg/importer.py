@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from kg.names import parse_name
+from wenzhi.kg.names import parse_name
 
 log = logging.getLogger(__name__)
 

@@ -29,9 +29,9 @@ import unicodedata
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from kg.alias_index import AliasIndex
-from kg.names import normalize, normalize_with_offsets
-from kg.store import Entity, TripleStore
+from wenzhi.kg.alias_index import AliasIndex
+from wenzhi.kg.names import normalize, normalize_with_offsets
+from wenzhi.kg.store import Entity, TripleStore
 
 FEATURES = (
     "relation_cover",     # max over relations: fraction of its characters in the context

@@ -9,7 +9,7 @@ import json
 import time
 from pathlib import Path
 
-from kg.linker import EntityLinker
+from wenzhi.kg.linker import EntityLinker
 
 
 def read_questions(path: str | Path, limit: int | None = None) -> list[dict]:

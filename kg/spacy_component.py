@@ -11,8 +11,8 @@ from spacy.language import Language
 from spacy.tokens import Doc
 from spacy.util import filter_spans
 
-from kg.linker import EntityLinker
-from kg.store import TripleStore
+from wenzhi.kg.linker import EntityLinker
+from wenzhi.kg.store import TripleStore
 
 _LINKERS: dict[str, EntityLinker] = {}  # one linker per store file, shared by pipelines
 

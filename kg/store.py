@@ -70,7 +70,7 @@ class TripleStore:
         """Stream `files` into a new store at `db_path` (atomically replacing any old one).
 
         Returns an `ImportSummary`; see `kg.importer.import_files` for the options."""
-        from kg.importer import import_files
+        from wenzhi.kg.importer import import_files
 
         return import_files(files, db_path, fmt=fmt, **options)
 

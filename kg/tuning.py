@@ -6,7 +6,7 @@ gold entity is not among the candidates teach nothing and are skipped.
 """
 from __future__ import annotations
 
-from kg.linker import FEATURES, EntityLinker
+from wenzhi.kg.linker import FEATURES, EntityLinker
 
 # Not fitted (held at 0): in the merged KB here, KgCLUE/NLPCC subjects were added from the
 # questions' own gold triples, so "few triples" would predict "is the gold subject" -- an

@@ -7,16 +7,16 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "WenzhiConfig": "model.modeling",
-    "WenzhiModel": "model.modeling",
-    "WenzhiForPretraining": "model.modeling",
-    "WenzhiForTokenClassification": "model.modeling",
-    "WenzhiForSequencePairClassification": "model.modeling",
-    "WenzhiForPrefixLM": "model.modeling",
-    "load_tokenizer": "model.tokenizer",
-    "PackedExample": "model.shards",
-    "ShardWriter": "model.shards",
-    "ShardReader": "model.shards",
+    "WenzhiConfig": "wenzhi.model.modeling",
+    "WenzhiModel": "wenzhi.model.modeling",
+    "WenzhiForPretraining": "wenzhi.model.modeling",
+    "WenzhiForTokenClassification": "wenzhi.model.modeling",
+    "WenzhiForSequencePairClassification": "wenzhi.model.modeling",
+    "WenzhiForPrefixLM": "wenzhi.model.modeling",
+    "load_tokenizer": "wenzhi.model.tokenizer",
+    "PackedExample": "wenzhi.model.shards",
+    "ShardWriter": "wenzhi.model.shards",
+    "ShardReader": "wenzhi.model.shards",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from model.masking import IGNORE_INDEX
+from wenzhi.model.masking import IGNORE_INDEX
 
 KNOWLEDGE_TYPE = 2
 

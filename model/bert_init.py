@@ -50,7 +50,7 @@ def _load_bert_state(bert_dir: Path) -> dict[str, torch.Tensor]:
 def wenzhi_from_bert(cls, bert_dir, **config_overrides):
     from transformers import AutoConfig
 
-    from model.modeling import WenzhiConfig
+    from wenzhi.model.modeling import WenzhiConfig
 
     bert_dir = Path(bert_dir)
     bert = AutoConfig.from_pretrained(bert_dir)

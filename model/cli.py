@@ -10,9 +10,9 @@ import argparse
 import importlib
 
 _COMMANDS = {
-    "prepare": ("model.prepare", "tokenise, mask and pack corpora into on-disk shards"),
-    "run": ("model.trainer", "pretrain an encoder from a config file"),
-    "probe": ("model.probe", "knowledge cloze probe of a checkpoint"),
+    "prepare": ("wenzhi.model.prepare", "tokenise, mask and pack corpora into on-disk shards"),
+    "run": ("wenzhi.model.trainer", "pretrain an encoder from a config file"),
+    "probe": ("wenzhi.model.probe", "knowledge cloze probe of a checkpoint"),
 }
 
 

@@ -147,7 +147,7 @@ def kdconv_pairs_of_dialogue(turns: list[KdconvTurn]) -> Iterator[TripleSentence
     """Turns grounded by an attribute whose value (the tail) the turn states. The head is the
     entity's base name; the turn often says it only implicitly, as the dialogue topic, so UKTP
     uses the turn even when the head is not in it."""
-    from kg import parse_name
+    from wenzhi.kg import parse_name
 
     for turn in turns:
         for name, attr, value in turn.attrs:

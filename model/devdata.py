@@ -14,14 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from model.shards import IGNORE_INDEX, PackedExample, ShardWriter
+from wenzhi.model.shards import IGNORE_INDEX, PackedExample, ShardWriter
 
 _POS_TAG = re.compile(r"/[A-Za-z]+\s*")
 
 
 def read_corpus_lines(corpus: str = "people_daily", limit: int | None = None) -> list[str]:
     """Non-empty lines of a shipped corpus: "people_daily" (POS tags stripped) or "reviews"."""
-    from kg.datadir import data_path
+    from wenzhi.kg.datadir import data_path
 
     if corpus == "people_daily":
         path, strip = data_path("corpus/people_daily_1998_pos.txt"), True
@@ -43,13 +43,13 @@ def read_corpus_lines(corpus: str = "people_daily", limit: int | None = None) ->
 def bert_chinese_tokenizer(vocab_file: str | Path | None = None):
     """The data engineer's load_tokenizer when present, else the same vocabulary through BertTokenizerFast."""
     try:
-        from model.tokenizer import load_tokenizer
+        from wenzhi.model.tokenizer import load_tokenizer
 
         return load_tokenizer(vocab_file)
     except ImportError:
         from transformers import BertTokenizerFast
 
-        from kg.datadir import data_path
+        from wenzhi.kg.datadir import data_path
 
         return BertTokenizerFast(vocab_file=str(vocab_file or data_path("vocab/bert_chinese_vocab.txt")))
 
@@ -92,7 +92,7 @@ def write_text_shards(out_dir: str | Path, token_lists: list[list[int]], seq_len
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m model.devdata OUT_DIR [--corpus people_daily] [--lines N] [--seq-len 128]`."""
+    """`python -m wenzhi.model.devdata OUT_DIR [--corpus people_daily] [--lines N] [--seq-len 128]`."""
     import argparse
 
     parser = argparse.ArgumentParser(description="plain-masked packed shards from a shipped corpus")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from model.modeling import AttentionLayout, GenerationResult
+from wenzhi.model.modeling import AttentionLayout, GenerationResult
 
 
 def _left_pad(input_ids, attention_mask, token_type_ids, pad_id):

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.corpora import named_entity_spans
-from model.masking import MaskingExample, fill_with_words, select_units, token_units
+from wenzhi.model.corpora import named_entity_spans
+from wenzhi.model.masking import MaskingExample, fill_with_words, select_units, token_units
 
 
 class EntityMasker:
@@ -80,7 +80,7 @@ def pos_words(text: str) -> list[tuple[int, int, str]]:
     if _POS_NLP is None:
         import spacy
 
-        from model.masking import chinese_nlp
+        from wenzhi.model.masking import chinese_nlp
 
         chinese_nlp()  # sets jieba's logging once
         _POS_NLP = spacy.blank("zh", config={"nlp": {"tokenizer": {"segmenter": "jieba"}}})

@@ -330,7 +330,7 @@ class WenzhiPreTrainedModel(PreTrainedModel):
     def from_bert(cls, bert_dir: str | Path, **config_overrides):
         """This model with its universal (and task) modules initialised from a Hugging Face BERT
         checkpoint directory; see model/bert_init.py for what maps and what does not."""
-        from model.bert_init import wenzhi_from_bert
+        from wenzhi.model.bert_init import wenzhi_from_bert
 
         return wenzhi_from_bert(cls, bert_dir, **config_overrides)
 
@@ -622,7 +622,7 @@ class WenzhiForPrefixLM(WenzhiPreTrainedModel):
         row index and the target tokens generated so far and returns the token ids allowed next (a
         KB prefix trie); an empty list ends that hypothesis. Uses a key/value cache: the source is
         encoded once, each step runs one token through the layers."""
-        from model.generation import prefix_lm_generate
+        from wenzhi.model.generation import prefix_lm_generate
 
         return prefix_lm_generate(
             self, input_ids, attention_mask, token_type_ids, max_new_tokens, num_beams,

@@ -115,7 +115,7 @@ class PrepareConfig:
         for local in (Path(self.base_dir) / p, Path.cwd() / p):
             if local.exists():
                 return local
-        from kg.datadir import data_path
+        from wenzhi.kg.datadir import data_path
 
         return data_path(str(p))
 
@@ -142,7 +142,7 @@ def _corpus_items(spec: CorpusSpec, path: Path):
 
 
 def _all_corpus_items(spec: CorpusSpec, path: Path):
-    from model.corpora import Document, kdconv_pairs_of_dialogue, read_documents, read_kdconv_dialogues, read_triple_sentences
+    from wenzhi.model.corpora import Document, kdconv_pairs_of_dialogue, read_documents, read_kdconv_dialogues, read_triple_sentences
 
     if spec.format == "kdconv" and spec.use in ("text", "both"):
         # dialogues and their grounded pairs together, so a held-out fact can leave the text too
@@ -186,10 +186,10 @@ class Preparer:
     """Turns items into PackedExamples and keeps the statistics."""
 
     def __init__(self, cfg: PrepareConfig, tokenizer, store=None, linker=None, retriever=None):
-        from model.augment import AugmentConfig, KnowledgeAugmenter
-        from model.knowledge_masking import Curriculum, EntityMasker, PhraseMasker
-        from model.masking import CharMasker, WholeWordMasker
-        from model.uktp import UKTPConfig, heldout_triple
+        from wenzhi.model.augment import AugmentConfig, KnowledgeAugmenter
+        from wenzhi.model.knowledge_masking import Curriculum, EntityMasker, PhraseMasker
+        from wenzhi.model.masking import CharMasker, WholeWordMasker
+        from wenzhi.model.uktp import UKTPConfig, heldout_triple
 
         self.cfg, self.tokenizer, self.store, self.linker = cfg, tokenizer, store, linker
         needs_kb = {"entity", "retrieval", "uktp"}
@@ -228,7 +228,7 @@ class Preparer:
 
     # -- helpers ------------------------------------------------------------------------------
     def _emit(self, out: list, ids, labels, types, kind: int, strategy: str, spans, stage: int):
-        from model.shards import PackedExample
+        from wenzhi.model.shards import PackedExample
 
         ids = np.asarray(ids, np.int32)
         labels = np.asarray(labels, np.int32)
@@ -270,7 +270,7 @@ class Preparer:
 
     def _example(self, doc, chunk_ids, chunk_offsets):
         """[CLS] chunk [SEP] as a MaskingExample with offsets relative to the chunk text."""
-        from model.masking import MaskingExample
+        from wenzhi.model.masking import MaskingExample
 
         c0, c1 = chunk_offsets[0][0], chunk_offsets[-1][1]
         offsets = [(0, 0)] + [(a - c0, b - c0) for a, b in chunk_offsets] + [(0, 0)]
@@ -283,7 +283,7 @@ class Preparer:
 
     # -- items --------------------------------------------------------------------------------
     def document(self, doc, rng, progress: float, out: list) -> None:
-        from model.masking import apply_masks, mask_budget
+        from wenzhi.model.masking import apply_masks, mask_budget
 
         stage_index = self.curriculum.index_at(progress)
         stage = self.curriculum.stages[stage_index]
@@ -330,7 +330,7 @@ class Preparer:
         return keys
 
     def _linked_uktp(self, text, rng, max_len, stage_index, out) -> bool:
-        from model.uktp import linked_pairs
+        from wenzhi.model.uktp import linked_pairs
 
         if self.linker is None:
             return False
@@ -344,7 +344,7 @@ class Preparer:
         return emitted
 
     def pair(self, pair, rng, max_len: int, stage_index: int, out: list) -> bool:
-        from model.uktp import build_uktp_example
+        from wenzhi.model.uktp import build_uktp_example
 
         self.stats["pairs"] += 1
         if self.is_heldout(pair.head, pair.relation, pair.tail):
@@ -395,14 +395,14 @@ def prepare(cfg: PrepareConfig, show_progress: bool = True, retriever=None, over
     """Run the whole preparation; returns the shard meta (with statistics)."""
     from tqdm import tqdm
 
-    from model.shards import ShardWriter
-    from model.tokenizer import load_tokenizer
+    from wenzhi.model.shards import ShardWriter
+    from wenzhi.model.tokenizer import load_tokenizer
 
     started = time.perf_counter()
     tokenizer = load_tokenizer(cfg.resolve(cfg.tokenizer) if cfg.tokenizer else None)
     store = linker = None
     if cfg.kb:
-        from kg import EntityLinker, TripleStore
+        from wenzhi.kg import EntityLinker, TripleStore
 
         kb_path = cfg.resolve(cfg.kb)
         if not kb_path.exists():
@@ -410,7 +410,7 @@ def prepare(cfg: PrepareConfig, show_progress: bool = True, retriever=None, over
         store = TripleStore(kb_path)
         linker = EntityLinker(store)
     if retriever is None and cfg.retrieval_index:
-        from retrieval import TantivyRetriever
+        from wenzhi.retrieval import TantivyRetriever
 
         retriever = TantivyRetriever(cfg.resolve(cfg.retrieval_index))
     paths = [cfg.resolve(c.path) for c in cfg.corpora]

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from model.uktp import heldout_triple
+from wenzhi.model.uktp import heldout_triple
 
 
 @dataclass
@@ -175,8 +175,8 @@ def evaluate(model, tokenizer, items: list[ProbeItem], max_len: int = 128, show_
 
 
 def load_items(sources: list[str], heldout_fraction: float, limit: int, kb: str | None = None) -> list[ProbeItem]:
-    from kg.datadir import data_path
-    from model.corpora import kdconv_pairs, read_agrikg
+    from wenzhi.kg.datadir import data_path
+    from wenzhi.model.corpora import kdconv_pairs, read_agrikg
 
     items: list[ProbeItem] = []
     for source in sources:
@@ -187,7 +187,7 @@ def load_items(sources: list[str], heldout_fraction: float, limit: int, kb: str 
         elif source == "kb":
             if not kb:
                 raise ValueError("source 'kb' needs --kb STORE")
-            from kg import TripleStore
+            from wenzhi.kg import TripleStore
 
             with TripleStore(kb) as store:
                 items += items_from_store(store, limit * 20, heldout_fraction)
@@ -224,11 +224,11 @@ def load_model(path: str):
     """A WenzhiForPretraining checkpoint, or any transformers masked-LM directory."""
     from transformers import AutoConfig
 
-    import model.modeling  # noqa: F401  (registers model_type "wenzhi" with the Auto classes)
+    import wenzhi.model.modeling  # noqa: F401  (registers model_type "wenzhi" with the Auto classes)
 
     config = AutoConfig.from_pretrained(path)
     if config.model_type == "wenzhi":
-        from model.modeling import WenzhiForPretraining
+        from wenzhi.model.modeling import WenzhiForPretraining
 
         return WenzhiForPretraining.from_pretrained(path)
     from transformers import AutoModelForMaskedLM
@@ -239,7 +239,7 @@ def load_model(path: str):
 def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from model.tokenizer import load_tokenizer
+    from wenzhi.model.tokenizer import load_tokenizer
 
     fraction = args.heldout_fraction
     if args.shards:

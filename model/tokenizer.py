@@ -69,7 +69,7 @@ def load_tokenizer(path: str | Path | None = None, lowercase: bool = True):
     """Load the tokenizer: None = BERT Chinese vocabulary from the data directory; a `vocab.txt`;
     or a directory holding `vocab.txt` (as `train_tokenizer` and `save_pretrained` leave it)."""
     if path is None:
-        from kg.datadir import data_path
+        from wenzhi.kg.datadir import data_path
 
         path = data_path(DEFAULT_VOCAB)
     path = Path(path)

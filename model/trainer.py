@@ -157,7 +157,7 @@ class PhaseData:
     of (seed, phase, m), independent of when the run was interrupted."""
 
     def __init__(self, phase: Phase, index: int, seed: int, rank: int, world: int, lm_target_fraction: float = 1.0):
-        from model.shards import ShardReader
+        from wenzhi.model.shards import ShardReader
 
         self.lm_target_fraction = lm_target_fraction
         self.reader = ShardReader(phase.shards)
@@ -274,7 +274,7 @@ def save_checkpoint(accelerator, ckpt_root: Path, step: int, keep: int) -> Path:
 
 
 def build_model(cfg: TrainConfig, vocab_size: int):
-    from model.modeling import WenzhiConfig, WenzhiForPretraining
+    from wenzhi.model.modeling import WenzhiConfig, WenzhiForPretraining
 
     if cfg.init_from:
         return WenzhiForPretraining.from_pretrained(cfg.init_from)
@@ -294,7 +294,7 @@ def build_optimizer(cfg: TrainConfig, model):
             (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if cfg.optimizer == "lamb":
-        from model.optim import Lamb
+        from wenzhi.model.optim import Lamb
 
         return Lamb(groups, lr=cfg.learning_rate, betas=tuple(cfg.betas), eps=cfg.eps)
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=tuple(cfg.betas), eps=cfg.eps)
@@ -319,8 +319,8 @@ def _train(cfg: TrainConfig, resume: bool, show_progress: bool) -> dict:
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
-    from model.flops import peak_flops_for, training_step_flops
-    from model.shards import batch_to_tensors
+    from wenzhi.model.flops import peak_flops_for, training_step_flops
+    from wenzhi.model.shards import batch_to_tensors
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -479,7 +479,7 @@ def save_final(model, target: Path, meta: dict) -> Path:
     model.save_pretrained(tmp)
     tokenizer_name = meta.get("tokenizer")
     if tokenizer_name:
-        from model.devdata import bert_chinese_tokenizer
+        from wenzhi.model.devdata import bert_chinese_tokenizer
 
         try:
             bert_chinese_tokenizer(tokenizer_name).save_pretrained(tmp)

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.corpora import TripleSentence
-from model.masking import IGNORE_INDEX, MaskSpan, apply_masks
+from wenzhi.model.corpora import TripleSentence
+from wenzhi.model.masking import IGNORE_INDEX, MaskSpan, apply_masks
 
 MODES = ("relation", "triple_entity", "sentence_entity")
 TRIPLE_TYPE, SENTENCE_TYPE = 1, 0

@@ -7,15 +7,15 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "QAPipeline": "qa_service.pipeline",
-    "PipelineConfig": "qa_service.pipeline",
-    "Answer": "qa_service.pipeline",
-    "KBTrie": "qa_service.trie",
-    "kgclue_scores": "qa_service.metric",
-    "FinetuneConfig": "qa_service.finetune",
-    "finetune": "qa_service.finetune",
-    "evaluate": "qa_service.evaluate",
-    "create_app": "qa_service.service",
+    "QAPipeline": "wenzhi.qa_service.pipeline",
+    "PipelineConfig": "wenzhi.qa_service.pipeline",
+    "Answer": "wenzhi.qa_service.pipeline",
+    "KBTrie": "wenzhi.qa_service.trie",
+    "kgclue_scores": "wenzhi.qa_service.metric",
+    "FinetuneConfig": "wenzhi.qa_service.finetune",
+    "finetune": "wenzhi.qa_service.finetune",
+    "evaluate": "wenzhi.qa_service.evaluate",
+    "create_app": "wenzhi.qa_service.service",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -22,7 +22,7 @@ import signal
 import threading
 import time
 
-from qa_service import schemas
+from wenzhi.qa_service import schemas
 
 log = logging.getLogger("wenzhi.service")
 
@@ -126,7 +126,7 @@ def load_local(model: str, kb: str, index: str | None = None, use_gen: bool = Tr
                threads: int | None = None, manage_gc: bool = False, pipeline=None) -> LocalPipeline:
     """Load the pipeline (or wrap the one given) in this process, the caches out of gc's sight."""
     if pipeline is None:
-        from qa_service.pipeline import PipelineConfig, QAPipeline
+        from wenzhi.qa_service.pipeline import PipelineConfig, QAPipeline
 
         config = PipelineConfig.load(model, use_gen=use_gen, threads=threads)
         pipeline = QAPipeline(model, kb, config, index=index)

@@ -73,12 +73,12 @@ def register(sub: "argparse._SubParsersAction") -> None:
 
 
 def _finetune(args) -> int:
-    from kg.datadir import data_path
+    from wenzhi.kg.datadir import data_path
 
-    from qa_service.finetune import FinetuneConfig, finetune
+    from wenzhi.qa_service.finetune import FinetuneConfig, finetune
 
     if args.task == "fusion":
-        from qa_service.fusion import fit_fusion
+        from wenzhi.qa_service.fusion import fit_fusion
 
         questions = args.questions[0] if args.questions else data_path("kgclue/train.json")
         report = fit_fusion(args.out, args.kb, questions, limit=args.limit or 500, skip=args.skip,
@@ -100,7 +100,7 @@ def _finetune(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from qa_service.evaluate import evaluate
+    from wenzhi.qa_service.evaluate import evaluate
 
     result = evaluate(args.questions, args.kb, args.model, limit=args.limit, errors=args.errors,
                       index=args.index, use_gen=not args.no_gen, batch_size=args.batch_size,
@@ -112,7 +112,7 @@ def _evaluate(args) -> int:
 def _serve(args) -> int:
     import uvicorn
 
-    from qa_service.service import ServiceSettings, create_app
+    from wenzhi.qa_service.service import ServiceSettings, create_app
 
     settings = ServiceSettings(model=args.model, kb=args.kb, index=args.index, use_gen=not args.no_gen,
                                timeout_s=args.timeout, max_batch=args.max_batch,

@@ -81,7 +81,7 @@ def find_mention(question: str, names: Iterable[str]) -> tuple[int, int] | None:
 
 
 def mention_names(head: str, store=None) -> list[str]:
-    from kg import parse_name
+    from wenzhi.kg import parse_name
 
     base, _ = parse_name(head)
     names = [head, base]
@@ -138,7 +138,7 @@ def frequent_relations(store, n: int) -> list[str]:
 
 def homonym_relations(store, head: str) -> tuple[list[str], list[str]]:
     """(the entity's own relations, relations of its homonyms), each deduplicated in KB order."""
-    from kg import parse_name
+    from wenzhi.kg import parse_name
 
     own: list[str] = []
     others: list[str] = []
@@ -184,7 +184,7 @@ def sim_features(tokenizer, pairs: Sequence[tuple[str, str]], max_length: int = 
 def gen_features(tokenizer, examples: Sequence[QAExample], max_question: int = 48,
                  max_target: int = 48):
     """Prefix = `[CLS] question [SEP]`; target = `head [unused1] relation [SEP]` (the trie key)."""
-    from qa_service.trie import encode_targets
+    from wenzhi.qa_service.trie import encode_targets
 
     prefixes = tokenizer([ex.question for ex in examples], max_length=max_question,
                          truncation=True)["input_ids"]

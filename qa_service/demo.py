@@ -1,6 +1,6 @@
 """The last step of `make demo`: start `wenzhi serve`, ask a question over HTTP, print the answer.
 
-    python -m qa_service.demo --model runs/demo/qa --kb runs/demo/kb.sqlite [--question TEXT]
+    python -m wenzhi.qa_service.demo --model runs/demo/qa --kb runs/demo/kb.sqlite [--question TEXT]
 """
 from __future__ import annotations
 
@@ -10,9 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,11 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, str(ROOT / "wenzhi.py"), "serve", "--model", args.model, "--kb", args.kb,
+    cmd = [sys.executable, "-m", "wenzhi", "serve", "--model", args.model, "--kb", args.kb,
            "--host", "127.0.0.1", "--port", str(port)]
     if args.index:
         cmd += ["--index", args.index]
-    server = subprocess.Popen(cmd, cwd=ROOT)
+    server = subprocess.Popen(cmd)
     base = f"http://127.0.0.1:{port}"
     try:
         t0 = time.time()

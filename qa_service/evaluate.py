@@ -18,9 +18,9 @@ def evaluate(questions: str | Path, kb: str | Path, model: str | Path, limit: in
              progress: bool = True) -> dict:
     from tqdm import tqdm
 
-    from qa_service.data import find_mention, holdout_split, homonym_relations, mention_names, read_qa
-    from qa_service.metric import kgclue_scores, score_one
-    from qa_service.pipeline import PipelineConfig, QAPipeline
+    from wenzhi.qa_service.data import find_mention, holdout_split, homonym_relations, mention_names, read_qa
+    from wenzhi.qa_service.metric import kgclue_scores, score_one
+    from wenzhi.qa_service.pipeline import PipelineConfig, QAPipeline
 
     examples = read_qa(questions)
     if nlpcc_holdout:

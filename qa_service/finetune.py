@@ -64,7 +64,7 @@ def resolve_checkpoint(path: Path) -> Path:
 
 
 def load_tokenizer_for(path: Path | None):
-    from model.tokenizer import load_tokenizer
+    from wenzhi.model.tokenizer import load_tokenizer
 
     if path is not None:
         for cand in (Path(path) / "vocab.txt", Path(path).parent / "vocab.txt"):
@@ -80,7 +80,7 @@ def save_vocab(tokenizer, out: Path) -> None:
 
 def training_questions(cfg: FinetuneConfig):
     """Examples from each question file; NLPCC's held-out share is removed here, always the same."""
-    from qa_service.data import holdout_split, read_qa
+    from wenzhi.qa_service.data import holdout_split, read_qa
 
     out = []
     for path in cfg.questions:
@@ -93,7 +93,7 @@ def training_questions(cfg: FinetuneConfig):
 
 
 def _model(cfg: FinetuneConfig, tokenizer, cls, **extra):
-    from model.modeling import WenzhiConfig
+    from wenzhi.model.modeling import WenzhiConfig
 
     if cfg.init is not None:  # a head of another task (e.g. NER from SIM) loads all but the classifier
         return cls.from_pretrained(resolve_checkpoint(cfg.init), ignore_mismatched_sizes=True, **extra)
@@ -168,9 +168,9 @@ def _train(cfg: FinetuneConfig, model, n_items: int, step_fn) -> dict:
 
 def finetune(cfg: FinetuneConfig) -> dict:
     import torch
-    from kg import TripleStore
+    from wenzhi.kg import TripleStore
 
-    from qa_service import data
+    from wenzhi.qa_service import data
 
     if cfg.task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, not {cfg.task!r}")
@@ -184,7 +184,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
     report: dict = {"task": cfg.task, "questions": len(examples)}
     pad = tokenizer.pad_token_id
     if cfg.task == "ner":
-        from model.modeling import WenzhiForTokenClassification
+        from wenzhi.model.modeling import WenzhiForTokenClassification
 
         items, coverage = data.ner_examples(examples, store)
         report["coverage"] = coverage
@@ -198,9 +198,9 @@ def finetune(cfg: FinetuneConfig) -> dict:
 
         report.update(_train(cfg, model, len(items), step))
     elif cfg.task == "sim":
-        from model.modeling import WenzhiForSequencePairClassification
+        from wenzhi.model.modeling import WenzhiForSequencePairClassification
 
-        from qa_service.packing import packed_batch, relation_segments, sim_logits, universal_packed
+        from wenzhi.qa_service.packing import packed_batch, relation_segments, sim_logits, universal_packed
 
         pairs = data.sim_pairs(examples, store, negatives=cfg.negatives, seed=cfg.seed)
         groups: list[tuple[str, list[str], list[int]]] = []
@@ -230,7 +230,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
 
         report.update(_train(cfg, model, len(groups), step))
     else:
-        from model.modeling import WenzhiForPrefixLM
+        from wenzhi.model.modeling import WenzhiForPrefixLM
 
         feats = data.gen_features(tokenizer, examples)
         report["dropped_too_long"] = feats["dropped_too_long"]
@@ -259,7 +259,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
                         if k not in ("questions",)} | {"questions": [str(q) for q in cfg.questions]}
     (tmp / "finetune.json").write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
     if cfg.task == "gen":  # the trie is the GEN head's vocabulary of answers: build it with it
-        from qa_service.pipeline import ensure_trie
+        from wenzhi.qa_service.pipeline import ensure_trie
 
         report["trie"] = ensure_trie(tmp, store, tokenizer).meta
     store.close()

@@ -17,8 +17,8 @@ def fit_fusion(model_dir: str | Path, kb: str | Path, questions: str | Path, lim
                skip: int = 0, use_gen: bool = True, threads: int | None = None) -> dict:
     from tqdm import tqdm
 
-    from qa_service.data import read_qa
-    from qa_service.pipeline import PipelineConfig, QAPipeline, fused_score
+    from wenzhi.qa_service.data import read_qa
+    from wenzhi.qa_service.pipeline import PipelineConfig, QAPipeline, fused_score
 
     examples = read_qa(questions, limit=limit, skip=skip)
     base = PipelineConfig.load(Path(model_dir), use_gen=use_gen, threads=threads)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from model.modeling import AttentionLayout, UniversalOutput, rotary_tables
+from wenzhi.model.modeling import AttentionLayout, UniversalOutput, rotary_tables
 
 QUESTION_TYPE, RELATION_TYPE = 0, 1
 

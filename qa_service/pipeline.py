@@ -109,9 +109,9 @@ def _decode_bio(tags, offsets) -> list[tuple[int, int]]:
 
 def ensure_trie(gen_dir: Path, store, tokenizer):
     """The KB trie for this store, built beside the GEN head on first use (keyed by fingerprint)."""
-    from qa_service.trie import KBTrie
+    from wenzhi.qa_service.trie import KBTrie
 
-    from qa_service.trie import FORMAT
+    from wenzhi.qa_service.trie import FORMAT
 
     path = Path(gen_dir) / f"trie-{store.fingerprint[:16]}"
     meta = path / "meta.json"
@@ -125,12 +125,12 @@ class QAPipeline:
     def __init__(self, model_dir: str | Path, kb: str | Path, config: PipelineConfig | None = None,
                  index: str | Path | None = None):
         import torch
-        from kg import EntityLinker, TripleStore
-        from model.modeling import (WenzhiForPrefixLM, WenzhiForSequencePairClassification,
+        from wenzhi.kg import EntityLinker, TripleStore
+        from wenzhi.model.modeling import (WenzhiForPrefixLM, WenzhiForSequencePairClassification,
                                     WenzhiForTokenClassification)
 
-        from qa_service.finetune import load_tokenizer_for
-        from qa_service.packing import is_late
+        from wenzhi.qa_service.finetune import load_tokenizer_for
+        from wenzhi.qa_service.packing import is_late
 
         self.model_dir = Path(model_dir)
         self.config = config or PipelineConfig.load(self.model_dir)
@@ -146,7 +146,7 @@ class QAPipeline:
         self.shared_universal = _same_universal(self.sim, self.ner)
         self.relation_states = None  # late SIM heads: what each relation contributes, computed once
         if is_late(self.sim):
-            from qa_service.relation_states import relation_scorer
+            from wenzhi.qa_service.relation_states import relation_scorer
 
             self.relation_states = relation_scorer(self.sim, self.tokenizer)
         if not self.shared_universal:
@@ -166,14 +166,14 @@ class QAPipeline:
             self.trie = ensure_trie(self.model_dir / "gen", self.store, self.tokenizer)
         self.retriever = None
         if index is not None:
-            from retrieval.tantivy_backend import TantivyRetriever
+            from wenzhi.retrieval.tantivy_backend import TantivyRetriever
 
             self.retriever = TantivyRetriever(index)
         self._lock = threading.Lock()  # torch modules and the sqlite handle: one batch at a time
 
     # -- steps ------------------------------------------------------------------------------
     def _ner(self, enc, offsets) -> list[list[tuple[int, int]]]:
-        from qa_service.packing import encode_questions
+        from wenzhi.qa_service.packing import encode_questions
 
         if self.shared_universal and enc.packed is not None:  # the NLU layer over the packed rows too
             logits = enc.packed.unpack(self.ner.classifier(self.ner.wenzhi.nlu(enc.packed.universal)), enc.lengths)
@@ -223,7 +223,7 @@ class QAPipeline:
 
         if self.gen is None:
             return [{} for _ in q_ids]
-        from qa_service.packing import _pad
+        from wenzhi.qa_service.packing import _pad
 
         ids = _pad(q_ids, self.tokenizer.pad_token_id)
         k = self.config.gen_beams
@@ -249,7 +249,7 @@ class QAPipeline:
 
         top_k = max(1, top_k)
 
-        from qa_service.packing import encode_questions, encode_questions_packed, relation_segments, score_relations
+        from wenzhi.qa_service.packing import encode_questions, encode_questions_packed, relation_segments, score_relations
 
         cfg = self.config
         with self._lock, torch.inference_mode():
@@ -338,7 +338,7 @@ class QAPipeline:
     def relation_scores(self, questions: list[str], relations: list[list[str]]) -> list[list[float]]:
         import torch
 
-        from qa_service.packing import packed_batch, relation_segments, sim_logits, universal_packed
+        from wenzhi.qa_service.packing import packed_batch, relation_segments, sim_logits, universal_packed
 
         with self._lock, torch.inference_mode():
             q_ids = self.tokenizer(questions, max_length=self.config.max_question_tokens, truncation=True)["input_ids"]

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 
 import torch
 
-from model.modeling import apply_rotary, rotary_tables
-from qa_service.packing import (RELATION_TYPE, QuestionEncoding, _pad, layout_for, question_nlu_caches,
+from wenzhi.model.modeling import apply_rotary, rotary_tables
+from wenzhi.qa_service.packing import (RELATION_TYPE, QuestionEncoding, _pad, layout_for, question_nlu_caches,
                                 relation_segments, segment_rows, segment_width)
 
 

@@ -25,8 +25,8 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
-from qa_service.backend import LocalPipeline, PipelineProcess, WorkerGone, load_local
-from qa_service.schemas import (BAD_REQUEST, MAX_NAME_CHARS, NOT_READY, CleanText, EntityResponse, ErrorOut,
+from wenzhi.qa_service.backend import LocalPipeline, PipelineProcess, WorkerGone, load_local
+from wenzhi.qa_service.schemas import (BAD_REQUEST, MAX_NAME_CHARS, NOT_READY, CleanText, EntityResponse, ErrorOut,
                                 LinkRequest, LinkResponse, QARequest, QAResponse, ReadinessOut, with_latency)
 
 log = logging.getLogger("wenzhi.service")

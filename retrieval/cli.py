@@ -61,7 +61,7 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
 def _documents(args):
     from itertools import islice
 
-    from retrieval.documents import documents_for
+    from wenzhi.retrieval.documents import documents_for
 
     docs = documents_for(args.kind, db=args.db, sources=args.source)
     return islice(docs, args.limit) if args.limit else docs
@@ -75,9 +75,9 @@ def _print_hits(hits) -> None:
 
 
 def _build(args) -> int:
-    from retrieval.documents import KIND_BY_PLURAL
-    from retrieval.encoder import TransformersEncoder
-    from retrieval.faiss_index import build_faiss_index
+    from wenzhi.retrieval.documents import KIND_BY_PLURAL
+    from wenzhi.retrieval.encoder import TransformersEncoder
+    from wenzhi.retrieval.faiss_index import build_faiss_index
 
     device = None if args.gpu else "cpu"
     encoder = TransformersEncoder(args.encoder, max_length=args.max_length, batch_size=args.batch_size, device=device)
@@ -92,9 +92,9 @@ def _build(args) -> int:
 
 
 def _search(args) -> int:
-    from retrieval.analysis import QueryError
-    from retrieval.encoder import TransformersEncoder
-    from retrieval.faiss_index import FaissIndex, StaleIndexError
+    from wenzhi.retrieval.analysis import QueryError
+    from wenzhi.retrieval.encoder import TransformersEncoder
+    from wenzhi.retrieval.faiss_index import FaissIndex, StaleIndexError
 
     try:
         encoder = TransformersEncoder(args.encoder) if args.encoder else None
@@ -107,7 +107,7 @@ def _search(args) -> int:
 
 
 def _cluster(args):
-    from retrieval.search_cluster import SearchClusterRetriever, connect
+    from wenzhi.retrieval.search_cluster import SearchClusterRetriever, connect
 
     return SearchClusterRetriever(connect(args.url, args.flavor), args.index_name)
 
@@ -115,7 +115,7 @@ def _cluster(args):
 def _bm25(args) -> int:
     import time
 
-    from retrieval.tantivy_backend import TantivyRetriever
+    from wenzhi.retrieval.tantivy_backend import TantivyRetriever
 
     if bool(args.out) == bool(args.url):
         print("wenzhi index bm25: give exactly one of --out DIR (tantivy) or --url URL (cluster)", file=sys.stderr)
@@ -138,8 +138,8 @@ def _bm25(args) -> int:
 def _bm25_search(args) -> int:
     from pathlib import Path
 
-    from retrieval.analysis import QueryError
-    from retrieval.tantivy_backend import META_FILE, TantivyRetriever
+    from wenzhi.retrieval.analysis import QueryError
+    from wenzhi.retrieval.tantivy_backend import META_FILE, TantivyRetriever
 
     if bool(args.index) == bool(args.url):
         print("wenzhi index bm25-search: give exactly one of --index DIR or --url URL", file=sys.stderr)

@@ -99,7 +99,7 @@ def documents_for(kind: str, db: str | Path | None = None, sources: Iterable[str
     kind = KIND_BY_PLURAL.get(kind, kind)
     if kind == "passage":
         if not sources:
-            from kg.datadir import data_path
+            from wenzhi.kg.datadir import data_path
 
             sources = sorted(data_path("cmrc2018").glob("*.json"))
         yield from passages_from_squad(sources)
@@ -110,7 +110,7 @@ def documents_for(kind: str, db: str | Path | None = None, sources: Iterable[str
         raise ValueError(f"documents of kind {kind!r} come from a KB store: give --db (made by `wenzhi kg import`)")
     if not Path(db).exists():
         raise FileNotFoundError(f"no KB store at {db}: run `wenzhi kg import KNOWLEDGE.txt --db {db}` first")
-    from kg import TripleStore
+    from wenzhi.kg import TripleStore
 
     store = TripleStore(db)
     try:

@@ -45,7 +45,7 @@ def _load_tokenizer(model_dir: Path):
     if any((model_dir / f).exists() for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")):
         return AutoTokenizer.from_pretrained(model_dir)
     # The project's own checkpoints may be saved without a tokenizer: use the project default.
-    from model.tokenizer import load_tokenizer
+    from wenzhi.model.tokenizer import load_tokenizer
 
     return load_tokenizer(None)
 
@@ -61,7 +61,7 @@ class TransformersEncoder:
         self.fingerprint = model_fingerprint(self.model_dir)
         config = AutoConfig.from_pretrained(self.model_dir) if (self.model_dir / "config.json").exists() else None
         if config is not None and getattr(config, "model_type", "") == "wenzhi":
-            import model.modeling  # noqa: F401  registers the project's model with AutoModel
+            import wenzhi.model.modeling  # noqa: F401  registers the project's model with AutoModel
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model = AutoModel.from_pretrained(self.model_dir).to(self.device).eval()

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from kg.datadir import data_dir as _configured_data_dir
-from kg.linking_eval import read_questions
+from wenzhi.kg.datadir import data_dir as _configured_data_dir
+from wenzhi.kg.linking_eval import read_questions
 
 
 def pytest_collection_modifyitems(config, items):
@@ -51,7 +51,7 @@ def kb_slice_path(data_dir, tmp_path_factory) -> Path:
     300 KgCLUE train and 200 NLPCC questions, every triple of their homonyms (same base name),
     and the KB's first 5,000 lines. Small enough to import in a second, real enough to
     hold homonyms, aliases, descriptions and many-relation entities."""
-    from kg import parse_name
+    from wenzhi.kg import parse_name
 
     heads: set[str] = set()
     for rel, n in (("kgclue/dev.json", 300), ("kgclue/train.json", 300), ("nlpcc2016/train.json", 200)):
@@ -70,7 +70,7 @@ def kb_slice_path(data_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def kb_db(kb_slice_path, tmp_path_factory) -> Path:
     """The KB slice imported into a TripleStore file."""
-    from kg import TripleStore
+    from wenzhi.kg import TripleStore
 
     db = tmp_path_factory.mktemp("store") / "kb.sqlite"
     TripleStore.import_files([kb_slice_path], db)
@@ -79,7 +79,7 @@ def kb_db(kb_slice_path, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def kb_store(kb_db):
-    from kg import TripleStore
+    from wenzhi.kg import TripleStore
 
     store = TripleStore(kb_db)
     yield store

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-import wenzhi
+from wenzhi import cli as wenzhi
 
 
 def _json_lines(out: str) -> list:

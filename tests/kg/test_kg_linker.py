@@ -6,9 +6,9 @@ import time
 import opencc
 import pytest
 
-from kg import AliasIndex, EntityLinker, TripleStore, normalize, parse_name
-from kg.linker import LinkerConfig
-from kg.linking_eval import evaluate_linking, read_questions
+from wenzhi.kg import AliasIndex, EntityLinker, TripleStore, normalize, parse_name
+from wenzhi.kg.linker import LinkerConfig
+from wenzhi.kg.linking_eval import evaluate_linking, read_questions
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import spacy
 
-from kg.graph import neighbourhood
-from kg.spacy_component import make_nlp
+from wenzhi.kg.graph import neighbourhood
+from wenzhi.kg.spacy_component import make_nlp
 
 
 def test_spacy_component_sets_ents_with_kb_ids(kb_db, kb_store):

@@ -6,8 +6,8 @@ import sqlite3
 
 import pytest
 
-from kg import TripleStore, normalize, parse_name
-from kg.names import normalize_with_offsets
+from wenzhi.kg import TripleStore, normalize, parse_name
+from wenzhi.kg.names import normalize_with_offsets
 
 
 def test_parse_name_suffixes():

@@ -11,9 +11,9 @@ import operator
 import opencc
 import pytest
 
-from kg import EntityLinker
-from kg import linker as linker_module
-from kg.names import normalize, normalize_with_offsets
+from wenzhi.kg import EntityLinker
+from wenzhi.kg import linker as linker_module
+from wenzhi.kg.names import normalize, normalize_with_offsets
 
 N_QUESTIONS = 200
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel
 
-from model.modeling import (
+from wenzhi.model.modeling import (
     WenzhiConfig,
     WenzhiForPrefixLM,
     WenzhiForPretraining,

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from model.shards import PackedDataset, PackedExample, ShardReader, ShardWriter
+from wenzhi.model.shards import PackedDataset, PackedExample, ShardReader, ShardWriter
 
 
 def _docs(rng, n, max_len=40, kinds=(0, 2)):
@@ -69,7 +69,7 @@ def test_interrupted_writer_leaves_nothing_and_bad_input_is_refused(tmp_path):
 
 
 def test_real_text_shards_pack_tightly(tmp_path):
-    from model.devdata import bert_chinese_tokenizer, read_corpus_lines, tokenize_lines, write_text_shards
+    from wenzhi.model.devdata import bert_chinese_tokenizer, read_corpus_lines, tokenize_lines, write_text_shards
 
     tok = bert_chinese_tokenizer()
     lines = read_corpus_lines("people_daily", limit=400)

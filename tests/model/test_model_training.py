@@ -15,7 +15,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from model.trainer import load_config, train
+from wenzhi.model.trainer import load_config, train
 
 TINY = {"hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 256,
         "num_universal_layers": 2, "num_nlu_layers": 1, "num_nlg_layers": 1}
@@ -23,12 +23,12 @@ TINY = {"hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 256,
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    from model.devdata import bert_chinese_tokenizer, read_corpus_lines, tokenize_lines, write_text_shards
+    from wenzhi.model.devdata import bert_chinese_tokenizer, read_corpus_lines, tokenize_lines, write_text_shards
 
     root = tmp_path_factory.mktemp("shards")
     tok = bert_chinese_tokenizer()
     lines = read_corpus_lines("people_daily", limit=1200)
-    from kg.datadir import data_path
+    from wenzhi.kg.datadir import data_path
 
     vocab = str(data_path("vocab/bert_chinese_vocab.txt"))
     write_text_shards(root / "pd128", tokenize_lines(lines[:900], tok, 128), 128, tok, seed=0, tokenizer_name=vocab)
@@ -59,7 +59,7 @@ def test_tiny_model_loss_falls_on_real_text(shards, tmp_path):
     assert last["mlm_accuracy"] > first["mlm_accuracy"] and last["tokens_per_s"] > 0 and "text" in last["kind_loss"]
     model_dir = Path(summary["model_dir"])
     assert (model_dir / "config.json").exists() and (model_dir / "model.safetensors").exists()
-    from model.devdata import bert_chinese_tokenizer  # the shards' tokenizer travels with the model
+    from wenzhi.model.devdata import bert_chinese_tokenizer  # the shards' tokenizer travels with the model
 
     assert bert_chinese_tokenizer(model_dir)("中国")["input_ids"] == [101, 704, 1744, 102]
 
@@ -68,7 +68,7 @@ def test_tiny_model_loss_falls_on_real_text(shards, tmp_path):
 def test_tiny_model_beats_the_unigram_baseline_in_a_few_hundred_steps(shards, tmp_path):
     """Below the unigram cross-entropy of the masked tokens (fitted on the same shards, so the
     baseline is optimistic) the model must be using context, not just token frequencies."""
-    from model.shards import ShardReader
+    from wenzhi.model.shards import ShardReader
 
     reader = ShardReader(shards / "pd128")
     labels = reader.batch(np.arange(len(reader)))["labels"]
@@ -124,7 +124,7 @@ def test_bad_config_is_refused_clearly(tmp_path):
 
 
 def test_lamb_optimizer_minimises():
-    from model.optim import Lamb
+    from wenzhi.model.optim import Lamb
 
     torch.manual_seed(0)
     w = torch.nn.Parameter(torch.randn(20, 20))

@@ -7,7 +7,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from model.tokenizer import load_tokenizer
+    from wenzhi.model.tokenizer import load_tokenizer
 
     return load_tokenizer()
 
@@ -28,13 +28,13 @@ def review_lines(data_dir) -> list[str]:
 def people_daily_docs(data_dir):
     from itertools import islice
 
-    from model.corpora import read_people_daily
+    from wenzhi.model.corpora import read_people_daily
 
     return list(islice(read_people_daily(data_dir / "corpus" / "people_daily_1998_pos.txt"), 300))
 
 
 @pytest.fixture(scope="session")
 def linker(kb_store):
-    from kg import EntityLinker
+    from wenzhi.kg import EntityLinker
 
     return EntityLinker(kb_store)

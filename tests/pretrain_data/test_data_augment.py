@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from model.augment import AugmentConfig, KnowledgeAugmenter
-from model.knowledge_masking import EntityMasker
-from model.masking import apply_masks, encode_example
+from wenzhi.model.augment import AugmentConfig, KnowledgeAugmenter
+from wenzhi.model.knowledge_masking import EntityMasker
+from wenzhi.model.masking import apply_masks, encode_example
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +75,8 @@ def test_triples_verbalised_when_no_description(tokenizer, kb_store):
 def test_retrieved_passages_serve_as_knowledge_when_preferred(tokenizer, kb_store, data_dir, tmp_path):
     """REALM-style K_w: with `sources` putting retrieval first, the knowledge segment is the
     BM25 passage retrieved for the entity's name from a real tantivy index of CMRC paragraphs."""
-    from retrieval import TantivyRetriever
-    from retrieval.documents import passages_from_squad
+    from wenzhi.retrieval import TantivyRetriever
+    from wenzhi.retrieval.documents import passages_from_squad
 
     passages = list(passages_from_squad([data_dir / "cmrc2018" / "cmrc2018_trial.json"]))
     retriever = TantivyRetriever.build(tmp_path / "bm25", passages)

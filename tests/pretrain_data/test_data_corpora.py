@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from model.corpora import (kdconv_pairs, named_entity_spans, parse_people_daily_line, read_agrikg,
+from wenzhi.model.corpora import (kdconv_pairs, named_entity_spans, parse_people_daily_line, read_agrikg,
                            read_jsonl, read_kdconv)
 
 

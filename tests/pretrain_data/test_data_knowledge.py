@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from model.knowledge_masking import (Curriculum, CurriculumStage, EntityMasker, MixedMasker, PhraseMasker,
+from wenzhi.model.knowledge_masking import (Curriculum, CurriculumStage, EntityMasker, MixedMasker, PhraseMasker,
                                      pos_chunks, pos_words)
-from model.masking import CharMasker, WholeWordMasker, apply_masks, encode_example, mask_budget
+from wenzhi.model.masking import CharMasker, WholeWordMasker, apply_masks, encode_example, mask_budget
 
 
 def test_entity_spans_masked_whole_and_aligned(tokenizer, linker, kgclue_dev):

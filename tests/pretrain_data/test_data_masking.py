@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from model.knowledge_masking import PhraseMasker
-from model.masking import (CharMasker, WholeWordMasker, apply_masks, encode_example, mask_budget,
+from wenzhi.model.knowledge_masking import PhraseMasker
+from wenzhi.model.masking import (CharMasker, WholeWordMasker, apply_masks, encode_example, mask_budget,
                            replacement_ids, segment_words)
 
 

@@ -4,10 +4,10 @@ import json
 import numpy as np
 import pytest
 
-from model import prepare as prepare_cli
-from model.prepare import PrepareConfig, prepare
-from model.shards import ShardReader
-from model.uktp import heldout_triple
+from wenzhi.model import prepare as prepare_cli
+from wenzhi.model.prepare import PrepareConfig, prepare
+from wenzhi.model.shards import ShardReader
+from wenzhi.model.uktp import heldout_triple
 
 SEQ_LEN = 96
 
@@ -105,7 +105,7 @@ def test_curriculum_short_then_long(prepared):
 def test_heldout_triples_left_out(prepared, tokenizer, data_dir):
     from itertools import islice
 
-    from model.corpora import read_agrikg
+    from wenzhi.model.corpora import read_agrikg
 
     reader, rows = _arrays(prepared / "shards")
     held = [p for p in islice(read_agrikg(data_dir / "corpus" / "agrikg_distant_supervision.tsv"), 60)

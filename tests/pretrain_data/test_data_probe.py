@@ -4,15 +4,15 @@ from itertools import islice
 
 import pytest
 
-from model.corpora import read_agrikg
-from model.prepare import PrepareConfig, prepare
-from model.probe import add_candidates, evaluate, items_from_pairs, load_model, select
+from wenzhi.model.corpora import read_agrikg
+from wenzhi.model.prepare import PrepareConfig, prepare
+from wenzhi.model.probe import add_candidates, evaluate, items_from_pairs, load_model, select
 
 N_PAIRS = 40
 
 
 def _train(tmp_path, name, skip, vocab):
-    from model.trainer import TrainConfig, train
+    from wenzhi.model.trainer import TrainConfig, train
 
     agrikg = {"path": "corpus/agrikg_distant_supervision.tsv", "format": "agrikg", "limit": N_PAIRS, "skip": skip}
     prepare(PrepareConfig.from_dict({
@@ -36,7 +36,7 @@ def _train(tmp_path, name, skip, vocab):
 # two trainings of 600 steps: about 3 minutes on 2 busy cores, well inside the suite's budget
 @pytest.mark.filterwarnings("ignore")
 def test_probe_scores_seen_facts_above_unseen(tmp_path, data_dir):
-    from model.tokenizer import SPECIAL_TOKENS, load_tokenizer
+    from wenzhi.model.tokenizer import SPECIAL_TOKENS, load_tokenizer
 
     path = data_dir / "corpus" / "agrikg_distant_supervision.tsv"
     pairs = list(islice(read_agrikg(path), N_PAIRS))
@@ -62,7 +62,7 @@ def test_probe_scores_seen_facts_above_unseen(tmp_path, data_dir):
 
 
 def test_cloze_items_well_formed(tokenizer, data_dir):
-    from model.probe import encode_cloze
+    from wenzhi.model.probe import encode_cloze
 
     pairs = list(islice(read_agrikg(data_dir / "corpus" / "agrikg_distant_supervision.tsv"), 60))
     items = add_candidates(items_from_pairs(pairs, heldout_fraction=0.5), n=5, seed=0)

@@ -1,6 +1,6 @@
 import re
 
-from model.tokenizer import load_tokenizer, train_tokenizer
+from wenzhi.model.tokenizer import load_tokenizer, train_tokenizer
 
 MIXED = ["iPhone12 Pro售价6999元", "１９９８年ＣＰＵ价格下降３０％", "访问www.smallstonesoft.com交流",
          "COVID-19疫情", "Ryan Gosling主演了La La Land", "版本v2.3.1发布，速度提升1.5x", "2900万美元"]

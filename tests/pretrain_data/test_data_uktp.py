@@ -1,8 +1,8 @@
 import numpy as np
 
-from model.corpora import TripleSentence, kdconv_pairs, read_agrikg
-from model.masking import IGNORE_INDEX
-from model.uktp import MODES, build_uktp_example, heldout_triple, linked_pairs
+from wenzhi.model.corpora import TripleSentence, kdconv_pairs, read_agrikg
+from wenzhi.model.masking import IGNORE_INDEX
+from wenzhi.model.uktp import MODES, build_uktp_example, heldout_triple, linked_pairs
 
 
 def _pairs(data_dir, n=200):
@@ -61,7 +61,7 @@ def test_long_sentence_cut_around_the_mentions(tokenizer):
 
 
 def test_mix_ratio_configurable(tokenizer, data_dir):
-    from model.uktp import UKTPConfig
+    from wenzhi.model.uktp import UKTPConfig
 
     rng = np.random.default_rng(1)
     cfg = UKTPConfig(relation=0.0, triple_entity=1.0, sentence_entity=0.0)

@@ -1,5 +1,5 @@
 """Fine-tuning data derived from real KgCLUE questions and the KB slice."""
-from qa_service.data import (QAExample, holdout_split, homonym_relations, ner_examples, ner_features, read_qa,
+from wenzhi.qa_service.data import (QAExample, holdout_split, homonym_relations, ner_examples, ner_features, read_qa,
                              sim_pairs)
 
 
@@ -25,7 +25,7 @@ def test_ner_spans_cover_nearly_all_questions_and_match_the_head(kgclue_dev, kb_
 
 
 def test_ner_labels_are_bio_on_the_mention_tokens(kgclue_dev, kb_store):
-    from model.tokenizer import load_tokenizer
+    from wenzhi.model.tokenizer import load_tokenizer
 
     tok = load_tokenizer(None)
     ex = [e for e in _examples(kgclue_dev, 50) if e.question.startswith("刘晓华主要讲什么课")]

@@ -8,8 +8,8 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from qa_service.finetune import FinetuneConfig, finetune
-from qa_service.metric import kgclue_scores
+from wenzhi.qa_service.finetune import FinetuneConfig, finetune
+from wenzhi.qa_service.metric import kgclue_scores
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def dev_file(kgclue_dev, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pipeline(model_dir, kb_db):
-    from qa_service.pipeline import PipelineConfig, QAPipeline
+    from wenzhi.qa_service.pipeline import PipelineConfig, QAPipeline
 
     pipe = QAPipeline(model_dir, kb_db, PipelineConfig(use_gen=True, threads=1))
     yield pipe
@@ -68,7 +68,7 @@ def test_answers_are_kb_triples_with_evidence(pipeline, kgclue_dev, kb_store):
 
 
 def test_evaluate_on_kgclue_dev_slice(model_dir, kb_db, dev_file, tmp_path):
-    from qa_service.evaluate import evaluate
+    from wenzhi.qa_service.evaluate import evaluate
 
     errors = tmp_path / "errors.jsonl"
     result = evaluate(dev_file, kb_db, model_dir, errors=errors, use_gen=False, threads=1, progress=False)
@@ -87,7 +87,7 @@ def test_evaluate_on_kgclue_dev_slice(model_dir, kb_db, dev_file, tmp_path):
 # -- REST service --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def client(model_dir, kb_db):
-    from qa_service.service import ServiceSettings, create_app
+    from wenzhi.qa_service.service import ServiceSettings, create_app
 
     # as `wenzhi serve` runs it: the pipeline in a worker process
     app = create_app(ServiceSettings(model=str(model_dir), kb=str(kb_db), use_gen=False, threads=1, timeout_s=30,
@@ -175,8 +175,8 @@ def test_concurrent_requests_are_batched(client, kgclue_dev):
 
 
 def test_readyz_is_503_until_the_model_is_loaded(model_dir, kb_db):
-    from qa_service.pipeline import PipelineConfig, QAPipeline
-    from qa_service.service import ServiceSettings, create_app
+    from wenzhi.qa_service.pipeline import PipelineConfig, QAPipeline
+    from wenzhi.qa_service.service import ServiceSettings, create_app
 
     release = threading.Event()
 
@@ -200,7 +200,7 @@ def test_readyz_is_503_until_the_model_is_loaded(model_dir, kb_db):
 
 
 def test_a_killed_worker_is_a_503_then_replaced(model_dir, kb_db):
-    from qa_service.service import ServiceSettings, create_app
+    from wenzhi.qa_service.service import ServiceSettings, create_app
 
     def wait_ready(c):
         for _ in range(600):

@@ -1,7 +1,7 @@
 """KgCLUE's metric against hand-computed figures (baselines/evaluate_f1_em.py semantics)."""
 import pytest
 
-from qa_service.metric import f1_sim, kgclue_scores, lcs_length, normalize, score_one
+from wenzhi.qa_service.metric import f1_sim, kgclue_scores, lcs_length, normalize, score_one
 
 GOLD = "刘晓华（广东工业大学教授） ||| 主讲课程 ||| 《固体物理》"
 

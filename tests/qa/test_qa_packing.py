@@ -3,7 +3,7 @@ and the question's states do not depend on the relations appended to it."""
 import pytest
 import torch
 
-from qa_service.packing import (encode_questions, extend_with_relations, packed_batch, relation_segments,
+from wenzhi.qa_service.packing import (encode_questions, extend_with_relations, packed_batch, relation_segments,
                                 score_relations, sim_logits, universal_packed)
 
 QUESTIONS = ["刘晓华主要讲什么课啊？", "我很好奇龙编站的坐标是什么啊？"]
@@ -12,8 +12,8 @@ RELATIONS = [["主讲课程", "教学职称", "国籍", "出生地"], ["坐标",
 
 @pytest.fixture(scope="module")
 def models():
-    from model.modeling import WenzhiConfig, WenzhiForSequencePairClassification, WenzhiForTokenClassification
-    from model.tokenizer import load_tokenizer
+    from wenzhi.model.modeling import WenzhiConfig, WenzhiForSequencePairClassification, WenzhiForTokenClassification
+    from wenzhi.model.tokenizer import load_tokenizer
 
     tok = load_tokenizer(None)
     torch.manual_seed(0)
@@ -68,7 +68,7 @@ def test_question_states_ignore_the_relations(models):
 
 @pytest.fixture(scope="module")
 def late_sim(models):
-    from model.modeling import WenzhiForSequencePairClassification
+    from wenzhi.model.modeling import WenzhiForSequencePairClassification
 
     _, sim, _ = models
     late = WenzhiForSequencePairClassification(sim.config.__class__(**{**sim.config.to_dict(), "pair_interaction": "late"})).eval()
@@ -78,7 +78,7 @@ def late_sim(models):
 
 def test_late_route_equals_packed_rows(models, late_sim):
     """A late SIM head: cached relation states + NLU (last layer at [CLS] only) give the packed scores."""
-    from qa_service.relation_states import (RelationStates, RelationSummaries, score_relations_late,
+    from wenzhi.qa_service.relation_states import (RelationStates, RelationSummaries, score_relations_late,
                                             score_relations_summarised)
 
     tok, sim, _ = models
@@ -124,7 +124,7 @@ def test_query_subset_block_equals_full_block(models):
     """Block(queries=...) computes the chosen tokens exactly as the full block does."""
     _, sim, _ = models
     block = sim.wenzhi.nlu_layers[0]
-    from model.modeling import rotary_tables
+    from wenzhi.model.modeling import rotary_tables
 
     x = torch.randn(3, 7, 32)
     cos, sin = rotary_tables(torch.arange(7).expand(3, 7), 16, 10000.0, x.dtype)
@@ -140,8 +140,8 @@ def test_query_subset_block_equals_full_block(models):
 def test_packed_questions_equal_padded(models, late_sim):
     """Questions packed end to end (no padding work) give the padded route's states, NER logits and
     late relation scores."""
-    from qa_service.packing import encode_questions_packed
-    from qa_service.relation_states import RelationSummaries, score_relations_summarised
+    from wenzhi.qa_service.packing import encode_questions_packed
+    from wenzhi.qa_service.relation_states import RelationSummaries, score_relations_summarised
 
     tok, _, ner = models
     questions = QUESTIONS + ["谁？", "中华人民共和国的首都在哪个城市，它的面积有多大？"]

@@ -4,12 +4,12 @@ import random
 import pytest
 import torch
 
-from qa_service.trie import KBTrie, encode_target
+from wenzhi.qa_service.trie import KBTrie, encode_target
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from model.tokenizer import load_tokenizer
+    from wenzhi.model.tokenizer import load_tokenizer
 
     return load_tokenizer(None)
 
@@ -65,7 +65,7 @@ def test_a_real_head_with_a_relation_it_lacks_is_unreachable(trie, kb_store, tok
 
 
 def test_trie_refuses_a_different_tokenizer(trie, tokenizer, tmp_path):
-    from model.tokenizer import load_tokenizer
+    from wenzhi.model.tokenizer import load_tokenizer
 
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
     (tmp_path / "vocab.txt").write_text("".join(f"{t}\n" for t, _ in vocab[:-1]), encoding="utf-8")
@@ -74,7 +74,7 @@ def test_trie_refuses_a_different_tokenizer(trie, tokenizer, tmp_path):
 
 
 def test_constrained_generation_with_an_untrained_model_only_yields_kb_pairs(trie, kb_store, tokenizer):
-    from model.modeling import WenzhiConfig, WenzhiForPrefixLM
+    from wenzhi.model.modeling import WenzhiConfig, WenzhiForPrefixLM
 
     torch.manual_seed(0)
     config = WenzhiConfig(vocab_size=len(tokenizer), hidden_size=32, num_universal_layers=1, num_nlu_layers=1,

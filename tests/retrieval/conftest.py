@@ -18,7 +18,7 @@ def cmrc_dev(data_dir) -> dict:
 @pytest.fixture(scope="session")
 def cmrc_passages(cmrc_dev):
     """The first 150 paragraphs of CMRC 2018 dev as Documents, and (question, paragraph id) pairs."""
-    from retrieval.documents import Document
+    from wenzhi.retrieval.documents import Document
 
     docs, questions = [], []
     for article in cmrc_dev["data"]:

@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 
-import wenzhi
-from retrieval.encoder import TransformersEncoder, model_fingerprint
-from retrieval.faiss_index import FaissIndex, Manifest, StaleIndexError, build_faiss_index
-from retrieval.refresh import IndexRefresher
+from wenzhi import cli as wenzhi
+from wenzhi.retrieval.encoder import TransformersEncoder, model_fingerprint
+from wenzhi.retrieval.faiss_index import FaissIndex, Manifest, StaleIndexError, build_faiss_index
+from wenzhi.retrieval.refresh import IndexRefresher
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_retrieval_dense_finds_passages(index_string, encoders, passages, tmp_pa
 def test_retrieval_dense_finds_kb_entities(encoders, kb_store, tmp_path):
     from itertools import islice
 
-    from retrieval.documents import entity_documents
+    from wenzhi.retrieval.documents import entity_documents
 
     docs = list(islice(entity_documents(kb_store), 300))
     build_faiss_index(docs, encoders[0], tmp_path / "ents", "Flat", kind="entity", progress=False)

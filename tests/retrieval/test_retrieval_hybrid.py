@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from retrieval.hybrid import HybridRetriever, reciprocal_rank_fusion
-from retrieval.protocol import Hit
+from wenzhi.retrieval.hybrid import HybridRetriever, reciprocal_rank_fusion
+from wenzhi.retrieval.protocol import Hit
 
 
 def _hits(*ids):
@@ -27,9 +27,9 @@ def test_retrieval_rrf_orders_by_summed_reciprocal_ranks():
 
 
 def test_retrieval_hybrid_fuses_bm25_and_dense(cmrc_passages, tiny_encoder_dirs, tmp_path):
-    from retrieval.encoder import TransformersEncoder
-    from retrieval.faiss_index import DenseRetriever
-    from retrieval.tantivy_backend import TantivyRetriever
+    from wenzhi.retrieval.encoder import TransformersEncoder
+    from wenzhi.retrieval.faiss_index import DenseRetriever
+    from wenzhi.retrieval.tantivy_backend import TantivyRetriever
 
     docs, questions = cmrc_passages
     docs = docs[:80]

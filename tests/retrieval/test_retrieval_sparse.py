@@ -5,9 +5,9 @@ import os
 
 import pytest
 
-from retrieval.analysis import MAX_QUERY_CHARS, QueryError
-from retrieval.documents import entity_documents, passages_from_squad
-from retrieval.tantivy_backend import TantivyRetriever
+from wenzhi.retrieval.analysis import MAX_QUERY_CHARS, QueryError
+from wenzhi.retrieval.documents import entity_documents, passages_from_squad
+from wenzhi.retrieval.tantivy_backend import TantivyRetriever
 
 AWKWARD_QUERIES = ['title:(foo) AND "bar" *', "a OR b -c +d ~2 ^3 [x TO y] {z} \\ / !", "?", "（）《》"]
 
@@ -43,7 +43,7 @@ def tantivy_entities(entity_docs, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def os_passages(opensearch_url, cmrc_passages):
-    from retrieval.search_cluster import SearchClusterRetriever, connect
+    from wenzhi.retrieval.search_cluster import SearchClusterRetriever, connect
 
     r = SearchClusterRetriever(connect(opensearch_url), "passages", chunk_size=100)
     r.create_index(recreate=True)
@@ -53,7 +53,7 @@ def os_passages(opensearch_url, cmrc_passages):
 
 @pytest.fixture(scope="module")
 def os_entities(opensearch_url, entity_docs):
-    from retrieval.search_cluster import SearchClusterRetriever, connect
+    from wenzhi.retrieval.search_cluster import SearchClusterRetriever, connect
 
     r = SearchClusterRetriever(connect(opensearch_url), "entities", chunk_size=500)
     r.create_index(recreate=True)
@@ -138,7 +138,7 @@ def test_retrieval_kind_filter(backend, request, tmp_path, cmrc_passages, entity
     if backend == "tantivy":
         r = TantivyRetriever.build(tmp_path / "mixed", docs, progress=False)
     else:
-        from retrieval.search_cluster import SearchClusterRetriever, connect
+        from wenzhi.retrieval.search_cluster import SearchClusterRetriever, connect
 
         r = SearchClusterRetriever(connect(opensearch_url), "mixed")
         r.create_index(recreate=True)
@@ -177,7 +177,7 @@ def test_retrieval_passages_from_squad_reads_all_cmrc_paragraphs(data_dir):
 @pytest.mark.cluster
 def test_retrieval_elasticsearch_client_path(cmrc_passages):
     """The `elasticsearch` client against a real cluster (WENZHI_ES_URL)."""
-    from retrieval.search_cluster import SearchClusterRetriever, connect
+    from wenzhi.retrieval.search_cluster import SearchClusterRetriever, connect
 
     r = SearchClusterRetriever(connect(os.environ["WENZHI_ES_URL"], "elasticsearch"), "wenzhi-test-passages")
     r.create_index(recreate=True)

@@ -12,10 +12,10 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from kg import cli as kg_cli
-    from model import cli as model_cli
-    from qa_service import cli as qa_cli
-    from retrieval import cli as retrieval_cli
+    from wenzhi.kg import cli as kg_cli
+    from wenzhi.model import cli as model_cli
+    from wenzhi.qa_service import cli as qa_cli
+    from wenzhi.retrieval import cli as retrieval_cli
 
     parser = argparse.ArgumentParser(
         prog="wenzhi", description="文知: knowledge-enhanced pretraining and KBQA"
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.data_dir:
         # One setting for every layer: the library reads WENZHI_DATA, the flag overrides it.
         os.environ["WENZHI_DATA"] = args.data_dir
-    from kg.datadir import DataMissingError
+    from wenzhi.kg.datadir import DataMissingError
 
     try:
         return int(args.handler(args) or 0)
