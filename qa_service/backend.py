@@ -219,6 +219,14 @@ class PipelineProcess:
             raise RuntimeError(value)
         return value
 
+    def wait_exit(self, stop: threading.Event, poll_s: float = 0.2) -> int | None:
+        """Block until the worker process exits (its exit code: -9 for a SIGKILL) or `stop` is set."""
+        while not stop.is_set():
+            self.process.join(poll_s)
+            if self.process.exitcode is not None:
+                return self.process.exitcode
+        return self.process.exitcode
+
     def answer_batch(self, items: list[tuple[str, int]]) -> list:
         return self._call("qa", items)
 

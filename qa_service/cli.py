@@ -7,6 +7,15 @@ import sys
 from pathlib import Path
 
 
+class _DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in the help, where there is one to show (not for flags, nor for None)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or action.required:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def register(sub: "argparse._SubParsersAction") -> None:
     """Add this package's sub-commands to the `wenzhi` parser."""
     ft = sub.add_parser("finetune", help="fine-tune the NER, SIM (relation) or GEN (KB-constrained) head")
@@ -54,21 +63,40 @@ def register(sub: "argparse._SubParsersAction") -> None:
     ev.add_argument("--relation-selection", action="store_true", default=True, help=argparse.SUPPRESS)
     ev.set_defaults(handler=_evaluate)
 
-    sv = sub.add_parser("serve", help="the KBQA REST service (FastAPI)")
-    sv.add_argument("--model", required=True, metavar="DIR")
-    sv.add_argument("--kb", required=True, metavar="DB")
+    sv = sub.add_parser("serve", help="the KBQA REST service (FastAPI)",
+                        formatter_class=_DefaultsShown)
+    sv.add_argument("--model", required=True, metavar="DIR", help="model directory (from `wenzhi finetune`)")
+    sv.add_argument("--kb", required=True, metavar="DB", help="triple store (from `wenzhi kg import`)")
     sv.add_argument("--index", metavar="DIR", help="BM25 entity index (fuzzy fallback)")
-    sv.add_argument("--host", default="127.0.0.1")
-    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    sv.add_argument("--port", type=int, default=8000, help="port to listen on")
+    sv.add_argument("--trusted-hosts", metavar="NAMES",
+                    help="comma-separated Host header values answered (others get a 400: no DNS rebinding); "
+                         "'*' for any; default: --host, localhost, 127.0.0.1, [::1]")
     sv.add_argument("--no-gen", action="store_true", help="leave the GEN head out (lower latency)")
-    sv.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
-    sv.add_argument("--max-batch", type=int, default=32)
+    sv.add_argument("--timeout", type=float, default=10.0, help="seconds to answer a question")
+    sv.add_argument("--max-batch", type=int, default=32, help="questions answered in one pass at most")
     sv.add_argument("--max-wait-ms", type=float, default=0.0,
-                    help="how long a batch waits for company (default 0: batch what queued while the pipeline was busy)")
+                    help="how long a batch waits for company (0: batch what queued while the pipeline was busy)")
     sv.add_argument("--threads", type=int, default=1,
-                    help="torch threads of the pipeline (default 1: the event loop keeps the other core)")
+                    help="torch threads of the pipeline (1: the event loop keeps the other core)")
     sv.add_argument("--in-process", action="store_true",
                     help="run the pipeline in the service's process instead of a worker process of its own")
+    sv.add_argument("--restart-attempts", type=int, default=5,
+                    help="failed loads of the pipeline in a row (a worker killed while loading counts) before "
+                         "giving up: /healthz then fails and the command exits with status 3")
+    sv.add_argument("--restart-backoff", type=float, default=1.0, metavar="SECONDS",
+                    help="wait before the second load attempt, doubled for each next one (at most 16 s)")
+    sv.add_argument("--max-body-bytes", type=int, default=64 * 1024,
+                    help="larger request bodies get a 413 (the largest valid request is about 12 KB)")
+    sv.add_argument("--header-timeout", type=float, default=10.0, metavar="SECONDS",
+                    help="a request's line and headers must arrive within this (else 408, connection closed)")
+    sv.add_argument("--body-timeout", type=float, default=10.0, metavar="SECONDS",
+                    help="a request's body must arrive within this once its headers are in (else 408)")
+    sv.add_argument("--keep-alive-timeout", type=float, default=5.0, metavar="SECONDS",
+                    help="an idle connection is closed after this")
+    sv.add_argument("--shutdown-timeout", type=float, default=5.0, metavar="SECONDS",
+                    help="on SIGTERM/Ctrl-C, requests still running after this are cancelled")
     sv.set_defaults(handler=_serve)
 
 
@@ -109,19 +137,48 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _trusted_hosts(value: str | None, bound: str) -> tuple[str, ...]:
+    if value:
+        return tuple(h.strip() for h in value.split(",") if h.strip())
+    bound = f"[{bound}]" if ":" in bound and not bound.startswith("[") else bound  # IPv6, as in a Host header
+    return tuple(dict.fromkeys((bound, "localhost", "127.0.0.1", "[::1]")))
+
+
 def _serve(args) -> int:
     import uvicorn
 
+    from wenzhi.qa_service.http_limits import header_deadline_protocol
     from wenzhi.qa_service.service import ServiceSettings, create_app
 
-    settings = ServiceSettings(model=args.model, kb=args.kb, index=args.index, use_gen=not args.no_gen,
-                               timeout_s=args.timeout, max_batch=args.max_batch,
-                               max_wait_ms=args.max_wait_ms, threads=args.threads,
-                               manage_gc=True, worker_process=not args.in_process)
     for path in (Path(args.model), Path(args.kb)):
         if not path.exists():
             print(f"wenzhi serve: {path} does not exist", file=sys.stderr)
             return 2
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning",
-                access_log=False)
+    hosts = _trusted_hosts(args.trusted_hosts, args.host)
+    if args.host in ("0.0.0.0", "::") and not args.trusted_hosts:
+        print(f"wenzhi serve: listening on all interfaces, but only Host headers {', '.join(hosts)} are answered; "
+              "pass --trusted-hosts with the names clients use", file=sys.stderr)
+    settings = ServiceSettings(model=args.model, kb=args.kb, index=args.index, use_gen=not args.no_gen,
+                               timeout_s=args.timeout, max_batch=args.max_batch,
+                               max_wait_ms=args.max_wait_ms, threads=args.threads,
+                               manage_gc=True, worker_process=not args.in_process,
+                               restart_attempts=args.restart_attempts, restart_backoff_s=args.restart_backoff,
+                               trusted_hosts=hosts, max_body_bytes=args.max_body_bytes,
+                               body_timeout_s=args.body_timeout)
+    server: uvicorn.Server | None = None
+
+    def gave_up() -> None:  # from the supervisor thread; the server polls the flag
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(settings, on_gave_up=gave_up)
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=args.host, port=args.port, log_level="warning", access_log=False,
+        http=header_deadline_protocol(args.header_timeout), timeout_keep_alive=args.keep_alive_timeout,
+        timeout_graceful_shutdown=args.shutdown_timeout))
+    server.run()
+    state = app.state.qa
+    if state.status == "failed":
+        print(f"wenzhi serve: {state.error}", file=sys.stderr)
+        return 3
     return 0

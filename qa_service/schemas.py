@@ -53,8 +53,10 @@ class ReadinessOut(BaseModel):
 
 
 BAD_REQUEST = {422: {"model": BadRequestOut, "description": "invalid input (type, length, blank, control characters, JSON)"},
-               400: {"model": ErrorOut, "description": "a body that cannot be parsed at all (e.g. not UTF-8)"}}
-NOT_READY = {503: {"model": ErrorOut, "description": "the model and KB are still loading"}}
+               400: {"model": ErrorOut, "description": "a body that cannot be parsed at all (e.g. not UTF-8)"},
+               408: {"model": ErrorOut, "description": "the body did not arrive in time"},
+               413: {"model": ErrorOut, "description": "the body is over the size limit"}}
+NOT_READY = {503: {"model": ErrorOut, "description": "the model and KB are (re)loading: see Retry-After"}}
 
 
 class TripleOut(BaseModel):

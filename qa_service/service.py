@@ -7,13 +7,22 @@
   ones, and a lone request does not wait for company. `max_wait_ms` > 0 waits for company (worth it
   where a bigger batch is nearly free, as on a GPU; on 2 CPU cores a 5 ms wait cost a lone client
   2.1-2.7x its throughput, bench/RESULTS.md).
-- Bad input is a 4xx with a reason (422 for what pydantic or our checks reject), never a 5xx.
-- One log line per request: method, path, status, latency.
+- Bad input is a 4xx with a reason (422 for what pydantic or our checks reject), never a 5xx; error
+  bodies never echo the input (it may be huge, or not encodable: NaN, lone surrogates).
+- Limits against hostile clients: bodies over `max_body_bytes` are a 413 (FastAPI's body limit),
+  a Host header outside `trusted_hosts` a 400 (Starlette's TrustedHostMiddleware: no DNS
+  rebinding, no redirect to a forged host), a body not in within `body_timeout_s` a 408
+  (http_limits.py, with the header deadline uvicorn lacks).
+- A supervisor thread keeps the pipeline up: a worker process that exits is replaced, a failed
+  load retried with back-off (/readyz "loading", 503s with Retry-After); after `restart_attempts`
+  failed loads in a row /healthz fails too.
+- One log line per request: method, path (escaped: no forged lines), status, latency.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import queue
 import threading
 import time
@@ -21,11 +30,14 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import FastAPI, HTTPException, Path as PathParam, Request
-from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from wenzhi.qa_service.backend import LocalPipeline, PipelineProcess, WorkerGone, load_local
+from wenzhi.qa_service.http_limits import BodyDeadline, escape_for_log
 from wenzhi.qa_service.schemas import (BAD_REQUEST, MAX_NAME_CHARS, NOT_READY, CleanText, EntityResponse, ErrorOut,
                                 LinkRequest, LinkResponse, QARequest, QAResponse, ReadinessOut, with_latency)
 
@@ -44,17 +56,24 @@ class ServiceSettings:
     threads: int | None = None
     manage_gc: bool = False  # `wenzhi serve`: the process is the service's own (see backend.quiet_gc)
     worker_process: bool = False  # `wenzhi serve`: the pipeline in a process of its own (see backend.py)
+    restart_attempts: int = 5  # failed loads in a row before giving up (then /healthz fails)
+    restart_backoff_s: float = 1.0  # wait before the 2nd attempt, doubled for each next one ...
+    restart_backoff_max_s: float = 16.0  # ... up to this
+    trusted_hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "[::1]")  # Host headers answered; "*": any
+    max_body_bytes: int = 64 * 1024  # the largest valid request is ~12 KB (2,000 characters, \\u-escaped)
+    body_timeout_s: float = 10.0  # the whole request body must arrive within this
 
 
 class Batcher:
     """A thread that hands queued questions to the backend in batches."""
 
-    def __init__(self, backend, max_batch: int, max_wait_ms: float, on_worker_gone=None):
+    def __init__(self, backend, max_batch: int, max_wait_ms: float):
         self.backend = backend
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1e3
-        self.on_worker_gone = on_worker_gone
         self.queue: queue.Queue = queue.Queue()
+        self._closed = False
+        self._close_lock = threading.Lock()  # nothing is queued behind the closing marker
         self.batches = self.questions = 0  # so far: questions / batches is the mean batch size
         self.thread = threading.Thread(target=self._run, name="qa-batcher", daemon=True)
         self.thread.start()
@@ -63,7 +82,10 @@ class Batcher:
         """From the event loop: a future of that loop, resolved when the question's batch is done."""
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        self.queue.put((question, top_k, fut, loop))
+        with self._close_lock:
+            if self._closed:
+                raise WorkerGone("the QA pipeline is being replaced")
+            self.queue.put((question, top_k, fut, loop))
         return fut
 
     @staticmethod
@@ -101,8 +123,6 @@ class Batcher:
             try:
                 outcome = self.backend.answer_batch([(b[0], b[1]) for b in batch])
             except Exception as exc:  # noqa: BLE001 - handed to each waiting request
-                if isinstance(exc, WorkerGone) and self.on_worker_gone:
-                    self.on_worker_gone(str(exc))
                 log.error("batch failed: %s", exc)
                 outcome = [exc] * len(batch)
             for loop in {b[3] for b in batch}:
@@ -113,66 +133,120 @@ class Batcher:
                     pass
 
     def close(self) -> None:
-        self.queue.put(None)
+        with self._close_lock:
+            self._closed = True
+            self.queue.put(None)
 
 
 class ServiceState:
-    def __init__(self, settings: ServiceSettings, loader=None):
+    """Loads the backend and keeps one running: a supervisor thread loads it, watches a worker
+    process, and replaces one that exits (killed, out of memory), retrying a failed load with
+    exponential back-off. After `restart_attempts` failed loads in a row it gives up: /healthz
+    then fails too, so that whatever supervises the process restarts it (`wenzhi serve` exits)."""
+
+    def __init__(self, settings: ServiceSettings, loader=None, on_gave_up=None):
         self.settings = settings
         self.backend: LocalPipeline | PipelineProcess | None = None
         self.batcher: Batcher | None = None
-        self.error: str | None = None
+        self.status = "loading"  # loading, ready or failed (given up)
+        self.error: str | None = None  # why not ready
         self.ready = threading.Event()
+        self.on_gave_up = on_gave_up
         self._loader = loader
-        self._restart_lock = threading.Lock()
+        self._closing = threading.Event()
+        self._lock = threading.Lock()  # backend, batcher and closing change together
+        self._retry_at = 0.0  # monotonic time of the next load attempt
+        self._load_s = 5.0  # how long the last load took: what a client waits beyond the back-off
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._supervise, name="qa-supervisor", daemon=True)
+        self._thread.start()
 
     def _start_backend(self):
         s = self.settings
         if self._loader is None and s.worker_process:
             worker = PipelineProcess(s.model, s.kb, index=s.index, use_gen=s.use_gen, threads=s.threads,
                                      manage_gc=s.manage_gc)
-            self.backend = worker  # before it is ready, so that shutdown can stop a loading worker
-            worker.wait_ready()
+            with self._lock:  # before it is ready, so that shutdown can stop a loading worker
+                self.backend = worker
+            try:
+                worker.wait_ready()
+            except BaseException:
+                worker.close()
+                raise
             return worker
         pipeline = self._loader() if self._loader is not None else None
         return load_local(s.model, s.kb, s.index, s.use_gen, s.threads, s.manage_gc, pipeline=pipeline)
 
-    def load(self) -> None:
-        started = time.perf_counter()
-        try:
-            self.backend = self._start_backend()
-            self.batcher = Batcher(self.backend, self.settings.max_batch, self.settings.max_wait_ms,
-                                   on_worker_gone=self.worker_gone)
-            self.error = None
+    def _supervise(self) -> None:
+        s = self.settings
+        failures = 0
+        while not self._closing.is_set():
+            started = time.perf_counter()
+            try:
+                backend = self._start_backend()
+            except Exception as exc:  # noqa: BLE001 - reported by /readyz, retried
+                if self._closing.is_set():
+                    return
+                failures += 1
+                reason = f"{type(exc).__name__}: {exc}"
+                log.error("loading failed (attempt %d of %d): %s", failures, s.restart_attempts, reason)
+                if failures >= s.restart_attempts:
+                    self._give_up(f"the QA pipeline could not be loaded in {failures} attempts; last: {reason}")
+                    return
+                delay = min(s.restart_backoff_s * 2 ** (failures - 1), s.restart_backoff_max_s)
+                self._retry_at = time.monotonic() + delay
+                self.error = f"{reason}; attempt {failures + 1} of {s.restart_attempts} in {delay:g} s"
+                if self._closing.wait(delay):
+                    return
+                continue
+            with self._lock:
+                if self._closing.is_set():
+                    backend.close()
+                    return
+                self.backend = backend
+                self.batcher = Batcher(backend, s.max_batch, s.max_wait_ms)
+            failures = 0
+            self._load_s = time.perf_counter() - started
+            self.error, self.status = None, "ready"
             self.ready.set()
-            log.info("ready: model and KB loaded in %.1f s", time.perf_counter() - started)
-        except Exception as exc:  # noqa: BLE001 - reported by /readyz
-            self.fail(f"{type(exc).__name__}: {exc}")
-            log.exception("loading failed")
-
-    def fail(self, reason: str) -> None:
-        """Not ready (loading failed): /readyz and every endpoint answer 503 with the reason."""
-        self.error = reason
-        self.ready.clear()
-
-    def worker_gone(self, reason: str) -> None:
-        """The worker process died (killed, out of memory): 503 with the reason while a new one loads."""
-        with self._restart_lock:
-            if not self.ready.is_set():  # already restarting
+            log.info("ready: model and KB loaded in %.1f s", self._load_s)
+            if not isinstance(backend, PipelineProcess):
+                return  # in this process: nothing to watch
+            code = backend.wait_exit(self._closing)
+            if self._closing.is_set():
                 return
-            self.fail(f"{reason}; starting a new one")
-        log.error("%s; starting a new one", reason)
-        threading.Thread(target=self._restart, name="qa-restart", daemon=True).start()
+            self.ready.clear()
+            self.status = "loading"
+            self.error = f"the QA worker process exited (code {code}); starting a new one"
+            self._retry_at = 0.0
+            log.error("%s", self.error)
+            with self._lock:
+                self.batcher.close()  # fails what is still queued with WorkerGone (503)
+                backend.close()
 
-    def _restart(self) -> None:
-        self.close()  # the old batcher fails what is still queued with WorkerGone (503)
-        self.load()
+    def _give_up(self, reason: str) -> None:
+        self.error, self.status = reason, "failed"
+        log.error("giving up: %s", reason)
+        if self.on_gave_up is not None:
+            self.on_gave_up()
+
+    def retry_after_s(self) -> int:
+        """Seconds a client should wait before asking again (the Retry-After of a 503)."""
+        return max(1, math.ceil(max(self._retry_at - time.monotonic(), 0) + self._load_s))
 
     def close(self) -> None:
-        if self.batcher:
-            self.batcher.close()
-        if self.backend:
-            self.backend.close()
+        with self._lock:
+            self._closing.set()
+            self.ready.clear()
+            batcher, backend = self.batcher, self.backend
+        if batcher:
+            batcher.close()
+        if backend:
+            backend.close()
+        if self._thread is not None:
+            self._thread.join(15)
 
 
 class AccessLog:
@@ -197,73 +271,109 @@ class AccessLog:
 
         try:
             await self.app(scope, receive, send_status)
-        finally:
-            log.info("%s %s %d %.1fms", scope["method"], scope["path"], status, (time.perf_counter() - t0) * 1e3)
+        finally:  # the path is the client's text: escaped, so that it cannot forge log lines
+            log.info("%s %s %d %.1fms", scope["method"], escape_for_log(scope["path"]), status,
+                     (time.perf_counter() - t0) * 1e3)
 
 
-def create_app(settings: ServiceSettings, loader=None) -> FastAPI:
+MAX_ERRORS_SHOWN = 10  # a body of 10,000 bad keys gets 10 itemised errors and a count
+
+
+def _validation_errors(errors: list[dict]) -> dict:
+    """pydantic's errors without what the client sent: no `input` (unbounded, and not always
+    JSON: NaN, lone surrogates) and no `ctx`; names in `loc` (which may be the client's own keys)
+    escaped and cut short."""
+    reasons, shown = [], []
+    for err in errors[:MAX_ERRORS_SHOWN]:
+        loc = [p if isinstance(p, int) else escape_for_log(str(p), 64) for p in err.get("loc", ())]
+        msg = escape_for_log(str(err.get("msg", "")), 200)
+        if err.get("type") == "json_invalid" and isinstance(err.get("ctx"), dict):
+            msg += f": {escape_for_log(str(err['ctx'].get('error', '')), 100)}"  # json's message, not the body
+        where = ".".join(str(p) for p in loc if p != "body") or "body"
+        reasons.append(f"{where}: {msg}")
+        shown.append({"type": str(err.get("type", "")), "loc": loc, "msg": msg})
+    if len(errors) > MAX_ERRORS_SHOWN:
+        reasons.append(f"... and {len(errors) - MAX_ERRORS_SHOWN} more")
+    return {"detail": "; ".join(reasons) or "invalid request", "errors": shown}
+
+
+def create_app(settings: ServiceSettings, loader=None, on_gave_up=None) -> FastAPI:
     """The app; `loader` (a callable returning a pipeline) replaces the default loading (tests
-    use it to hold loading back and watch /readyz)."""
-    state = ServiceState(settings, loader)
+    use it to hold loading back and watch /readyz); `on_gave_up` is called once the backend could
+    not be loaded `settings.restart_attempts` times in a row (`wenzhi serve` then exits)."""
+    state = ServiceState(settings, loader, on_gave_up)
 
     async def lifespan(app: FastAPI):
-        thread = threading.Thread(target=state.load, name="qa-loader", daemon=True)
-        thread.start()
+        state.start()
         yield
         state.close()
 
-    app = FastAPI(title="wenzhi KBQA", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="wenzhi KBQA", version="0.1.0", lifespan=lifespan, max_body_size=settings.max_body_bytes,
                   description="Answers Chinese questions from a knowledge base, with the supporting triple.")
     app.state.qa = state
 
+    # outermost last: every response is logged, a foreign Host is refused before anything else
+    app.add_middleware(BodyDeadline, timeout_s=settings.body_timeout_s)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(settings.trusted_hosts), www_redirect=False)
     app.add_middleware(AccessLog)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError):
-        reasons = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
-            reasons.append(f"{where}: {err.get('msg')}")
-        return JSONResponse(status_code=422, content=jsonable_encoder(
-            {"detail": "; ".join(reasons) or "invalid request", "errors": exc.errors()}))
+        return JSONResponse(status_code=422, content=_validation_errors(exc.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        # a body over the limit that came without a Content-Length (one with a Content-Length over
+        # it gets Starlette's plain-text 413 before any of it is read)
+        if exc.status_code == 413:
+            exc = StarletteHTTPException(413, f"Content Too Large: the request body is over {settings.max_body_bytes} bytes",
+                                         headers={"Connection": "close"})
+        return await http_exception_handler(request, exc)
+
+    def not_ready(detail: str) -> HTTPException:
+        return HTTPException(503, detail=detail, headers={"Retry-After": str(state.retry_after_s())})
 
     def require_ready():
         if not state.ready.is_set():
-            raise HTTPException(503, detail=state.error or "loading the model and the KB, retry shortly")
+            raise not_ready(state.error or "loading the model and the KB, retry shortly")
         return state.backend
 
     def call_backend(method, *args):
         try:
             return method(*args)
-        except WorkerGone as exc:
-            state.worker_gone(str(exc))
-            raise HTTPException(503, detail=str(exc)) from None
+        except WorkerGone as exc:  # the supervisor has seen it too, and is starting a new one
+            raise not_ready(str(exc)) from None
 
-    @app.get("/healthz", response_model=ReadinessOut)
-    def healthz() -> dict:
+    @app.get("/healthz", response_model=ReadinessOut,
+             responses={503: {"model": ReadinessOut, "description": "the pipeline could not be (re)loaded: given up"}})
+    def healthz():
+        if state.status == "failed":
+            return JSONResponse(status_code=503, content={"status": "failed", "detail": state.error})
         return {"status": "ok"}
 
     @app.get("/readyz", response_model=ReadinessOut,
-             responses={503: {"model": ReadinessOut, "description": "still loading (or loading failed)"}})
+             responses={503: {"model": ReadinessOut, "description": "loading (or given up: failed)"}})
     def readyz():
         if state.ready.is_set():
             return {"status": "ready"}
-        return JSONResponse(status_code=503, content={"status": "failed" if state.error else "loading",
-                                                      "detail": state.error})
+        if state.status == "failed":
+            return JSONResponse(status_code=503, content={"status": "failed", "detail": state.error})
+        return JSONResponse(status_code=503, content={"status": "loading", "detail": state.error},
+                            headers={"Retry-After": str(state.retry_after_s())})
 
     @app.post("/v1/qa", response_model=QAResponse,
               responses={**BAD_REQUEST, **NOT_READY, 504: {"model": ErrorOut, "description": "timed out"}})
     async def qa(req: QARequest) -> Response:
         require_ready()
         t0 = time.perf_counter()
-        fut = state.batcher.submit(req.question, req.top_k)
         try:
+            fut = state.batcher.submit(req.question, req.top_k)
             body = await asyncio.wait_for(fut, timeout=settings.timeout_s)
         except asyncio.TimeoutError:
             fut.cancel()
             raise HTTPException(504, detail=f"no answer within {settings.timeout_s:g} s") from None
         except WorkerGone as exc:
-            raise HTTPException(503, detail=str(exc)) from None
+            raise not_ready(str(exc)) from None
         # the body was built where the pipeline ran; only the latency is this side's to add
         return Response(with_latency(body, (time.perf_counter() - t0) * 1e3), media_type="application/json")
 

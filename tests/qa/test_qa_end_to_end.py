@@ -1,4 +1,4 @@
-"""End to end on real data: a tiny model fine-tuned here (SIM, then NER and GEN on its frozen
+"""End to end on real data: a tiny model fine-tuned in conftest.py (SIM, then NER and GEN on its frozen
 universal module) answers KgCLUE dev questions from the KB slice, through the pipeline, the
 evaluation command's code and the REST service."""
 import json
@@ -8,24 +8,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from wenzhi.qa_service.finetune import FinetuneConfig, finetune
 from wenzhi.qa_service.metric import kgclue_scores
-
-
-@pytest.fixture(scope="module")
-def model_dir(data_dir, kb_db, tmp_path_factory):
-    root = tmp_path_factory.mktemp("qa_model")
-    train = root / "train.json"
-    with open(data_dir / "kgclue" / "train.json", encoding="utf-8") as src:
-        train.write_text("".join(next(src) for _ in range(300)), encoding="utf-8")  # heads in the slice
-    out = root / "model"
-    common = dict(out=out, kb=kb_db, questions=[train], max_steps=40, batch_size=16, lr=2e-3, threads=1)
-    sim = finetune(FinetuneConfig(task="sim", freeze_universal=False, **common))
-    assert sim["last_loss"] < sim["first_loss"]  # it learnt something
-    for task in ("ner", "gen"):
-        report = finetune(FinetuneConfig(task=task, init=out / "sim", **common))
-        assert report["last_loss"] < report["first_loss"]
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +75,7 @@ def client(model_dir, kb_db):
     # as `wenzhi serve` runs it: the pipeline in a worker process
     app = create_app(ServiceSettings(model=str(model_dir), kb=str(kb_db), use_gen=False, threads=1, timeout_s=30,
                                      worker_process=True))
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://localhost") as c:
         for _ in range(600):
             if c.get("/readyz").status_code == 200:
                 break
@@ -185,7 +168,7 @@ def test_readyz_is_503_until_the_model_is_loaded(model_dir, kb_db):
         return QAPipeline(model_dir, kb_db, PipelineConfig(use_gen=False, threads=1))
 
     app = create_app(ServiceSettings(model=str(model_dir), kb=str(kb_db)), loader=slow_loader)
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://localhost") as c:
         assert c.get("/healthz").status_code == 200
         assert c.get("/readyz").status_code == 503
         r = c.post("/v1/qa", json={"question": "龙编站的坐标是什么"})
@@ -211,7 +194,7 @@ def test_a_killed_worker_is_a_503_then_replaced(model_dir, kb_db):
 
     app = create_app(ServiceSettings(model=str(model_dir), kb=str(kb_db), use_gen=False, threads=1,
                                      worker_process=True))
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://localhost") as c:
         assert wait_ready(c)
         question = {"question": "龙编站的坐标是什么"}
         assert c.post("/v1/qa", json=question).status_code == 200
