@@ -5,19 +5,39 @@ import argparse
 import json
 import sys
 
+DEFAULT_MAX_REJECTED_SHARE = 0.1  # kg.importer's (not imported here: `wenzhi kg` starts fast)
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in the help where there is one to show (not for flags, required options or None).
+    The lowest package's, so that every package's commands can use it."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or action.required:
+            return action.help
+        return super()._get_help_string(action)
+
 
 def register(sub: "argparse._SubParsersAction") -> None:
     """Add this package's sub-commands to the `wenzhi` parser."""
     kg = sub.add_parser("kg", help="knowledge graph: import triples, look up and link entities")
     kg_sub = kg.add_subparsers(dest="kg_command", required=True, metavar="KG_COMMAND")
 
-    p = kg_sub.add_parser("import", help="import triple files into a store (atomically)")
-    p.add_argument("files", nargs="+", metavar="FILE")
+    p = kg_sub.add_parser("import", help="import triple files into a store (atomically)",
+                          formatter_class=DefaultsHelpFormatter)
+    p.add_argument("files", nargs="+", metavar="FILE", help="KgCLUE TSV, NLPCC ' ||| ' or CSV triple files")
     p.add_argument("--db", required=True, help="store file to create or replace")
-    p.add_argument("--format", default="auto", choices=["auto", "kgclue", "nlpcc", "csv"])
-    p.add_argument("--alias-relations", help="comma-separated relations whose tails are aliases")
-    p.add_argument("--description-relations", help="comma-separated long-text relations")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--format", default="auto", choices=["auto", "kgclue", "nlpcc", "csv"],
+                   help="input format (auto: from the extension and the first line)")
+    p.add_argument("--alias-relations",
+                   help="comma-separated relations whose tails are aliases (default: 别名, 简称, 外文名 ... "
+                        "see kg/importer.py)")
+    p.add_argument("--description-relations",
+                   help="comma-separated long-text relations (default: 描述, 简介, ... see kg/importer.py)")
+    p.add_argument("--max-rejected-share", type=float, default=DEFAULT_MAX_REJECTED_SHARE, metavar="FRACTION",
+                   help="an import rejecting more of its lines than this (or storing no triple) fails and "
+                        "leaves the existing store as it was")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(handler=_import)
 
     p = kg_sub.add_parser("stats", help="counts and the last import's summary")
@@ -60,15 +80,25 @@ def _split(value: str | None):
 
 
 def _import(args) -> int:
-    from wenzhi.kg.importer import (DEFAULT_ALIAS_RELATIONS, DEFAULT_DESCRIPTION_RELATIONS,
-                             import_files)
+    import sqlite3
 
-    summary = import_files(
-        args.files, args.db, fmt=args.format,
-        alias_relations=_split(args.alias_relations) or DEFAULT_ALIAS_RELATIONS,
-        description_relations=_split(args.description_relations) or DEFAULT_DESCRIPTION_RELATIONS,
-        progress=not args.no_progress,
-    )
+    from wenzhi.kg.importer import (DEFAULT_ALIAS_RELATIONS, DEFAULT_DESCRIPTION_RELATIONS,
+                                    ImportRefused, import_files)
+
+    try:
+        summary = import_files(
+            args.files, args.db, fmt=args.format,
+            alias_relations=_split(args.alias_relations) or DEFAULT_ALIAS_RELATIONS,
+            description_relations=_split(args.description_relations) or DEFAULT_DESCRIPTION_RELATIONS,
+            progress=not args.no_progress, max_rejected_share=args.max_rejected_share,
+        )
+    except ImportRefused as exc:
+        print(exc.summary.describe())
+        print(f"wenzhi kg import: {exc}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError, sqlite3.Error) as exc:  # bad paths, formats, a full disk
+        print(f"wenzhi kg import: {exc}", file=sys.stderr)
+        return 2
     print(summary.describe())
     return 0 if summary.reconciles else 1
 

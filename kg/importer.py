@@ -4,7 +4,13 @@ Formats: KgCLUE `head<TAB>relation<TAB>tail`, NLPCC `head ||| relation ||| tail`
 named columns (head/relation/tail, subject/predicate/object or entity/attribute/value).
 Memory holds only the entity and relation name -> id maps and one batch of rows, never the file.
 The store is written to a temporary file beside the target and renamed over it at the end, so a
-failed or interrupted import leaves any previous store untouched.
+failed or interrupted import leaves any previous store untouched; so does an import that stores
+no triple, or rejects more than `max_rejected_share` of its lines (`ImportRefused`: a wrong
+`--format` or a wrong file must not replace a good KB). Temporaries left by killed imports are
+removed by the next import of the same store once their process is gone.
+
+Lines end with LF, CRLF or a lone CR; a UTF-8 BOM at the start of a file is dropped; a line with a
+NUL character is rejected (no name or value holds one).
 """
 from __future__ import annotations
 
@@ -12,11 +18,13 @@ import csv
 import json
 import logging
 import os
+import re
 import sqlite3
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from glob import escape as glob_escape
 from typing import Iterable, Iterator
 
 from wenzhi.kg.names import parse_name
@@ -34,6 +42,12 @@ _ALIAS_SEPARATORS = str.maketrans({c: "\x00" for c in "、，,;；/／|"})
 _MAX_ALIAS_CHARS = 64
 _CSV_COLUMNS = (("head", "relation", "tail"), ("subject", "predicate", "object"),
                 ("entity", "attribute", "value"))
+
+
+DEFAULT_MAX_REJECTED_SHARE = 0.1
+_BOM = b"\xef\xbb\xbf"
+_NEWLINE = re.compile(r"\r\n|\r|\n")
+_NEWLINE_BYTES = re.compile(rb"\r\n|\r|\n")
 
 
 @dataclass
@@ -88,75 +102,96 @@ class ImportSummary:
         return "\n".join(lines)
 
 
+class ImportRefused(ValueError):
+    """The import ran but was not stored (the previous store, if any, is left as it was): no triple
+    stored, or too many lines rejected. `summary` says what was read."""
+
+    def __init__(self, message: str, summary: "ImportSummary"):
+        super().__init__(message)
+        self.summary = summary
+
+
 def detect_format(path: Path) -> str:
     if path.suffix.lower() == ".csv":
         return "csv"
     with open(path, "rb") as fh:
-        for raw in fh:
-            line = raw.decode("utf-8", errors="replace")
-            if not line.strip():
-                continue
-            if "|||" in line:
-                return "nlpcc"
-            if "\t" in line:
-                return "kgclue"
-            if "," in line:
-                return "csv"
-            break
+        head = fh.read(1 << 16)
+    if head.startswith(_BOM):
+        head = head[len(_BOM):]
+    for raw in _NEWLINE_BYTES.split(head):
+        line = raw.decode("utf-8", errors="replace")
+        if not line.strip():
+            continue
+        if "|||" in line:
+            return "nlpcc"
+        if "\t" in line:
+            return "kgclue"
+        if "," in line:
+            return "csv"
+        break
     raise ValueError(f"{path}: cannot tell the format (kgclue TSV, nlpcc ' ||| ' or csv); pass --format")
-
-
-def _read_lines(path: Path, progress) -> Iterator[tuple[int, str | None, bytes]]:
-    """(line number, decoded line or None for bad encoding, raw bytes), advancing `progress`."""
-    with open(path, "rb") as fh:
-        pending = 0
-        for lineno, raw in enumerate(fh, 1):
-            pending += len(raw)
-            if pending > 1 << 20:
-                progress.update(pending)
-                pending = 0
-            try:
-                yield lineno, raw.decode("utf-8").rstrip("\r\n"), raw
-            except UnicodeDecodeError:
-                yield lineno, None, raw
-        progress.update(pending)
 
 
 _BLOCK_BYTES = 8 << 20
 
 
-def _read_blocks(path: Path, progress) -> Iterator[list[str | None]]:
-    """Decoded lines (None for a line that is not UTF-8) in blocks of about 8 MB: decoding and
-    splitting a block at once is several times faster than line by line in Python."""
+class _NoProgress:
+    def update(self, n: int) -> None:
+        pass
+
+
+def _read_blocks(path: Path, progress=_NoProgress()) -> Iterator[tuple[list[str | None], bool]]:
+    """Decoded lines (None for a line that is not UTF-8) in blocks of about 8 MB, and whether the
+    block holds a NUL: decoding and splitting a block at once is several times faster than line by
+    line in Python. Lines end with LF, CRLF or CR; a BOM at the start of the file is dropped."""
     with open(path, "rb") as fh:
         rest = b""
+        first = True
         while True:
             chunk = fh.read(_BLOCK_BYTES)
             if not chunk:
                 break
             progress.update(len(chunk))
             chunk = rest + chunk
-            cut = chunk.rfind(b"\n") + 1
+            if first:
+                chunk = chunk[len(_BOM):] if chunk.startswith(_BOM) else chunk
+                first = False
+            # the last line end, but not a CR that ends the chunk: its LF may come in the next read
+            cut = max(chunk.rfind(b"\n"), chunk.rfind(b"\r", 0, len(chunk) - 1)) + 1
             if cut == 0:
                 rest = chunk
                 continue
             rest = chunk[cut:]
-            yield _decode_block(chunk[:cut])
+            yield _decode_block(chunk[:cut]), b"\x00" in chunk[:cut]
         if rest:
-            yield _decode_block(rest + b"\n")
+            yield _decode_block(rest + b"\n"), b"\x00" in rest
 
 
 def _decode_block(block: bytes) -> list[str | None]:
+    """The lines of `block`, which ends with a line end."""
     try:
-        return block.decode("utf-8").split("\n")[:-1]
+        text = block.decode("utf-8")
+        return (_NEWLINE.split(text) if "\r" in text else text.split("\n"))[:-1]
     except UnicodeDecodeError:
         out: list[str | None] = []
-        for raw in block.split(b"\n")[:-1]:
+        for raw in _NEWLINE_BYTES.split(block)[:-1]:
             try:
                 out.append(raw.decode("utf-8"))
             except UnicodeDecodeError:
                 out.append(None)
         return out
+
+
+def _numbered_lines(path: Path, progress=_NoProgress()) -> Iterator[tuple[int, str | None, bool]]:
+    """(line number, decoded line or None for bad encoding, whether it may hold a NUL)."""
+    lineno = 0
+    for lines, has_nul in _read_blocks(path, progress):
+        for line in lines:
+            lineno += 1
+            yield lineno, line, has_nul
+
+
+_NUL_REASON = "NUL character in the line"
 
 
 def _iter_rows(path: Path, fmt: str, progress) -> Iterator[tuple[int, tuple | str]]:
@@ -166,11 +201,14 @@ def _iter_rows(path: Path, fmt: str, progress) -> Iterator[tuple[int, tuple | st
         return
     sep = "\t" if fmt == "kgclue" else "|||"
     lineno = 0
-    for lines in _read_blocks(path, progress):
+    for lines, has_nul in _read_blocks(path, progress):
         for line in lines:
             lineno += 1
             if line is None:
                 yield lineno, "bad encoding (not UTF-8)"
+                continue
+            if has_nul and "\x00" in line:
+                yield lineno, _NUL_REASON
                 continue
             parts = line.split(sep)
             if len(parts) == 3:
@@ -186,18 +224,23 @@ def _iter_rows(path: Path, fmt: str, progress) -> Iterator[tuple[int, tuple | st
 
 
 def _iter_csv_rows(path: Path, progress) -> Iterator[tuple[int, tuple | str]]:
-    bad_lines: set[int] = set()
-    numbered = _read_lines(path, progress)
+    bad_lines: dict[int, str] = {}
 
     def decoded() -> Iterator[str]:
-        for lineno, line, _ in numbered:
+        for lineno, line, has_nul in _numbered_lines(path, progress):
             if line is None:
-                bad_lines.add(lineno)
-                line = ""  # keeps csv's line numbering; reported below as bad encoding
+                bad_lines[lineno] = "bad encoding (not UTF-8)"
+                line = ""  # keeps csv's line numbering; reported below
+            elif has_nul and "\x00" in line:
+                bad_lines[lineno] = _NUL_REASON
+                line = ""
             yield line
 
     reader = csv.reader(decoded())
-    header = next(reader, None)
+    try:
+        header = next(reader, None)
+    except csv.Error as exc:
+        raise ValueError(f"{path}: unreadable CSV header: {exc}") from None
     if header is None:
         return
     lowered = [h.strip().lower() for h in header]
@@ -207,10 +250,17 @@ def _iter_csv_rows(path: Path, progress) -> Iterator[tuple[int, tuple | str]]:
             break
     else:
         raise ValueError(f"{path}: CSV header {header} names no head/relation/tail columns")
-    for row in reader:
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # e.g. a field over csv's size limit: that line, not the import
+            yield reader.line_num, f"bad CSV: {exc}"
+            continue
         lineno = reader.line_num
         if lineno in bad_lines:
-            yield lineno, "bad encoding (not UTF-8)"
+            yield lineno, bad_lines[lineno]
         elif not row or not any(c.strip() for c in row):
             yield lineno, "empty line"
         elif len(row) != len(header):
@@ -250,27 +300,45 @@ def import_files(
     progress: bool = False,
     batch_size: int = 200_000,
     max_examples: int = 100,
+    max_rejected_share: float = DEFAULT_MAX_REJECTED_SHARE,
 ) -> ImportSummary:
-    """Import triple files into a new store at `db_path`, replacing an old one only on success."""
+    """Import triple files into a new store at `db_path`, replacing an old one only on success:
+    at least one triple stored and at most `max_rejected_share` of the lines rejected (else
+    `ImportRefused`, with every rejected line in `<db>.refused.tsv`)."""
     files = [Path(f) for f in files]
     if not files:
         raise ValueError("no input files")
     for f in files:
         if not f.exists():
             raise FileNotFoundError(f"no such KB file: {f}")
+        if f.is_dir():
+            raise IsADirectoryError(f"{f} is a directory, not a KB file")
+        if f.stat().st_size == 0:
+            raise ValueError(f"{f} is empty: nothing to import")
     if fmt not in ("auto", "kgclue", "nlpcc", "csv"):
         raise ValueError(f"unknown format {fmt!r}: use auto, kgclue, nlpcc or csv")
+    if not 0.0 <= max_rejected_share <= 1.0:
+        raise ValueError(f"max_rejected_share must be between 0 and 1, got {max_rejected_share}")
     db_path = Path(db_path)
+    if db_path.is_dir():
+        raise IsADirectoryError(f"{db_path} is a directory: give the store's file name (e.g. {db_path}/kb.sqlite)")
     db_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = db_path.with_name(f".{db_path.name}.tmp-{os.getpid()}")
     rejects_path = db_path.with_name(db_path.name + ".rejected.tsv")
     rejects_tmp = rejects_path.with_name(f".{rejects_path.name}.tmp-{os.getpid()}")
-    for stale in (tmp, rejects_tmp):
-        stale.unlink(missing_ok=True)
+    refused_path = db_path.with_name(db_path.name + ".refused.tsv")
+    _remove_stale_temporaries(tmp, rejects_tmp)
     summary = ImportSummary(db_path=str(db_path), files=[str(f) for f in files])
     try:
         _import(files, tmp, rejects_tmp, fmt, set(alias_relations), set(description_relations),
                 progress, batch_size, max_examples, summary)
+        refusal = _refusal(summary, max_rejected_share)
+        if refusal:
+            tmp.unlink()
+            os.replace(rejects_tmp, refused_path)
+            raise ImportRefused(f"{refusal}; {db_path} is left as it was (every rejected line: {refused_path})",
+                                summary)
+        refused_path.unlink(missing_ok=True)
         os.replace(tmp, db_path)
         if summary.rejected:
             os.replace(rejects_tmp, rejects_path)
@@ -283,6 +351,39 @@ def import_files(
         rejects_tmp.unlink(missing_ok=True)
         raise
     return summary
+
+
+def _refusal(summary: ImportSummary, max_rejected_share: float) -> str | None:
+    """Why the import must not replace the store, or None."""
+    if summary.triples_stored == 0:
+        reasons = ", ".join(f"{n} {r}" for r, n in sorted(summary.rejected_by_reason.items(), key=lambda kv: -kv[1])[:3])
+        return f"no triple stored from {summary.lines_read} lines ({reasons or 'no lines'}): wrong file or --format?"
+    if summary.lines_read and summary.rejected / summary.lines_read > max_rejected_share:
+        return (f"{summary.rejected} of {summary.lines_read} lines rejected, over the allowed share of "
+                f"{max_rejected_share:g} (--max-rejected-share)")
+    return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's: alive
+        return True
+    return True
+
+
+def _remove_stale_temporaries(*mine: Path) -> None:
+    """Remove this process's leftovers and those of earlier imports of the same store whose
+    process is gone (killed mid-import); a live process's temporaries are its own."""
+    for path in mine:
+        prefix = path.name.rsplit("-", 1)[0] + "-"
+        for candidate in path.parent.glob(glob_escape(prefix) + "*"):
+            pid = candidate.name[len(prefix):]
+            if pid.isdigit() and (int(pid) == os.getpid() or not _pid_alive(int(pid))):
+                log.info("removing %s, left by an interrupted import", candidate)
+                candidate.unlink(missing_ok=True)
 
 
 def _import(files, tmp, rejects_tmp, fmt, alias_rels, desc_rels, progress, batch_size,
@@ -362,12 +463,11 @@ def _attach_line_text(summary: ImportSummary) -> None:
         wanted.setdefault(r.file, {})[r.line] = r
     for file, by_line in wanted.items():
         last = max(by_line)
-        with open(file, "rb") as fh:
-            for lineno, raw in enumerate(fh, 1):
-                if lineno in by_line:
-                    by_line[lineno].text = raw.decode("utf-8", errors="replace").rstrip("\r\n")[:200]
-                if lineno >= last:
-                    break
+        for lineno, line, _ in _numbered_lines(Path(file)):
+            if lineno in by_line:
+                by_line[lineno].text = ("(not UTF-8)" if line is None else line)[:200]
+            if lineno >= last:
+                break
 
 
 def _finish(conn, entity_ids, relation_ids, described, desc_rels, alias_rels, summary, progress) -> None:

@@ -6,14 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-
-class _DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
-    """Defaults in the help, where there is one to show (not for flags, nor for None)."""
-
-    def _get_help_string(self, action):
-        if action.default in (None, False) or action.required:
-            return action.help
-        return super()._get_help_string(action)
+from wenzhi.kg.cli import DefaultsHelpFormatter
 
 
 def register(sub: "argparse._SubParsersAction") -> None:
@@ -64,7 +57,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     ev.set_defaults(handler=_evaluate)
 
     sv = sub.add_parser("serve", help="the KBQA REST service (FastAPI)",
-                        formatter_class=_DefaultsShown)
+                        formatter_class=DefaultsHelpFormatter)
     sv.add_argument("--model", required=True, metavar="DIR", help="model directory (from `wenzhi finetune`)")
     sv.add_argument("--kb", required=True, metavar="DB", help="triple store (from `wenzhi kg import`)")
     sv.add_argument("--index", metavar="DIR", help="BM25 entity index (fuzzy fallback)")

@@ -107,9 +107,21 @@ def _search(args) -> int:
 
 
 def _cluster(args):
+    import logging
+
     from wenzhi.retrieval.search_cluster import SearchClusterRetriever, connect
 
+    if logging.getLogger().level > logging.DEBUG:  # the clients log each failed try with a traceback
+        for name in ("opensearch", "elastic_transport"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     return SearchClusterRetriever(connect(args.url, args.flavor), args.index_name)
+
+
+def _cluster_error():
+    """The exception a cluster call raises for a refused connection or an error status."""
+    from wenzhi.retrieval.search_cluster import SearchClusterError
+
+    return SearchClusterError
 
 
 def _bm25(args) -> int:
@@ -130,6 +142,9 @@ def _bm25(args) -> int:
             n = TantivyRetriever.build(args.out, _documents(args), analyzer=args.analyzer).count()
     except (ValueError, FileNotFoundError) as exc:
         print(f"wenzhi index bm25: {exc}", file=sys.stderr)
+        return 2
+    except _cluster_error() as exc:
+        print(f"wenzhi index bm25: {args.url}: {exc}", file=sys.stderr)
         return 2
     print(f"indexed {n} {args.kind} in {time.perf_counter() - started:.1f} s -> {args.url or args.out}")
     return 0
@@ -152,6 +167,9 @@ def _bm25_search(args) -> int:
         hits = retriever.search(args.query, args.k, {"kind": args.filter_kind} if args.filter_kind else None)
     except QueryError as exc:
         print(f"wenzhi index bm25-search: {exc}", file=sys.stderr)
+        return 2
+    except _cluster_error() as exc:
+        print(f"wenzhi index bm25-search: {args.url}: {exc}", file=sys.stderr)
         return 2
     _print_hits(hits)
     return 0

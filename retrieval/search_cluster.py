@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, Mapping
 
 from tqdm import tqdm
@@ -31,6 +32,10 @@ class BulkIndexError(RuntimeError):
         self.failures, self.indexed = failures, indexed
         first = "; ".join(f"{f.get('_id')}: {f.get('error')}" for f in failures[:3])
         super().__init__(f"{len(failures)} documents not indexed ({indexed} were), first: {first}")
+
+
+class SearchClusterError(RuntimeError):
+    """The cluster could not be reached, or refused a call (after the transport's retries)."""
 
 
 def index_body(shards: int | None = None, replicas: int | None = None) -> dict:
@@ -107,6 +112,19 @@ class _Calls:
             raise TypeError(f"unsupported client {type(client).__name__}: use opensearchpy.OpenSearch or elasticsearch.Elasticsearch")
         self.client = client
         self.helpers = importlib.import_module(f"{package}.helpers")
+        if self.flavor == "opensearch":
+            self.errors: tuple = (importlib.import_module("opensearchpy.exceptions").OpenSearchException,)
+        else:
+            self.errors = (importlib.import_module("elasticsearch").ApiError,
+                           importlib.import_module("elastic_transport").TransportError)
+
+    @contextmanager
+    def reported(self, doing: str):
+        """The client's errors (a refused connection, an HTTP error status) as one SearchClusterError."""
+        try:
+            yield
+        except self.errors as exc:
+            raise SearchClusterError(f"{doing} failed: {str(exc)[:300]}") from exc
 
     def create_index(self, name: str, body: dict) -> None:
         if self.flavor == "opensearch":
@@ -150,11 +168,12 @@ class SearchClusterRetriever:
         return self.calls.flavor
 
     def create_index(self, recreate: bool = False, shards: int | None = None, replicas: int | None = None) -> None:
-        if self.client.indices.exists(index=self.index_name):
-            if not recreate:
-                return
-            self.client.indices.delete(index=self.index_name)
-        self.calls.create_index(self.index_name, index_body(shards, replicas))
+        with self.calls.reported(f"creating index {self.index_name!r}"):
+            if self.client.indices.exists(index=self.index_name):
+                if not recreate:
+                    return
+                self.client.indices.delete(index=self.index_name)
+            self.calls.create_index(self.index_name, index_body(shards, replicas))
 
     def _actions(self, docs: Iterable[Document]) -> Iterator[dict]:
         for doc in docs:
@@ -170,24 +189,27 @@ class SearchClusterRetriever:
             initial_backoff=self.initial_backoff, max_backoff=self.max_backoff, raise_on_error=False,
             raise_on_exception=True,
         )
-        for ok, item in tqdm(stream, desc=f"bulk {self.index_name}", unit="doc", disable=not progress):
-            if ok:
-                indexed += 1
-            else:
-                failures.append(next(iter(item.values())))
-        self.client.indices.refresh(index=self.index_name)
+        with self.calls.reported(f"indexing into {self.index_name!r}"):
+            for ok, item in tqdm(stream, desc=f"bulk {self.index_name}", unit="doc", disable=not progress):
+                if ok:
+                    indexed += 1
+                else:
+                    failures.append(next(iter(item.values())))
+            self.client.indices.refresh(index=self.index_name)
         if failures:
             raise BulkIndexError(failures, indexed)
         return indexed
 
     def count(self) -> int:
-        return int(self.client.count(index=self.index_name)["count"])
+        with self.calls.reported(f"counting {self.index_name!r}"):
+            return int(self.client.count(index=self.index_name)["count"])
 
     def search(self, query: str, k: int = 10, filters: Mapping[str, Any] | None = None) -> list[Hit]:
         query = analysis.prepare_query(query)
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
-        response = self.calls.search(self.index_name, search_body(query, k, filter_kinds(filters)))
+        with self.calls.reported(f"searching {self.index_name!r}"):
+            response = self.calls.search(self.index_name, search_body(query, k, filter_kinds(filters)))
         hits = []
         for h in response["hits"]["hits"]:
             src = h["_source"]
