@@ -142,7 +142,9 @@ class ServiceState:
     """Loads the backend and keeps one running: a supervisor thread loads it, watches a worker
     process, and replaces one that exits (killed, out of memory), retrying a failed load with
     exponential back-off. After `restart_attempts` failed loads in a row it gives up: /healthz
-    then fails too, so that whatever supervises the process restarts it (`wenzhi serve` exits)."""
+    then fails too, so that whatever supervises the process restarts it (`wenzhi serve` exits).
+    A worker that exits after loading is replaced at once (it was up: the count starts again);
+    one killed while loading is a failed load."""
 
     def __init__(self, settings: ServiceSettings, loader=None, on_gave_up=None):
         self.settings = settings
@@ -169,6 +171,9 @@ class ServiceState:
             worker = PipelineProcess(s.model, s.kb, index=s.index, use_gen=s.use_gen, threads=s.threads,
                                      manage_gc=s.manage_gc)
             with self._lock:  # before it is ready, so that shutdown can stop a loading worker
+                if self._closing.is_set():
+                    worker.close()
+                    raise WorkerGone("the service is shutting down")
                 self.backend = worker
             try:
                 worker.wait_ready()
@@ -245,8 +250,8 @@ class ServiceState:
             batcher.close()
         if backend:
             backend.close()
-        if self._thread is not None:
-            self._thread.join(15)
+        if self._thread is not None:  # a worker it is starting sees the flag and is stopped; an
+            self._thread.join(2)      # in-process load cannot be interrupted (a daemon thread)
 
 
 class AccessLog:
