@@ -374,12 +374,17 @@ def run(model: str, kb: str, with_faults: bool, log_path: Path) -> dict:
 
 
 def main() -> int:
+    global HEADER_TIMEOUT, BODY_TIMEOUT, SHUTDOWN_TIMEOUT  # the deadlines the server runs with and is held to
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="model directory (from `wenzhi finetune`)")
     p.add_argument("--kb", required=True, help="triple store (from `wenzhi kg import`)")
     p.add_argument("--faults", action="store_true", help="also the stalled clients, double worker kill and SIGTERM")
     p.add_argument("--log", default="/tmp/fuzz-serve.log", help="the server's log (default: %(default)s)")
+    p.add_argument("--header-timeout", type=float, default=HEADER_TIMEOUT, help="serve's (default: %(default)s)")
+    p.add_argument("--body-timeout", type=float, default=BODY_TIMEOUT, help="serve's (default: %(default)s)")
+    p.add_argument("--shutdown-timeout", type=float, default=SHUTDOWN_TIMEOUT, help="serve's (default: %(default)s)")
     args = p.parse_args()
+    HEADER_TIMEOUT, BODY_TIMEOUT, SHUTDOWN_TIMEOUT = args.header_timeout, args.body_timeout, args.shutdown_timeout
     t0 = time.time()
     report = run(args.model, args.kb, args.faults, Path(args.log))
     report["wall_s"] = round(time.time() - t0, 1)
