@@ -1,15 +1,23 @@
 """`wenzhi pretrain run --config FILE`: pretrain WenzhiForPretraining on packed shards with Accelerate.
 
-One CPU process for tests; on GPUs launch with `accelerate launch` (DDP, FSDP or DeepSpeed as the
-accelerate config says) and get bf16 autocast. The data position is a pure function of the optimizer
-step (a seeded permutation per phase and epoch, rank-strided), so a checkpoint needs only the step
-to resume the data exactly; model, optimizer, scheduler and RNG states go through
-`accelerator.save_state`. Checkpoints are written to a temporary directory and renamed, so a kill
-at any moment leaves the previous checkpoint intact, and resuming reaches the same weights as an
-uninterrupted run.
+One process, or one N-rank job under any launcher (`batch_size` is per process, accelerate's
+convention): `torchrun --nproc_per_node N -m wenzhi pretrain run ...`, `accelerate launch
+--multi_gpu --num_processes N ...` or `accelerate launch --config_file model/configs/accelerate/
+{ddp,fsdp,deepspeed_zero2,deepspeed_zero3}.yaml ...` (model/configs/README.md; on CPU the DDP
+ones form a gloo group). A launch that accelerate would run as N separate copies is refused.
+bf16 autocast on CUDA.
+
+Exactness across process counts: the data position is a pure function of the optimizer step (a
+seeded permutation per phase and epoch, sliced by rank); every random draw of an example is
+seeded by its position in that stream; the loss is a sum over the global batch's masked tokens
+(and LM predictions) divided by their global count. So N processes at batch_size B/N train what
+one process trains at B, up to float rounding (tests/model/test_ddp.py), and a checkpoint needs
+only the step to resume the data exactly. Checkpoints (model/checkpoint.py) are atomic, hold no
+pickle of ours, are verified before use, and resuming falls back to the newest intact one.
+Curves go to train_log.jsonl and the trackers in `report_to` (model/tracking.py).
 
 Config (JSON or YAML); see model/configs/*.yaml:
-  output_dir            where checkpoints/, model/ and train_log.jsonl go
+  output_dir            where checkpoints/, model/, tensorboard/ and train_log.jsonl go
   model                 WenzhiConfig fields (vocab_size defaults to the shards' meta)
   init_from             a save_pretrained directory to start from (instead of `model`)
   init_from_bert        a Hugging Face BERT checkpoint directory for the universal module
@@ -23,7 +31,8 @@ Config (JSON or YAML); see model/configs/*.yaml:
   lm_weight (0.5; 0 skips the NLG pass), lm_target_fraction (0.15: share of the tokens after each
   document's random prefix that the LM loss predicts), mixed_precision ("auto": bf16 on CUDA, no on CPU),
   compile (false), seed (42), checkpoint_every (100), keep_checkpoints (2), log_every (10),
-  peak_flops (null: looked up for known GPUs), num_threads (null), save_final (true)
+  peak_flops (null: looked up for known GPUs), num_threads (null), save_final (true),
+  report_to ("tensorboard" | "wandb" | "none" | a list; TensorBoard, local files, by default)
 """
 from __future__ import annotations
 
@@ -112,6 +121,9 @@ class TrainConfig:
         cfg.output_dir = str(_resolve(cfg.output_dir, base_dir, must_exist=False))
         if cfg.optimizer not in ("adamw", "lamb"):
             raise ValueError(f"optimizer must be adamw or lamb, not {cfg.optimizer!r}")
+        from wenzhi.model.tracking import parse_report_to
+
+        parse_report_to(cfg.report_to)
         return cfg
 
     @property
@@ -484,6 +496,7 @@ def _train(cfg: TrainConfig, resume: bool, show_progress: bool, overwrite: bool)
         data, phase = phases[phase_index], cfg.phases[phase_index]
         accum = phase.gradient_accumulation_steps or cfg.gradient_accumulation_steps
         micro_batches = [data.batch(phase_step * accum + m) for m in range(accum)]
+        accelerator.step = 0  # accumulate()'s micro-batch counter: the last of these `accum` ends the step
         # The loss is a mean over the whole optimizer step's masked tokens (and LM predictions) on
         # all ranks: each rank's sum is divided by the global count, times `world` because DDP,
         # FSDP and DeepSpeed average gradients over ranks.
@@ -495,8 +508,10 @@ def _train(cfg: TrainConfig, resume: bool, show_progress: bool, overwrite: bool)
         step_sums = torch.zeros(len(_SUMS) + 2 * num_kinds, dtype=torch.float64, device=device)
         for micro, (np_batch, (masked, lm_count)) in enumerate(zip(micro_batches, local)):
             batch = {k: v.to(device, non_blocking=True) for k, v in batch_to_tensors(np_batch).items()}
-            sync = micro == accum - 1 or deepspeed  # DeepSpeed accumulates by itself
-            ctx = contextlib.nullcontext() if sync else accelerator.no_sync(model)
+            if deepspeed:  # DeepSpeed accumulates by itself: accumulate() marks the boundary micro-batch
+                ctx = accelerator.accumulate(model)
+            else:
+                ctx = contextlib.nullcontext() if micro == accum - 1 else accelerator.no_sync(model)
             original = torch.where(batch["labels"] != -100, batch["labels"], batch["input_ids"])
             with ctx:
                 output = model(

@@ -220,3 +220,31 @@ def test_no_resume_keeps_an_earlier_run_unless_told_to_overwrite(shards, tmp_pat
     assert trainer.main(parser.parse_args(["--config", str(config), "--no-resume", "--overwrite", "--no-progress"])) == 0
     starts = [r for r in _log(tmp_path / "run") if r.get("event") == "start"]
     assert len(starts) == 1 and starts[0]["resumed_from"] is None  # a fresh log too
+
+
+def test_training_curves_go_to_tensorboard_beside_the_jsonl_log(shards, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = _short_run(shards, tmp_path, report_to="tensorboard", checkpoint_every=1000)
+    train(load_config(config), resume=False, show_progress=False)
+    events = list((tmp_path / "run" / "tensorboard").rglob("events.out.tfevents.*"))
+    assert events, "no TensorBoard event file written"
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"loss", "mlm_loss", "lm_loss", "lr", "tokens_per_s", "kind_loss/text"} <= tags, tags
+    logged = {r["step"]: r for r in _log(tmp_path / "run") if "mlm_loss" in r}
+    curve = acc.Scalars("mlm_loss")
+    assert [e.step for e in curve] == sorted(logged) == [2, 4, 6]
+    assert all(e.value == pytest.approx(logged[e.step]["mlm_loss"], rel=1e-6) for e in curve)
+
+
+def test_report_to_is_checked():
+    from wenzhi.model.tracking import parse_report_to, scalars
+
+    assert parse_report_to("none") == [] and parse_report_to(["tensorboard", "wandb"]) == ["tensorboard", "wandb"]
+    with pytest.raises(ValueError, match="not understood"):
+        parse_report_to("mlflw")
+    assert scalars({"step": 1, "loss": 2.0, "kind_loss": {"text": 3.0}, "event": "x", "ok": True}) == \
+        {"step": 1.0, "loss": 2.0, "kind_loss/text": 3.0}
