@@ -131,11 +131,7 @@ def measure(system: str, size: dict, seq: int, docs: int, device, tokens_per_ste
               "model_tflops_per_step": round(flops / 1e12, 4), "achieved_tflops": round(flops / secs / 1e12, 2),
               "mfu": round(flops / secs / peak, 4) if peak else None, "warmup_s": round(warm_s, 2),
               "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None}
-    del model, opt, forward, batches
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-    return result
+    return result  # the models go with this frame; main() empties the CUDA cache between runs
 
 
 def faiss_check(n: int, d: int, queries: int, gpu: bool) -> dict:
@@ -221,6 +217,9 @@ def main() -> None:
                     skipped.append(label)
                     continue
                 r = measure(system, size, seq, docs, device, tokens_per_step, warmup, steps, args.compile, peak)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats()
                 r["size"] = size_name
                 results.append(r)
                 mfu = f"{r['mfu'] * 100:.1f}%" if r["mfu"] is not None else "n/a"

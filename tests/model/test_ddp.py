@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from safetensors.torch import load_file
 
-from wenzhi.model.trainer import LaunchError, check_launch, load_config, train
+from wenzhi.model.distributed import LaunchError, check_launch
+from wenzhi.model.trainer import load_config, train
 
 ROOT = Path(__file__).parents[2]
 TINY = {"hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 256, "num_universal_layers": 2,

@@ -22,7 +22,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from wenzhi.model.trainer import TrainConfig, fill_deepspeed_config, load_config, train
+from wenzhi.model.distributed import fill_deepspeed_config
+from wenzhi.model.trainer import TrainConfig, load_config, train
 
 ROOT = Path(__file__).parents[2]
 CONFIGS = ROOT / "model" / "configs"
