@@ -307,7 +307,7 @@ def _train(cfg: TrainConfig, resume: bool, show_progress: bool, overwrite: bool)
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
-    from wenzhi.model.checkpoint import complete_checkpoints, resume_newest_intact, save_checkpoint
+    from wenzhi.model.checkpoint import CheckpointError, complete_checkpoints, resume_newest_intact, save_checkpoint
     from wenzhi.model.distributed import fill_deepspeed_config, make_accelerator
     from wenzhi.model.flops import peak_flops_for, training_step_flops
     from wenzhi.model.shards import batch_to_tensors
@@ -370,7 +370,7 @@ def _train(cfg: TrainConfig, resume: bool, show_progress: bool, overwrite: bool)
         found = complete_checkpoints(ckpt_root)
         path, saved, skipped = resume_newest_intact(accelerator, ckpt_root, warn)
         if path is None and found:
-            raise RuntimeError(f"no usable checkpoint in {ckpt_root}: " + "; ".join(skipped)
+            raise CheckpointError(f"no usable checkpoint in {ckpt_root}: " + "; ".join(skipped)
                                + " (start over with --no-resume --overwrite, or into another --output-dir)")
         if path is not None:
             resumed_from = str(path)
@@ -544,6 +544,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from wenzhi.model.checkpoint import CheckpointError
     from wenzhi.model.distributed import LaunchError
 
     overrides = list(args.set)
@@ -559,7 +560,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     try:
         summary = train(cfg, resume=not args.no_resume, show_progress=not args.no_progress, overwrite=args.overwrite)
-    except (OutputDirInUse, LaunchError) as exc:
+    except (OutputDirInUse, LaunchError, CheckpointError) as exc:
         print(f"error: {exc}")
         return 2
     print(json.dumps(summary, ensure_ascii=False))

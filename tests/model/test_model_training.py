@@ -248,3 +248,19 @@ def test_report_to_is_checked():
         parse_report_to("mlflw")
     assert scalars({"step": 1, "loss": 2.0, "kind_loss": {"text": 3.0}, "event": "x", "ok": True}) == \
         {"step": 1.0, "loss": 2.0, "kind_loss/text": 3.0}
+
+
+def test_no_intact_checkpoint_is_a_clear_error_not_a_fresh_start(shards, tmp_path, capsys):
+    import argparse
+
+    from wenzhi.model import trainer
+
+    config = _short_run(shards, tmp_path, steps=4)
+    train(load_config(config), resume=False, show_progress=False)
+    ckpt = tmp_path / "run" / "checkpoints" / "step-00000002"
+    (ckpt / "trainer_state.json").write_text("{}")  # the only checkpoint, damaged
+    parser = argparse.ArgumentParser()
+    trainer.add_arguments(parser)
+    assert trainer.main(parser.parse_args(["--config", str(config), "--no-progress"])) == 2
+    out = capsys.readouterr().out
+    assert "no usable checkpoint" in out and "trainer_state.json" in out and ckpt.exists()
