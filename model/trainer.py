@@ -1,15 +1,23 @@
 """`wenzhi pretrain run --config FILE`: pretrain WenzhiForPretraining on packed shards with Accelerate.
 
-One CPU process for tests; on GPUs launch with `accelerate launch` (DDP, FSDP or DeepSpeed as the
-accelerate config says) and get bf16 autocast. The data position is a pure function of the optimizer
-step (a seeded permutation per phase and epoch, rank-strided), so a checkpoint needs only the step
-to resume the data exactly; model, optimizer, scheduler and RNG states go through
-`accelerator.save_state`. Checkpoints are written to a temporary directory and renamed, so a kill
-at any moment leaves the previous checkpoint intact, and resuming reaches the same weights as an
-uninterrupted run.
+One process, or one N-rank job under any launcher (`batch_size` is per process, accelerate's
+convention): `torchrun --nproc_per_node N -m wenzhi pretrain run ...`, `accelerate launch
+--multi_gpu --num_processes N ...` or `accelerate launch --config_file model/configs/accelerate/
+{ddp,fsdp,deepspeed_zero2,deepspeed_zero3}.yaml ...` (model/configs/README.md; on CPU the DDP
+ones form a gloo group). A launch that accelerate would run as N separate copies is refused.
+bf16 autocast on CUDA.
+
+Exactness across process counts: the data position is a pure function of the optimizer step (a
+seeded permutation per phase and epoch, sliced by rank); every random draw of an example is
+seeded by its position in that stream; the loss is a sum over the global batch's masked tokens
+(and LM predictions) divided by their global count. So N processes at batch_size B/N train what
+one process trains at B, up to float rounding (tests/model/test_ddp.py), and a checkpoint needs
+only the step to resume the data exactly. Checkpoints (model/checkpoint.py) are atomic, hold no
+pickle of ours, are verified before use, and resuming falls back to the newest intact one.
+Curves go to train_log.jsonl and the trackers in `report_to` (model/tracking.py).
 
 Config (JSON or YAML); see model/configs/*.yaml:
-  output_dir            where checkpoints/, model/ and train_log.jsonl go
+  output_dir            where checkpoints/, model/, tensorboard/ and train_log.jsonl go
   model                 WenzhiConfig fields (vocab_size defaults to the shards' meta)
   init_from             a save_pretrained directory to start from (instead of `model`)
   init_from_bert        a Hugging Face BERT checkpoint directory for the universal module
@@ -23,14 +31,14 @@ Config (JSON or YAML); see model/configs/*.yaml:
   lm_weight (0.5; 0 skips the NLG pass), lm_target_fraction (0.15: share of the tokens after each
   document's random prefix that the LM loss predicts), mixed_precision ("auto": bf16 on CUDA, no on CPU),
   compile (false), seed (42), checkpoint_every (100), keep_checkpoints (2), log_every (10),
-  peak_flops (null: looked up for known GPUs), num_threads (null), save_final (true)
+  peak_flops (null: looked up for known GPUs), num_threads (null), save_final (true),
+  report_to ("tensorboard" | "wandb" | "none" | a list; TensorBoard, local files, by default)
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
-import math
 import os
 import shutil
 import time
@@ -79,6 +87,7 @@ class TrainConfig:
     peak_flops: float | None = None
     num_threads: int | None = None
     save_final: bool = True
+    report_to: str | list = "tensorboard"
 
     @classmethod
     def from_dict(cls, raw: dict, base_dir: Path) -> "TrainConfig":
@@ -111,6 +120,9 @@ class TrainConfig:
         cfg.output_dir = str(_resolve(cfg.output_dir, base_dir, must_exist=False))
         if cfg.optimizer not in ("adamw", "lamb"):
             raise ValueError(f"optimizer must be adamw or lamb, not {cfg.optimizer!r}")
+        from wenzhi.model.tracking import parse_report_to
+
+        parse_report_to(cfg.report_to)
         return cfg
 
     @property
@@ -153,8 +165,11 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
 
 
 class PhaseData:
-    """Deterministic batches of one curriculum phase: micro-batch m of rank r is a pure function
-    of (seed, phase, m), independent of when the run was interrupted."""
+    """Deterministic batches of one curriculum phase. The global batch of micro-step m is rows
+    [m * world * bs, (m + 1) * world * bs) of the phase's example stream (a seeded permutation per
+    epoch); rank r takes its r-th slice. Every random draw of an example is seeded by (seed, phase,
+    its position in that stream), so the global batch, its LM targets and hence the update are the
+    same for any number of processes at the same global batch size, and for a resumed run."""
 
     def __init__(self, phase: Phase, index: int, seed: int, rank: int, world: int, lm_target_fraction: float = 1.0):
         from wenzhi.model.shards import ShardReader
@@ -186,36 +201,44 @@ class PhaseData:
 
         bs = self.phase.batch_size
         start = (micro_index * self.world + self.rank) * bs
-        flat = np.arange(start, start + bs)
+        flat = np.arange(start, start + bs)  # positions in the phase's example stream
         idx = np.concatenate([self._perm(int(e))[flat[flat // self.n == e] % self.n] for e in np.unique(flat // self.n)])
         batch = self.reader.batch(idx)
         batch["lm_prefix_lengths"], batch["lm_targets"] = lm_prefixes(
-            batch["document_ids"], [self.seed, self.index, micro_index, self.rank], self.lm_target_fraction
+            batch["document_ids"], [[self.seed, self.index, int(f)] for f in flat], self.lm_target_fraction
         )
         return batch
 
 
-def lm_prefixes(document_ids, seed, target_fraction: float = 1.0) -> tuple["np.ndarray", "np.ndarray"]:
+def lm_prefixes(document_ids, row_seeds, target_fraction: float = 1.0) -> tuple["np.ndarray", "np.ndarray"]:
     """For the NLG prefix-LM loss: per token, the prefix length of its document, drawn uniformly
     from [1, length - 1] (UniLM-style: sometimes nearly causal, sometimes a long bidirectional
     source); and which target tokens (after the prefix) are predicted, a `target_fraction` sample,
     because the vocabulary projection dominates a small model's step just as it does for MLM.
-    The generator is seeded by the batch's coordinates, so a resumed run redraws the same."""
+    Row r's draws come from its own generator seeded by `row_seeds[r]` (the example's coordinates),
+    so they do not depend on which rank, batch or run the row lands in."""
     import numpy as np
 
-    rng = np.random.default_rng(seed)
     prefix = np.zeros(document_ids.shape, np.int64)
     positions = np.zeros(document_ids.shape, np.int64)
+    targets = np.zeros(document_ids.shape, bool)
     for r in range(document_ids.shape[0]):
+        rng = np.random.default_rng(row_seeds[r])
         docs, starts, counts = np.unique(document_ids[r], return_index=True, return_counts=True)
         for d, s, c in zip(docs, starts, counts):
             if d >= 0:
                 prefix[r, s : s + c] = rng.integers(1, c) if c > 1 else 1
                 positions[r, s : s + c] = np.arange(c)
-    targets = (document_ids >= 0) & (positions >= prefix)
-    if target_fraction < 1.0:
-        targets &= rng.random(document_ids.shape) < target_fraction
+        targets[r] = (document_ids[r] >= 0) & (positions[r] >= prefix[r])
+        if target_fraction < 1.0:
+            targets[r] &= rng.random(document_ids.shape[1]) < target_fraction
     return prefix, targets
+
+
+def lm_predicted(lm_targets, document_ids):
+    """How many next-token predictions the LM loss makes: target t + 1 is predicted from t when both
+    lie in one document (what WenzhiForPretraining.lm_from_universal keeps)."""
+    return int((lm_targets[:, 1:] & (document_ids[:, 1:] == document_ids[:, :-1])).sum())
 
 
 def locate(cfg: TrainConfig, step: int) -> tuple[int, int]:
@@ -225,49 +248,6 @@ def locate(cfg: TrainConfig, step: int) -> tuple[int, int]:
             return i, step
         step -= phase.steps
     return len(cfg.phases) - 1, cfg.phases[-1].steps
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-
-class TrainState:
-    """Checkpointed with accelerate's custom objects: the step (hence the data position)."""
-
-    def __init__(self):
-        self.step = 0
-        self.tokens = 0
-
-    def state_dict(self):
-        return {"step": self.step, "tokens": self.tokens}
-
-    def load_state_dict(self, state):
-        self.step, self.tokens = int(state["step"]), int(state["tokens"])
-
-
-def latest_checkpoint(ckpt_root: Path) -> Path | None:
-    done = sorted(p for p in ckpt_root.glob("step-*") if (p / "COMPLETE").exists()) if ckpt_root.exists() else []
-    return done[-1] if done else None
-
-
-def save_checkpoint(accelerator, ckpt_root: Path, step: int, keep: int) -> Path:
-    final = ckpt_root / f"step-{step:08d}"
-    tmp = ckpt_root / f".tmp-step-{step:08d}"
-    if accelerator.is_main_process:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (tmp / "COMPLETE").write_text(json.dumps({"step": step, "time": time.time()}))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        for old in sorted(p for p in ckpt_root.glob("step-*"))[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
 
 
 # ----------------------------------------------------------------------------- training
@@ -300,45 +280,66 @@ def build_optimizer(cfg: TrainConfig, model):
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=tuple(cfg.betas), eps=cfg.eps)
 
 
-def train(cfg: TrainConfig, resume: bool = True, show_progress: bool = True) -> dict:
-    """Run (or resume) the configured pretraining; returns the summary that is also logged."""
+class OutputDirInUse(RuntimeError):
+    """A fresh start asked for in a folder that holds an earlier run's checkpoints or model."""
+
+
+def train(cfg: TrainConfig, resume: bool = True, show_progress: bool = True, overwrite: bool = False) -> dict:
+    """Run (or resume) the configured pretraining; returns the summary that is also logged.
+    `resume=False` starts fresh and refuses a folder holding an earlier run unless `overwrite`."""
     import torch
 
     threads = torch.get_num_threads()
     try:
-        return _train(cfg, resume, show_progress)
+        return _train(cfg, resume, show_progress, overwrite)
     finally:  # callers in the same process (tests) keep their own thread setting
         torch.set_num_threads(threads)
 
 
-def _train(cfg: TrainConfig, resume: bool, show_progress: bool) -> dict:
+# Per-step sums that are all-reduced across ranks: the logged figures are the global batch's.
+_SUMS = ["mlm_sum", "lm_sum", "correct", "masked", "lm_predicted", "tokens", "flops"]
+
+
+def _train(cfg: TrainConfig, resume: bool, show_progress: bool, overwrite: bool) -> dict:
     import numpy as np
     import torch
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
+    from wenzhi.model.checkpoint import CheckpointError, complete_checkpoints, resume_newest_intact, save_checkpoint
+    from wenzhi.model.distributed import fill_deepspeed_config, make_accelerator
     from wenzhi.model.flops import peak_flops_for, training_step_flops
     from wenzhi.model.shards import batch_to_tensors
+    from wenzhi.model.tracking import RunLog, available_trackers, parse_report_to
 
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
     mixed = cfg.mixed_precision
     if mixed == "auto":
         mixed = "bf16" if torch.cuda.is_available() else "no"
-    from accelerate.utils import DistributedDataParallelKwargs
-
-    # Without the LM loss the NLG branch gets no gradient, which DDP must be told about.
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=cfg.lm_weight <= 0)
-    accelerator = Accelerator(mixed_precision=mixed, kwargs_handlers=[ddp])
-    set_seed(cfg.seed)
     out = Path(cfg.output_dir)
     ckpt_root = out / "checkpoints"
+    # Trackers whose package is missing are named (once, by the main process) and left out.
+    trackers = available_trackers(parse_report_to(cfg.report_to), warn=print if _is_main_env() else lambda m: None)
+    accelerator = make_accelerator(cfg, mixed, out, trackers)
+    if cfg.num_threads:  # after the Accelerator: a multi-CPU launch sets its own thread count
+        torch.set_num_threads(cfg.num_threads)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    set_seed(cfg.seed)
+    if not resume and (complete_checkpoints(ckpt_root) or (out / "model").exists()):
+        if not overwrite:
+            raise OutputDirInUse(f"{out} holds an earlier run (checkpoints/ or model/): resume it (leave out "
+                                 "--no-resume), choose another --output-dir, or add --overwrite to delete it")
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-    phases = [PhaseData(p, i, cfg.seed, accelerator.process_index, accelerator.num_processes, cfg.lm_target_fraction)
-              for i, p in enumerate(cfg.phases)]
+        if not resume:  # a fresh start that was allowed: no stale checkpoints, model, curves or log lines
+            for stale in (ckpt_root, out / "model", out / "tensorboard"):
+                shutil.rmtree(stale, ignore_errors=True)
+            (out / "train_log.jsonl").unlink(missing_ok=True)
+        for partial in ckpt_root.glob(".tmp-step-*"):  # left by a killed run; never complete
+            shutil.rmtree(partial, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    phases = [PhaseData(p, i, cfg.seed, rank, world, cfg.lm_target_fraction) for i, p in enumerate(cfg.phases)]
     meta = phases[0].reader.meta
     model = build_model(cfg, int(meta["vocab_size"]))
     if model.config.vocab_size < int(meta["vocab_size"]):
@@ -346,56 +347,78 @@ def _train(cfg: TrainConfig, resume: bool, show_progress: bool) -> dict:
     optimizer = build_optimizer(cfg, model)
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(cfg.warmup_ratio * cfg.total_steps)
     scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=cfg.total_steps)
+    deepspeed = accelerator.distributed_type.name == "DEEPSPEED"
+    if deepspeed:
+        fill_deepspeed_config(accelerator.state.deepspeed_plugin.deepspeed_config, cfg, world)
     if cfg.compile:
         model = torch.compile(model)
+    # The scheduler is stepped here once per optimizer step and saved as JSON, not handed to
+    # accelerate (which would step it once per process and pickle it).
     model, optimizer = accelerator.prepare(model, optimizer)
-    state = TrainState()
-    accelerator.register_for_checkpointing(scheduler)
-    accelerator.register_for_checkpointing(state)
+    # The model was built from one seed on every rank (FSDP and ZeRO-3 shard each rank's copy);
+    # dropout from here on draws per rank, so ranks do not drop the same units on different rows.
+    set_seed(cfg.seed, device_specific=True)
+    state = {"step": 0, "tokens": 0}
 
-    log_path = out / "train_log.jsonl"
-    resumed_from = None
-    ckpt = latest_checkpoint(ckpt_root) if resume else None
-    if ckpt is not None:
-        accelerator.load_state(str(ckpt))
-        resumed_from = str(ckpt)
-    elif accelerator.is_main_process:  # a fresh start: no stale checkpoints or log lines
-        if ckpt_root.exists():
-            shutil.rmtree(ckpt_root)
-        log_path.unlink(missing_ok=True)
+    run_log = RunLog(accelerator, out, trackers, "pretrain")
+    resumed_from, skipped = None, []
+    if resume:
+        def warn(message):
+            if accelerator.is_main_process:
+                print(f"warning: {message}", flush=True)
 
-    def log(record: dict):
-        if accelerator.is_main_process:
-            with open(log_path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        found = complete_checkpoints(ckpt_root)
+        path, saved, skipped = resume_newest_intact(accelerator, ckpt_root, warn)
+        if path is None and found:
+            raise CheckpointError(f"no usable checkpoint in {ckpt_root}: " + "; ".join(skipped)
+                               + " (start over with --no-resume --overwrite, or into another --output-dir)")
+        if path is not None:
+            resumed_from = str(path)
+            state = {"step": int(saved["step"]), "tokens": int(saved["tokens"])}
+            scheduler.load_state_dict(saved["scheduler"])
 
     device = accelerator.device
     peak = cfg.peak_flops or (peak_flops_for(torch.cuda.get_device_name()) if device.type == "cuda" and mixed == "bf16" else None)
     config = accelerator.unwrap_model(model).config
-    log({"event": "start", "resumed_from": resumed_from, "step": state.step, "total_steps": cfg.total_steps,
-         "device": str(device), "processes": accelerator.num_processes, "mixed_precision": mixed,
-         "data_order": [d.order for d in phases],
-         "parameters": sum(p.numel() for p in model.parameters()), "config": asdict(cfg) | {"phases": [asdict(p) for p in cfg.phases]}})
+    cfg_record = asdict(cfg) | {"phases": [asdict(p) for p in cfg.phases]}
+    run_log.start(cfg_record)
+    run_log.log({"event": "start", "resumed_from": resumed_from, "skipped_checkpoints": skipped, "step": state["step"],
+                 "total_steps": cfg.total_steps, "device": str(device), "processes": world,
+                 "distributed": accelerator.distributed_type.name, "mixed_precision": mixed,
+                 "data_order": [d.order for d in phases], "report_to": run_log.trackers,
+                 "parameters": sum(p.numel() for p in model.parameters()), "config": cfg_record})
 
-    window = {"loss": 0.0, "mlm": 0.0, "lm": 0.0, "n": 0, "tokens": 0, "flops": 0.0, "correct": 0, "masked": 0,
-              "kind_sum": np.zeros(config.num_kinds), "kind_count": np.zeros(config.num_kinds)}
+    num_kinds = config.num_kinds
+    window = np.zeros(len(_SUMS) + 2 * num_kinds)  # + kind loss sums, kind counts
+    window_loss, window_steps = 0.0, 0
     first_loss = last_loss = None
-    start_step = state.step
-    bar = tqdm(total=cfg.total_steps, initial=state.step, disable=not (show_progress and accelerator.is_main_process),
+    start_step = state["step"]
+    bar = tqdm(total=cfg.total_steps, initial=state["step"], disable=not (show_progress and accelerator.is_main_process),
                desc="pretrain", unit="step", dynamic_ncols=True)
+    use_lm = cfg.lm_weight > 0
     model.train()
     t_window = t_start = time.perf_counter()
-    while state.step < cfg.total_steps:
-        phase_index, phase_step = locate(cfg, state.step)
+    while state["step"] < cfg.total_steps:
+        phase_index, phase_step = locate(cfg, state["step"])
         data, phase = phases[phase_index], cfg.phases[phase_index]
         accum = phase.gradient_accumulation_steps or cfg.gradient_accumulation_steps
-        step_loss = 0.0
-        for micro in range(accum):
-            batch = batch_to_tensors(data.batch(phase_step * accum + micro))
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            sync = micro == accum - 1
-            ctx = accelerator.no_sync(model) if not sync else contextlib.nullcontext()
-            use_lm = cfg.lm_weight > 0
+        micro_batches = [data.batch(phase_step * accum + m) for m in range(accum)]
+        accelerator.step = 0  # accumulate()'s micro-batch counter: the last of these `accum` ends the step
+        # The loss is a mean over the whole optimizer step's masked tokens (and LM predictions) on
+        # all ranks: each rank's sum is divided by the global count, times `world` because DDP,
+        # FSDP and DeepSpeed average gradients over ranks.
+        local = [(int((b["labels"] != -100).sum()), lm_predicted(b["lm_targets"], b["document_ids"]) if use_lm else 0)
+                 for b in micro_batches]
+        counts = accelerator.reduce(torch.tensor([sum(c[0] for c in local), sum(c[1] for c in local)],
+                                                 dtype=torch.float64, device=device), reduction="sum")
+        global_masked, global_lm = max(float(counts[0]), 1.0), max(float(counts[1]), 1.0)
+        step_sums = torch.zeros(len(_SUMS) + 2 * num_kinds, dtype=torch.float64, device=device)
+        for micro, (np_batch, (masked, lm_count)) in enumerate(zip(micro_batches, local)):
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch_to_tensors(np_batch).items()}
+            if deepspeed:  # DeepSpeed accumulates by itself: accumulate() marks the boundary micro-batch
+                ctx = accelerator.accumulate(model)
+            else:
+                ctx = contextlib.nullcontext() if micro == accum - 1 else accelerator.no_sync(model)
             original = torch.where(batch["labels"] != -100, batch["labels"], batch["input_ids"])
             with ctx:
                 output = model(
@@ -406,77 +429,89 @@ def _train(cfg: TrainConfig, resume: bool, show_progress: bool) -> dict:
                     lm_labels=torch.where(batch["lm_targets"].bool(), original, -100) if use_lm else None,
                     lm_weight=cfg.lm_weight,
                 )
-                accelerator.backward(output.loss / accum)
-            real = int((batch["document_ids"] >= 0).sum())
-            masked = int((batch["labels"] != -100).sum())
-            lm_targets = int(batch["lm_targets"].sum()) if use_lm else 0
-            step_loss += output.loss.item() / accum
-            window["mlm"] += output.mlm_loss.item() / accum
-            window["lm"] += (output.lm_loss.item() if output.lm_loss is not None else 0.0) / accum
-            window["tokens"] += real
-            window["correct"] += int(output.mlm_correct)
-            window["masked"] += masked
-            window["kind_sum"] += output.kind_loss_sum.float().cpu().numpy()
-            window["kind_count"] += output.kind_count.cpu().numpy()
+                mlm_sum = output.mlm_loss * masked
+                lm_sum = output.lm_loss * lm_count if use_lm else torch.zeros((), device=device)
+                loss = (mlm_sum / global_masked + cfg.lm_weight * lm_sum / global_lm) * world
+                accelerator.backward(loss * accum if deepspeed else loss)  # DeepSpeed divides by accum
             slots = batch["input_ids"].numel()
-            window["flops"] += training_step_flops(config, slots, batch["input_ids"].shape[1], masked,
-                                                   slots if cfg.lm_weight > 0 else 0, lm_targets)
-            state.tokens += real
+            flops = training_step_flops(config, slots, batch["input_ids"].shape[1], masked,
+                                        slots if use_lm else 0, lm_count)
+            step_sums += torch.cat([
+                torch.stack([mlm_sum.detach(), lm_sum.detach()]).double(),
+                torch.tensor([int(output.mlm_correct), masked, lm_count, int((np_batch["document_ids"] >= 0).sum()), flops],
+                             dtype=torch.float64, device=device),
+                output.kind_loss_sum.double(), output.kind_count.double()])
         if cfg.max_grad_norm:
             accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        state.step += 1
+        step_sums = accelerator.reduce(step_sums, reduction="sum").cpu().numpy()
+        step_loss = step_sums[0] / global_masked + cfg.lm_weight * step_sums[1] / global_lm
+        state["step"] += 1
+        state["tokens"] += int(step_sums[5])
         first_loss = step_loss if first_loss is None else first_loss
         last_loss = step_loss
-        window["loss"] += step_loss
-        window["n"] += 1
+        window += step_sums
+        window_loss, window_steps = window_loss + step_loss, window_steps + 1
         bar.update(1)
-        if state.step % cfg.log_every == 0 or state.step == cfg.total_steps:
+        if state["step"] % cfg.log_every == 0 or state["step"] == cfg.total_steps:
             now = time.perf_counter()
             elapsed = now - t_window
-            n = window["n"]
-            tokens = window["tokens"] * accelerator.num_processes
+            sums = dict(zip(_SUMS, window[: len(_SUMS)]))
+            kind_sum = window[len(_SUMS) : len(_SUMS) + num_kinds]
+            kind_count = window[len(_SUMS) + num_kinds : len(_SUMS) + 2 * num_kinds]
             record = {
-                "step": state.step, "phase": phase_index, "seq_len": data.reader.seq_len,
-                "loss": window["loss"] / n, "mlm_loss": window["mlm"] / n, "lm_loss": window["lm"] / n,
-                "mlm_accuracy": window["correct"] / max(window["masked"], 1),
-                "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens / elapsed,
-                "kind_loss": {KIND_NAMES[k] if k < len(KIND_NAMES) else str(k): window["kind_sum"][k] / window["kind_count"][k]
-                              for k in range(config.num_kinds) if window["kind_count"][k]},
+                "step": state["step"], "phase": phase_index, "seq_len": data.reader.seq_len,
+                "loss": window_loss / window_steps,
+                "mlm_loss": sums["mlm_sum"] / max(sums["masked"], 1),
+                "lm_loss": sums["lm_sum"] / max(sums["lm_predicted"], 1),
+                "mlm_accuracy": sums["correct"] / max(sums["masked"], 1),
+                "lr": scheduler.get_last_lr()[0], "tokens_per_s": sums["tokens"] / elapsed,
+                "kind_loss": {KIND_NAMES[k] if k < len(KIND_NAMES) else str(k): kind_sum[k] / kind_count[k]
+                              for k in range(num_kinds) if kind_count[k]},
                 "elapsed_s": now - t_start,
             }
             if peak:
-                record["mfu"] = window["flops"] * accelerator.num_processes / elapsed / (peak * accelerator.num_processes)
-            log(record)
+                record["mfu"] = sums["flops"] / elapsed / (peak * world)
+            run_log.log(record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
-            window.update(loss=0.0, mlm=0.0, lm=0.0, n=0, tokens=0, flops=0.0, correct=0, masked=0)
-            window["kind_sum"][:] = 0
-            window["kind_count"][:] = 0
-            t_window = now
-        if state.step % cfg.checkpoint_every == 0 and state.step < cfg.total_steps:
-            path = save_checkpoint(accelerator, ckpt_root, state.step, cfg.keep_checkpoints)
-            log({"event": "checkpoint", "step": state.step, "path": str(path)})
+            window[:] = 0
+            window_loss, window_steps, t_window = 0.0, 0, now
+        if state["step"] % cfg.checkpoint_every == 0 and state["step"] < cfg.total_steps:
+            path = save_checkpoint(accelerator, ckpt_root, state["step"], cfg.keep_checkpoints,
+                                   state | {"scheduler": scheduler.state_dict()})
+            run_log.log({"event": "checkpoint", "step": state["step"], "path": str(path)})
     bar.close()
     elapsed = time.perf_counter() - t_start
-    summary = {"event": "done", "steps": state.step, "resumed_from": resumed_from, "steps_this_run": state.step - start_step,
-               "first_loss_this_run": first_loss, "last_loss": last_loss, "tokens_total": state.tokens,
-               "elapsed_s": round(elapsed, 2), "output_dir": str(out)}
-    if cfg.save_final and accelerator.is_main_process:
-        summary["model_dir"] = str(save_final(accelerator.unwrap_model(model), out / "model", meta))
+    summary = {"event": "done", "steps": state["step"], "resumed_from": resumed_from,
+               "steps_this_run": state["step"] - start_step, "first_loss_this_run": first_loss,
+               "last_loss": last_loss, "tokens_total": state["tokens"], "elapsed_s": round(elapsed, 2),
+               "processes": world, "output_dir": str(out)}
+    if cfg.save_final:
+        full_state = accelerator.get_state_dict(model)  # gathers FSDP / ZeRO-3 shards: every rank calls it
+        if accelerator.is_main_process:
+            summary["model_dir"] = str(save_final(accelerator.unwrap_model(model), out / "model", meta, full_state))
     accelerator.wait_for_everyone()
-    log(summary)
+    run_log.log(summary)
+    run_log.finish()
     return summary
 
 
-def save_final(model, target: Path, meta: dict) -> Path:
-    """save_pretrained into a temporary directory, add the shards' tokenizer, then rename into place."""
+def _is_main_env() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def save_final(model, target: Path, meta: dict, state_dict: dict | None = None) -> Path:
+    """save_pretrained into a temporary directory, add the shards' tokenizer, then rename into place.
+    `state_dict`: the full weights where the model's own are sharded (FSDP, ZeRO-3), kept in float32."""
     model = getattr(model, "_orig_mod", model)
     tmp = target.with_name(target.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
+    if state_dict is not None:
+        state_dict = {k.removeprefix("_orig_mod."): v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
+    model.save_pretrained(tmp, state_dict=state_dict)
     tokenizer_name = meta.get("tokenizer")
     if tokenizer_name:
         from wenzhi.model.devdata import bert_chinese_tokenizer
@@ -499,13 +534,19 @@ def save_final(model, target: Path, meta: dict) -> Path:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="training config, JSON or YAML (see model/configs/)")
     parser.add_argument("--output-dir", help="override the config's output_dir")
-    parser.add_argument("--no-resume", action="store_true", help="start over, deleting old checkpoints")
+    parser.add_argument("--no-resume", action="store_true",
+                        help="start a fresh run; refused where output_dir holds an earlier run, unless --overwrite")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="with --no-resume: delete the earlier run's checkpoints, model and curves first")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a top-level config key (value parsed as YAML), repeatable")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def main(args: argparse.Namespace) -> int:
+    from wenzhi.model.checkpoint import CheckpointError
+    from wenzhi.model.distributed import LaunchError
+
     overrides = list(args.set)
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
@@ -514,6 +555,13 @@ def main(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}")
         return 2
-    summary = train(cfg, resume=not args.no_resume, show_progress=not args.no_progress)
+    if args.overwrite and not args.no_resume:
+        print("error: --overwrite only goes with --no-resume (a resumed run keeps its checkpoints)")
+        return 2
+    try:
+        summary = train(cfg, resume=not args.no_resume, show_progress=not args.no_progress, overwrite=args.overwrite)
+    except (OutputDirInUse, LaunchError, CheckpointError) as exc:
+        print(f"error: {exc}")
+        return 2
     print(json.dumps(summary, ensure_ascii=False))
     return 0

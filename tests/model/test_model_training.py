@@ -137,3 +137,130 @@ def test_lamb_optimizer_minimises():
         opt.step()
         opt.zero_grad()
     assert loss.item() < start * 0.05
+
+
+class _Payload:
+    """Unpickling this runs code: it writes `marker`."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('ran')",))
+
+
+def _short_run(shards, tmp_path, name="run", **extra) -> Path:
+    cfg = dict(output_dir=str(tmp_path / name), shards=str(shards / "pd128"), steps=6, batch_size=4,
+               model=TINY | {"hidden_size": 32, "intermediate_size": 64}, learning_rate=1e-3, lm_weight=0.5,
+               checkpoint_every=2, keep_checkpoints=3, log_every=2, num_threads=1, seed=5, report_to="none") | extra
+    return _write_config(tmp_path / f"{name}.yaml", **cfg)
+
+
+def _weights(run_dir: Path) -> dict:
+    return load_file(run_dir / "model" / "model.safetensors")
+
+
+@pytest.mark.parametrize("planted", ["custom_checkpoint_0.pkl", "optimizer.bin"])
+def test_a_pickle_planted_in_a_checkpoint_does_not_run_on_resume(shards, tmp_path, planted):
+    import pickle
+
+    config = _short_run(shards, tmp_path)
+    train(load_config(config), resume=False, show_progress=False)
+    reference = _weights(tmp_path / "run")
+    latest = tmp_path / "run" / "checkpoints" / "step-00000004"
+    marker = tmp_path / "payload-ran"
+    (latest / planted).write_bytes(pickle.dumps(_Payload(marker)))
+    if planted == "optimizer.bin":  # a careful attacker also rewrites the manifest to match
+        manifest = json.loads((latest / "COMPLETE").read_text())
+        manifest["files"][planted] = (latest / planted).stat().st_size
+        (latest / "COMPLETE").write_text(json.dumps(manifest))
+    import shutil
+
+    shutil.rmtree(tmp_path / "run" / "model")
+    summary = train(load_config(config), resume=True, show_progress=False)
+    assert not marker.exists(), "the planted pickle ran"
+    assert summary["resumed_from"].endswith("step-00000002")  # the tampered one was skipped
+    start = [r for r in _log(tmp_path / "run") if r.get("event") == "start"][-1]
+    assert "step-00000004" in start["skipped_checkpoints"][0]
+    got = _weights(tmp_path / "run")
+    assert all(torch.equal(reference[k], got[k]) for k in reference)
+
+
+def test_a_truncated_latest_checkpoint_falls_back_to_the_newest_intact_one(shards, tmp_path):
+    config = _short_run(shards, tmp_path, steps=8)
+    train(load_config(config), resume=False, show_progress=False)
+    reference = _weights(tmp_path / "run")
+    latest = tmp_path / "run" / "checkpoints" / "step-00000006"
+    weights = latest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    import shutil
+
+    shutil.rmtree(tmp_path / "run" / "model")
+    summary = train(load_config(config), resume=True, show_progress=False)
+    assert summary["resumed_from"].endswith("step-00000004") and summary["steps_this_run"] == 4
+    got = _weights(tmp_path / "run")
+    assert all(torch.equal(reference[k], got[k]) for k in reference)
+
+
+def test_no_resume_keeps_an_earlier_run_unless_told_to_overwrite(shards, tmp_path, capsys):
+    import argparse
+
+    from wenzhi.model import trainer
+
+    config = _short_run(shards, tmp_path, steps=4)
+    parser = argparse.ArgumentParser()
+    trainer.add_arguments(parser)
+    assert trainer.main(parser.parse_args(["--config", str(config), "--no-progress"])) == 0
+    before = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert before == ["step-00000002"]
+    assert trainer.main(parser.parse_args(["--config", str(config), "--no-resume", "--no-progress"])) == 2
+    assert "holds an earlier run" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == before
+    assert (tmp_path / "run" / "model" / "model.safetensors").exists()
+    assert trainer.main(parser.parse_args(["--config", str(config), "--no-resume", "--overwrite", "--no-progress"])) == 0
+    starts = [r for r in _log(tmp_path / "run") if r.get("event") == "start"]
+    assert len(starts) == 1 and starts[0]["resumed_from"] is None  # a fresh log too
+
+
+def test_training_curves_go_to_tensorboard_beside_the_jsonl_log(shards, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = _short_run(shards, tmp_path, report_to="tensorboard", checkpoint_every=1000)
+    train(load_config(config), resume=False, show_progress=False)
+    events = list((tmp_path / "run" / "tensorboard").rglob("events.out.tfevents.*"))
+    assert events, "no TensorBoard event file written"
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"loss", "mlm_loss", "lm_loss", "lr", "tokens_per_s", "kind_loss/text"} <= tags, tags
+    logged = {r["step"]: r for r in _log(tmp_path / "run") if "mlm_loss" in r}
+    curve = acc.Scalars("mlm_loss")
+    assert [e.step for e in curve] == sorted(logged) == [2, 4, 6]
+    assert all(e.value == pytest.approx(logged[e.step]["mlm_loss"], rel=1e-6) for e in curve)
+
+
+def test_report_to_is_checked():
+    from wenzhi.model.tracking import parse_report_to, scalars
+
+    assert parse_report_to("none") == [] and parse_report_to(["tensorboard", "wandb"]) == ["tensorboard", "wandb"]
+    with pytest.raises(ValueError, match="not understood"):
+        parse_report_to("mlflw")
+    assert scalars({"step": 1, "loss": 2.0, "kind_loss": {"text": 3.0}, "event": "x", "ok": True}) == \
+        {"step": 1.0, "loss": 2.0, "kind_loss/text": 3.0}
+
+
+def test_no_intact_checkpoint_is_a_clear_error_not_a_fresh_start(shards, tmp_path, capsys):
+    import argparse
+
+    from wenzhi.model import trainer
+
+    config = _short_run(shards, tmp_path, steps=4)
+    train(load_config(config), resume=False, show_progress=False)
+    ckpt = tmp_path / "run" / "checkpoints" / "step-00000002"
+    (ckpt / "trainer_state.json").write_text("{}")  # the only checkpoint, damaged
+    parser = argparse.ArgumentParser()
+    trainer.add_arguments(parser)
+    assert trainer.main(parser.parse_args(["--config", str(config), "--no-progress"])) == 2
+    out = capsys.readouterr().out
+    assert "no usable checkpoint" in out and "trainer_state.json" in out and ckpt.exists()

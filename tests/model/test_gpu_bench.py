@@ -1,0 +1,26 @@
+"""bench/gpu_pretrain.py's CPU dry run: the code path the GPU check takes, at tiny sizes."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parents[2]
+
+
+def test_gpu_pretrain_bench_dry_run(tmp_path):
+    out = tmp_path / "result.json"
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_pretrain.py"), "--dry-run", "--peak-tflops", "1",
+                           "--json", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "WENZHI_DATA": str(ROOT / "../shared/data")})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "FLOPs: per layer forward" in done.stdout
+    result = json.loads(out.read_text())
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == result
+    runs = {(r["size"], r["seq_len"], r["system"], r["docs_per_row"]) for r in result["results"]}
+    assert len(runs) == 2 * 2 * 3 and not result["skipped_over_budget"]
+    for r in result["results"]:
+        assert r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1 and r["model_tflops_per_step"] > 0
+    assert len(result["wenzhi_over_hf"]) == 8
+    assert result["faiss"]["device"] == "cpu" and result["faiss"]["ivf_recall_at_10"] > 0.5
