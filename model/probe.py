@@ -84,9 +84,10 @@ def add_candidates(items: list[ProbeItem], n: int = 20, seed: int = 0) -> list[P
         digest = hashlib.blake2b(f"{seed}\t{it.head}\t{it.relation}\t{it.tail}".encode(), digest_size=8).digest()
         rng = np.random.default_rng(int.from_bytes(digest, "big"))
         same = [a for a in by_relation[it.relation] if a != it.answer and a not in it.sentence_text()]
-        other = [a for a in pool if a != it.answer and a not in same and a not in it.sentence_text()]
         chosen = [same[i] for i in rng.permutation(len(same))[: n - 1]]
-        if len(chosen) < n - 1:
+        if len(chosen) < n - 1:  # only then the whole pool (a set for `same`: thousands of answers)
+            excluded = set(same)
+            other = [a for a in pool if a != it.answer and a not in excluded and a not in it.sentence_text()]
             chosen += [other[i] for i in rng.permutation(len(other))[: n - 1 - len(chosen)]]
         it.candidates = [it.answer] + chosen
     return items
