@@ -33,18 +33,20 @@ and THUCNews headline accuracy (`model/downstream.py`); held-out MLM loss at che
 and at the end. Seeds vary initialisation, data order and fine-tuning; each variant's masking is
 drawn once (prepare seed 13). A difference "exceeds the seed spread" when |mean_v - mean_ref| >
 std_v + std_ref (the ±1 std bars do not overlap). Each run is a subprocess (`--jobs` at a time),
-its CPU time measured by wait4; finished runs are kept in --work and skipped when run again. Prints
-a table and, last, one JSON line; draws the PNG.
+its CPU time measured by wait4. Every piece (filtered corpora, shards, runs) lives in --work in a
+folder named by a hash of what made it, so a later command reuses whatever it asks for again (an
+attempt that changes one variant's masking retrains only that variant) and never a stale piece.
+Prints a table and, last, one JSON line; draws the PNG.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import functools
+import hashlib
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -54,6 +56,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 ROOT = Path(__file__).resolve().parents[1]
 
+from knowledge_ablation_report import aggregate, plot, print_tables  # noqa: E402  (bench/ is on sys.path)
+
 KNOWLEDGE = {"char": 1, "word": 2, "phrase": 1, "entity": 2}  # the project's weights (prepare_full.yaml)
 VARIANTS = {
     "A": ("characters only (BERT)", {"char": 1}),
@@ -62,9 +66,6 @@ VARIANTS = {
     "D": ("+ UKTP (ERNIE 3.0)", {**KNOWLEDGE, "uktp": 1}),
     "E": ("+ retrieval-augmented masking (OBERT)", {**KNOWLEDGE, "uktp": 1, "retrieval": 1}),
 }
-METRICS = ["probe_acc_at_1", "probe_mean_rank", "relation_selection_acc_at_1", "cluener_f1", "thucnews_acc",
-           "heldout_mlm_loss"]
-LOWER_IS_BETTER = {"probe_mean_rank", "heldout_mlm_loss"}
 
 
 @dataclass
@@ -105,118 +106,145 @@ SIZES = {
                              attention_probs_dropout_prob=0.0),
                   sim_steps=6, sim_questions=200, qa_ner_steps=3, relation_questions=30, downstream_steps=6,
                   downstream_train=200, downstream_eval=60, probe_items=15, probe_candidates=10),
-    # about 90 minutes with two runs at a time on 2 otherwise idle cores (bench/RESULTS.md)
-    "cpu": Size(people_daily=17000, reviews=6000, agrikg_rows=None, kdconv_dialogues=None, heldout_people_daily=1500,
-                heldout_reviews=500),
+    # all the text (a run reads 40% of A's rows); about 5 CPU-minutes a run (bench/RESULTS.md)
+    "cpu": Size(people_daily=18000, reviews=16000, agrikg_rows=None, kdconv_dialogues=None, heldout_people_daily=600,
+                heldout_reviews=300, steps=500, curve_points=5, sim_steps=300, relation_questions=1000,
+                downstream_steps=300, downstream_eval=3000, probe_items=300),
     # a GPU: the small config's encoder on all the text, ten times the steps
     "gpu": Size(people_daily=17000, reviews=15000, agrikg_rows=None, kdconv_dialogues=None,
                 heldout_people_daily=1500, heldout_reviews=1500, batch_size=64, steps=15000, learning_rate=1e-3,
                 model=dict(hidden_size=256, num_attention_heads=4, intermediate_size=1024, num_universal_layers=2,
                            num_nlu_layers=2, num_nlg_layers=1), threads=4),
 }
-PREPARE_SEED, HELDOUT_SEED = 13, 7
+PREPARE_SEED, HELDOUT_SEED, HELDOUT_FRACTION = 13, 7, 0.1
+
+
+def _key(value, work: Path) -> str:
+    """A short hash of a config, with the work folder's own path left out (folders can move)."""
+    text = json.dumps(value, sort_keys=True, default=str).replace(str(work), "$WORK")
+    return hashlib.blake2b(text.encode(), digest_size=5).hexdigest()
+
+
+@dataclass
+class Plan:
+    """Where each piece of the ablation lives in the work folder, named by what made it."""
+
+    size: Size
+    work: Path
+    kb: str
+
+    @property
+    def data(self) -> Path:  # the corpora without held-out facts
+        return self.work / f"data-{_key([self.size.agrikg_rows, self.size.kdconv_dialogues], self.work)}"
+
+    def heldout_config(self) -> dict:
+        s = self.size
+        return {"seq_len": s.seq_len, "seed": HELDOUT_SEED, "mask_ratio": 0.15, "strategies": {"char": 1}, "corpora": [
+            {"path": "corpus/people_daily_1998_pos.txt", "format": "people_daily", "skip": s.people_daily,
+             "limit": s.heldout_people_daily},
+            {"path": "corpus/reviews_pos.txt", "format": "text", "skip": s.reviews, "limit": s.heldout_reviews},
+            {"path": "corpus/reviews_neg.txt", "format": "text", "skip": s.reviews, "limit": s.heldout_reviews}]}
+
+    @property
+    def heldout(self) -> Path:  # the held-out MLM shards
+        return self.work / f"heldout-{_key(self.heldout_config(), self.work)}"
+
+    def prepare_config(self, variant: str) -> dict:
+        """The variant's prepare config: the same corpora and settings, its own masking strategies.
+        D and E also read the triple corpora as triple-sentence pairs (what UKTP trains on)."""
+        s, strategies = self.size, VARIANTS[variant][1]
+        knowledge = bool({"uktp", "retrieval"} & set(strategies))
+        return {
+            "seq_len": s.seq_len, "seed": PREPARE_SEED, "mask_ratio": s.mask_ratio, "heldout_fraction": HELDOUT_FRACTION,
+            "kb": self.kb if {"entity", "uktp", "retrieval"} & set(strategies) else None,
+            "corpora": [
+                {"path": "corpus/people_daily_1998_pos.txt", "format": "people_daily", "limit": s.people_daily},
+                {"path": "corpus/reviews_pos.txt", "format": "text", "limit": s.reviews},
+                {"path": "corpus/reviews_neg.txt", "format": "text", "limit": s.reviews},
+                {"path": str(self.data / "agrikg.tsv"), "format": "agrikg", "use": "triples" if knowledge else "text"},
+                {"path": str(self.data / "kdconv"), "format": "kdconv", "use": "both" if knowledge else "text"}],
+            "strategies": strategies, "curriculum": None, "augment": {"max_tokens": 64, "min_tokens": 8},
+            **s.prepare_overrides,
+        }
+
+    def shards(self, variant: str) -> Path:
+        return self.work / "shards" / f"{variant}-{_key(self.prepare_config(variant), self.work)}"
+
+    def train_config(self, variant: str, seed: int) -> dict:
+        s = self.size
+        order = "sequential" if s.prepare_overrides.get("curriculum") else "shuffle"
+        return {"output_dir": str(self.run_dir(variant, seed) / "pretrain"), "phases": [
+                    {"shards": str(self.shards(variant)), "steps": s.steps, "batch_size": s.batch_size, "order": order}],
+                "model": dict(s.model), "optimizer": "adamw", "learning_rate": s.learning_rate, "warmup_ratio": 0.06,
+                "lr_scheduler": "linear", "lm_weight": 0.0, "seed": seed,
+                "checkpoint_every": max(1, s.steps // s.curve_points), "keep_checkpoints": s.curve_points + 1,
+                "log_every": max(1, s.steps // 20), "num_threads": s.threads, "report_to": "none"}
+
+    def run_dir(self, variant: str, seed: int) -> Path:
+        """Keyed by the shards and every training and evaluation setting (not the corpus sizes)."""
+        corpus = {"people_daily", "reviews", "agrikg_rows", "kdconv_dialogues", "prepare_overrides", "mask_ratio"}
+        record = {"shards": self.shards(variant).name, "heldout": self.heldout.name,
+                  "size": {k: v for k, v in asdict(self.size).items() if k not in corpus}}
+        return self.work / "runs" / f"{variant}-{_key(record, self.work)}" / f"seed-{seed}"
 
 
 # -- data shared by all variants -------------------------------------------------------------------
-def build_data(size: Size, work: Path, kb: Path | None) -> dict:
-    """KB store, corpora without held-out facts, held-out MLM shards. Returns what each step needs."""
-    from wenzhi.kg import TripleStore
+def build_data(plan: Plan) -> dict:
+    """Corpora without held-out facts and the held-out MLM shards (each built once)."""
     from wenzhi.kg.datadir import data_path
     from wenzhi.model.corpora import kdconv_pairs, read_agrikg
     from wenzhi.model.prepare import PrepareConfig, prepare
     from wenzhi.model.uktp import heldout_triple
 
-    data = work / "data"
-    data.mkdir(parents=True, exist_ok=True)
-    if kb is None:
-        kb = work / "kb.sqlite"
-        if not kb.exists():
-            TripleStore.import_files([data_path("kb/knowledge.txt")], kb)
-    fraction = 0.1
+    size, data = plan.size, plan.data
     pairs = list(read_agrikg(data_path("corpus/agrikg_distant_supervision.tsv"))) + list(kdconv_pairs(data_path("kdconv")))
-    heldout = {p.sentence.strip() for p in pairs if heldout_triple(p.head, p.relation, p.tail, fraction)}
+    heldout = {p.sentence.strip() for p in pairs if heldout_triple(p.head, p.relation, p.tail, HELDOUT_FRACTION)}
     removed = {"agrikg_rows": 0, "kdconv_turns": 0}
-    agrikg = data / "agrikg.tsv"
-    with open(data_path("corpus/agrikg_distant_supervision.tsv"), encoding="utf-8", newline="") as src, \
-            open(agrikg, "w", encoding="utf-8", newline="") as dst:
-        writer = csv.writer(dst, delimiter="\t")
-        for i, row in enumerate(csv.reader(src, delimiter="\t")):
-            if size.agrikg_rows is not None and i >= size.agrikg_rows:
-                break
-            if len(row) == 6 and row[4].strip() in heldout:
-                removed["agrikg_rows"] += 1
-            else:
-                writer.writerow(row)
-    for file in sorted(data_path("kdconv").rglob("*.json")):
-        dialogues = json.loads(file.read_text(encoding="utf-8"))[: size.kdconv_dialogues]
-        for dialogue in dialogues:
-            kept = [m for m in dialogue.get("messages", []) if m.get("message", "").strip() not in heldout]
-            removed["kdconv_turns"] += len(dialogue.get("messages", [])) - len(kept)
-            dialogue["messages"] = kept
-        out = data / "kdconv" / file.relative_to(data_path("kdconv"))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(dialogues, ensure_ascii=False), encoding="utf-8")
-    heldout_shards = work / "heldout-shards"
-    if not (heldout_shards / "meta.json").exists():
-        pd, rv = size.people_daily, size.reviews
-        prepare(PrepareConfig.from_dict({
-            "output": str(heldout_shards), "seq_len": size.seq_len, "seed": HELDOUT_SEED, "mask_ratio": 0.15,
-            "strategies": {"char": 1}, "corpora": [
-                {"path": "corpus/people_daily_1998_pos.txt", "format": "people_daily", "skip": pd,
-                 "limit": size.heldout_people_daily},
-                {"path": "corpus/reviews_pos.txt", "format": "text", "skip": rv, "limit": size.heldout_reviews},
-                {"path": "corpus/reviews_neg.txt", "format": "text", "skip": rv, "limit": size.heldout_reviews}]}),
-            show_progress=False)
-    return {"kb": str(kb), "corpora": str(data), "heldout_shards": str(heldout_shards),
-            "heldout_sentences": len(heldout), "removed": removed}
-
-
-def prepare_config(size: Size, variant: str, shared: dict, output: Path) -> dict:
-    """The variant's prepare config: the same corpora and settings, its own masking strategies.
-    D and E also read the triple corpora as triple-sentence pairs (what UKTP trains on)."""
-    strategies = VARIANTS[variant][1]
-    knowledge = bool({"uktp", "retrieval"} & set(strategies))
-    corpora = Path(shared["corpora"])
-    return {
-        "output": str(output), "seq_len": size.seq_len, "seed": PREPARE_SEED, "mask_ratio": size.mask_ratio,
-        "heldout_fraction": 0.1, "kb": shared["kb"] if {"entity", "uktp", "retrieval"} & set(strategies) else None,
-        "corpora": [
-            {"path": "corpus/people_daily_1998_pos.txt", "format": "people_daily", "limit": size.people_daily},
-            {"path": "corpus/reviews_pos.txt", "format": "text", "limit": size.reviews},
-            {"path": "corpus/reviews_neg.txt", "format": "text", "limit": size.reviews},
-            {"path": str(corpora / "agrikg.tsv"), "format": "agrikg", "use": "triples" if knowledge else "text"},
-            {"path": str(corpora / "kdconv"), "format": "kdconv", "use": "both" if knowledge else "text"}],
-        "strategies": strategies, "curriculum": None, "augment": {"max_tokens": 64, "min_tokens": 8},
-        **size.prepare_overrides,
-    }
-
-
-def train_config(size: Size, shards: Path, out: Path, seed: int) -> dict:
-    every = max(1, size.steps // size.curve_points)
-    order = "sequential" if size.prepare_overrides.get("curriculum") else "shuffle"
-    return {"output_dir": str(out), "phases": [{"shards": str(shards), "steps": size.steps,
-                                                "batch_size": size.batch_size, "order": order}],
-            "model": dict(size.model), "optimizer": "adamw", "learning_rate": size.learning_rate,
-            "warmup_ratio": 0.06, "lr_scheduler": "linear", "lm_weight": 0.0, "seed": seed,
-            "checkpoint_every": every, "keep_checkpoints": size.curve_points + 1, "log_every": max(1, size.steps // 20),
-            "num_threads": size.threads, "report_to": "none"}
+    tmp = data.with_name(data.name + ".tmp")
+    if not data.exists():
+        tmp.mkdir(parents=True, exist_ok=True)
+        with open(data_path("corpus/agrikg_distant_supervision.tsv"), encoding="utf-8", newline="") as src, \
+                open(tmp / "agrikg.tsv", "w", encoding="utf-8", newline="") as dst:
+            writer = csv.writer(dst, delimiter="\t")
+            for i, row in enumerate(csv.reader(src, delimiter="\t")):
+                if size.agrikg_rows is not None and i >= size.agrikg_rows:
+                    break
+                if len(row) == 6 and row[4].strip() in heldout:
+                    removed["agrikg_rows"] += 1
+                else:
+                    writer.writerow(row)
+        for file in sorted(data_path("kdconv").rglob("*.json")):
+            dialogues = json.loads(file.read_text(encoding="utf-8"))[: size.kdconv_dialogues]
+            for dialogue in dialogues:
+                kept = [m for m in dialogue.get("messages", []) if m.get("message", "").strip() not in heldout]
+                removed["kdconv_turns"] += len(dialogue.get("messages", [])) - len(kept)
+                dialogue["messages"] = kept
+            out = tmp / "kdconv" / file.relative_to(data_path("kdconv"))
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(dialogues, ensure_ascii=False), encoding="utf-8")
+        _write_json(tmp / "removed.json", removed)
+        os.replace(tmp, data)
+    if not (plan.heldout / "meta.json").exists():
+        prepare(PrepareConfig.from_dict({"output": str(plan.heldout), **plan.heldout_config()}), show_progress=False)
+    return {"heldout_sentences": len(heldout), "removed": json.loads((data / "removed.json").read_text())}
 
 
 # -- one variant's shards, one run -----------------------------------------------------------------
-def prepare_variant(size: Size, variant: str, shared: dict, work: Path) -> dict:
+def prepare_variant(plan: Plan, variant: str) -> dict:
     from wenzhi.model.prepare import PrepareConfig, prepare
 
-    out = work / "shards" / variant
+    out = plan.shards(variant)
     if not (out / "meta.json").exists():
-        prepare(PrepareConfig.from_dict(prepare_config(size, variant, shared, out)), show_progress=False)
+        prepare(PrepareConfig.from_dict({"output": str(out), **plan.prepare_config(variant)}), show_progress=False)
     meta = json.loads((out / "meta.json").read_text())
     stats = meta["stats"]["prepare"]
-    return {"rows": meta["num_sequences"], "tokens": stats["tokens"], "masked_tokens": stats["masked_tokens"],
-            "tokens_per_kind": stats["tokens_per_kind"], "examples_per_strategy": stats["examples_per_strategy"],
+    return {"shards": out.name, "rows": meta["num_sequences"], "tokens": stats["tokens"],
+            "masked_tokens": stats["masked_tokens"], "tokens_per_kind": stats["tokens_per_kind"],
+            "examples_per_strategy": stats["examples_per_strategy"],
             "padding_fraction": meta["stats"]["padding_fraction"], "augmentation": stats.get("augmentation")}
 
 
-def consumed(size: Size, shards: Path, seed: int) -> dict:
+def consumed(plan: Plan, variant: str, seed: int) -> dict:
     """What the trainer reads in `steps` steps (its own PhaseData): token slots, real tokens per
     kind, masked tokens, training FLOPs, and the tokens seen after each step (the curve's x)."""
     import numpy as np
@@ -225,11 +253,11 @@ def consumed(size: Size, shards: Path, seed: int) -> dict:
     from wenzhi.model.modeling import WenzhiConfig
     from wenzhi.model.trainer import Phase, PhaseData
 
+    size = plan.size
     config = WenzhiConfig(**size.model)
-    data = PhaseData(Phase(str(shards), size.steps, size.batch_size, order=train_config(size, shards, shards, seed)
-                           ["phases"][0]["order"]), 0, seed, 0, 1)
+    data = PhaseData(Phase(**plan.train_config(variant, seed)["phases"][0]), 0, seed, 0, 1)
     if data.n < size.steps * size.batch_size:
-        raise ValueError(f"{shards}: {data.n} rows, fewer than the {size.steps * size.batch_size} a run reads "
+        raise ValueError(f"{plan.shards(variant)}: {data.n} rows, fewer than the {size.steps * size.batch_size} a run reads "
                          "(equal compute without repeats needs more text: raise the corpus limits)")
     tokens, masked, flops, per_kind, cumulative = 0, 0, 0.0, {}, []
     for step in range(size.steps):
@@ -296,7 +324,7 @@ def probe_items(candidates: int, limit: int) -> list:
     return probe.select(items, "heldout", limit, seed=0)
 
 
-def run_one(size: Size, variant: str, seed: int, shared: dict, work: Path) -> dict:
+def run_one(plan: Plan, variant: str, seed: int) -> dict:
     """Pretrain one variant with one seed, then every evaluation; CPU and wall seconds per stage."""
     import torch
 
@@ -311,9 +339,9 @@ def run_one(size: Size, variant: str, seed: int, shared: dict, work: Path) -> di
 
     transformers.logging.set_verbosity_error()  # every head load would list its new classifier weights
     transformers.utils.logging.disable_progress_bar()
+    size = plan.size
     torch.set_num_threads(size.threads)
-    run_dir = work / "runs" / variant / f"seed-{seed}"
-    shards = work / "shards" / variant
+    run_dir = plan.run_dir(variant, seed)
     result: dict = {"variant": variant, "seed": seed, "cpu_seconds": {}, "seconds": {}}
 
     def stage(name, fn):
@@ -323,12 +351,12 @@ def run_one(size: Size, variant: str, seed: int, shared: dict, work: Path) -> di
         result["cpu_seconds"][name] = round(time.process_time() - cpu, 1)
         return value
 
-    result["compute"] = stage("accounting", lambda: consumed(size, shards, seed))
-    cfg = TrainConfig.from_dict(train_config(size, shards, run_dir / "pretrain", seed), work)
+    result["compute"] = stage("accounting", lambda: consumed(plan, variant, seed))
+    cfg = TrainConfig.from_dict(plan.train_config(variant, seed), plan.work)
     summary = stage("pretrain", lambda: train(cfg, resume=True, show_progress=False))
     result["pretrain"] = {k: summary[k] for k in ("steps", "tokens_total", "first_loss_this_run", "last_loss")}
     model_dir = Path(summary["model_dir"])
-    result["curve"] = stage("heldout_mlm", lambda: loss_curve(run_dir / "pretrain", Path(shared["heldout_shards"]),
+    result["curve"] = stage("heldout_mlm", lambda: loss_curve(run_dir / "pretrain", plan.heldout,
                                                               result["compute"]["tokens_after_step"]))
     del result["compute"]["tokens_after_step"]
 
@@ -338,7 +366,7 @@ def run_one(size: Size, variant: str, seed: int, shared: dict, work: Path) -> di
         return probe.evaluate(probe.load_model(str(model_dir)), tokenizer, items)["heldout"]
 
     result["probe"] = stage("probe", run_probe)
-    qa, kb = run_dir / "qa", Path(shared["kb"])
+    qa, kb = run_dir / "qa", Path(plan.kb)
     kgclue = data_path("kgclue/train.json")
 
     def relation_selection():
@@ -409,100 +437,6 @@ def run_tasks(tasks: list[tuple[str, Path, list[str]]], jobs: int) -> dict[str, 
     return usage
 
 
-def mean_std(values: list[float]) -> dict:
-    return {"mean": round(statistics.fmean(values), 4),
-            "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0}
-
-
-def aggregate(results: list[dict], variants: list[str]) -> dict:
-    table: dict = {}
-    for v in variants:
-        runs = [r for r in results if r["variant"] == v]
-        entry = {m: mean_std([r["metrics"][m] for r in runs]) for m in METRICS}
-        entry.update({
-            "tokens": round(statistics.fmean(r["compute"]["tokens"] for r in runs)),
-            "token_slots": runs[0]["compute"]["token_slots"], "steps": runs[0]["compute"]["steps"],
-            "flops": float(f"{statistics.fmean(r['compute']['flops'] for r in runs):.4g}"),
-            "tokens_per_kind": runs[0]["compute"]["tokens_per_kind"],
-            "seconds": round(statistics.fmean(r["seconds"]["pretrain"] for r in runs), 1),
-            "cpu_seconds": round(statistics.fmean(r["cpu_seconds"]["pretrain"] for r in runs), 1),
-            "run_cpu_seconds": round(statistics.fmean(r.get("run_cpu_seconds", sum(r["cpu_seconds"].values()))
-                                                      for r in runs), 1),
-            "seeds": [r["seed"] for r in runs]})
-        table[v] = entry
-    diffs: dict = {}
-    for i, v in enumerate(variants[1:], 1):
-        for ref in dict.fromkeys([variants[0], variants[i - 1]]):
-            for m in METRICS:
-                a, b = table[v][m], table[ref][m]
-                delta = a["mean"] - b["mean"]
-                better = delta < 0 if m in LOWER_IS_BETTER else delta > 0
-                diffs.setdefault(f"{v}-{ref}", {})[m] = {
-                    "delta": round(delta, 4), "exceeds_seed_spread": abs(delta) > a["std"] + b["std"],
-                    "better": better}
-    return {"variants": table, "differences": diffs}
-
-
-def print_tables(summary: dict) -> None:
-    table = summary["variants"]
-    print("\n| variant | " + " | ".join(METRICS) + " | tokens seen | FLOPs | pretrain CPU s |")
-    print("|---" * (len(METRICS) + 4) + "|")
-    for v, e in table.items():
-        cells = [f"{e[m]['mean']:.4f} ± {e[m]['std']:.4f}" for m in METRICS]
-        print(f"| {v} {VARIANTS[v][0]} | " + " | ".join(cells) + f" | {e['tokens']:,} | {e['flops']:.3g} | {e['cpu_seconds']:.0f} |")
-    print("\n| difference | " + " | ".join(METRICS) + " |")
-    print("|---" * (len(METRICS) + 1) + "|")
-    for name, d in summary["differences"].items():
-        cells = [f"{d[m]['delta']:+.4f}{' *' if d[m]['exceeds_seed_spread'] else ''}" for m in METRICS]
-        print(f"| {name} | " + " | ".join(cells) + " |")
-    print("(* the difference exceeds the seed spread: |Δ| > std + std)")
-
-
-def plot(summary: dict, results: list[dict], path: Path) -> None:
-    """Held-out MLM loss against tokens seen (mean ± std over seeds), each metric per variant with
-    its seed spread as error bars, and the token mix the equal compute bought."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    variants = list(summary["variants"])
-    colors = dict(zip(variants, plt.cm.tab10.colors))
-    fig, axes = plt.subplots(2, 4, figsize=(19, 8.5))
-    ax = axes[0][0]
-    for v in variants:
-        curves = [r["curve"] for r in results if r["variant"] == v]
-        x = np.mean([[p["tokens"] for p in c] for c in curves], axis=0)
-        y = np.array([[p["loss"] for p in c] for c in curves])
-        ax.plot(x, y.mean(0), marker="o", ms=3, color=colors[v], label=f"{v} {VARIANTS[v][0]}")
-        ax.fill_between(x, y.mean(0) - y.std(0), y.mean(0) + y.std(0), color=colors[v], alpha=0.2)
-    ax.set(xlabel="tokens seen", ylabel="held-out MLM loss (char masking)", title="held-out MLM loss")
-    ax.legend(fontsize=7)
-    for ax, m in zip(axes.flat[1:], METRICS):
-        means = [summary["variants"][v][m]["mean"] for v in variants]
-        stds = [summary["variants"][v][m]["std"] for v in variants]
-        ax.bar(variants, means, yerr=stds, capsize=4, color=[colors[v] for v in variants])
-        lo, hi = min(a - b for a, b in zip(means, stds)), max(a + b for a, b in zip(means, stds))
-        ax.set_ylim(lo - 0.15 * (hi - lo + 1e-9), hi + 0.15 * (hi - lo + 1e-9))
-        ax.set_title(m + (" (lower is better)" if m in LOWER_IS_BETTER else ""))
-    ax = axes.flat[len(METRICS) + 1]
-    bottom = np.zeros(len(variants))
-    for kind, name in enumerate(["text", "knowledge-masked", "UKTP", "retrieval-augmented"]):
-        counts = np.array([summary["variants"][v]["tokens_per_kind"].get(str(kind), 0) for v in variants], float)
-        ax.bar(variants, counts, bottom=bottom, label=name)
-        bottom += counts
-    ax.axhline(summary["variants"][variants[0]]["token_slots"], color="k", ls="--", lw=1, label="token slots (equal)")
-    ax.set_title("tokens seen per example kind")
-    ax.legend(fontsize=7, loc="lower right")
-    seeds = len(summary["variants"][variants[0]]["seeds"])
-    fig.suptitle(f"Knowledge masking ablation at equal compute ({seeds} seed(s); error bars ±1 std)")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def _parse_sets(items: list[str]) -> dict:
     import yaml
 
@@ -529,6 +463,7 @@ def main() -> int:
     parser.add_argument("--plot", help="PNG path (default bench/knowledge_ablation_SIZE.png; quick: in --work)")
     parser.add_argument("--json", help="also write the summary here")
     parser.add_argument("--worker", choices=["prepare", "run"], help=argparse.SUPPRESS)
+    parser.add_argument("--plan", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -536,34 +471,37 @@ def main() -> int:
         args.size, args.seeds, args.jobs = "quick", 1, 0
     work = Path(args.work or ROOT / "runs" / f"knowledge-ablation-{args.size}").resolve()
     if args.worker:  # a subprocess of the command below: one prepare or one run
-        size = Size(**json.loads((work / "ablation.json").read_text())["size"])
-        shared = json.loads((work / "shared.json").read_text())
+        plan_record = json.loads(Path(args.plan).read_text())
+        plan = Plan(Size(**plan_record["size"]), work, plan_record["kb"])
         if args.worker == "prepare":
-            _write_json(work / "shards" / f"{args.variant}.json", prepare_variant(size, args.variant, shared, work))
+            _write_json(plan.shards(args.variant).with_suffix(".json"), prepare_variant(plan, args.variant))
         else:
-            result = run_one(size, args.variant, args.seed, shared, work)
-            _write_json(work / "runs" / args.variant / f"seed-{args.seed}" / "result.json", result)
+            _write_json(plan.run_dir(args.variant, args.seed) / "result.json", run_one(plan, args.variant, args.seed))
         return 0
 
     size = replace(SIZES[args.size], **_parse_sets(args.set))
     variants = [v for v in args.variants.upper() if v in VARIANTS]
     seeds = list(range(args.seeds))
     work.mkdir(parents=True, exist_ok=True)
-    record = {"size_name": args.size, "size": asdict(size)}
-    if (work / "ablation.json").exists() and json.loads((work / "ablation.json").read_text()) != record:
-        print(f"error: {work} holds runs of another configuration; choose another --work", file=sys.stderr)
-        return 2
-    _write_json(work / "ablation.json", record)
     started, cpu0 = time.perf_counter(), time.process_time()
     print(f"knowledge ablation: size {args.size}, variants {''.join(variants)}, seeds {seeds}, "
           f"{size.steps} steps x {size.batch_size} rows x {size.seq_len} tokens per run; work {work}", flush=True)
-    shared = build_data(size, work, Path(args.kb).resolve() if args.kb else None)
-    _write_json(work / "shared.json", shared)
+    kb = Path(args.kb).resolve() if args.kb else work / "kb.sqlite"
+    if not kb.exists():
+        from wenzhi.kg import TripleStore
+        from wenzhi.kg.datadir import data_path
+
+        TripleStore.import_files([data_path("kb/knowledge.txt")], kb)
+    plan = Plan(size, work, str(kb))
+    shared = build_data(plan)
     print(f"data: {shared['heldout_sentences']} held-out sentences; removed {shared['removed']}", flush=True)
-    me = [sys.executable, str(Path(__file__).resolve()), "--work", str(work), "--size", args.size]
-    prep_tasks = [(f"prepare {v}", work / "shards" / f"{v}.json", me + ["--worker", "prepare", "--variant", v])
+    plan_file = work / "plans" / f"{_key([asdict(size), str(kb)], work)}.json"
+    plan_file.parent.mkdir(exist_ok=True)
+    _write_json(plan_file, {"size": asdict(size), "kb": str(kb)})
+    me = [sys.executable, str(Path(__file__).resolve()), "--work", str(work), "--plan", str(plan_file)]
+    prep_tasks = [(f"prepare {v}", plan.shards(v).with_suffix(".json"), me + ["--worker", "prepare", "--variant", v])
                   for v in variants]
-    run_tasks_ = [(f"run {v} seed {s}", work / "runs" / v / f"seed-{s}" / "result.json",
+    run_tasks_ = [(f"run {v} seed {s}", plan.run_dir(v, s) / "result.json",
                    me + ["--worker", "run", "--variant", v, "--seed", str(s)]) for s in seeds for v in variants]
     usage: dict = {}
     if args.jobs > 0:
@@ -571,14 +509,12 @@ def main() -> int:
         usage.update(run_tasks(run_tasks_, args.jobs))
     else:  # in this process (quick mode): no interpreter start-up per task
         for name, out, argv in prep_tasks:
-            v = argv[argv.index("--variant") + 1]
             if not out.exists():
-                _write_json(out, prepare_variant(size, v, shared, work))
+                _write_json(out, prepare_variant(plan, argv[argv.index("--variant") + 1]))
         for name, out, argv in run_tasks_:
-            v, s = argv[argv.index("--variant") + 1], int(argv[argv.index("--seed") + 1])
             if not out.exists():
                 out.parent.mkdir(parents=True, exist_ok=True)
-                _write_json(out, run_one(size, v, s, shared, work))
+                _write_json(out, run_one(plan, argv[argv.index("--variant") + 1], int(argv[argv.index("--seed") + 1])))
             print(f"  {name}: done", flush=True)
     results = []
     for name, out, _ in run_tasks_:
@@ -588,17 +524,18 @@ def main() -> int:
         results.append(r)
     summary = aggregate(results, variants)
     for v in variants:
-        summary["variants"][v]["prepare"] = json.loads((work / "shards" / f"{v}.json").read_text())
+        summary["variants"][v]["prepare"] = json.loads(plan.shards(v).with_suffix(".json").read_text())
         if f"prepare {v}" in usage:
             summary["variants"][v]["prepare"]["cpu_seconds"] = usage[f"prepare {v}"]["cpu_seconds"]
     summary.update({"size": args.size, "seeds": seeds, "work": str(work), "data": shared,
+                    "runs": sorted({str(plan.run_dir(v, 0).parent.relative_to(work)) for v in variants}),
                     "machine": f"{platform.node()} {os.cpu_count()} cores",
                     "wall_seconds": round(time.perf_counter() - started, 1),
                     "cpu_seconds": round(time.process_time() - cpu0 + sum(u["cpu_seconds"] for u in usage.values()), 1)})
-    print_tables(summary)
+    print_tables(summary, {v: d for v, (d, _) in VARIANTS.items()})
     plot_path = Path(args.plot) if args.plot else (work / "knowledge_ablation.png" if args.size == "quick"
                                                    else ROOT / "bench" / f"knowledge_ablation_{args.size}.png")
-    plot(summary, results, plot_path)
+    plot(summary, results, plot_path, {v: d for v, (d, _) in VARIANTS.items()})
     summary["plot"] = str(plot_path)
     if args.json:
         _write_json(Path(args.json), summary)

@@ -48,9 +48,10 @@ def test_quick_ablation(tmp_path, kb_db, data_dir):
     tokens = [e["tokens"] for e in variants.values()]
     assert max(tokens) <= variants["A"]["token_slots"] and min(tokens) >= 0.8 * variants["A"]["token_slots"]
     # A, B and C are the same text, masked differently: the same documents once masks are undone
-    docs = {v: _documents(work / "shards" / v) for v in "ABC"}
+    shards = {v: next(p for p in (work / "shards").glob(f"{v}-*") if p.is_dir()) for v in "ABCDE"}
+    docs = {v: _documents(shards[v]) for v in "ABC"}
     assert docs["A"] == docs["B"] and sorted(docs["A"]) == sorted(docs["C"])
-    masked = {v: json.loads((work / "shards" / v / "meta.json").read_text()) for v in "ABCDE"}
+    masked = {v: json.loads((shards[v] / "meta.json").read_text()) for v in "ABCDE"}
     assert {v: sorted(m["curriculum"][0]["strategies"]) for v, m in masked.items()} == {
         "A": ["char"], "B": ["char", "word"], "C": ["char", "entity", "phrase", "word"],
         "D": ["char", "entity", "phrase", "uktp", "word"], "E": ["char", "entity", "phrase", "retrieval", "uktp", "word"]}
@@ -59,11 +60,12 @@ def test_quick_ablation(tmp_path, kb_db, data_dir):
     # every run trained with the same recipe: only the shards (and so the output folder) differ
     configs = {}
     for v in "ABCDE":
-        start = json.loads((work / "runs" / v / "seed-0" / "pretrain" / "train_log.jsonl").read_text().splitlines()[0])
+        log = next((work / "runs").glob(f"{v}-*/seed-0/pretrain/train_log.jsonl"))
+        start = json.loads(log.read_text().splitlines()[0])
         config = start["config"]
         for phase in config["phases"]:
-            assert Path(phase.pop("shards")).name == v
-        config.pop("output_dir")
+            assert Path(phase.pop("shards")) == shards[v]
+        assert Path(config.pop("output_dir")).parts[-3].startswith(f"{v}-")
         configs[v] = json.dumps(config, sort_keys=True)
     assert len(set(configs.values())) == 1
     # the probe's held-out facts were taken out of the text every variant trains on

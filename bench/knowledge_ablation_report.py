@@ -1,0 +1,104 @@
+"""The report of bench/knowledge_ablation.py: per-variant mean and standard deviation over seeds,
+differences with whether they exceed the seed spread, the markdown tables and the PNG."""
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+METRICS = ["probe_acc_at_1", "probe_mean_rank", "relation_selection_acc_at_1", "cluener_f1", "thucnews_acc",
+           "heldout_mlm_loss"]
+LOWER_IS_BETTER = {"probe_mean_rank", "heldout_mlm_loss"}
+
+
+def mean_std(values: list[float]) -> dict:
+    return {"mean": round(statistics.fmean(values), 4),
+            "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0}
+
+
+def aggregate(results: list[dict], variants: list[str]) -> dict:
+    table: dict = {}
+    for v in variants:
+        runs = [r for r in results if r["variant"] == v]
+        entry = {m: mean_std([r["metrics"][m] for r in runs]) for m in METRICS}
+        entry.update({
+            "tokens": round(statistics.fmean(r["compute"]["tokens"] for r in runs)),
+            "token_slots": runs[0]["compute"]["token_slots"], "steps": runs[0]["compute"]["steps"],
+            "flops": float(f"{statistics.fmean(r['compute']['flops'] for r in runs):.4g}"),
+            "tokens_per_kind": runs[0]["compute"]["tokens_per_kind"],
+            "seconds": round(statistics.fmean(r["seconds"]["pretrain"] for r in runs), 1),
+            "cpu_seconds": round(statistics.fmean(r["cpu_seconds"]["pretrain"] for r in runs), 1),
+            "run_cpu_seconds": round(statistics.fmean(r.get("run_cpu_seconds", sum(r["cpu_seconds"].values()))
+                                                      for r in runs), 1),
+            "seeds": [r["seed"] for r in runs]})
+        table[v] = entry
+    diffs: dict = {}
+    for i, v in enumerate(variants[1:], 1):
+        for ref in dict.fromkeys([variants[0], variants[i - 1]]):
+            for m in METRICS:
+                a, b = table[v][m], table[ref][m]
+                delta = a["mean"] - b["mean"]
+                better = delta < 0 if m in LOWER_IS_BETTER else delta > 0
+                diffs.setdefault(f"{v}-{ref}", {})[m] = {
+                    "delta": round(delta, 4), "exceeds_seed_spread": abs(delta) > a["std"] + b["std"],
+                    "better": better}
+    return {"variants": table, "differences": diffs}
+
+
+def print_tables(summary: dict, names: dict[str, str]) -> None:
+    table = summary["variants"]
+    print("\n| variant | " + " | ".join(METRICS) + " | tokens seen | FLOPs | pretrain CPU s |")
+    print("|---" * (len(METRICS) + 4) + "|")
+    for v, e in table.items():
+        cells = [f"{e[m]['mean']:.4f} ± {e[m]['std']:.4f}" for m in METRICS]
+        print(f"| {v} {names[v]} | " + " | ".join(cells) + f" | {e['tokens']:,} | {e['flops']:.3g} | {e['cpu_seconds']:.0f} |")
+    print("\n| difference | " + " | ".join(METRICS) + " |")
+    print("|---" * (len(METRICS) + 1) + "|")
+    for name, d in summary["differences"].items():
+        cells = [f"{d[m]['delta']:+.4f}{' *' if d[m]['exceeds_seed_spread'] else ''}" for m in METRICS]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    print("(* the difference exceeds the seed spread: |Δ| > std + std)")
+
+
+def plot(summary: dict, results: list[dict], path: Path, names: dict[str, str]) -> None:
+    """Held-out MLM loss against tokens seen (mean ± std over seeds), each metric per variant with
+    its seed spread as error bars, and the token mix the equal compute bought."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    variants = list(summary["variants"])
+    colors = dict(zip(variants, plt.cm.tab10.colors))
+    fig, axes = plt.subplots(2, 4, figsize=(19, 8.5))
+    ax = axes[0][0]
+    for v in variants:
+        curves = [r["curve"] for r in results if r["variant"] == v]
+        x = np.mean([[p["tokens"] for p in c] for c in curves], axis=0)
+        y = np.array([[p["loss"] for p in c] for c in curves])
+        ax.plot(x, y.mean(0), marker="o", ms=3, color=colors[v], label=f"{v} {names[v]}")
+        ax.fill_between(x, y.mean(0) - y.std(0), y.mean(0) + y.std(0), color=colors[v], alpha=0.2)
+    ax.set(xlabel="tokens seen", ylabel="held-out MLM loss (char masking)", title="held-out MLM loss")
+    ax.legend(fontsize=7)
+    for ax, m in zip(axes.flat[1:], METRICS):
+        means = [summary["variants"][v][m]["mean"] for v in variants]
+        stds = [summary["variants"][v][m]["std"] for v in variants]
+        ax.bar(variants, means, yerr=stds, capsize=4, color=[colors[v] for v in variants])
+        lo, hi = min(a - b for a, b in zip(means, stds)), max(a + b for a, b in zip(means, stds))
+        ax.set_ylim(lo - 0.15 * (hi - lo + 1e-9), hi + 0.15 * (hi - lo + 1e-9))
+        ax.set_title(m + (" (lower is better)" if m in LOWER_IS_BETTER else ""))
+    ax = axes.flat[len(METRICS) + 1]
+    bottom = np.zeros(len(variants))
+    for kind, name in enumerate(["text", "knowledge-masked", "UKTP", "retrieval-augmented"]):
+        counts = np.array([summary["variants"][v]["tokens_per_kind"].get(str(kind), 0) for v in variants], float)
+        ax.bar(variants, counts, bottom=bottom, label=name)
+        bottom += counts
+    ax.axhline(summary["variants"][variants[0]]["token_slots"], color="k", ls="--", lw=1, label="token slots (equal)")
+    ax.set_title("tokens seen per example kind")
+    ax.legend(fontsize=7, loc="lower right")
+    seeds = len(summary["variants"][variants[0]]["seeds"])
+    fig.suptitle(f"Knowledge masking ablation at equal compute ({seeds} seed(s); error bars ±1 std)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
