@@ -60,6 +60,7 @@ from knowledge_ablation_report import aggregate, plot, print_tables  # noqa: E40
 
 KNOWLEDGE = {"char": 1, "word": 2, "phrase": 1, "entity": 2}  # the project's weights (prepare_full.yaml)
 VARIANTS = {
+    "R": ("no pretraining (the same model, random init)", None),  # what fine-tuning alone reaches
     "A": ("characters only (BERT)", {"char": 1}),
     "B": ("+ whole words", {"char": 1, "word": 2}),
     "C": ("+ phrases and entities (ERNIE 1.0)", KNOWLEDGE),
@@ -183,7 +184,7 @@ class Plan:
     def run_dir(self, variant: str, seed: int) -> Path:
         """Keyed by the shards and every training and evaluation setting (not the corpus sizes)."""
         corpus = {"people_daily", "reviews", "agrikg_rows", "kdconv_dialogues", "prepare_overrides", "mask_ratio"}
-        record = {"shards": self.shards(variant).name, "heldout": self.heldout.name,
+        record = {"shards": self.shards(variant).name if VARIANTS[variant][1] else None, "heldout": self.heldout.name,
                   "size": {k: v for k, v in asdict(self.size).items() if k not in corpus}}
         return self.work / "runs" / f"{variant}-{_key(record, self.work)}" / f"seed-{seed}"
 
@@ -324,12 +325,31 @@ def probe_items(candidates: int, limit: int) -> list:
     return probe.select(items, "heldout", limit, seed=0)
 
 
+def random_model(plan: Plan, out: Path, seed: int) -> Path:
+    """The pretraining model as the trainer builds it before step 1 (same seed, same init), saved
+    with the vocabulary every variant's shards use."""
+    import shutil
+
+    from accelerate.utils import set_seed
+
+    from wenzhi.model.modeling import WenzhiConfig, WenzhiForPretraining
+    from wenzhi.model.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer()
+    set_seed(seed)
+    model = WenzhiForPretraining(WenzhiConfig(vocab_size=len(tokenizer), **plan.size.model))
+    model.save_pretrained(out)
+    shutil.copyfile(tokenizer.name_or_path, out / "vocab.txt")
+    return out
+
+
 def run_one(plan: Plan, variant: str, seed: int) -> dict:
     """Pretrain one variant with one seed, then every evaluation; CPU and wall seconds per stage."""
     import torch
 
     from wenzhi.kg.datadir import data_path
     from wenzhi.model import downstream, probe
+    from wenzhi.model.modeling import WenzhiForPretraining
     from wenzhi.model.tokenizer import load_tokenizer
     from wenzhi.model.trainer import TrainConfig, train
     from wenzhi.qa_service.evaluate import evaluate
@@ -351,14 +371,21 @@ def run_one(plan: Plan, variant: str, seed: int) -> dict:
         result["cpu_seconds"][name] = round(time.process_time() - cpu, 1)
         return value
 
-    result["compute"] = stage("accounting", lambda: consumed(plan, variant, seed))
-    cfg = TrainConfig.from_dict(plan.train_config(variant, seed), plan.work)
-    summary = stage("pretrain", lambda: train(cfg, resume=True, show_progress=False))
-    result["pretrain"] = {k: summary[k] for k in ("steps", "tokens_total", "first_loss_this_run", "last_loss")}
-    model_dir = Path(summary["model_dir"])
-    result["curve"] = stage("heldout_mlm", lambda: loss_curve(run_dir / "pretrain", plan.heldout,
-                                                              result["compute"]["tokens_after_step"]))
-    del result["compute"]["tokens_after_step"]
+    if VARIANTS[variant][1] is None:  # R: the model every run starts from (same seed, same init)
+        model_dir = stage("pretrain", lambda: random_model(plan, run_dir / "pretrain" / "model", seed))
+        result["compute"] = {"steps": 0, "token_slots": 0, "tokens": 0, "masked_tokens": 0, "flops": 0.0,
+                             "tokens_per_kind": {}}
+        result["curve"] = stage("heldout_mlm", lambda: [{"step": 0, "tokens": 0, "loss": heldout_mlm_loss(
+            WenzhiForPretraining.from_pretrained(model_dir), plan.heldout)}])
+    else:
+        result["compute"] = stage("accounting", lambda: consumed(plan, variant, seed))
+        cfg = TrainConfig.from_dict(plan.train_config(variant, seed), plan.work)
+        summary = stage("pretrain", lambda: train(cfg, resume=True, show_progress=False))
+        result["pretrain"] = {k: summary[k] for k in ("steps", "tokens_total", "first_loss_this_run", "last_loss")}
+        model_dir = Path(summary["model_dir"])
+        result["curve"] = stage("heldout_mlm", lambda: loss_curve(run_dir / "pretrain", plan.heldout,
+                                                                  result["compute"]["tokens_after_step"]))
+        del result["compute"]["tokens_after_step"]
 
     def run_probe():
         items = probe_items(size.probe_candidates, size.probe_items)
@@ -454,7 +481,7 @@ def main() -> int:
     parser.add_argument("--size", choices=sorted(SIZES), default="cpu")
     parser.add_argument("--quick", action="store_true", help="CI check: --size quick --seeds 1 --jobs 0")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--variants", default="ABCDE")
+    parser.add_argument("--variants", default="RABCDE", help="R is the no-pretraining reference")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (0: in this process, one by one)")
     parser.add_argument("--work", help="work folder (default runs/knowledge-ablation-SIZE); finished runs are kept")
     parser.add_argument("--kb", help="an existing TripleStore (default: import kb/knowledge.txt into --work)")
@@ -500,7 +527,7 @@ def main() -> int:
     _write_json(plan_file, {"size": asdict(size), "kb": str(kb)})
     me = [sys.executable, str(Path(__file__).resolve()), "--work", str(work), "--plan", str(plan_file)]
     prep_tasks = [(f"prepare {v}", plan.shards(v).with_suffix(".json"), me + ["--worker", "prepare", "--variant", v])
-                  for v in variants]
+                  for v in variants if VARIANTS[v][1]]
     run_tasks_ = [(f"run {v} seed {s}", plan.run_dir(v, s) / "result.json",
                    me + ["--worker", "run", "--variant", v, "--seed", str(s)]) for s in seeds for v in variants]
     usage: dict = {}
@@ -522,8 +549,10 @@ def main() -> int:
         if name in usage:
             r["run_cpu_seconds"] = usage[name]["cpu_seconds"]
         results.append(r)
-    summary = aggregate(results, variants)
-    for v in variants:
+    base = next((v for v in variants if VARIANTS[v][1]), variants[0])  # the plainest pretrained variant
+    pairs = list(zip(variants[1:], variants)) + [(v, base) for v in variants[variants.index(base) + 2:]]
+    summary = aggregate(results, variants, pairs)
+    for v in (v for v in variants if VARIANTS[v][1]):
         summary["variants"][v]["prepare"] = json.loads(plan.shards(v).with_suffix(".json").read_text())
         if f"prepare {v}" in usage:
             summary["variants"][v]["prepare"]["cpu_seconds"] = usage[f"prepare {v}"]["cpu_seconds"]

@@ -15,7 +15,9 @@ def mean_std(values: list[float]) -> dict:
             "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0}
 
 
-def aggregate(results: list[dict], variants: list[str]) -> dict:
+def aggregate(results: list[dict], variants: list[str], pairs: list[tuple[str, str]]) -> dict:
+    """Mean ± std of every metric per variant, compute per variant, and each (variant, reference)
+    difference in `pairs` with whether it exceeds the seed spread (|Δ| > std + std)."""
     table: dict = {}
     for v in variants:
         runs = [r for r in results if r["variant"] == v]
@@ -32,15 +34,13 @@ def aggregate(results: list[dict], variants: list[str]) -> dict:
             "seeds": [r["seed"] for r in runs]})
         table[v] = entry
     diffs: dict = {}
-    for i, v in enumerate(variants[1:], 1):
-        for ref in dict.fromkeys([variants[0], variants[i - 1]]):
-            for m in METRICS:
-                a, b = table[v][m], table[ref][m]
-                delta = a["mean"] - b["mean"]
-                better = delta < 0 if m in LOWER_IS_BETTER else delta > 0
-                diffs.setdefault(f"{v}-{ref}", {})[m] = {
-                    "delta": round(delta, 4), "exceeds_seed_spread": abs(delta) > a["std"] + b["std"],
-                    "better": better}
+    for v, ref in pairs:
+        for m in METRICS:
+            a, b = table[v][m], table[ref][m]
+            delta = a["mean"] - b["mean"]
+            diffs.setdefault(f"{v}-{ref}", {})[m] = {
+                "delta": round(delta, 4), "exceeds_seed_spread": abs(delta) > a["std"] + b["std"],
+                "better": delta < 0 if m in LOWER_IS_BETTER else delta > 0}
     return {"variants": table, "differences": diffs}
 
 
@@ -50,7 +50,8 @@ def print_tables(summary: dict, names: dict[str, str]) -> None:
     print("|---" * (len(METRICS) + 4) + "|")
     for v, e in table.items():
         cells = [f"{e[m]['mean']:.4f} ± {e[m]['std']:.4f}" for m in METRICS]
-        print(f"| {v} {names[v]} | " + " | ".join(cells) + f" | {e['tokens']:,} | {e['flops']:.3g} | {e['cpu_seconds']:.0f} |")
+        compute = f" | {e['tokens']:,} | {e['flops']:.3g} | {e['cpu_seconds']:.0f} |" if e["steps"] else " | 0 | 0 | 0 |"
+        print(f"| {v} {names[v]} | " + " | ".join(cells) + compute)
     print("\n| difference | " + " | ".join(METRICS) + " |")
     print("|---" * (len(METRICS) + 1) + "|")
     for name, d in summary["differences"].items():
@@ -93,7 +94,8 @@ def plot(summary: dict, results: list[dict], path: Path, names: dict[str, str]) 
         counts = np.array([summary["variants"][v]["tokens_per_kind"].get(str(kind), 0) for v in variants], float)
         ax.bar(variants, counts, bottom=bottom, label=name)
         bottom += counts
-    ax.axhline(summary["variants"][variants[0]]["token_slots"], color="k", ls="--", lw=1, label="token slots (equal)")
+    ax.axhline(max(e["token_slots"] for e in summary["variants"].values()), color="k", ls="--", lw=1,
+               label="token slots (equal)")
     ax.set_title("tokens seen per example kind")
     ax.legend(fontsize=7, loc="lower right")
     seeds = len(summary["variants"][variants[0]]["seeds"])

@@ -311,6 +311,8 @@ def _report(cfg, model, tokenizer, fit: dict, n_train: int, n_eval: int, scores:
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        if not (tmp / "vocab.txt").exists():  # load_tokenizer reads vocab.txt, which a fast tokenizer may not write
+            shutil.copyfile(tokenizer.name_or_path, tmp / "vocab.txt")
         (tmp / "downstream.json").write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)

@@ -38,11 +38,14 @@ def test_quick_ablation(tmp_path, kb_db, data_dir):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     variants = summary["variants"]
-    assert list(variants) == list("ABCDE")
+    assert list(variants) == list("RABCDE")  # R: the same model without pretraining, evaluated alike
     for entry in variants.values():
         for m in METRICS:
             assert set(entry[m]) == {"mean", "std"} and all(isinstance(x, float) for x in entry[m].values())
-        assert entry["tokens"] > 0 and entry["seconds"] >= 0
+        assert entry["seconds"] >= 0
+    assert variants["R"]["tokens"] == variants["R"]["steps"] == 0
+    variants = {v: e for v, e in variants.items() if v != "R"}
+    assert all(e["tokens"] > 0 for e in variants.values())
     # equal compute: the same steps and token slots; real tokens differ only by packing
     assert len({(e["steps"], e["token_slots"]) for e in variants.values()}) == 1
     tokens = [e["tokens"] for e in variants.values()]
@@ -68,6 +71,7 @@ def test_quick_ablation(tmp_path, kb_db, data_dir):
         assert Path(config.pop("output_dir")).parts[-3].startswith(f"{v}-")
         configs[v] = json.dumps(config, sort_keys=True)
     assert len(set(configs.values())) == 1
+    assert {"A-R", "B-A", "E-D", "E-A"} <= set(summary["differences"])
     # the probe's held-out facts were taken out of the text every variant trains on
     assert summary["data"]["removed"]["agrikg_rows"] > 0
     assert Path(summary["plot"]).stat().st_size > 10_000
