@@ -87,6 +87,12 @@ class Size:
         num_nlg_layers=1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
     mask_ratio: float = 0.15
     prepare_overrides: dict = field(default_factory=dict)  # e.g. {"curriculum": "default"} for an attempt
+    # Fine-tuning, the same for every task: the whole model trained (BERT's and ERNIE 1.0's protocol;
+    # with the universal module frozen, as the service does, every metric sat at chance at this
+    # scale: bench/RESULTS.md), at a learning rate that suits the tiny encoder
+    finetune_lr: float = 2e-3
+    freeze_universal: bool = False
+    sim_interaction: str = "full"  # the head that learns within a few hundred steps (Makefile demo)
     sim_steps: int = 600  # about one epoch of KgCLUE train at batch 32
     sim_questions: int | None = None
     qa_ner_steps: int = 60  # the pipeline needs a mention head; it does not enter relation selection
@@ -118,6 +124,7 @@ SIZES = {
                            num_nlu_layers=2, num_nlg_layers=1), threads=4),
 }
 PREPARE_SEED, HELDOUT_SEED, HELDOUT_FRACTION = 13, 7, 0.1
+TRAIN_FIELDS = ("seq_len", "batch_size", "steps", "curve_points", "learning_rate", "model", "threads")
 
 
 def _key(value, work: Path) -> str:
@@ -174,18 +181,25 @@ class Plan:
     def train_config(self, variant: str, seed: int) -> dict:
         s = self.size
         order = "sequential" if s.prepare_overrides.get("curriculum") else "shuffle"
-        return {"output_dir": str(self.run_dir(variant, seed) / "pretrain"), "phases": [
+        return {"output_dir": str(self.pretrain_dir(variant, seed)), "phases": [
                     {"shards": str(self.shards(variant)), "steps": s.steps, "batch_size": s.batch_size, "order": order}],
                 "model": dict(s.model), "optimizer": "adamw", "learning_rate": s.learning_rate, "warmup_ratio": 0.06,
                 "lr_scheduler": "linear", "lm_weight": 0.0, "seed": seed,
                 "checkpoint_every": max(1, s.steps // s.curve_points), "keep_checkpoints": s.curve_points + 1,
                 "log_every": max(1, s.steps // 20), "num_threads": s.threads, "report_to": "none"}
 
+    def pretrain_dir(self, variant: str, seed: int) -> Path:
+        """Keyed by the shards and the training settings, so evaluations can change without retraining."""
+        train = {k: getattr(self.size, k) for k in TRAIN_FIELDS}
+        record = {"shards": self.shards(variant).name if VARIANTS[variant][1] else None, "train": train}
+        return self.work / "pretrain" / f"{variant}-{_key(record, self.work)}" / f"seed-{seed}"
+
     def run_dir(self, variant: str, seed: int) -> Path:
-        """Keyed by the shards and every training and evaluation setting (not the corpus sizes)."""
+        """The evaluations of one pretrained model: keyed by it and every evaluation setting."""
         corpus = {"people_daily", "reviews", "agrikg_rows", "kdconv_dialogues", "prepare_overrides", "mask_ratio"}
-        record = {"shards": self.shards(variant).name if VARIANTS[variant][1] else None, "heldout": self.heldout.name,
-                  "size": {k: v for k, v in asdict(self.size).items() if k not in corpus}}
+        evaluation = {k: v for k, v in asdict(self.size).items() if k not in corpus | set(TRAIN_FIELDS)}
+        record = {"pretrain": self.pretrain_dir(variant, seed).parent.name, "heldout": self.heldout.name,
+                  "eval": evaluation}
         return self.work / "runs" / f"{variant}-{_key(record, self.work)}" / f"seed-{seed}"
 
 
@@ -325,6 +339,18 @@ def probe_items(candidates: int, limit: int) -> list:
     return probe.select(items, "heldout", limit, seed=0)
 
 
+def pretrain(cfg) -> dict:
+    """Train, or take the finished model of an earlier command (its train_log's summary)."""
+    from wenzhi.model.trainer import train
+
+    log = Path(cfg.output_dir) / "train_log.jsonl"
+    if (Path(cfg.output_dir) / "model" / "config.json").exists() and log.exists():
+        done = json.loads(log.read_text(encoding="utf-8").splitlines()[-1])
+        if done.get("event") == "done" and done.get("steps") == cfg.total_steps:
+            return done
+    return train(cfg, resume=True, show_progress=False)
+
+
 def random_model(plan: Plan, out: Path, seed: int) -> Path:
     """The pretraining model as the trainer builds it before step 1 (same seed, same init), saved
     with the vocabulary every variant's shards use."""
@@ -351,7 +377,7 @@ def run_one(plan: Plan, variant: str, seed: int) -> dict:
     from wenzhi.model import downstream, probe
     from wenzhi.model.modeling import WenzhiForPretraining
     from wenzhi.model.tokenizer import load_tokenizer
-    from wenzhi.model.trainer import TrainConfig, train
+    from wenzhi.model.trainer import TrainConfig
     from wenzhi.qa_service.evaluate import evaluate
     from wenzhi.qa_service.finetune import FinetuneConfig, finetune
 
@@ -372,7 +398,7 @@ def run_one(plan: Plan, variant: str, seed: int) -> dict:
         return value
 
     if VARIANTS[variant][1] is None:  # R: the model every run starts from (same seed, same init)
-        model_dir = stage("pretrain", lambda: random_model(plan, run_dir / "pretrain" / "model", seed))
+        model_dir = stage("pretrain", lambda: random_model(plan, plan.pretrain_dir(variant, seed) / "model", seed))
         result["compute"] = {"steps": 0, "token_slots": 0, "tokens": 0, "masked_tokens": 0, "flops": 0.0,
                              "tokens_per_kind": {}}
         result["curve"] = stage("heldout_mlm", lambda: [{"step": 0, "tokens": 0, "loss": heldout_mlm_loss(
@@ -380,10 +406,10 @@ def run_one(plan: Plan, variant: str, seed: int) -> dict:
     else:
         result["compute"] = stage("accounting", lambda: consumed(plan, variant, seed))
         cfg = TrainConfig.from_dict(plan.train_config(variant, seed), plan.work)
-        summary = stage("pretrain", lambda: train(cfg, resume=True, show_progress=False))
+        summary = stage("pretrain", lambda: pretrain(cfg))
         result["pretrain"] = {k: summary[k] for k in ("steps", "tokens_total", "first_loss_this_run", "last_loss")}
-        model_dir = Path(summary["model_dir"])
-        result["curve"] = stage("heldout_mlm", lambda: loss_curve(run_dir / "pretrain", plan.heldout,
+        model_dir = Path(cfg.output_dir) / "model"  # (a reused run's log may name the folder it was moved from)
+        result["curve"] = stage("heldout_mlm", lambda: loss_curve(Path(cfg.output_dir), plan.heldout,
                                                                   result["compute"]["tokens_after_step"]))
         del result["compute"]["tokens_after_step"]
 
@@ -398,8 +424,9 @@ def run_one(plan: Plan, variant: str, seed: int) -> dict:
 
     def relation_selection():
         finetune(FinetuneConfig(task="sim", out=qa, kb=kb, questions=[kgclue], init=model_dir, max_steps=size.sim_steps,
-                                limit=size.sim_questions, seed=seed, threads=size.threads))
-        finetune(FinetuneConfig(task="ner", out=qa, kb=kb, questions=[kgclue], init=qa / "sim",
+                                limit=size.sim_questions, seed=seed, threads=size.threads, lr=size.finetune_lr,
+                                freeze_universal=size.freeze_universal, interaction=size.sim_interaction))
+        finetune(FinetuneConfig(task="ner", out=qa, kb=kb, questions=[kgclue], init=qa / "sim", lr=size.finetune_lr,
                                 max_steps=size.qa_ner_steps, limit=size.sim_questions, seed=seed, threads=size.threads))
         scores = evaluate(data_path("kgclue/dev.json"), kb, qa, limit=size.relation_questions, use_gen=False,
                           threads=size.threads, progress=False)
@@ -408,6 +435,7 @@ def run_one(plan: Plan, variant: str, seed: int) -> dict:
     result["relation_selection"] = stage("sim", relation_selection)
     for task in downstream.TASKS:
         dcfg = downstream.DownstreamConfig(task=task, init=str(model_dir), max_steps=size.downstream_steps, seed=seed,
+                                           learning_rate=size.finetune_lr, freeze_universal=size.freeze_universal,
                                            train_limit=size.downstream_train, eval_limit=size.downstream_eval,
                                            threads=size.threads)
         report = stage(task, lambda: downstream.run(dcfg))

@@ -63,12 +63,12 @@ def test_quick_ablation(tmp_path, kb_db, data_dir):
     # every run trained with the same recipe: only the shards (and so the output folder) differ
     configs = {}
     for v in "ABCDE":
-        log = next((work / "runs").glob(f"{v}-*/seed-0/pretrain/train_log.jsonl"))
+        log = next((work / "pretrain").glob(f"{v}-*/seed-0/train_log.jsonl"))
         start = json.loads(log.read_text().splitlines()[0])
         config = start["config"]
         for phase in config["phases"]:
             assert Path(phase.pop("shards")) == shards[v]
-        assert Path(config.pop("output_dir")).parts[-3].startswith(f"{v}-")
+        assert Path(config.pop("output_dir")).parts[-2].startswith(f"{v}-")
         configs[v] = json.dumps(config, sort_keys=True)
     assert len(set(configs.values())) == 1
     assert {"A-R", "B-A", "E-D", "E-A"} <= set(summary["differences"])
