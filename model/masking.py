@@ -12,7 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
-IGNORE_INDEX = -100
+from wenzhi.model.conventions import IGNORE_INDEX
 MASK_RATIO = 0.15
 
 

@@ -42,8 +42,10 @@ from pathlib import Path
 
 import numpy as np
 
+from wenzhi.model.conventions import IGNORE_INDEX, ExampleKind
+
 TEXT_STRATEGIES = ("char", "word", "phrase", "entity", "retrieval", "uktp")
-KIND_PLAIN, KIND_KNOWLEDGE, KIND_UKTP, KIND_RETRIEVAL = 0, 1, 2, 3
+KIND_PLAIN, KIND_KNOWLEDGE, KIND_UKTP, KIND_RETRIEVAL = ExampleKind
 _SENTENCE_END = set("。！？!?；;\n")
 
 
@@ -232,7 +234,7 @@ class Preparer:
 
         ids = np.asarray(ids, np.int32)
         labels = np.asarray(labels, np.int32)
-        masked = int((labels != -100).sum())
+        masked = int((labels != IGNORE_INDEX).sum())
         s = self.stats
         s["examples"] += 1
         s["tokens"] += len(ids)
@@ -244,7 +246,7 @@ class Preparer:
         s["examples_per_stage"][str(stage)] += 1
         for span in spans:
             # count only positions actually labelled (apply_masks skips specials)
-            s["masked_tokens_per_unit"][getattr(span, "kind", "token")] += int((labels[span[0]:span[1]] != -100).sum())
+            s["masked_tokens_per_unit"][getattr(span, "kind", "token")] += int((labels[span[0]:span[1]] != IGNORE_INDEX).sum())
         out.append(PackedExample(ids, labels, np.asarray(types, np.int8), kind))
 
     def _chunks(self, text: str, max_tokens: int):

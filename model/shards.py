@@ -9,20 +9,21 @@ Rows only mix documents of the same kind, so the per-row `kind` is exact. Packin
 window of open rows (deterministic for a given input order): padding stays a few percent, where
 padding each document to the longest in its batch wastes a third or more of the compute.
 
-The writer builds everything in `DIR.partial/` and renames it to `DIR` on close, so an interrupted
-prepare never leaves a directory that looks complete.
+The writer builds everything in a temporary directory beside `DIR` and swaps it in on close
+(retrieval/atomic.py), so an interrupted prepare never leaves a directory that looks complete.
 """
 from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-IGNORE_INDEX = -100
+from wenzhi.model.conventions import IGNORE_INDEX
+from wenzhi.retrieval.atomic import AtomicDirectory
+
 ARRAYS = {"input_ids": np.int32, "labels": np.int32, "token_type_ids": np.int8, "document_ids": np.int32}
 
 
@@ -69,10 +70,8 @@ class ShardWriter:
         self.out_dir = Path(out_dir)
         if self.out_dir.exists() and not overwrite:
             raise FileExistsError(f"{self.out_dir} exists; pass overwrite=True to replace it")
-        self.partial = self.out_dir.with_name(self.out_dir.name + ".partial")
-        if self.partial.exists():
-            shutil.rmtree(self.partial)
-        self.partial.mkdir(parents=True)
+        self._staging = AtomicDirectory(self.out_dir)
+        self.partial = self._staging.path
         self.seq_len, self.vocab_size, self.tokenizer = seq_len, vocab_size, tokenizer
         self.rows_per_shard, self.max_open, self.pad_id, self.overflow = rows_per_shard, open_rows, pad_id, overflow
         self.overwrite = overwrite
@@ -195,20 +194,12 @@ class ShardWriter:
         tmp = self.partial / "meta.json.tmp"
         tmp.write_text(json.dumps(meta, ensure_ascii=False, indent=2))
         os.replace(tmp, self.partial / "meta.json")
-        if self.out_dir.exists():  # overwrite=True: swap, then drop the old one
-            old = self.out_dir.with_name(self.out_dir.name + ".old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(self.out_dir, old)
-            os.replace(self.partial, self.out_dir)
-            shutil.rmtree(old)
-        else:
-            os.replace(self.partial, self.out_dir)
+        self._staging.commit()  # overwrite=True: the old directory goes once the new one is in place
         self._closed = True
         return meta
 
     def abort(self) -> None:
-        shutil.rmtree(self.partial, ignore_errors=True)
+        self._staging.abort()
         self._closed = True
 
     def __enter__(self):

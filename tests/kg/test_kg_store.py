@@ -111,7 +111,7 @@ def test_nlpcc_and_csv_formats_agree_with_tsv(tmp_path, kb_slice_path):
 def test_homonyms_and_lookups(kb_store, kgclue_dev):
     # a gold head with a disambiguation whose base name is shared by other entities
     for q in kgclue_dev[:300]:
-        head, relation, tail = [p.strip() for p in q["answer"].split("|||")]
+        head, relation, tail = q.triple
         base, dis = parse_name(head)
         homonyms = kb_store.entities_by_base(base)
         if dis and len(homonyms) >= 2:

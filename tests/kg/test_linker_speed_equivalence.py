@@ -20,7 +20,7 @@ N_QUESTIONS = 200
 
 @pytest.fixture(scope="module")
 def questions(kgclue_dev, kb_store) -> list[str]:
-    qs = [q["question"] for q in kgclue_dev[:N_QUESTIONS]]
+    qs = [q.question for q in kgclue_dev[:N_QUESTIONS]]
     # traditional script and spaced variants: offsets must map back through the dropped spaces
     s2t = opencc.OpenCC("s2t")
     spaced = [" ".join(q[i : i + 3] for i in range(0, len(q), 3)) for q in qs[:20]]

@@ -10,7 +10,7 @@ def test_entity_spans_masked_whole_and_aligned(tokenizer, linker, kgclue_dev):
     masker = EntityMasker(linker)
     masked_entities = latin = 0
     for seed, q in enumerate(kgclue_dev[:200]):
-        ex = encode_example(tokenizer, q["question"])
+        ex = encode_example(tokenizer, q.question)
         rng = np.random.default_rng(seed)
         spans = masker.select_spans(ex, rng, mask_budget(ex.num_maskable, 0.3))
         ids, labels = apply_masks(ex.input_ids, spans, rng, tokenizer, ex.special_mask)
