@@ -167,6 +167,7 @@ def wenzhi_state_from_hf(state: dict, config: WenzhiConfig, prefix: str = "wenzh
         layer(f"{prefix}nlu_layers.{j}.", U + j)
     for j in range(config.num_nlg_layers):
         layer(f"{prefix}nlg_layers.{j}.", U + j)
+    missing = sorted(set(missing))  # NLG layers copy NLU ones: a gap shows twice
     if missing:
         raise ConversionError(f"the checkpoint lacks {len(missing)} encoder weights, e.g. {missing[:4]} "
                               f"(it has {len(src)} tensors: is it a BERT/ERNIE encoder?)")

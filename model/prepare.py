@@ -123,7 +123,10 @@ class PrepareConfig:
 
 
 def load_config(path: str | Path) -> PrepareConfig:
-    path = Path(path)
+    """A config file, or a shipped one by name (`prepare_tiny`: model/config_files.py)."""
+    from wenzhi.model.config_files import find_config
+
+    path, base_dir = find_config(path)
     text = path.read_text(encoding="utf-8")
     if path.suffix in (".yaml", ".yml"):
         import yaml
@@ -131,7 +134,7 @@ def load_config(path: str | Path) -> PrepareConfig:
         raw = yaml.safe_load(text)
     else:
         raw = json.loads(text)
-    return PrepareConfig.from_dict(raw, base_dir=path.parent)
+    return PrepareConfig.from_dict(raw, base_dir=base_dir)
 
 
 # -- items: a stream per corpus, interleaved ------------------------------------------------------
@@ -459,7 +462,7 @@ def _item_chars(tag, item) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="YAML or JSON prepare config (see model/configs/prepare_tiny.yaml)")
+    parser.add_argument("--config", required=True, help="YAML or JSON prepare config, or a shipped one by name (prepare_tiny, prepare_full)")
     parser.add_argument("--output", help="override the config's output directory")
     parser.add_argument("--seed", type=int, help="override the config's seed")
     parser.add_argument("--kb", help="override the config's KB store")

@@ -143,9 +143,10 @@ def _resolve(path: str, base_dir: Path, must_exist: bool = True) -> Path:
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"config {path} not found")
+    """A config file, or a shipped one by name (`tiny`: model/config_files.py)."""
+    from wenzhi.model.config_files import find_config
+
+    path, base_dir = find_config(path)
     text = path.read_text(encoding="utf-8")
     if path.suffix in (".yaml", ".yml"):
         import yaml
@@ -162,7 +163,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
         if not _:
             raise ValueError(f"--set expects key=value, got {item!r}")
         raw[key.strip()] = yaml.safe_load(value)
-    return TrainConfig.from_dict(raw, path.parent)
+    return TrainConfig.from_dict(raw, base_dir)
 
 
 # ----------------------------------------------------------------------------- data position
@@ -549,7 +550,7 @@ def save_final(model, target: Path, tokenizer, state_dict: dict | None = None) -
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="training config, JSON or YAML (see model/configs/)")
+    parser.add_argument("--config", required=True, help="training config, JSON or YAML, or a shipped one by name (tiny, small, base)")
     parser.add_argument("--output-dir", help="override the config's output_dir")
     parser.add_argument("--init", metavar="CHECKPOINT",
                         help="start from a wenzhi checkpoint or a Hugging Face BERT/ERNIE folder (sets init_from)")
