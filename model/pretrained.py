@@ -114,9 +114,18 @@ def load_for_init(cls, path: str | Path, vocabulary: list[str] | None = None, vo
     return model, report
 
 
+def _added_layer(key: str, saved) -> bool:
+    """A layer beyond the checkpoint's own count (an override asked for more): it starts fresh."""
+    module, _, rest = key.partition(".")
+    counts = {"universal_layers": saved.num_universal_layers, "nlu_layers": saved.num_nlu_layers,
+              "nlg_layers": saved.num_nlg_layers}
+    return module in counts and rest.split(".")[0].isdigit() and int(rest.split(".")[0]) >= counts[module]
+
+
 def _load_wenzhi(cls, folder: Path, **config_overrides):
     from wenzhi.model.modeling import WenzhiConfig
 
+    saved = WenzhiConfig.from_pretrained(folder)
     config = WenzhiConfig.from_pretrained(folder, **config_overrides)
     try:
         model, info = cls.from_pretrained(folder, config=config, output_loading_info=True,
@@ -126,7 +135,8 @@ def _load_wenzhi(cls, folder: Path, **config_overrides):
     prefix = "wenzhi." if hasattr(model, "wenzhi") else ""
     mismatched = [k for k, *_ in info.get("mismatched_keys", [])]
     fresh = sorted(set(info.get("missing_keys", [])) | set(mismatched))
-    backbone = [k for k in fresh if k.startswith(prefix) and k[len(prefix):].split(".")[0] in _BACKBONE]
+    backbone = [k for k in fresh if k.startswith(prefix) and k[len(prefix):].split(".")[0] in _BACKBONE
+                and not _added_layer(k[len(prefix):], saved)]
     if backbone:
         raise InitError(f"{folder}: encoder weights missing or of another shape: {backbone[:4]}"
                         f"{f' and {len(backbone) - 4} more' if len(backbone) > 4 else ''}")
