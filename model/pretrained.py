@@ -51,11 +51,13 @@ def checkpoint_type(folder: Path) -> str:
 def checkpoint_tokenizer(path: str | Path):
     """The tokenizer of a checkpoint: a wenzhi folder's saved tokenizer (tokenizer.json, exactly as
     it was trained with); for a BERT/ERNIE folder, its vocab.txt through wenzhi's normaliser
-    (model/tokenizer.py: same ids, full-width forms no longer [UNK])."""
+    (model/tokenizer.py: same ids, full-width forms no longer [UNK]), or its tokenizer.json
+    when it has no vocab.txt."""
     from wenzhi.model.tokenizer import load_tokenizer
 
     folder = resolve_model_dir(path)
-    if checkpoint_type(folder) == "wenzhi" and (folder / "tokenizer.json").exists():
+    saved = (folder / "tokenizer.json").exists()
+    if saved and (checkpoint_type(folder) == "wenzhi" or not (folder / "vocab.txt").exists()):
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(folder)
