@@ -15,6 +15,7 @@ import torch
 
 from wenzhi.model.modeling import WenzhiConfig, WenzhiForMaskedLM, WenzhiForPretraining
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/model/conftest.py
 SMALL = dict(hidden_size=32, num_attention_heads=4, intermediate_size=64, num_universal_layers=2, num_nlu_layers=1,
              num_nlg_layers=1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 FAMILIES = {"scratch": {}, "bert-style": {"norm_placement": "post", "position_embedding_type": "absolute", "use_task_id": True}}
@@ -46,14 +47,6 @@ REMOTE = textwrap.dedent('''
                        "wenzhi_modules": [m for m in sys.modules if m.split(".")[0] == "wenzhi"]}
     print(json.dumps(out))
 ''')
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
