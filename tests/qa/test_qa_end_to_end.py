@@ -14,7 +14,8 @@ from wenzhi.qa_service.metric import kgclue_scores
 @pytest.fixture(scope="module")
 def dev_file(kgclue_dev, tmp_path_factory):
     path = tmp_path_factory.mktemp("dev") / "dev.json"
-    path.write_text("".join(json.dumps(q, ensure_ascii=False) + "\n" for q in kgclue_dev[:60]), encoding="utf-8")
+    path.write_text("".join(json.dumps({"id": q.id, "question": q.question, "answer": q.answer}, ensure_ascii=False)
+                            + "\n" for q in kgclue_dev[:60]), encoding="utf-8")
     return path
 
 
