@@ -1,4 +1,5 @@
-"""Training checkpoints that are atomic, verified before use, and never run code when loaded.
+"""Training checkpoints that are atomic, verified before use, and never run code when loaded; and
+the model folders handed to users (`save_model_folder`: weights, modeling code, tokenizer).
 
 A checkpoint is a folder `step-NNNNNNNN/` under `<output_dir>/checkpoints/`, written as
 `.tmp-step-NNNNNNNN/` and renamed once complete, so a kill at any moment leaves the previous one
