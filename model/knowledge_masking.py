@@ -155,7 +155,8 @@ class Curriculum:
         return self.stages[min(bisect.bisect_left(self._ends, progress), len(self.stages) - 1)]
 
     def index_at(self, progress: float) -> int:
-        return self.stages.index(self.stage_at(progress))
+        progress = min(max(progress, 0.0), 1.0)
+        return min(bisect.bisect_left(self._ends, progress), len(self.stages) - 1)
 
     @classmethod
     def from_config(cls, items: list[dict], default_len: int) -> "Curriculum":

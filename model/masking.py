@@ -10,6 +10,7 @@ of every document onto tokens, and per-unit objects were a tenth of its time (be
 """
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
@@ -77,23 +78,24 @@ class MaskingExample:
 
 @dataclass
 class Units:
-    """Candidate units to mask whole: token spans [starts[i], ends[i]), sorted, not overlapping."""
+    """Candidate units to mask whole: token spans [starts[i], ends[i]), sorted, not overlapping.
+    Plain lists: a chunk has a few dozen units, and picking among them one by one in Python costs
+    less than the dozen numpy calls a vectorised pick needs on arrays that small."""
 
-    starts: np.ndarray
-    ends: np.ndarray
+    starts: list[int]
+    ends: list[int]
     kind: str
 
     def __len__(self) -> int:
         return len(self.starts)
 
     def spans(self) -> list[MaskSpan]:
-        return [MaskSpan(s, e, self.kind) for s, e in zip(self.starts.tolist(), self.ends.tolist())]
+        return [MaskSpan(s, e, self.kind) for s, e in zip(self.starts, self.ends)]
 
     def within(self, first: int, stop: int, shift: int = 0) -> "Units":
         """The units wholly inside tokens [first, stop), moved by `shift` positions."""
-        a = int(np.searchsorted(self.starts, first, side="left"))
-        b = int(np.searchsorted(self.ends, stop, side="right"))
-        return Units(self.starts[a:b] + shift, self.ends[a:b] + shift, self.kind)
+        a, b = bisect.bisect_left(self.starts, first), bisect.bisect_right(self.ends, stop)
+        return Units([x + shift for x in self.starts[a:b]], [x + shift for x in self.ends[a:b]], self.kind)
 
 
 class Masker(Protocol):
@@ -126,14 +128,14 @@ def units_of_spans(starts: np.ndarray, ends: np.ndarray, positions: np.ndarray, 
     the positions the tokens sit at."""
     spans = _as_spans(char_spans)
     if not len(spans) or not len(positions):
-        return Units(np.empty(0, np.int64), np.empty(0, np.int64), kind)
+        return Units([], [], kind)
     # first token ending after the span starts, last token starting before it ends
     first = np.searchsorted(ends, spans[:, 0], side="right")
     last = np.searchsorted(starts, spans[:, 1], side="left") - 1
     hit = (first <= last) & (positions[np.minimum(last, len(positions) - 1)] - positions[np.minimum(first, len(positions) - 1)] == last - first)
     s, e = positions[first[hit]], positions[last[hit]] + 1
     if len(s) < 2:
-        return Units(s, e, kind)
+        return Units(s.tolist(), e.tolist(), kind)
     if (s[1:] < s[:-1]).any():
         order = np.lexsort((e, s))
         s, e = s[order], e[order]
@@ -143,7 +145,7 @@ def units_of_spans(starts: np.ndarray, ends: np.ndarray, positions: np.ndarray, 
         new[1:] = s[1:] >= reach[:-1]
         heads = np.flatnonzero(new)
         s, e = s[heads], np.maximum.reduceat(e, heads)
-    return Units(s, e, kind)
+    return Units(s.tolist(), e.tolist(), kind)
 
 
 def cached_units(example: MaskingExample, kind: str, char_spans) -> Units:
@@ -155,25 +157,23 @@ def cached_units(example: MaskingExample, kind: str, char_spans) -> Units:
 
 
 def select_units(units: Units, budget: int, rng: np.random.Generator,
-                 taken: np.ndarray | None = None) -> list[MaskSpan]:
-    """Units in random order, each kept if it fits the remaining budget and overlaps nothing taken."""
+                 taken: bytearray | None = None) -> list[MaskSpan]:
+    """Units in random order, each kept if it fits the remaining budget and overlaps nothing
+    `taken` (a flag per token position)."""
     if budget <= 0 or not len(units):
         return []
-    lengths = units.ends - units.starts
-    usable = lengths <= budget
-    if taken is not None:
-        before = np.concatenate(([0], np.cumsum(taken, dtype=np.int64)))
-        usable &= before[units.ends] == before[units.starts]
-    order = rng.permutation(len(units))
+    starts, ends = units.starts, units.ends
     chosen: list[int] = []
-    for i, ok, n in zip(order.tolist(), usable[order].tolist(), lengths[order].tolist()):
-        if ok and n <= budget:
-            chosen.append(i)
-            budget -= n
-            if budget == 0:
-                break
+    for i in rng.permutation(len(starts)).tolist():
+        s, e = starts[i], ends[i]
+        if e - s > budget or (taken is not None and any(taken[s:e])):
+            continue
+        chosen.append(i)
+        budget -= e - s
+        if budget == 0:
+            break
     chosen.sort()
-    return [MaskSpan(units.starts[i], units.ends[i], units.kind) for i in chosen]
+    return [MaskSpan(starts[i], ends[i], units.kind) for i in chosen]
 
 
 class CharMasker:
@@ -182,8 +182,8 @@ class CharMasker:
     name = "char"
 
     def select_spans(self, example, rng, budget):
-        _, _, positions = example.token_bounds()
-        return select_units(Units(positions, positions + 1, "char"), budget, rng)
+        positions = example.token_bounds()[2].tolist()
+        return select_units(Units(positions, [p + 1 for p in positions], "char"), budget, rng)
 
 
 def segment_words(text: str, segmenter: str = "rjieba") -> list[tuple[int, int]]:
@@ -220,14 +220,10 @@ def fill_with_words(example: MaskingExample, chosen: list[MaskSpan], budget: int
     used = sum(e - s for s, e in chosen)
     if used >= budget:
         return sorted(chosen)
-    taken = np.zeros(len(example.input_ids), dtype=bool)
-    for s, e in chosen:
-        taken[s:e] = True
-    if protect is not None and len(protect):
-        cover = np.zeros(len(taken) + 1, dtype=np.int64)
-        cover[protect.starts] += 1  # units do not overlap: no start repeats, nor any end
-        cover[protect.ends] -= 1
-        taken |= np.cumsum(cover[:-1]) > 0
+    taken = bytearray(len(example.input_ids))
+    blocked = list(chosen) + (list(zip(protect.starts, protect.ends)) if protect is not None else [])
+    for s, e in blocked:
+        taken[s:e] = b"\x01" * (e - s)
     return sorted(chosen + select_units(word_units(example), budget - used, rng, taken))
 
 
