@@ -276,11 +276,11 @@ def apply_masks(input_ids, spans, rng: np.random.Generator, tokenizer, special_m
     ids = np.array(input_ids, dtype=np.int32)
     original = ids.copy()
     labels = np.full(len(ids), IGNORE_INDEX, dtype=np.int32)
-    specials = np.flatnonzero(np.asarray(special_mask, dtype=bool)).tolist()  # two or three
+    special = np.asarray(special_mask, dtype=np.uint8).tobytes()
     _, tokens, pool, _ = _cached(tokenizer)
     for s, e in spans:
-        if any(s <= p < e for p in specials):  # rare: keep the span's ordinary tokens only
-            where = np.array([p for p in range(s, e) if p not in specials], dtype=np.int64)
+        if special.find(1, s, e) >= 0:  # rare: keep the span's ordinary tokens only
+            where = np.array([p for p in range(s, e) if not special[p]], dtype=np.int64)
             count = len(where)
         else:
             where, count = slice(s, e), e - s

@@ -50,8 +50,8 @@ from pathlib import Path
 
 from wenzhi.model.prepare_config import TEXT_STRATEGIES, CorpusSpec, PrepareConfig, load_config  # noqa: F401
 from wenzhi.model.prepare_examples import KIND_KNOWLEDGE, KIND_PLAIN, KIND_RETRIEVAL, KIND_UKTP  # noqa: F401
-from wenzhi.model.prepare_job import (build_curriculum, finished, merge, open_staging, release, run_partition,
-                                      stage_seconds)
+from wenzhi.model.prepare_job import (build_curriculum, finished, merge, open_staging, preload, release,
+                                      run_partition, stage_seconds)
 from wenzhi.model.prepare_plan import index_corpus, plan_partitions
 
 ENGINES = ("local", "dask")
@@ -123,9 +123,12 @@ def prepare(cfg: PrepareConfig, show_progress: bool = True, retriever=None, over
 
 
 def _run_in_processes(job, plans, workers: int, done) -> None:
-    # fork: workers start at once, without importing everything again; each opens its own KB
-    # store and loads its own linker on its first partition (prepare_job.resources)
+    # fork: workers start at once with the libraries already imported here (no threads have
+    # started yet); each opens its own KB store and loads its own linker on its first partition
+    # (prepare_job.resources: a SQLite connection must not cross a fork)
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    if method == "fork":
+        preload()
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method))
     try:
         futures = [pool.submit(run_partition, job, plan) for plan in plans]

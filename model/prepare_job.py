@@ -122,6 +122,18 @@ class Resources:
 _LOADED: dict[tuple, Resources] = {}
 
 
+def preload() -> None:
+    """Import what every worker needs (about a second of CPU each), so forked workers share it."""
+    from transformers import PreTrainedTokenizerFast  # noqa: F401
+
+    import wenzhi.kg  # noqa: F401
+    import wenzhi.model.augment  # noqa: F401
+    import wenzhi.model.knowledge_masking  # noqa: F401
+    import wenzhi.model.segment  # noqa: F401
+    import wenzhi.model.tokenizer  # noqa: F401
+    import wenzhi.model.uktp  # noqa: F401
+
+
 def resources(job: Job, retriever=None) -> Resources:
     """This process's (and thread's) Resources for the job, loaded on its first partition. A
     process forked from one that had them loads its own: a SQLite connection must not cross a
