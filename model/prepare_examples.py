@@ -26,6 +26,7 @@ from wenzhi.model.shards import IGNORE_INDEX, PackedExample
 
 KIND_PLAIN, KIND_KNOWLEDGE, KIND_UKTP, KIND_RETRIEVAL = 0, 1, 2, 3
 LINKED_STRATEGIES = ("entity", "retrieval", "uktp")
+_ENCODE_HERE = object()  # _pair's default: no encoding from the tokenise stage
 _SENTENCE_END_CODEPOINTS = np.array([ord(c) for c in "。！？!?；;\n"], dtype=np.uint32)
 
 
@@ -70,7 +71,7 @@ class _Planned:
     stage: int
     text: _Text | None = None
     pairs: list = field(default_factory=list)
-    pair_encodings: list = field(default_factory=list)  # (triple, sentence) Encoded per pair
+    pair_encodings: list = field(default_factory=list)  # EncodedPair (None: unencodable) per pair
 
 
 def new_stats() -> dict:
@@ -139,27 +140,31 @@ class ExampleBuilder:
                 t.entities, t.entity_ids = entity_spans(t.mentions, t.doc.words)
 
     def tokenise(self, texts: list[_Text], planned: list[_Planned]) -> None:
-        """All documents, triples and pair sentences of the partition, each distinct text once."""
+        """All documents, and the triple and sentence of every pair (each distinct text once), of
+        the partition in a few calls of the Rust tokenizer."""
+        from wenzhi.model.uktp import encode_pairs, triple_text
+
         for t, enc in zip(texts, encode_texts(self.tokenizer, [t.doc.text for t in texts])):
             t.encoded = enc
-        from wenzhi.model.uktp import triple_text
-
-        wanted = {}
+        jobs = [(p, i, pair) for p in planned for i, pair in enumerate(p.pairs)
+                if not self.res.is_heldout(pair.head, pair.relation, pair.tail)]
         for p in planned:
-            for pair in p.pairs:
-                wanted.setdefault(triple_text(pair), None)
-                wanted.setdefault(pair.sentence, None)
-        unique = list(wanted)
+            p.pair_encodings = [None] * len(p.pairs)
+        unique = list(dict.fromkeys(text for _, _, pair in jobs for text in (triple_text(pair), pair.sentence)))
         encoded = dict(zip(unique, encode_texts(self.tokenizer, unique)))
-        for p in planned:
-            p.pair_encodings = [(encoded[triple_text(pair)], encoded[pair.sentence]) for pair in p.pairs]
+        stages = self.res.curriculum.stages
+        pairs = [pair for _, _, pair in jobs]
+        for (p, i, _), enc in zip(jobs, encode_pairs(pairs, self.tokenizer, [stages[p.stage].max_len for p, _, _ in jobs],
+                                                     [encoded[triple_text(q)] for q in pairs],
+                                                     [encoded[q.sentence] for q in pairs])):
+            p.pair_encodings[i] = enc
 
     def mask(self, p: _Planned, out: list) -> None:
         max_len = self.res.curriculum.stages[p.stage].max_len
         if p.text is not None:
             self._document(p.text, p.rng, p.stage, out)
-        for pair, (triple, sentence) in zip(p.pairs, p.pair_encodings):
-            self._pair(pair, p.rng, max_len, p.stage, out, triple, sentence)
+        for pair, encoded in zip(p.pairs, p.pair_encodings):
+            self._pair(pair, p.rng, max_len, p.stage, out, encoded)
 
     # -- planning: generator, stage, strategy, held-out turns -----------------------------------
     def _plan(self, item: Item) -> _Planned:
@@ -302,15 +307,19 @@ class ExampleBuilder:
             emitted |= self._pair(pairs[int(i)], rng, max_len, stage, out)
         return emitted
 
-    def _pair(self, pair, rng, max_len: int, stage: int, out: list, triple=None, sentence=None) -> bool:
+    def _pair(self, pair, rng, max_len: int, stage: int, out: list, encoded=_ENCODE_HERE) -> bool:
+        """One UKTP example; `encoded`: the pair as the tokenise stage encoded it (None: it does
+        not fit), or encoded here."""
         from wenzhi.model.uktp import build_uktp_example, encode_pair
 
         self.stats["pairs"] += 1
         if self.res.is_heldout(pair.head, pair.relation, pair.tail):
             self.stats["heldout_pairs_excluded"] += 1
             return False
-        encoded = encode_pair(pair, self.tokenizer, max_len, triple, sentence)
-        ex = build_uktp_example(pair, self.tokenizer, rng, max_len, self.res.uktp_config, encoded=encoded)
+        if encoded is _ENCODE_HERE:
+            encoded = encode_pair(pair, self.tokenizer, max_len)
+        ex = (build_uktp_example(pair, self.tokenizer, rng, max_len, self.res.uktp_config, encoded=encoded)
+              if encoded is not None else None)
         if ex is None:
             self.stats["pairs_unencodable"] += 1
             return False

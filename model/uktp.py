@@ -110,33 +110,49 @@ class EncodedPair:
     sentence_start: int
 
 
-def encode_pair(pair: TripleSentence, tokenizer, max_len: int, triple: Encoded | None = None,
-                sentence: Encoded | None = None) -> EncodedPair | None:
-    """Tokenise `triple [SEP] sentence` within max_len tokens; None if the triple alone is too long.
-    `triple` / `sentence`: the triple text and the whole sentence already tokenised (prepare
-    tokenises a partition's pairs in one batch); a sentence of more characters or tokens than
-    there is room for is cut around its mentions and tokenised again."""
-    text = triple_text(pair)
-    if triple is None:
-        triple = encode_texts(tokenizer, [text])[0]
-    n_triple = len(triple.ids)
-    room = max_len - n_triple - 3  # [CLS] triple [SEP] sentence [SEP]
-    if room < 4:
-        return None
-    kept = pair.sentence
-    if sentence is None or len(kept) > room or len(sentence.ids) > room:
-        budget = room
-        for _ in range(6):
-            kept = _fit_sentence(pair, budget)
-            sentence = encode_texts(tokenizer, [kept])[0]
-            excess = len(sentence.ids) - room
-            if excess <= 0:
-                break
-            budget -= max(excess, 1)  # NFKC may expand a character into several tokens
-            if budget < 4:
-                return None
+def encode_pair(pair: TripleSentence, tokenizer, max_len: int) -> EncodedPair | None:
+    """Tokenise `triple [SEP] sentence` within max_len tokens; None if it cannot fit."""
+    return encode_pairs([pair], tokenizer, [max_len])[0]
+
+
+def encode_pairs(pairs: list[TripleSentence], tokenizer, max_lens: list[int], triples: list[Encoded] | None = None,
+                 sentences: list[Encoded] | None = None) -> list[EncodedPair | None]:
+    """`encode_pair` for many pairs, each text tokenised in one batch: `triples` / `sentences`,
+    when given, are the triple texts and whole sentences already tokenised. A sentence of more
+    characters or tokens than there is room for is cut around its mentions (`_fit_sentence`)
+    and tokenised again, with less room each round while NFKC expands it past the limit."""
+    if triples is None:
+        triples = encode_texts(tokenizer, [triple_text(p) for p in pairs])
+    if sentences is None:
+        sentences = encode_texts(tokenizer, [p.sentence for p in pairs])
+    rooms = [max_len - len(t.ids) - 3 for max_len, t in zip(max_lens, triples)]  # [CLS] triple [SEP] s [SEP]
+    kept: list[tuple[str, Encoded] | None] = [None] * len(pairs)
+    todo = []  # (pair index, character budget)
+    for i, (pair, sentence, room) in enumerate(zip(pairs, sentences, rooms)):
+        if room < 4:
+            continue
+        if len(pair.sentence) <= room and len(sentence.ids) <= room:
+            kept[i] = (pair.sentence, sentence)
         else:
-            return None
+            todo.append((i, room))
+    for _ in range(6):
+        if not todo:
+            break
+        texts = [_fit_sentence(pairs[i], budget) for i, budget in todo]
+        again = []
+        for (i, budget), text, enc in zip(todo, texts, encode_texts(tokenizer, texts)):
+            excess = len(enc.ids) - rooms[i]
+            if excess <= 0:
+                kept[i] = (text, enc)
+            elif budget - max(excess, 1) >= 4:  # NFKC may expand a character into several tokens
+                again.append((i, budget - max(excess, 1)))
+        todo = again
+    return [_assemble(pair, triple, k, tokenizer) if k else None for pair, triple, k in zip(pairs, triples, kept)]
+
+
+def _assemble(pair: TripleSentence, triple: Encoded, kept: tuple[str, Encoded], tokenizer) -> EncodedPair:
+    sentence_text, sentence = kept
+    n_triple = len(triple.ids)
     tokens = special_ids(tokenizer)
     ids = np.concatenate(([tokens.cls], triple.ids, [tokens.sep], sentence.ids, [tokens.sep])).astype(np.int32)
     n = len(ids)
@@ -146,9 +162,10 @@ def encode_pair(pair: TripleSentence, tokenizer, max_len: int, triple: Encoded |
     special[[0, n_triple + 1, n - 1]] = True
     h, r = len(pair.head), len(pair.relation)
     fields = {}
-    for name, (cs, ce) in {"head": (0, h), "relation": (h + 1, h + 1 + r), "tail": (h + r + 2, len(text))}.items():
+    for name, (cs, ce) in {"head": (0, h), "relation": (h + 1, h + 1 + r),
+                           "tail": (h + r + 2, h + r + 2 + len(pair.tail))}.items():
         fields[name] = _token_span(triple.offsets, cs, ce, 1)
-    return EncodedPair(ids, types, special, fields, kept, sentence.offsets, n_triple + 2)
+    return EncodedPair(ids, types, special, fields, sentence_text, sentence.offsets, n_triple + 2)
 
 
 def _token_span(offsets: np.ndarray, cs: int, ce: int, shift: int) -> tuple[int, int] | None:
