@@ -124,12 +124,28 @@ def parse_people_daily_line(line: str) -> tuple[str, list[tuple[int, int, str]]]
     return "".join(text), words
 
 
-def people_daily_records(path: str | Path, start: Checkpoint = Checkpoint(), source: str | None = None):
+def people_daily_records(path: str | Path, start: Checkpoint = Checkpoint(), source: str | None = None,
+                         parse: bool = True):
+    """parse=False: only which lines hold a document (items None), for counting: most of a
+    line's parse is its words, and a line holds text as soon as one token has some."""
     source = source or Path(path).name
     for cp, line in _lines(path, start):
+        if not parse:
+            if _has_text(line):
+                yield cp, None
+            continue
         text, words = parse_people_daily_line(line)
         if text:
             yield cp, Document(text, source, words)
+
+
+def _has_text(line: str) -> bool:
+    """Whether parse_people_daily_line(line) gives any text (without building its words)."""
+    for item in line.split():
+        word, sep, _ = item.rpartition("/")
+        if (word if sep and word else item).lstrip("["):
+            return True
+    return False
 
 
 def agrikg_records(path: str | Path, start: Checkpoint = Checkpoint()):
@@ -228,14 +244,16 @@ def kdconv_pairs_of_dialogue(turns: list[KdconvTurn]) -> Iterator[TripleSentence
                 yield TripleSentence(parse_name(name)[0], attr, value, turn.text, "kdconv")
 
 
-def document_records(path: str | Path, fmt: str, start: Checkpoint = Checkpoint(), text_field: str = "text"):
-    """(checkpoint, Document) of a corpus of any format, from `start` on."""
+def document_records(path: str | Path, fmt: str, start: Checkpoint = Checkpoint(), text_field: str = "text",
+                     parse: bool = True):
+    """(checkpoint, Document) of a corpus of any format, from `start` on; parse=False may give
+    None for the Document where that is cheaper (counting)."""
     if fmt == "text":
         return text_records(path, start)
     if fmt == "jsonl":
         return jsonl_records(path, start, text_field)
     if fmt == "people_daily":
-        return people_daily_records(path, start)
+        return people_daily_records(path, start, parse=parse)
     if fmt == "kdconv":
         return kdconv_document_records(path, start)
     if fmt == "agrikg":

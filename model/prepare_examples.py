@@ -27,7 +27,8 @@ from wenzhi.model.shards import IGNORE_INDEX, PackedExample
 KIND_PLAIN, KIND_KNOWLEDGE, KIND_UKTP, KIND_RETRIEVAL = 0, 1, 2, 3
 LINKED_STRATEGIES = ("entity", "retrieval", "uktp")
 _ENCODE_HERE = object()  # _pair's default: no encoding from the tokenise stage
-_SENTENCE_END_CODEPOINTS = np.array([ord(c) for c in "。！？!?；;\n"], dtype=np.uint32)
+_SENTENCE_END = np.zeros(0x110000, dtype=bool)  # per code point: does a chunk cut after it
+_SENTENCE_END[[ord(c) for c in "。！？!?；;\n"]] = True
 
 
 @dataclass
@@ -210,7 +211,7 @@ class ExampleBuilder:
         if n <= max_tokens:
             return [(0, n)] if n else []
         codepoints = np.frombuffer(t.doc.text.encode("utf-32-le"), dtype=np.uint32)
-        ends_sentence = np.isin(codepoints[offsets[:, 1] - 1], _SENTENCE_END_CODEPOINTS)
+        ends_sentence = _SENTENCE_END[codepoints[offsets[:, 1] - 1]]
         continuation = self.res.is_continuation[ids]
         out, start = [], 0
         while start < n:

@@ -26,10 +26,11 @@ STRIDE = 256  # items between two checkpoints: reading a range skips fewer than 
 
 
 # -- a corpus as one stream of (tag, item) --------------------------------------------------------
-def corpus_records(spec: CorpusSpec, path: Path, start: Checkpoint = Checkpoint()):
+def corpus_records(spec: CorpusSpec, path: Path, start: Checkpoint = Checkpoint(), parse: bool = True):
     """(checkpoint, (tag, item)) of a corpus in file order, from `start` on, before skip/limit.
     Tags: 'doc' (Document), 'pair' (TripleSentence), 'dialogue' ((Document, pairs, turns): a
-    KdConv dialogue with its grounded pairs, so a held-out fact can leave the text too)."""
+    KdConv dialogue with its grounded pairs, so a held-out fact can leave the text too).
+    parse=False: items may be None where that is cheaper (counting)."""
     if spec.format == "kdconv" and spec.use in ("text", "both"):
         for cp, turns in kdconv_dialogue_records(path, start):
             pairs = list(kdconv_pairs_of_dialogue(turns)) if spec.use == "both" else []
@@ -39,7 +40,7 @@ def corpus_records(spec: CorpusSpec, path: Path, start: Checkpoint = Checkpoint(
     if spec.use in ("triples", "both"):
         streams.append(("pair", lambda cp: pair_records(path, spec.format, cp)))
     if spec.use in ("text", "both"):
-        streams.append(("doc", lambda cp: document_records(path, spec.format, cp, spec.text_field)))
+        streams.append(("doc", lambda cp: document_records(path, spec.format, cp, spec.text_field, parse)))
     for number, (tag, records) in enumerate(streams):
         if number < start.stream:
             continue
@@ -64,7 +65,7 @@ class CorpusIndex:
 def index_corpus(spec: CorpusSpec, path: Path) -> CorpusIndex:
     total, checkpoints = 0, []
     stop = None if spec.limit is None else spec.skip + spec.limit
-    for cp, _ in islice(corpus_records(spec, path), spec.skip, stop):
+    for cp, _ in islice(corpus_records(spec, path, parse=False), spec.skip, stop):
         if total % STRIDE == 0:
             checkpoints.append(cp)
         total += 1
