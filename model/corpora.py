@@ -12,6 +12,7 @@ than memory be read by any worker without reading what comes before it (model/pr
 from __future__ import annotations
 
 import csv
+import functools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -178,14 +179,20 @@ def kdconv_files(path: str | Path) -> list[Path]:
     return sorted(path.rglob("*.json")) if path.is_dir() else [path]
 
 
+@functools.lru_cache(maxsize=2)
+def _load_json(path: Path, mtime_ns: int):
+    """A whole JSON file, kept while the next partitions read the same file (not streamable)."""
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
 def kdconv_dialogue_records(path: str | Path, start: Checkpoint = Checkpoint()):
     """Dialogues of one KdConv file, or of every `*.json` under a directory (sorted); the
     checkpoint is (file index, dialogue index)."""
     for file_index, file in enumerate(kdconv_files(path)):
         if file_index < start.offset:
             continue
-        with open(file, encoding="utf-8") as fh:
-            dialogues = json.load(fh)
+        dialogues = _load_json(file, file.stat().st_mtime_ns)
         first = start.line if file_index == start.offset else 0
         for index in range(first, len(dialogues)):
             turns = []

@@ -15,6 +15,7 @@ not depend on which partition, worker or machine prepares it.
 """
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -197,7 +198,7 @@ class ExampleBuilder:
 
     def _text(self, doc, rng, stage: int) -> _Text:
         names, cumulative = self.res.stage_strategies[stage]
-        strategy = names[min(int(np.searchsorted(cumulative, rng.random(), side="right")), len(names) - 1)]
+        strategy = names[min(bisect.bisect_right(cumulative, rng.random()), len(names) - 1)]
         self.stats["documents"] += 1
         self.stats["documents_per_corpus"][doc.source] += 1
         return _Text(doc, strategy)

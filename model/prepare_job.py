@@ -111,7 +111,7 @@ class Resources:
         for stage in self.curriculum.stages:
             names = [k for k, w in stage.weights.items() if w > 0]
             weights = np.array([stage.weights[k] for k in names], float)
-            self.stage_strategies.append((names, np.cumsum(weights / weights.sum())))
+            self.stage_strategies.append((names, np.cumsum(weights / weights.sum()).tolist()))
         self.is_continuation = continuation_ids(self.tokenizer)
 
     def close(self) -> None:

@@ -6,6 +6,7 @@ states them). ERNIE 3.0 published no code; this is our reading of the paper.
 """
 from __future__ import annotations
 
+import bisect
 import functools
 import hashlib
 import re
@@ -37,8 +38,8 @@ class UKTPConfig:
         return w / w.sum()
 
     @functools.cached_property
-    def cumulative(self) -> np.ndarray:
-        return np.cumsum(self.probs())
+    def cumulative(self) -> list[float]:
+        return np.cumsum(self.probs()).tolist()
 
 
 @dataclass
@@ -196,7 +197,7 @@ def build_uktp_example(pair: TripleSentence, tokenizer, rng: np.random.Generator
         return None
     fields, sentence = encoded.fields, encoded.sentence
     if mode is None:
-        mode = MODES[min(int(np.searchsorted(config.cumulative, rng.random(), side="right")), len(MODES) - 1)]
+        mode = MODES[min(bisect.bisect_right(config.cumulative, rng.random()), len(MODES) - 1)]
     spans: list[MaskSpan] = []
     if mode == "relation" and fields["relation"]:
         spans = [MaskSpan(*fields["relation"], "relation")]
