@@ -99,7 +99,9 @@ def prepare(cfg: PrepareConfig, show_progress: bool = True, retriever=None, over
             part = result["partition"]
             bar.update(part["stop"] - part["start"])
 
-        if engine == "dask":
+        if not pending:
+            pass  # everything was finished by an earlier run: merge only
+        elif engine == "dask":
             from wenzhi.model.prepare_dask import run_on_dask
 
             run_on_dask(job, pending, workers, scheduler, done)

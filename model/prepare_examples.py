@@ -235,10 +235,9 @@ class ExampleBuilder:
         if t.strategy == "retrieval":  # leave room for the knowledge segment
             limit = max(8, limit - min(res.augmenter.config.max_tokens + 1, limit // 2))
         units = self._document_units(t)
-        unk = self.special.unk
+        self.stats["unk_tokens"] += int(np.count_nonzero(t.encoded.ids == self.special.unk))  # chunks cover it all
         for t0, t1 in self._chunks(t, limit):
             self.stats["chunks"] += 1
-            self.stats["unk_tokens"] += int(np.count_nonzero(t.encoded.ids[t0:t1] == unk))
             ex = self._example(t, t0, t1, units)
             if t.strategy == "uktp" and self._linked_uktp(t, ex, rng, stage_len, stage, out):
                 continue

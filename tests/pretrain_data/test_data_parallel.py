@@ -141,3 +141,33 @@ def test_a_changed_config_is_not_resumed(tmp_path, kb_db):
     (staging / "part-00000").mkdir()
     meta = prepare(cfg, show_progress=False)
     assert meta["run"]["resumed_partitions"] == 0 and not staging.exists()
+
+
+@pytest.mark.slow
+def test_a_dask_worker_killed_midway_changes_nothing(tmp_path, kb_db):
+    """SIGKILL one worker of a local Dask cluster after its first partitions: Dask restarts it
+    and reruns what it held, and the shards are still the same bytes."""
+    pytest.importorskip("dask.distributed", reason="Dask not installed: pip install 'wenzhi[distributed]'")
+    import psutil
+
+    config = tmp_path / "prep.json"
+    config.write_text(json.dumps(_config(tmp_path, kb_db, "killed", partition_items=12)))
+    command = [sys.executable, "-m", "wenzhi", "pretrain", "prepare", "--config", str(config), "--no-progress",
+               "--engine", "dask", "--workers", "2"]
+    env = dict(os.environ, WENZHI_DATA=str(Path(os.environ.get("WENZHI_DATA", "../shared/data")).resolve()))
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    staging = tmp_path / "killed.partial"
+    deadline = time.monotonic() + 180
+    while len(list(staging.glob("part-*/meta.json"))) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
+               if any("spawn_main" in a for a in p.cmdline()) and not any("resource_tracker" in a for a in p.cmdline())]
+    workers[0].send_signal(signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "Restarting worker" in err
+    reference = prepare(PrepareConfig.from_dict(_config(tmp_path, kb_db, "reference", partition_items=12)),
+                        show_progress=False)
+    assert reference["partitions"] == 13
+    assert _files(tmp_path / "reference") == _files(tmp_path / "killed")
