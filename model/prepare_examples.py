@@ -104,16 +104,7 @@ class ExampleBuilder:
         if resources.augmenter is not None:
             resources.augmenter.stats = AugmentStats()  # this partition's alone
 
-    # -- the stages ---------------------------------------------------------------------------
-    def build(self, items: list[Item]) -> list[PackedExample]:
-        texts, planned = self.plan(items)
-        self.link(texts)
-        self.tokenise(texts, planned)
-        out: list[PackedExample] = []
-        for p in planned:
-            self.mask(p, out)
-        return out
-
+    # -- the stages (model/prepare_job.py runs them in this order) ------------------------------
     def plan(self, items: list[Item]) -> tuple[list[_Text], list[_Planned]]:
         """Each item's generator, curriculum stage and, for text, masking strategy."""
         planned = [self._plan(item) for item in items]
