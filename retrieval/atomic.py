@@ -13,14 +13,27 @@ import tempfile
 from pathlib import Path
 
 
+def swap_into_place(ready: str | Path, out: str | Path) -> Path:
+    """Rename the finished directory `ready` to `out`. One already at `out` is renamed aside first
+    and removed once the new one is in place. For a staging directory of a fixed name that must
+    survive a kill (a resumable job); `AtomicDirectory` makes a fresh one."""
+    out = Path(out)
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        os.rename(out, old)
+    os.rename(ready, out)
+    shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
 class AtomicDirectory:
     """A fresh temporary directory `path` beside `out`; `commit()` puts it in place of `out`,
     `abort()` removes it and leaves `out` untouched. For writers that stay open across calls
     (the shard writer); `atomic_directory` is the same as a `with` block.
 
     Linux has no atomic exchange of two non-empty directories through os.rename, so the old
-    directory is first renamed aside and removed after the new one is in place; the gap between
-    the two renames is two system calls long."""
+    directory is first renamed aside and removed after the new one is in place (`swap_into_place`);
+    the gap between the two renames is two system calls long."""
 
     def __init__(self, out: str | Path):
         self.out = Path(out).resolve()
@@ -32,12 +45,7 @@ class AtomicDirectory:
         self.path = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.building-", dir=self.out.parent))
 
     def commit(self) -> Path:
-        old = self.out.parent / f".{self.out.name}.old-{os.getpid()}"
-        if self.out.exists():
-            os.rename(self.out, old)
-        os.rename(self.path, self.out)
-        shutil.rmtree(old, ignore_errors=True)
-        return self.out
+        return swap_into_place(self.path, self.out)
 
     def abort(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
