@@ -185,3 +185,24 @@ def test_link_spans_match_reference(kb_store, questions):
         # and rank again after link: the same as the first time
         assert ranked(shared, q) == [(e.id, s, m.start, m.end) for e, s, m in top]
     assert ambiguous >= 5
+
+
+def _mentions(found) -> list:
+    return [(m.text, m.start, m.end, m.entity and m.entity.id, m.score, [(e.id, p) for e, p in m.candidates])
+            for m in found]
+
+
+def test_link_many_is_link_text_by_text(kb_store, questions, data_dir):
+    """A batch is linked as its texts are one by one: same mentions, offsets, posteriors,
+    whatever the batch size and the caches' state (cold, warm, mixed)."""
+    with open(data_dir / "corpus" / "reviews_pos.txt", encoding="utf-8") as fh:
+        reviews = [next(fh).strip() for _ in range(300)]
+    texts = questions + reviews + ["", "   ", "刘晓华", "\ud800刘晓华 主讲课程"]
+    one_by_one = EntityLinker(kb_store)
+    want = [_mentions(one_by_one.link(t)) for t in texts]
+    for size in (1, 7, 64, len(texts)):
+        batched = EntityLinker(kb_store)
+        for _ in range(2):  # cold caches, then warm ones
+            got = [_mentions(ms) for i in range(0, len(texts), size) for ms in batched.link_many(texts[i : i + size])]
+            assert got == want, size
+    assert sum(map(len, want)) > 300 and sum(len(m[5]) > 1 for ms in want for m in ms) > 20
