@@ -206,7 +206,7 @@ def _runner(linker, api: str, batch: int):
 
 def reference_package(commit: str) -> str:
     """The kg package of `commit`, importable as `wenzhi_ref.kg` (its `wenzhi.kg` imports
-    rewritten), in a temporary directory put first on sys.path; returns the directory."""
+    rewritten), in a new temporary directory; returns the directory (for PYTHONPATH)."""
     import tempfile
 
     root = Path(__file__).resolve().parents[1]
@@ -221,56 +221,72 @@ def reference_package(commit: str) -> str:
             text = subprocess.run(["git", "show", f"{commit}:{name}"], cwd=root, capture_output=True,
                                   text=True, check=True).stdout
             (pkg / Path(name).name).write_text(text.replace("wenzhi.kg", "wenzhi_ref.kg"))
-    sys.path.insert(0, str(tmp))
     return str(tmp)
 
 
-def compare_reference(db: Path, texts: list[str], commit: str, batch: int, reference_index: str | None) -> dict:
-    """This linker against the one at `commit`, on the same texts in one process: blocks of 1,024
-    texts, each linked by every contender in turn, CPU time summed per contender (the machine's
-    load changes over a run; each contender sees the same). Cold: fresh linkers, stores and
-    module caches; warm: the same texts again. Outputs are compared too."""
-    from wenzhi.kg import AliasIndex, EntityLinker, TripleStore, entity_features
+# One contender's run, in a fresh process: its own heap (the garbage collector's work depends on
+# everything alive in a process, so two linkers in one process slow each other unevenly).
+CONTENDER_CODE = """
+import hashlib, json, sys, time
+sys.path.insert(0, sys.argv[6]); sys.path.insert(0, sys.argv[7])
+from kg_scale import corpus_texts, _runner
+which, db, context, batch, chars, ref_index = sys.argv[1], sys.argv[2], sys.argv[3] == "1", int(sys.argv[4]), int(sys.argv[5]), sys.argv[8]
+if which == "reference_link":
+    from wenzhi_ref.kg.alias_index import AliasIndex
+    from wenzhi_ref.kg.linker import EntityLinker, LinkerConfig
+    from wenzhi_ref.kg.names import normalize
+    from wenzhi_ref.kg.store import TripleStore
+    index = AliasIndex.load(ref_index) if ref_index else AliasIndex.build(TripleStore(db))
+else:
+    from wenzhi.kg import AliasIndex, EntityLinker, TripleStore
     from wenzhi.kg.linker import LinkerConfig
-
-    reference_package(commit)
-    try:
-        import wenzhi_ref.kg.linker as ref_linker
-        from wenzhi_ref.kg.alias_index import AliasIndex as RefIndex
-        from wenzhi_ref.kg.store import TripleStore as RefStore
-    except ImportError as exc:  # e.g. pyahocorasick, which the old matcher needs
-        raise SystemExit(f"reference {commit} cannot be imported: {exc} (pip install pyahocorasick)") from exc
-    t = time.process_time()
-    ref_index = RefIndex.load(reference_index) if reference_index else RefIndex.build(RefStore(db))
-    ref_index_s = time.process_time() - t
-    t = time.process_time()
+    from wenzhi.kg.names import normalize
     index = AliasIndex.for_store(TripleStore(db))
-    index_s = time.process_time() - t
-    chars = sum(map(len, texts))
-    out = {"commit": commit, "batch": batch, "chars": chars, "texts": len(texts),
-           "reference_index_cpu_s": round(ref_index_s, 1), "index_cpu_s": round(index_s, 1)}
-    for label, context in (("context", True), ("prior_only", False)):
-        for cache in (ref_linker._normalized_relation, ref_linker._relation_parts,
-                      entity_features._normalized_relation, entity_features._relation_parts):
-            cache.cache_clear()
-        contenders = {
-            "reference_link": _runner(ref_linker.EntityLinker(RefStore(db), ref_index,
-                                                              ref_linker.LinkerConfig(context=context)), "link", batch),
-            "link": _runner(EntityLinker(TripleStore(db), index, LinkerConfig(context=context)), "link", batch),
-            "link_many": _runner(EntityLinker(TripleStore(db), index, LinkerConfig(context=context)), "link_many", batch),
-        }
+texts = corpus_texts(chars)
+normalize("预热" * 40)  # one-time tables (folding), not linking
+linker = EntityLinker(TripleStore(db), index, LinkerConfig(context=context))
+api = "link" if which.endswith("link") else "link_many"
+if api == "link":
+    run = lambda: [linker.link(t) for t in texts]
+else:
+    run = lambda: [ms for i in range(0, len(texts), batch) for ms in linker.link_many(texts[i : i + batch])]
+c = time.process_time(); found = run(); cold = time.process_time() - c
+c = time.process_time(); run(); warm = time.process_time() - c
+digest = [hashlib.md5(repr([(m.start, m.end, m.entity and m.entity.id, m.score) for m in ms]).encode()).hexdigest()
+          for ms in found]
+print(json.dumps({"cold_cpu_s": cold, "warm_cpu_s": warm, "mentions": sum(map(len, found)), "digest": digest}))
+"""
+
+
+def compare_reference(db: Path, link_chars: int, commit: str, batch: int, reference_index: str | None,
+                      rounds: int = 3) -> dict:
+    """This linker against the one at `commit`: each contender in a fresh process per round,
+    contenders alternating within each round, cold (fresh linker and store) then warm (the same
+    texts again); the median CPU time of the rounds. Outputs are compared text by text."""
+    ref_path = reference_package(commit)
+    bench_dir = str(Path(__file__).resolve().parent)
+    out = {"commit": commit, "batch": batch, "rounds": rounds}
+    chars = sum(map(len, corpus_texts(link_chars)))
+    for label, context in (("context", "1"), ("prior_only", "0")):
+        runs: dict[str, list[dict]] = {"reference_link": [], "link": [], "link_many": []}
+        for _ in range(rounds):
+            for name in runs:
+                result, _, _ = child(CONTENDER_CODE, name, str(db), context, str(batch), str(link_chars),
+                                     ref_path, bench_dir, reference_index or "")
+                runs[name].append(result)
+        summary = {}
         for phase in ("cold", "warm"):
-            cpu = dict.fromkeys(contenders, 0.0)
-            for i in range(0, len(texts), 1024):
-                block = texts[i : i + 1024]
-                for name, run in contenders.items():
-                    c0 = time.process_time()
-                    run(block)
-                    cpu[name] += time.process_time() - c0
-            base = cpu["reference_link"]
-            out[f"{label}_{phase}"] = {name: {"chars_per_s_cpu": round(chars / c), "speedup": round(base / c, 2)}
-                                       for name, c in cpu.items()}
-            log(f"{label} {phase}: {out[f'{label}_{phase}']}")
+            median = {name: sorted(r[f"{phase}_cpu_s"] for r in rs)[rounds // 2] for name, rs in runs.items()}
+            summary[phase] = {name: {"chars_per_s_cpu": round(chars / t), "speedup": round(median["reference_link"] / t, 2),
+                                     "cpu_s_rounds": [round(r[f"{phase}_cpu_s"], 2) for r in runs[name]]}
+                              for name, t in median.items()}
+        ref_digest = runs["reference_link"][0]["digest"]
+        summary["texts_linked_differently"] = {name: sum(a != b for a, b in zip(ref_digest, rs[0]["digest"]))
+                                               for name, rs in runs.items()}
+        summary["mentions"] = {name: rs[0]["mentions"] for name, rs in runs.items()}
+        out[label] = summary
+        log(f"{label}: {summary}")
+    out["chars"], out["texts"] = chars, len(ref_digest)
     return out
 
 
@@ -311,6 +327,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16, help="texts per link_many call")
     ap.add_argument("--reference", metavar="COMMIT", help="also compare with the linker at this git commit")
     ap.add_argument("--reference-index", help="the reference's own alias index file (else built in memory)")
+    ap.add_argument("--rounds", type=int, default=3, help="fresh processes per contender in --reference")
     ap.add_argument("--profile", action="store_true", help="add a cProfile of link_many (cold and warm)")
     args = ap.parse_args()
     work = Path(args.workdir)
@@ -375,7 +392,8 @@ def main() -> None:
     log(f"linking: {result['linking']}")
     if args.reference:
         log(f"against the linker at {args.reference}, interleaved")
-        result["reference"] = compare_reference(db, texts, args.reference, args.batch, args.reference_index)
+        result["reference"] = compare_reference(db, args.link_chars, args.reference, args.batch,
+                                                args.reference_index, args.rounds)
     if args.profile:
         log("profiling link_many")
         result["profile"] = profile_linking(db, texts, args.batch)

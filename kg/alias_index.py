@@ -338,10 +338,10 @@ class AliasIndex:
             return self._automaton.find_matches_as_indexes(_SURROGATE.sub("\ufffd", text), overlapping=True)
 
     def _single_char_matches(self, text: str) -> list[tuple[int, int, int]]:
-        codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-        if len(codes) and codes.max() > 0xFFFF:  # rare: astral characters through the dict
+        if len(text) < 256 or max(text) > "\uffff":  # short (a question) or astral: one dict lookup each
             get = self._single_chars.get
             return [(i, i + 1, k) for i, ch in enumerate(text) if (k := get(ch)) is not None]
+        codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
         ids = self._single_table[codes]
         at = np.flatnonzero(ids >= 0)
         return list(zip(at.tolist(), (at + 1).tolist(), ids[at].tolist()))

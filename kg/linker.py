@@ -179,8 +179,9 @@ class EntityLinker:
         norm, offmap = normalize_with_offsets(text)
         text_chars = frozenset(norm + "\x00")  # every context's characters are among these
         found = set(self.index.matches(norm, single_chars=True))
-        if cfg.context:
-            self._prefetch_features({key_id for _, _, key_id in found})
+        if cfg.context:  # one store read for the candidates of aliases not scored before
+            prepared = self._prepared
+            self._prefetch_features({key_id for _, _, key_id in found if key_id not in prepared})
         occurrences = []
         for s, e, key_id in found:
             if cfg.context:
@@ -269,7 +270,7 @@ class EntityLinker:
             ids.update(eid for eid, _ in cands)
             if len(cands) > 1:
                 ambiguous.update(eid for eid, _ in cands)
-            elif cands and key_id not in self._unambiguous:
+            elif cands:
                 single.append(key_id)
         entities = self._entities_of(ids)
         for key_id in single:
