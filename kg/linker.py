@@ -37,7 +37,7 @@ from wenzhi.kg.store import Entity, TripleStore
 __all__ = ["EntityLinker", "LinkerConfig", "Mention", "FEATURES", "DEFAULT_WEIGHTS"]
 
 
-@dataclass
+@dataclass(slots=True)
 class Mention:
     text: str
     start: int  # character offsets into the ORIGINAL text, end exclusive

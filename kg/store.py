@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entity:
     id: int
     name: str  # the full KB head, e.g. '守望星光（韩玉玲、刘东考演唱歌曲）'
@@ -29,7 +29,7 @@ class Entity:
     n_triples: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Triple:
     head: str
     relation: str
