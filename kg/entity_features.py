@@ -163,7 +163,7 @@ class ProfileTable:
         """`rows`: (relation, tail) of the entity's first max_triples triples."""
         lo, hi = SHORT_TAIL
         description = entity.description[:500] if entity.description else None
-        key = (frozenset(r for r, _ in rows), frozenset(t for _, t in rows if lo <= len(t) <= hi),
+        key = (frozenset({r for r, _ in rows}), frozenset({t for _, t in rows if lo <= len(t) <= hi}),
                entity.disambiguation, description)
         profile = self._profiles.get(key)
         if profile is None:

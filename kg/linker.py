@@ -110,15 +110,14 @@ class EntityLinker:
         self._features: _Cache = _Cache()  # entity id -> EntityFeatures
         self._profiles = ProfileTable(_CACHE_SIZE)
         self._prepared: _Cache = _Cache()  # key id -> per-candidate context-free score terms
-        # key id -> (ranked, best, score) of an occurrence scored by the context-free terms alone
-        # (prior only, or no context evidence)
-        self._plain_outcomes: _Cache = _Cache()
+        # (key id, raw scores) -> (ranked, best, score); with the prior only, key id -> the same
+        self._outcomes: _Cache = _Cache()
         self._unambiguous: _Cache = _Cache()  # key id -> the Entity of an alias with one candidate
         self._key_entities: _Cache = _Cache()  # key id -> (its candidates' entities, all in the store)
         self._mention_features = lru_cache(maxsize=_CACHE_SIZE)(self._compute_mention_features)
         self._candidates = lru_cache(maxsize=_CACHE_SIZE)(self._compute_candidates)
         # Per profile and the few of its characters a context holds (see entity_features.overlap).
-        self._overlap = lru_cache(maxsize=100_000)(overlap)
+        self._terms = lru_cache(maxsize=100_000)(self._compute_terms)
 
     # -- public ---------------------------------------------------------------------------
     def link(self, text: str, spans: list[tuple[int, int]] | None = None) -> list[Mention]:
@@ -262,7 +261,7 @@ class EntityLinker:
         ids, ambiguous, single = set(), set(), []
         # aliases seen before need nothing more (an entity dropped from a full cache since is
         # read again when asked for)
-        done = self._prepared if self.config.context else self._plain_outcomes
+        done = self._prepared if self.config.context else self._outcomes
         for key_id in key_ids:
             if key_id in self._unambiguous or key_id in done:
                 continue
@@ -332,22 +331,20 @@ class EntityLinker:
             entity = self._entity(cands[0][0])
             return Mention(surface, o_start, o_end, entity, 1.0, [(entity, 1.0)])
         if self.config.context:
-            scores = self._occurrence_scores(norm, s, e, key_id, text_chars)
-            # no context evidence: the alias's context-free scores, whose outcome is cached
-            prepared = self._prepared.get(key_id)
-            plain = prepared is not None and scores is prepared[3]
+            # the same scores give the same outcome: half the ambiguous occurrences in running
+            # text repeat an earlier one's (no context evidence, or the same evidence)
+            raw = tuple(r for _, r in self._occurrence_scores(norm, s, e, key_id, text_chars))
+            outcome = self._outcomes.get((key_id, raw))
+            if outcome is None:
+                outcome = self._outcomes.put((key_id, raw), self._outcome(key_id, raw))
         else:  # the baseline: the prior decides, the same for every occurrence of the alias
-            scores, plain = None, True
-        outcome = self._plain_outcomes.get(key_id) if plain else None
-        if outcome is None:
-            raw = ([r for _, r in scores] if scores is not None else [math.log(max(p, 1e-9)) for _, p in cands])
-            outcome = self._outcome(key_id, raw)
-            if plain:
-                self._plain_outcomes.put(key_id, outcome)
+            outcome = self._outcomes.get(key_id)
+            if outcome is None:
+                outcome = self._outcomes.put(key_id, self._outcome(key_id, [math.log(max(p, 1e-9)) for _, p in cands]))
         ranked, best, score = outcome
         return Mention(surface, o_start, o_end, best, score, list(ranked))
 
-    def _outcome(self, key_id: int, raw: list[float]) -> tuple[list[tuple[Entity, float]], Entity | None, float]:
+    def _outcome(self, key_id: int, raw: Sequence[float]) -> tuple[list[tuple[Entity, float]], Entity | None, float]:
         """Posteriors (a softmax of the raw scores), best first, and the choice they make."""
         entities, complete = self._candidate_entities(key_id)
         top = max(raw)
@@ -387,13 +384,13 @@ class EntityLinker:
         in_text = chars & text_chars  # set & set: no character hashed again
         if not in_text and not described:
             return fixed_scores
-        ctx = self._context(norm, s, e)
-        window = ctx.text
+        cw = self.config.context_window
+        window = norm[max(0, s - cw) : s] + "\x00" + norm[e : e + cw]  # the text of `_context`
         # the candidates' characters the context holds (a substring test each, a C loop)
         near = frozenset(filter(window.__contains__, in_text))
         if not near and not described:
             return fixed_scores
-        w, overlaps = self.config.weights, self._overlap
+        ctx, terms_of = None, self._terms
         found = []
         memo: dict[Profile, tuple] = {}  # homonyms with the same profile: features computed once
         for eid, p, fixed, fixed_score in cands:
@@ -401,18 +398,28 @@ class EntityLinker:
             if shared or p.description:
                 weighted = memo.get(p)
                 if weighted is None:
-                    # `context_features(p, ctx)`, from the characters the context holds (`shared`)
-                    rel_cover, rel_hits, tail_cover, disambiguation, gram_checks = overlaps(p, shared)
-                    rel_gram_cover = 0.0
+                    # `context_features(p, ctx)` times the weights, from the characters the
+                    # context holds (`shared`), then its bigrams and description
+                    w_rel_cover, w_rel_hits, w_tail_cover, w_disambiguation, gram_checks = terms_of(p, shared)
+                    rel_gram_cover = description = 0.0
                     if gram_checks:
                         in_window = window.__contains__
                         rel_gram_cover = max(sum(map(in_window, grams)) / n for grams, n in gram_checks)
-                    description = description_cover(p, ctx) if p.description else 0.0
-                    weighted = memo[p] = tuple(map(operator.mul, w, (rel_cover, rel_hits, rel_gram_cover, tail_cover,
-                                                                     disambiguation, description)))
+                    if p.description:
+                        ctx = ctx or Context(window)
+                        description = description_cover(p, ctx)
+                    w = self.config.weights
+                    weighted = memo[p] = (w_rel_cover, w_rel_hits, w[2] * rel_gram_cover, w_tail_cover,
+                                          w_disambiguation, w[5] * description)
                 fixed_score = sum((*weighted, *fixed))
             found.append((eid, fixed_score))
         return found
+
+    def _compute_terms(self, p: Profile, shared: frozenset) -> tuple:
+        """`overlap(p, shared)` with its features times their weights (bigram checks as they are)."""
+        rel_cover, rel_hits, tail_cover, disambiguation, gram_checks = overlap(p, shared)
+        w = self.config.weights
+        return w[0] * rel_cover, w[1] * rel_hits, w[3] * tail_cover, w[4] * disambiguation, gram_checks
 
     def _context(self, norm: str, s: int, e: int) -> Context:
         w = self.config.context_window
