@@ -7,8 +7,10 @@ segmenter). No library implements this for a bare triple store, hence hand-writt
 
 An entity's context-side data is a `Profile`, interned by content: entities whose relation names,
 short tails, disambiguation and description are the same share one profile, and with it the
-cached overlaps (`overlap`), which depend on nothing else. Everything here is computed from the
-first `max_triples` triples of the entity in the store's order, as `TripleStore.triples` gives them.
+cached overlaps (`relation_overlap`, `tail_overlap`), which depend on nothing else; a set of
+relation names or of tails shared by many entities is interned too. Everything here is computed
+from the first `max_triples` triples of the entity in the store's order, as `TripleStore.triples`
+gives them.
 """
 from __future__ import annotations
 
@@ -54,18 +56,19 @@ class Groups:
     in the characters they share, not one intersection per group. The index is built the first
     time a context shares a character with the entity (most candidates' never are)."""
 
-    __slots__ = ("groups", "sizes", "chars", "indexed", "_index")
+    __slots__ = ("groups", "sizes", "chars", "indexed", "bigrams", "_index")
 
-    def __init__(self, groups: list[frozenset]):
+    def __init__(self, groups: list[frozenset], bigrams: tuple[tuple[str, ...], ...] | None = None):
         self.groups: tuple[frozenset, ...] = tuple(groups)
+        self.bigrams = bigrams  # relation names: the distinct bigrams of each, in group order
         self.sizes: tuple[int, ...] = tuple(map(len, self.groups))  # distinct characters per group
         self.chars: frozenset = frozenset().union(*self.groups)  # every group's characters
         self.indexed = len(self.groups) > INDEX_MIN_GROUPS
         self._index: dict | None = None
 
     @classmethod
-    def of(cls, groups: list[frozenset]) -> "Groups":
-        return cls(groups)
+    def of(cls, groups: list[frozenset], bigrams: tuple[tuple[str, ...], ...] | None = None) -> "Groups":
+        return cls(groups, bigrams)
 
     def _char_index(self) -> dict:
         """char -> tuple of group indices holding it."""
@@ -105,9 +108,9 @@ class Groups:
 
 @dataclass(frozen=True, eq=False)
 class Profile:
-    """An entity's context-side data; compared by identity (equal content is interned)."""
-    relations: Groups
-    relation_bigrams: tuple[tuple[str, ...], ...]  # distinct bigrams of each relation, same order
+    """An entity's context-side data; compared by identity (equal content is interned, and so
+    are its relation names and its tails, which many entities share)."""
+    relations: Groups  # with the bigrams of each relation name
     tails: Groups
     disambiguation: frozenset
     description: frozenset  # character bigrams
@@ -153,10 +156,13 @@ def bigrams(text: str) -> set[str]:
 
 
 class ProfileTable:
-    """Builds entity features from store rows, one Profile per distinct content."""
+    """Builds entity features from store rows: one Profile per distinct content, and one Groups
+    per distinct set of relation names (entities of a kind share theirs) or of short tails."""
 
     def __init__(self, max_profiles: int = 200_000):
         self._profiles: dict[tuple, Profile] = {}
+        self._relations: dict[frozenset, Groups] = {}
+        self._tails: dict[frozenset, Groups] = {}
         self._max = max_profiles
 
     def features(self, entity, rows: list[tuple[str, str]]) -> EntityFeatures:
@@ -169,25 +175,30 @@ class ProfileTable:
         if profile is None:
             if len(self._profiles) >= self._max:
                 self._profiles.clear()
-            profile = self._profiles[key] = _profile(*key)
+                self._relations.clear()
+                self._tails.clear()
+            profile = self._profiles[key] = self._profile(*key)
         return EntityFeatures(profile, normalize(entity.base), normalize(entity.name), math.log1p(entity.n_triples))
 
-
-def _profile(relations: frozenset, tails: frozenset, disambiguation: str | None, description: str | None) -> Profile:
-    # (a name or tail that normalises to nothing, e.g. spaces, can match no context)
-    rel_parts = [p for p in map(_relation_parts, {_normalized_relation(r) for r in relations}) if p[0]]
-    tail_sets = {frozenset(normalize(t)) for t in tails} - {frozenset()}
-    dis = frozenset(normalize(disambiguation)) if disambiguation else frozenset()
-    relation_groups = Groups.of([chars for chars, _ in rel_parts])
-    tail_groups = Groups.of(list(tail_sets))
-    return Profile(
-        relations=relation_groups,
-        relation_bigrams=tuple(grams for _, grams in rel_parts),
-        tails=tail_groups,
-        disambiguation=dis,
-        description=frozenset(bigrams(normalize(description))) if description else frozenset(),
-        chars=relation_groups.chars | tail_groups.chars | dis,
-    )
+    def _profile(self, relations: frozenset, tails: frozenset, disambiguation: str | None,
+                 description: str | None) -> Profile:
+        relation_groups = self._relations.get(relations)
+        if relation_groups is None:
+            # (a name or tail that normalises to nothing, e.g. spaces, can match no context)
+            parts = [p for p in map(_relation_parts, {_normalized_relation(r) for r in relations}) if p[0]]
+            relation_groups = self._relations[relations] = Groups.of([chars for chars, _ in parts],
+                                                                     tuple(grams for _, grams in parts))
+        tail_groups = self._tails.get(tails)
+        if tail_groups is None:
+            tail_groups = self._tails[tails] = Groups.of(list({frozenset(normalize(t)) for t in tails} - {frozenset()}))
+        dis = frozenset(normalize(disambiguation)) if disambiguation else frozenset()
+        return Profile(
+            relations=relation_groups,
+            tails=tail_groups,
+            disambiguation=dis,
+            description=frozenset(bigrams(normalize(description))) if description else frozenset(),
+            chars=relation_groups.chars | tail_groups.chars | dis,
+        )
 
 
 @lru_cache(maxsize=500_000)
@@ -202,32 +213,36 @@ def _relation_parts(normalized_relation: str) -> tuple[frozenset, tuple[str, ...
     return frozenset(normalized_relation), tuple(bigrams(normalized_relation))
 
 
-def overlap(p: Profile, shared: frozenset) -> tuple:
-    """What the relation, tail and disambiguation features need to know of a context: only
-    which of the profile's characters it holds (`shared`, a few, and the same few again and
-    again, hence cached by the caller). Returns (relation_cover, relation_hits, tail_cover,
-    disambiguation, ((relation bigrams to look for in the context, how many bigrams the
-    relation has), ...))."""
-    rel_cover = tail_cover = 0.0
+def relation_overlap(relations: Groups, shared: frozenset) -> tuple[float, float, tuple]:
+    """What the relation features need to know of a context: only which of the names'
+    characters it holds (`shared`: a few, and the same few again and again, hence cached by the
+    caller). Returns (relation_cover, relation_hits, ((relation bigrams to look for in the
+    context, how many bigrams the relation has), ...))."""
+    rel_cover = 0.0
     gram_checks = []
-    hits, sizes, which = p.relations.shared_hits(shared)
+    hits, sizes, which = relations.shared_hits(shared)
     best_hits = max(hits, default=0)
     if best_hits:
         rel_cover = max(map(operator.truediv, hits, sizes))
-        grams = (itertools.compress(p.relation_bigrams, hits) if which is None
-                 else [p.relation_bigrams[i] for i, n in zip(which, hits) if n])
+        grams = (itertools.compress(relations.bigrams, hits) if which is None
+                 else [relations.bigrams[i] for i, n in zip(which, hits) if n])
         for relation_grams in grams:
             # A bigram is in the context only if both its characters are; a relation with
             # none such has a bigram cover of 0, which cannot raise the max.
             possible = tuple(g for g in relation_grams if g[0] in shared and g[1] in shared)
             if possible:
                 gram_checks.append((possible, len(relation_grams)))
-    tail_hits, sizes, _ = p.tails.shared_hits(shared)
-    if any(tail_hits):
-        tail_cover = max(map(operator.truediv, tail_hits, sizes))
-    dis = p.disambiguation
-    return (rel_cover, min(best_hits, 4) / 4.0, tail_cover,
-            len(dis & shared) / len(dis) if dis else 0.0, tuple(gram_checks))
+    return rel_cover, min(best_hits, 4) / 4.0, tuple(gram_checks)
+
+
+def tail_overlap(tails: Groups, shared: frozenset) -> float:
+    """tail_cover: the largest fraction of a short tail's characters in `shared`."""
+    hits, sizes, _ = tails.shared_hits(shared)
+    return max(map(operator.truediv, hits, sizes)) if any(hits) else 0.0
+
+
+def disambiguation_cover(dis: frozenset, shared: frozenset) -> float:
+    return len(dis & shared) / len(dis) if dis else 0.0
 
 
 def context_features(p: Profile, ctx: Context) -> tuple[float, ...]:
@@ -243,7 +258,7 @@ def context_features(p: Profile, ctx: Context) -> tuple[float, ...]:
         # is among the context's bigrams exactly when it is a substring of the context text.
         in_text = ctx.text.__contains__
         rel_gram_cover = max((sum(map(in_text, grams)) / len(grams)
-                              for hits, grams in zip(relation_hits, p.relation_bigrams) if hits and grams),
+                              for hits, grams in zip(relation_hits, p.relations.bigrams) if hits and grams),
                              default=0.0)
     tail_hits = p.tails.hits(chars)
     if any(tail_hits):

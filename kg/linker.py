@@ -26,11 +26,12 @@ import operator
 import unicodedata
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 from wenzhi.kg.alias_index import SEPARATOR, AliasIndex
 from wenzhi.kg.entity_features import (FEATURES, N_CONTEXT_FEATURES, Context, EntityFeatures, Profile,
-                                       ProfileTable, context_features, description_cover, overlap)
+                                       ProfileTable, context_features, description_cover, disambiguation_cover,
+                                       relation_overlap, tail_overlap)
 from wenzhi.kg.names import normalize_many, normalize_with_offsets
 from wenzhi.kg.store import Entity, TripleStore
 
@@ -76,6 +77,7 @@ class LinkerConfig:
 
 
 _CACHE_SIZE = 200_000
+_FIRST = operator.itemgetter(0)
 _AMBIGUOUS = object()
 _SECOND = operator.itemgetter(1)
 _MISSING = object()
@@ -96,6 +98,14 @@ class _Cache(dict):
         return value
 
 
+class _Alias(NamedTuple):
+    """What scoring an occurrence of an alias needs that no context changes."""
+    candidates: tuple[tuple[Profile, tuple[float, ...], float], ...]  # (profile, weighted context-free terms, their sum)
+    chars: frozenset  # every character of the candidates' profiles
+    described: bool  # some candidate has a description
+    fixed_scores: tuple[float, ...]  # the scores with no context evidence
+
+
 class EntityLinker:
     def __init__(self, store: TripleStore, alias_index: AliasIndex | None = None,
                  config: LinkerConfig | None = None, progress: bool = False):
@@ -109,15 +119,18 @@ class EntityLinker:
         self._entities: _Cache = _Cache()  # entity id -> Entity (None: not in the store)
         self._features: _Cache = _Cache()  # entity id -> EntityFeatures
         self._profiles = ProfileTable(_CACHE_SIZE)
-        self._prepared: _Cache = _Cache()  # key id -> per-candidate context-free score terms
+        self._prepared: _Cache = _Cache()  # key id -> _Alias: its candidates' context-free score terms
         # (key id, raw scores) -> (ranked, best, score); with the prior only, key id -> the same
         self._outcomes: _Cache = _Cache()
         self._unambiguous: _Cache = _Cache()  # key id -> the Entity of an alias with one candidate
         self._key_entities: _Cache = _Cache()  # key id -> (its candidates' entities, all in the store)
         self._mention_features = lru_cache(maxsize=_CACHE_SIZE)(self._compute_mention_features)
         self._candidates = lru_cache(maxsize=_CACHE_SIZE)(self._compute_candidates)
-        # Per profile and the few of its characters a context holds (see entity_features.overlap).
+        # Per profile (or its relation names, or tails) and the few of its characters a context
+        # holds (see entity_features.relation_overlap).
         self._terms = lru_cache(maxsize=100_000)(self._compute_terms)
+        self._relation_overlap = lru_cache(maxsize=100_000)(relation_overlap)
+        self._tail_overlap = lru_cache(maxsize=100_000)(tail_overlap)
 
     # -- public ---------------------------------------------------------------------------
     def link(self, text: str, spans: list[tuple[int, int]] | None = None) -> list[Mention]:
@@ -163,7 +176,7 @@ class EntityLinker:
                 continue
             if text_chars is None:
                 text_chars = frozenset(norm + "\x00")  # every context's characters are among these
-            out[t].append(self._disambiguate(text, norm, s, e, key_id, o_start, o_end, text_chars))
+            out[t].append(self._ambiguous(text[o_start:o_end], o_start, o_end, norm, s, e, key_id, text_chars))
         return out
 
     def rank(self, text: str, k: int = 5) -> list[tuple[Entity, float, Mention]]:
@@ -184,7 +197,7 @@ class EntityLinker:
         occurrences = []
         for s, e, key_id in found:
             if cfg.context:
-                cands = self._occurrence_scores(norm, s, e, key_id, text_chars)
+                cands = zip(map(_FIRST, self._candidates(key_id)), self._occurrence_scores(norm, s, e, key_id, text_chars))
             else:  # the baseline: longest match first, then the most frequent homonym
                 cands = [(eid, 100.0 * (e - s) + math.log(max(p, 1e-9))) for eid, p in self._candidates(key_id)]
             if offmap is None:
@@ -330,17 +343,22 @@ class EntityLinker:
         if len(cands) == 1:  # the common case in running text: nothing to weigh
             entity = self._entity(cands[0][0])
             return Mention(surface, o_start, o_end, entity, 1.0, [(entity, 1.0)])
+        return self._ambiguous(surface, o_start, o_end, norm, s, e, key_id, text_chars)
+
+    def _ambiguous(self, surface, o_start, o_end, norm, s, e, key_id, text_chars) -> Mention:
+        """The mention of an alias with several candidates at norm[s:e] (text[o_start:o_end])."""
         if self.config.context:
             # the same scores give the same outcome: half the ambiguous occurrences in running
             # text repeat an earlier one's (no context evidence, or the same evidence)
-            raw = tuple(r for _, r in self._occurrence_scores(norm, s, e, key_id, text_chars))
+            raw = self._occurrence_scores(norm, s, e, key_id, text_chars)
             outcome = self._outcomes.get((key_id, raw))
             if outcome is None:
                 outcome = self._outcomes.put((key_id, raw), self._outcome(key_id, raw))
         else:  # the baseline: the prior decides, the same for every occurrence of the alias
             outcome = self._outcomes.get(key_id)
             if outcome is None:
-                outcome = self._outcomes.put(key_id, self._outcome(key_id, [math.log(max(p, 1e-9)) for _, p in cands]))
+                raw = [math.log(max(p, 1e-9)) for _, p in self._candidates(key_id)]
+                outcome = self._outcomes.put(key_id, self._outcome(key_id, raw))
         ranked, best, score = outcome
         return Mention(surface, o_start, o_end, best, score, list(ranked))
 
@@ -368,32 +386,31 @@ class EntityLinker:
         return found
 
     def _occurrence_scores(self, norm: str, s: int, e: int, key_id: int,
-                           text_chars: frozenset | None = None) -> list[tuple[int, float]]:
-        """(entity id, linear score) for each candidate of the alias occurrence norm[s:e], in
-        candidate order: the same floats as w . `_feature_vector`, summed in the same order.
+                           text_chars: frozenset | None = None) -> tuple[float, ...]:
+        """The linear score of each candidate of the alias occurrence norm[s:e], in candidate
+        order: the same floats as w . `_feature_vector`, summed in the same order.
         `text_chars`: the characters of all of `norm` and the separator, if at hand."""
-        prepared = self._prepared.get(key_id)
-        if prepared is None:
-            prepared = self._prepared.put(key_id, self._prepare_candidates(norm[s:e], key_id))
-        cands, chars, described, fixed_scores = prepared
+        alias = self._prepared.get(key_id)
+        if alias is None:
+            alias = self._prepared.put(key_id, self._prepare_alias(norm[s:e], key_id))
         # Most candidates (3 in 4 on KgCLUE questions, mostly 1-character entries) share no
         # character with the text around the mention: their context features are all 0, and
         # adding 0.0 terms changes no float, so the score is the precomputed context-free sum.
         if text_chars is None:
             text_chars = frozenset(norm + "\x00")
-        in_text = chars & text_chars  # set & set: no character hashed again
-        if not in_text and not described:
-            return fixed_scores
+        in_text = alias.chars & text_chars  # set & set: no character hashed again
+        if not in_text and not alias.described:
+            return alias.fixed_scores
         cw = self.config.context_window
         window = norm[max(0, s - cw) : s] + "\x00" + norm[e : e + cw]  # the text of `_context`
         # the candidates' characters the context holds (a substring test each, a C loop)
         near = frozenset(filter(window.__contains__, in_text))
-        if not near and not described:
-            return fixed_scores
+        if not near and not alias.described:
+            return alias.fixed_scores
         ctx, terms_of = None, self._terms
-        found = []
+        scores = []
         memo: dict[Profile, tuple] = {}  # homonyms with the same profile: features computed once
-        for eid, p, fixed, fixed_score in cands:
+        for p, fixed, fixed_score in alias.candidates:
             shared = p.chars & near  # = p.chars & ctx.chars, as near holds all of those
             if shared or p.description:
                 weighted = memo.get(p)
@@ -412,14 +429,18 @@ class EntityLinker:
                     weighted = memo[p] = (w_rel_cover, w_rel_hits, w[2] * rel_gram_cover, w_tail_cover,
                                           w_disambiguation, w[5] * description)
                 fixed_score = sum((*weighted, *fixed))
-            found.append((eid, fixed_score))
-        return found
+            scores.append(fixed_score)
+        return tuple(scores)
 
     def _compute_terms(self, p: Profile, shared: frozenset) -> tuple:
-        """`overlap(p, shared)` with its features times their weights (bigram checks as they are)."""
-        rel_cover, rel_hits, tail_cover, disambiguation, gram_checks = overlap(p, shared)
+        """`overlap(p, shared)` with its features times their weights (bigram checks as they
+        are), from the overlaps of its relation names and of its tails, cached apart: entities
+        share those more often than whole profiles."""
+        rel_cover, rel_hits, gram_checks = self._relation_overlap(p.relations, shared & p.relations.chars)
+        tail_cover = self._tail_overlap(p.tails, shared & p.tails.chars)
         w = self.config.weights
-        return w[0] * rel_cover, w[1] * rel_hits, w[3] * tail_cover, w[4] * disambiguation, gram_checks
+        return (w[0] * rel_cover, w[1] * rel_hits, w[3] * tail_cover,
+                w[4] * disambiguation_cover(p.disambiguation, shared), gram_checks)
 
     def _context(self, norm: str, s: int, e: int) -> Context:
         w = self.config.context_window
@@ -445,21 +466,17 @@ class EntityLinker:
             text_frequency,
         )
 
-    def _prepare_candidates(self, mention: str, key_id: int) -> tuple:
-        """What scoring an occurrence of the alias needs that no context changes: per candidate
-        (entity id, profile, weighted context-free terms, their sum); every character of the
-        candidates' profiles; whether any has a description; the scores with no context evidence."""
+    def _prepare_alias(self, mention: str, key_id: int) -> "_Alias":
         fixed_weights = self.config.weights[N_CONTEXT_FEATURES:]
         cands = self._candidates(key_id)
         features = self._features_of([eid for eid, _ in cands])
-        out = []
+        rows = []
         for eid, prior in cands:
             f = features[eid]
             fixed = tuple(map(operator.mul, fixed_weights, self._fixed_features(mention, key_id, f, prior)))
-            out.append((eid, f.profile, fixed, sum(fixed)))
-        chars = frozenset().union(*(p.chars for _, p, _, _ in out))
-        return (tuple(out), chars, any(p.description for _, p, _, _ in out),
-                tuple((eid, fixed_score) for eid, _, _, fixed_score in out))
+            rows.append((f.profile, fixed, sum(fixed)))
+        return _Alias(tuple(rows), frozenset().union(*(p.chars for p, _, _ in rows)),
+                      any(p.description for p, _, _ in rows), tuple(fixed_score for _, _, fixed_score in rows))
 
     def _compute_candidates(self, key_id: int) -> tuple[tuple[int, float], ...]:
         return tuple(self.index.key_candidates(key_id)[: self.config.max_candidates])
