@@ -250,6 +250,23 @@ if api == "link":
     run = lambda: [linker.link(t) for t in texts]
 else:
     run = lambda: [ms for i in range(0, len(texts), batch) for ms in linker.link_many(texts[i : i + batch])]
+if sys.argv[9] == "profile":  # cProfile of each pass: the functions taking the most time of their own
+    import cProfile, pstats
+    from pathlib import Path
+    out = {}
+    for phase in ("cold", "warm"):
+        prof = cProfile.Profile()
+        prof.enable()
+        run()
+        prof.disable()
+        stats = pstats.Stats(prof)
+        rows = sorted(stats.stats.items(), key=lambda kv: -kv[1][2])[:20]
+        out[phase] = {"total_s": round(stats.total_tt, 2), "top": [
+            {"function": f"{Path(f).name}:{line}({name})", "calls": nc, "own_s": round(tt, 3),
+             "own_share": round(tt / stats.total_tt, 3), "cumulative_s": round(ct, 3)}
+            for (f, line, name), (_, nc, tt, ct, _) in rows]}
+    print(json.dumps(out))
+    sys.exit()
 c = time.process_time(); found = run(); cold = time.process_time() - c
 c = time.process_time(); run(); warm = time.process_time() - c
 digest = [hashlib.md5(repr([(m.start, m.end, m.entity and m.entity.id, m.score) for m in ms]).encode()).hexdigest()
@@ -272,7 +289,7 @@ def compare_reference(db: Path, link_chars: int, commit: str, batch: int, refere
         for _ in range(rounds):
             for name in runs:
                 result, _, _ = child(CONTENDER_CODE, name, str(db), context, str(batch), str(link_chars),
-                                     ref_path, bench_dir, reference_index or "")
+                                     ref_path, bench_dir, reference_index or "", "time")
                 runs[name].append(result)
         summary = {}
         for phase in ("cold", "warm"):
@@ -290,29 +307,16 @@ def compare_reference(db: Path, link_chars: int, commit: str, batch: int, refere
     return out
 
 
-def profile_linking(db: Path, texts: list[str], batch: int, top: int = 20) -> dict:
-    """cProfile of `link_many` with context features, cold then warm: the functions taking the
-    most time of their own (the profiler inflates small Python functions; read it for shares)."""
-    import cProfile
-    import pstats
-
-    from wenzhi.kg import EntityLinker, TripleStore
-
-    linker = EntityLinker(TripleStore(db))
-    run = _runner(linker, "link_many", batch)
+def profile_linking(db: Path, link_chars: int, batch: int, commit: str | None, reference_index: str | None) -> dict:
+    """cProfile of linking with context features, cold then warm, each in a fresh process: this
+    linker's `link_many`, and the reference's `link` when a commit is given. The profiler inflates
+    small Python functions: read it for where the time goes, not for speed."""
+    ref_path = reference_package(commit) if commit else ""
+    bench_dir = str(Path(__file__).resolve().parent)
     out = {}
-    for phase in ("cold", "warm"):
-        prof = cProfile.Profile()
-        prof.enable()
-        run(texts)
-        prof.disable()
-        stats = pstats.Stats(prof)
-        total = stats.total_tt
-        rows = sorted(stats.stats.items(), key=lambda kv: -kv[1][2])[:top]
-        out[phase] = {"total_s": round(total, 2), "top": [
-            {"function": f"{Path(f).name}:{line}({name})", "calls": nc, "own_s": round(tt, 3),
-             "own_share": round(tt / total, 3), "cumulative_s": round(ct, 3)}
-            for (f, line, name), (_, nc, tt, ct, _) in rows]}
+    for name in (["reference_link"] if commit else []) + ["link_many"]:
+        out[name], _, _ = child(CONTENDER_CODE, name, str(db), "1", str(batch), str(link_chars), ref_path,
+                                bench_dir, reference_index or "", "profile")
     return out
 
 
@@ -328,7 +332,8 @@ def main() -> None:
     ap.add_argument("--reference", metavar="COMMIT", help="also compare with the linker at this git commit")
     ap.add_argument("--reference-index", help="the reference's own alias index file (else built in memory)")
     ap.add_argument("--rounds", type=int, default=3, help="fresh processes per contender in --reference")
-    ap.add_argument("--profile", action="store_true", help="add a cProfile of link_many (cold and warm)")
+    ap.add_argument("--profile", action="store_true",
+                    help="add a cProfile of link_many (and of the reference's link), cold and warm")
     args = ap.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -396,7 +401,7 @@ def main() -> None:
                                                 args.reference_index, args.rounds)
     if args.profile:
         log("profiling link_many")
-        result["profile"] = profile_linking(db, texts, args.batch)
+        result["profile"] = profile_linking(db, args.link_chars, args.batch, args.reference, args.reference_index)
     result["loadavg_end"] = os.getloadavg()
     imported = isinstance(result["import"], dict)
     result["targets"] = {
