@@ -2,8 +2,9 @@
 each candidate over the index's own keys, on the same corpus text.
 
 Contenders: pyahocorasick (what kg/alias_index.py used before, with its two-letters-per-character
-trick), ahocorasick-rs (Rust aho-corasick, contiguous NFA: the choice), daachorse's character-wise
-and byte-wise double arrays. Each is built and run in a fresh process (its peak memory is its
+trick), ahocorasick-rs (Rust aho-corasick, contiguous NFA), daachorse's character-wise (the
+choice) and byte-wise double arrays. ahocorasick-rs is not a dependency: pip install it to run
+this. Each is built and run in a fresh process (its peak memory is its
 own); matching is every overlapping occurrence, text by text, as the linker asks for them.
 
 Run:   .venv/bin/python bench/alias_matchers.py --store kb.sqlite [--link-chars 1000000]

@@ -15,20 +15,18 @@ out of the automaton, in a code point table beside it: in running text nearly ev
 would match one, which would cost the linker most of its time for mentions it does not use
 unless asked (`rank`, NER spans).
 
-The automaton is ahocorasick_rs's contiguous NFA (Rust, dense transitions where a state has
-many children): 14.7M chars/s over the 3.3M keys of a KgCLUE-sized KB, where pyahocorasick's
-linear scan of a node's children managed ~1M. It is rebuilt from the keys when the index is
-loaded (3.5 s at 3.3M keys, 0.1 s on the real KB) rather than deserialised: the file holds only
-UTF-8 text and numeric arrays (safetensors), so a file someone hands you can be wrong but cannot
-run code -- no pickle, and no library deserialiser trusted with unchecked bytes. daachorse's
-double array was measured too: its character-wise builder needs 51 s at that size and its
-byte-wise one 440 MB, see bench/RESULTS.md.
+The automaton is daachorse's character-wise double array (Rust): a state's child is found by
+one array lookup, where pyahocorasick scanned a node's children one by one (thousands at the
+root over Chinese names). bench/alias_matchers.py measured it against pyahocorasick and
+ahocorasick-rs on the index's own keys (bench/RESULTS.md). It is rebuilt from the keys when the
+index is loaded rather than deserialised: the file holds only UTF-8 text and numeric arrays
+(safetensors), so a file someone hands you can be wrong but cannot run code -- no pickle, and no
+library deserialiser trusted with bytes it cannot check.
 """
 from __future__ import annotations
 
 import functools
 import logging
-import operator
 import os
 import re
 import time
@@ -63,7 +61,7 @@ class AliasIndex:
         automaton: pattern i is key pattern_keys[i]; the 1-character ones are `single_chars`, one
         character each, key single_keys[i]. `offsets`, `entity_ids`, `priors`: the candidates of
         each key (see the module docstring). `build` makes an index, `load` reads a saved one."""
-        import ahocorasick_rs
+        import daachorse
 
         n = len(offsets) - 1
         if len(patterns) != len(pattern_keys) or len(single_chars) != len(single_keys):
@@ -75,7 +73,8 @@ class AliasIndex:
         # occurrences per million characters of ordinary text, per key
         self.text_frequency = text_frequency if text_frequency is not None else array("f", bytes(4 * n))
         self._pattern_key = pattern_keys
-        self._automaton = ahocorasick_rs.AhoCorasick(patterns, implementation=ahocorasick_rs.Implementation.ContiguousNFA)
+        # (empty when no name has 2+ characters: it then matches nothing)
+        self._automaton = daachorse.CharwiseDoubleArrayAhoCorasick(patterns)
         self._single_chars = dict(zip(single_chars, single_keys))
         self._single_table = np.full(0x10000, -1, dtype=np.int32)  # the BMP; others via the dict
         for key, k in self._single_chars.items():
@@ -277,7 +276,7 @@ class AliasIndex:
         key = alias if normalized else normalize(alias)
         if len(key) == 1:
             return self._single_chars.get(key)
-        for pattern, start, end in self._find(key):
+        for start, end, pattern in self._find(key):
             if start == 0 and end == len(key):
                 return self._pattern_key[pattern]
         return None
@@ -294,7 +293,7 @@ class AliasIndex:
         """Alias occurrences in normalised text: (start, end, key_id), end exclusive, in order of
         their end (longest first at one end); then the 1-character ones, when asked, in text order."""
         key = self._pattern_key
-        found = [(s, e, key[p]) for p, s, e in self._find(normalized_text)]
+        found = [(s, e, key[p]) for s, e, p in self._find(normalized_text)]
         if single_chars and self._single_chars:
             found += self._single_char_matches(normalized_text)
         return found
@@ -303,39 +302,39 @@ class AliasIndex:
         """The occurrences a reader would take as mentions: longest first, then leftmost, each
         overlapping none taken before it. (start, end, key_id) in text order."""
         if single_chars:  # key ids throughout (1-character matches have no automaton pattern)
-            found = [(k, s, e) for s, e, k in self.matches(normalized_text, single_chars=True)]
-            key = None
+            found, key = self.matches(normalized_text, single_chars=True), None
         else:  # automaton pattern ids, turned into key ids only for the matches taken
             found, key = self._find(normalized_text), self._pattern_key
         # In start order, a match overlapping none before it (it starts at or after the furthest
         # end so far) begins a run of overlapping matches that no choice crosses. Most runs hold
         # one match, taken as it is; only the others need the longest-first pass.
-        found.sort(key=_START)  # from end order: nearly sorted already
+        found.sort()  # (start, end, id) from end order: nearly sorted already
         chosen, run, furthest = [], [], -1
         for m in found:
-            if m[1] >= furthest:
+            if m[0] >= furthest:
                 if len(run) == 1:
-                    p, s, e = run[0]
+                    s, e, p = run[0]
                     chosen.append((s, e, p if key is None else key[p]))
                 elif run:
                     chosen += _longest_first(run, key)
                 run = [m]
             else:
                 run.append(m)
-            if m[2] > furthest:
-                furthest = m[2]
+            if m[1] > furthest:
+                furthest = m[1]
         if len(run) == 1:
-            p, s, e = run[0]
+            s, e, p = run[0]
             chosen.append((s, e, p if key is None else key[p]))
         elif run:
             chosen += _longest_first(run, key)
         return chosen
 
     def _find(self, text: str) -> list[tuple[int, int, int]]:
+        """(start, end, pattern id) of every automaton match, in order of their end."""
         try:
-            return self._automaton.find_matches_as_indexes(text, overlapping=True)
+            return self._automaton.find_overlapping(text)
         except UnicodeEncodeError:  # a lone surrogate (no alias holds one): same length, no match
-            return self._automaton.find_matches_as_indexes(_SURROGATE.sub("\ufffd", text), overlapping=True)
+            return self._automaton.find_overlapping(_SURROGATE.sub("\ufffd", text))
 
     def _single_char_matches(self, text: str) -> list[tuple[int, int, int]]:
         if len(text) < 256 or max(text) > "\uffff":  # short (a question) or astral: one dict lookup each
@@ -347,18 +346,16 @@ class AliasIndex:
         return list(zip(at.tolist(), (at + 1).tolist(), ids[at].tolist()))
 
 
-_START = operator.itemgetter(1)
-
-
 def _utf8(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
 
 
 def _longest_first(run: list[tuple[int, int, int]], key) -> list[tuple[int, int, int]]:
-    """Of overlapping (id, start, end) matches, the longest first, then the leftmost, skipping
-    any that overlaps one taken: (start, end, key id) in text order; `key` maps ids to key ids."""
+    """Of overlapping (start, end, id) matches, the longest first, then the leftmost, skipping
+    any that overlaps one taken: (start, end, key id) in text order; `key` maps ids to key ids
+    (None: they are key ids)."""
     # (-length, start, ...) tuples sort longest first, then leftmost, with no key function
-    ordered = sorted((s - e, s, e, p) for p, s, e in run)
+    ordered = sorted((s - e, s, e, p) for s, e, p in run)
     origin = min(s for _, s, _, _ in ordered)
     taken = bytearray(max(e for _, _, e, _ in ordered) - origin)
     chosen = []
