@@ -151,8 +151,9 @@ class EntityLinker:
 
     def link_many(self, texts: Sequence[str]) -> list[list[Mention]]:
         """`link(text)` of each text, the same mentions, at batch speed: one normalisation, one
-        automaton pass and one store read per batch. The way to link a corpus (some hundreds of
-        texts per call)."""
+        automaton pass and one store read per batch. The way to link a corpus: 16 to 64 texts per
+        call (the Mentions of hundreds of texts alive at once outlive Python's young-object
+        collections, and the full collections that follow cost more than larger batches save)."""
         out: list[list[Mention]] = [[] for _ in texts]
         normalized = normalize_many(texts)
         # texts joined by a separator no alias holds: no match spans two texts
