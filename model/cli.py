@@ -1,7 +1,8 @@
-"""`wenzhi pretrain prepare|run|probe|downstream`.
+"""`wenzhi pretrain prepare|run|probe|convert|downstream`.
 
 `prepare`, `probe` and `downstream` live in model/prepare.py, model/probe.py and
-model/downstream.py, `run` in model/trainer.py;
+model/downstream.py, `run` in model/trainer.py, `convert` (Hugging Face BERT/ERNIE folders in
+and out) in model/convert.py;
 each module offers `add_arguments(parser)` and `main(args) -> int`, and imports torch and
 transformers inside its functions, so building the parser stays cheap.
 """
@@ -14,6 +15,7 @@ _COMMANDS = {
     "prepare": ("wenzhi.model.prepare", "tokenise, mask and pack corpora into on-disk shards"),
     "run": ("wenzhi.model.trainer", "pretrain an encoder from a config file"),
     "probe": ("wenzhi.model.probe", "knowledge cloze probe of a checkpoint"),
+    "convert": ("wenzhi.model.convert", "import a Hugging Face BERT/ERNIE folder exactly, or export as BertForMaskedLM"),
     "downstream": ("wenzhi.model.downstream", "fine-tune a checkpoint on CLUENER or THUCNews and score it"),
 }
 

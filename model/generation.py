@@ -2,7 +2,7 @@
 per-hypothesis constraint (`allowed_tokens_fn`, e.g. a KB prefix trie).
 
 Written here rather than through transformers' GenerationMixin because the model is an encoder with
-a prefix-LM mask (bidirectional source, causal target) and restarting rotary positions, which the
+a prefix-LM mask (bidirectional source, causal target) and positions restarting per document, which the
 mixin's decoder-only cache and mask utilities do not model; the search itself is kept textbook.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from wenzhi.model.modeling import AttentionLayout, GenerationResult
+from .modeling import AttentionLayout, GenerationResult
 
 
 def _left_pad(input_ids, attention_mask, token_type_ids, pad_id):

@@ -16,6 +16,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from wenzhi.model.conventions import IGNORE_INDEX
+
 log = logging.getLogger(__name__)
 
 TASKS = ("ner", "sim", "gen")
@@ -64,13 +66,11 @@ def resolve_checkpoint(path: Path) -> Path:
 
 
 def load_tokenizer_for(path: Path | None):
+    """The checkpoint's own tokenizer (model/pretrained.py); the BERT Chinese vocabulary without one."""
+    from wenzhi.model.pretrained import checkpoint_tokenizer
     from wenzhi.model.tokenizer import load_tokenizer
 
-    if path is not None:
-        for cand in (Path(path) / "vocab.txt", Path(path).parent / "vocab.txt"):
-            if cand.exists():
-                return load_tokenizer(cand)
-    return load_tokenizer(None)
+    return checkpoint_tokenizer(path) if path is not None else load_tokenizer(None)
 
 
 def save_vocab(tokenizer, out: Path) -> None:
@@ -95,8 +95,15 @@ def training_questions(cfg: FinetuneConfig):
 def _model(cfg: FinetuneConfig, tokenizer, cls, **extra):
     from wenzhi.model.modeling import WenzhiConfig
 
-    if cfg.init is not None:  # a head of another task (e.g. NER from SIM) loads all but the classifier
-        return cls.from_pretrained(resolve_checkpoint(cfg.init), ignore_mismatched_sizes=True, **extra)
+    if cfg.init is not None:  # a wenzhi checkpoint (e.g. NER from SIM: all but the classifier) or a BERT/ERNIE folder
+        from wenzhi.model.pretrained import load_for_init
+
+        vocabulary = [t for t, _ in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])]
+        model, _ = load_for_init(cls, cfg.init, vocabulary=vocabulary, vocabulary_source="the task's tokenizer", **extra)
+        if extra.get("pair_interaction") == "late" and not model.config.position_independent_segments:
+            raise ValueError(f"{cfg.init}: a late-interaction SIM head caches relation states, which needs rotary "
+                             "positions and pre-LN blocks; this checkpoint is BERT-style: use --interaction full")
+        return model
     config = WenzhiConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                           cls_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id,
                           mask_token_id=tokenizer.mask_token_id, **SIZES[cfg.size], **extra)
@@ -193,7 +200,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
 
         def step(idx):
             ids = _pad([feats["input_ids"][i] for i in idx], pad)
-            labels = _pad([feats["labels"][i] for i in idx], -100)
+            labels = _pad([feats["labels"][i] for i in idx], IGNORE_INDEX)
             return model(ids, attention_mask=(ids != pad).long(), labels=labels).loss
 
         report.update(_train(cfg, model, len(items), step))
@@ -240,33 +247,26 @@ def finetune(cfg: FinetuneConfig) -> dict:
         def step(idx):
             rows = [prefixes[i] + targets[i] for i in idx]
             ids = _pad(rows, pad)
-            labels = _pad([[-100] * len(prefixes[i]) + targets[i] for i in idx], -100)
+            labels = _pad([[IGNORE_INDEX] * len(prefixes[i]) + targets[i] for i in idx], IGNORE_INDEX)
             prefix_lengths = torch.as_tensor([len(prefixes[i]) for i in idx])
             return model(ids, prefix_lengths, attention_mask=(ids != pad).long(), labels=labels).loss
 
         report.update(_train(cfg, model, len(prefixes), step))
-    out = Path(cfg.out) / cfg.task
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        import shutil
+    from wenzhi.model.tokenizer import save_tokenizer
+    from wenzhi.retrieval.atomic import atomic_directory
 
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    save_vocab(tokenizer, tmp)
-    save_vocab(tokenizer, Path(cfg.out))
-    report["train_seconds"] = round(time.time() - started, 1)
-    report["config"] = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()
-                        if k not in ("questions",)} | {"questions": [str(q) for q in cfg.questions]}
-    (tmp / "finetune.json").write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
-    if cfg.task == "gen":  # the trie is the GEN head's vocabulary of answers: build it with it
-        from wenzhi.qa_service.pipeline import ensure_trie
+    with atomic_directory(Path(cfg.out) / cfg.task) as tmp:  # an interrupted run keeps the previous head
+        model.save_pretrained(tmp)
+        save_tokenizer(tokenizer, tmp, model.config.max_position_embeddings)
+        save_vocab(tokenizer, Path(cfg.out))
+        report["train_seconds"] = round(time.time() - started, 1)
+        report["config"] = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()
+                            if k not in ("questions",)} | {"questions": [str(q) for q in cfg.questions]}
+        (tmp / "finetune.json").write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
+        if cfg.task == "gen":  # the trie is the GEN head's vocabulary of answers: build it with it
+            from wenzhi.qa_service.pipeline import ensure_trie
 
-        report["trie"] = ensure_trie(tmp, store, tokenizer).meta
+            report["trie"] = ensure_trie(tmp, store, tokenizer).meta
     store.close()
-    if out.exists():
-        import shutil
-
-        shutil.rmtree(out)
-    tmp.rename(out)
     log.info("finetune %s: %s", cfg.task, json.dumps({k: v for k, v in report.items() if k != "config"}, ensure_ascii=False))
     return report
