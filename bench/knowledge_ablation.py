@@ -59,14 +59,67 @@ ROOT = Path(__file__).resolve().parents[1]
 from knowledge_ablation_report import aggregate, plot, print_tables  # noqa: E402  (bench/ is on sys.path)
 
 KNOWLEDGE = {"char": 1, "word": 2, "phrase": 1, "entity": 2}  # the project's weights (prepare_full.yaml)
-VARIANTS = {
-    "R": ("no pretraining (the same model, random init)", None),  # what fine-tuning alone reaches
-    "A": ("characters only (BERT)", {"char": 1}),
-    "B": ("+ whole words", {"char": 1, "word": 2}),
-    "C": ("+ phrases and entities (ERNIE 1.0)", KNOWLEDGE),
-    "D": ("+ UKTP (ERNIE 3.0)", {**KNOWLEDGE, "uktp": 1}),
-    "E": ("+ retrieval-augmented masking (OBERT)", {**KNOWLEDGE, "uktp": 1, "retrieval": 1}),
+MASKING = {
+    "A": {"char": 1},
+    "B": {"char": 1, "word": 2},
+    "C": KNOWLEDGE,
+    "D": {**KNOWLEDGE, "uktp": 1},
+    "E": {**KNOWLEDGE, "uktp": 1, "retrieval": 1},
 }
+
+
+@dataclass(frozen=True)
+class Variant:
+    description: str
+    masking: str | None  # whose shards it trains on (MASKING's key); None: not pretrained here
+    from_bert: bool = False  # starts from the imported BERT stand-in (variant F), else a random init
+
+    @property
+    def strategies(self) -> dict | None:
+        return MASKING[self.masking] if self.masking else None
+
+
+VARIANTS = {
+    "R": Variant("no pretraining (the same model, random init)", None),  # what fine-tuning alone reaches
+    "A": Variant("characters only (BERT)", "A"),
+    "B": Variant("+ whole words", "B"),
+    "C": Variant("+ phrases and entities (ERNIE 1.0)", "C"),
+    "D": Variant("+ UKTP (ERNIE 3.0)", "D"),
+    "E": Variant("+ retrieval-augmented masking (OBERT)", "E"),
+    # F: the same maskings continued from an imported BERT-style checkpoint (knowledge_ablation_bert.py)
+    "F0": Variant("imported BERT, not continued", None, from_bert=True),
+    "FA": Variant("imported BERT + plain MLM (A)", "A", from_bert=True),
+    "FB": Variant("imported BERT + B", "B", from_bert=True),
+    "FC": Variant("imported BERT + C", "C", from_bert=True),
+    "FD": Variant("imported BERT + D", "D", from_bert=True),
+    "FE": Variant("imported BERT + C+D+E (E)", "E", from_bert=True),
+}
+NAMES = {v: d.description for v, d in VARIANTS.items()}
+FAMILIES = (["R", "A", "B", "C", "D", "E"], ["F0", "FA", "FB", "FC", "FD", "FE"])
+
+
+def parse_variants(text: str) -> list[str]:
+    """`RABCDE`, `A,FA,FE` or `R A F0`: the variants named, in that order."""
+    import re
+
+    names = re.findall(r"F[0A-E]|[RA-E]", text.upper())
+    if not names or re.sub(r"F[0A-E]|[RA-E]|[\s,]", "", text.upper()):
+        raise SystemExit(f"error: --variants {text!r}: use {', '.join(VARIANTS)}")
+    return list(dict.fromkeys(names))
+
+
+def comparisons(variants: list[str]) -> list[tuple[str, str]]:
+    """Each variant against the one before it in its family and against the family's plain-MLM run
+    (A, or FA from the BERT); and F against the same masking from scratch."""
+    pairs = []
+    for family in FAMILIES:
+        present = [v for v in family if v in variants]
+        pairs += list(zip(present[1:], present))
+        base = next((v for v in present if VARIANTS[v].masking), None)
+        if base:
+            pairs += [(v, base) for v in present[present.index(base) + 2:]]
+    pairs += [(v, v[1]) for v in variants if v.startswith("F") and v[1] in variants]
+    return pairs
 
 
 @dataclass
@@ -103,6 +156,9 @@ class Size:
     probe_items: int = 400
     probe_candidates: int = 20
     threads: int = 1
+    # F's stand-in for a downloaded BERT: BertForMaskedLM of the same shape, trained on A's shards
+    bert_steps: int = 500
+    bert_learning_rate: float = 2e-3
 
 
 SIZES = {
@@ -112,7 +168,7 @@ SIZES = {
                              num_nlu_layers=1, num_nlg_layers=1, hidden_dropout_prob=0.0,
                              attention_probs_dropout_prob=0.0),
                   sim_steps=6, sim_questions=200, qa_ner_steps=3, relation_questions=30, downstream_steps=6,
-                  downstream_train=200, downstream_eval=60, probe_items=15, probe_candidates=10),
+                  downstream_train=200, downstream_eval=60, probe_items=15, probe_candidates=10, bert_steps=12),
     # all the text (a run reads 40% of A's rows); about 5 CPU-minutes a run (bench/RESULTS.md)
     "cpu": Size(people_daily=18000, reviews=16000, agrikg_rows=None, kdconv_dialogues=None, heldout_people_daily=600,
                 heldout_reviews=300, steps=500, curve_points=5, sim_steps=300, relation_questions=1000,
@@ -125,6 +181,7 @@ SIZES = {
 }
 PREPARE_SEED, HELDOUT_SEED, HELDOUT_FRACTION = 13, 7, 0.1
 TRAIN_FIELDS = ("seq_len", "batch_size", "steps", "curve_points", "learning_rate", "model", "threads")
+BERT_FIELDS = ("bert_steps", "bert_learning_rate")  # they name the BERT's folder (and so F's), no other
 
 
 def _key(value, work: Path) -> str:
@@ -157,10 +214,10 @@ class Plan:
     def heldout(self) -> Path:  # the held-out MLM shards
         return self.work / f"heldout-{_key(self.heldout_config(), self.work)}"
 
-    def prepare_config(self, variant: str) -> dict:
-        """The variant's prepare config: the same corpora and settings, its own masking strategies.
+    def prepare_config(self, masking: str) -> dict:
+        """A masking's prepare config: the same corpora and settings, its own masking strategies.
         D and E also read the triple corpora as triple-sentence pairs (what UKTP trains on)."""
-        s, strategies = self.size, VARIANTS[variant][1]
+        s, strategies = self.size, MASKING[masking]
         knowledge = bool({"uktp", "retrieval"} & set(strategies))
         return {
             "seq_len": s.seq_len, "seed": PREPARE_SEED, "mask_ratio": s.mask_ratio, "heldout_fraction": HELDOUT_FRACTION,
@@ -176,7 +233,16 @@ class Plan:
         }
 
     def shards(self, variant: str) -> Path:
-        return self.work / "shards" / f"{variant}-{_key(self.prepare_config(variant), self.work)}"
+        """The shards a variant trains on (F's are its masking's: FA reads A's)."""
+        masking = VARIANTS[variant].masking
+        return self.work / "shards" / f"{masking}-{_key(self.prepare_config(masking), self.work)}"
+
+    @property
+    def bert(self) -> Path:
+        """F's starting point: the BERT stand-in, named by its shards and training settings."""
+        record = {"shards": self.shards("A").name, "bert": {k: getattr(self.size, k) for k in BERT_FIELDS},
+                  "train": {k: getattr(self.size, k) for k in ("seq_len", "batch_size", "model", "threads")}}
+        return self.work / f"bert-{_key(record, self.work)}"
 
     def train_config(self, variant: str, seed: int) -> dict:
         s = self.size
@@ -186,18 +252,21 @@ class Plan:
                 "model": dict(s.model), "optimizer": "adamw", "learning_rate": s.learning_rate, "warmup_ratio": 0.06,
                 "lr_scheduler": "linear", "lm_weight": 0.0, "seed": seed,
                 "checkpoint_every": max(1, s.steps // s.curve_points), "keep_checkpoints": s.curve_points + 1,
-                "log_every": max(1, s.steps // 20), "num_threads": s.threads, "report_to": "none"}
+                "log_every": max(1, s.steps // 20), "num_threads": s.threads, "report_to": "none",
+                **({"init_from": str(self.bert / "bert")} if VARIANTS[variant].from_bert else {})}
 
     def pretrain_dir(self, variant: str, seed: int) -> Path:
         """Keyed by the shards and the training settings, so evaluations can change without retraining."""
         train = {k: getattr(self.size, k) for k in TRAIN_FIELDS}
-        record = {"shards": self.shards(variant).name if VARIANTS[variant][1] else None, "train": train}
+        record = {"shards": self.shards(variant).name if VARIANTS[variant].masking else None, "train": train}
+        if VARIANTS[variant].from_bert:
+            record["init"] = self.bert.name
         return self.work / "pretrain" / f"{variant}-{_key(record, self.work)}" / f"seed-{seed}"
 
     def run_dir(self, variant: str, seed: int) -> Path:
         """The evaluations of one pretrained model: keyed by it and every evaluation setting."""
         corpus = {"people_daily", "reviews", "agrikg_rows", "kdconv_dialogues", "prepare_overrides", "mask_ratio"}
-        evaluation = {k: v for k, v in asdict(self.size).items() if k not in corpus | set(TRAIN_FIELDS)}
+        evaluation = {k: v for k, v in asdict(self.size).items() if k not in corpus | set(TRAIN_FIELDS) | set(BERT_FIELDS)}
         record = {"pretrain": self.pretrain_dir(variant, seed).parent.name, "heldout": self.heldout.name,
                   "eval": evaluation}
         return self.work / "runs" / f"{variant}-{_key(record, self.work)}" / f"seed-{seed}"
@@ -397,10 +466,17 @@ def run_one(plan: Plan, variant: str, seed: int) -> dict:
         result["cpu_seconds"][name] = round(time.process_time() - cpu, 1)
         return value
 
-    if VARIANTS[variant][1] is None:  # R: the model every run starts from (same seed, same init)
-        model_dir = stage("pretrain", lambda: random_model(plan, plan.pretrain_dir(variant, seed) / "model", seed))
-        result["compute"] = {"steps": 0, "token_slots": 0, "tokens": 0, "masked_tokens": 0, "flops": 0.0,
-                             "tokens_per_kind": {}}
+    no_compute = {"steps": 0, "token_slots": 0, "tokens": 0, "masked_tokens": 0, "flops": 0.0, "tokens_per_kind": {}}
+    if VARIANTS[variant].from_bert:
+        result["bert"] = json.loads((plan.bert / "bert.json").read_text())  # F's head start, paid once
+    if VARIANTS[variant].masking is None:  # R and F0: evaluated as they start (R: each run's init)
+        if VARIANTS[variant].from_bert:
+            model_dir = plan.bert / "as-wenzhi"
+        else:
+            model_dir = stage("pretrain", lambda: random_model(plan, plan.pretrain_dir(variant, seed) / "model", seed))
+        result["seconds"].setdefault("pretrain", 0.0)
+        result["cpu_seconds"].setdefault("pretrain", 0.0)
+        result["compute"] = no_compute
         result["curve"] = stage("heldout_mlm", lambda: [{"step": 0, "tokens": 0, "loss": heldout_mlm_loss(
             WenzhiForPretraining.from_pretrained(model_dir), plan.heldout)}])
     else:
@@ -411,6 +487,9 @@ def run_one(plan: Plan, variant: str, seed: int) -> dict:
         model_dir = Path(cfg.output_dir) / "model"  # (a reused run's log may name the folder it was moved from)
         result["curve"] = stage("heldout_mlm", lambda: loss_curve(Path(cfg.output_dir), plan.heldout,
                                                                   result["compute"]["tokens_after_step"]))
+        if VARIANTS[variant].from_bert:  # where the continuation starts: the imported BERT
+            start = WenzhiForPretraining.from_pretrained(plan.bert / "as-wenzhi")
+            result["curve"].insert(0, {"step": 0, "tokens": 0, "loss": heldout_mlm_loss(start, plan.heldout)})
         del result["compute"]["tokens_after_step"]
 
     def run_probe():
@@ -446,6 +525,15 @@ def run_one(plan: Plan, variant: str, seed: int) -> dict:
         "cluener_f1": result["cluener"]["entity_f1"], "thucnews_acc": result["thucnews"]["accuracy"],
         "heldout_mlm_loss": round(result["curve"][-1]["loss"], 4)}
     return result
+
+
+def build_bert_for(plan: Plan) -> dict:
+    """F's starting point (bench/knowledge_ablation_bert.py) trained on A's shards."""
+    from knowledge_ablation_bert import build_bert
+
+    s = plan.size
+    return build_bert(plan.bert, plan.shards("A"), s.model, s.bert_steps, s.batch_size, s.seq_len,
+                      s.bert_learning_rate, s.threads)
 
 
 # -- orchestration ---------------------------------------------------------------------------------
@@ -509,7 +597,8 @@ def main() -> int:
     parser.add_argument("--size", choices=sorted(SIZES), default="cpu")
     parser.add_argument("--quick", action="store_true", help="CI check: --size quick --seeds 1 --jobs 0")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--variants", default="RABCDE", help="R is the no-pretraining reference")
+    parser.add_argument("--variants", default="R,A,B,C,D,E,F0,FA,FE",
+                        help="R: no pretraining; F0: the imported BERT as is; FA..FE: A..E continued from it")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (0: in this process, one by one)")
     parser.add_argument("--work", help="work folder (default runs/knowledge-ablation-SIZE); finished runs are kept")
     parser.add_argument("--kb", help="an existing TripleStore (default: import kb/knowledge.txt into --work)")
@@ -517,7 +606,7 @@ def main() -> int:
                         help="override a size field (YAML value), e.g. steps=3000 or prepare_overrides={mask_ratio: 0.2}")
     parser.add_argument("--plot", help="PNG path (default bench/knowledge_ablation_SIZE.png; quick: in --work)")
     parser.add_argument("--json", help="also write the summary here")
-    parser.add_argument("--worker", choices=["prepare", "run"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["prepare", "bert", "run"], help=argparse.SUPPRESS)
     parser.add_argument("--plan", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
@@ -530,16 +619,18 @@ def main() -> int:
         plan = Plan(Size(**plan_record["size"]), work, plan_record["kb"])
         if args.worker == "prepare":
             _write_json(plan.shards(args.variant).with_suffix(".json"), prepare_variant(plan, args.variant))
+        elif args.worker == "bert":
+            build_bert_for(plan)
         else:
             _write_json(plan.run_dir(args.variant, args.seed) / "result.json", run_one(plan, args.variant, args.seed))
         return 0
 
     size = replace(SIZES[args.size], **_parse_sets(args.set))
-    variants = [v for v in args.variants.upper() if v in VARIANTS]
+    variants = parse_variants(args.variants)
     seeds = list(range(args.seeds))
     work.mkdir(parents=True, exist_ok=True)
     started, cpu0 = time.perf_counter(), time.process_time()
-    print(f"knowledge ablation: size {args.size}, variants {''.join(variants)}, seeds {seeds}, "
+    print(f"knowledge ablation: size {args.size}, variants {','.join(variants)}, seeds {seeds}, "
           f"{size.steps} steps x {size.batch_size} rows x {size.seq_len} tokens per run; work {work}", flush=True)
     kb = Path(args.kb).resolve() if args.kb else work / "kb.sqlite"
     if not kb.exists():
@@ -554,18 +645,25 @@ def main() -> int:
     plan_file.parent.mkdir(exist_ok=True)
     _write_json(plan_file, {"size": asdict(size), "kb": str(kb)})
     me = [sys.executable, str(Path(__file__).resolve()), "--work", str(work), "--plan", str(plan_file)]
-    prep_tasks = [(f"prepare {v}", plan.shards(v).with_suffix(".json"), me + ["--worker", "prepare", "--variant", v])
-                  for v in variants if VARIANTS[v][1]]
+    maskings = sorted({VARIANTS[v].masking for v in variants if VARIANTS[v].masking}
+                      | ({"A"} if any(VARIANTS[v].from_bert for v in variants) else set()))  # the BERT reads A's
+    prep_tasks = [(f"prepare {m}", plan.shards(m).with_suffix(".json"), me + ["--worker", "prepare", "--variant", m])
+                  for m in maskings]
+    bert_tasks = [("BERT stand-in", plan.bert / "bert.json", me + ["--worker", "bert"])
+                  ] if any(VARIANTS[v].from_bert for v in variants) else []
     run_tasks_ = [(f"run {v} seed {s}", plan.run_dir(v, s) / "result.json",
                    me + ["--worker", "run", "--variant", v, "--seed", str(s)]) for s in seeds for v in variants]
     usage: dict = {}
     if args.jobs > 0:
         usage.update(run_tasks(prep_tasks, args.jobs))
+        usage.update(run_tasks(bert_tasks, args.jobs))
         usage.update(run_tasks(run_tasks_, args.jobs))
     else:  # in this process (quick mode): no interpreter start-up per task
         for name, out, argv in prep_tasks:
             if not out.exists():
                 _write_json(out, prepare_variant(plan, argv[argv.index("--variant") + 1]))
+        if bert_tasks:
+            build_bert_for(plan)
         for name, out, argv in run_tasks_:
             if not out.exists():
                 out.parent.mkdir(parents=True, exist_ok=True)
@@ -577,22 +675,24 @@ def main() -> int:
         if name in usage:
             r["run_cpu_seconds"] = usage[name]["cpu_seconds"]
         results.append(r)
-    base = next((v for v in variants if VARIANTS[v][1]), variants[0])  # the plainest pretrained variant
-    pairs = list(zip(variants[1:], variants)) + [(v, base) for v in variants[variants.index(base) + 2:]]
-    summary = aggregate(results, variants, pairs)
-    for v in (v for v in variants if VARIANTS[v][1]):
-        summary["variants"][v]["prepare"] = json.loads(plan.shards(v).with_suffix(".json").read_text())
-        if f"prepare {v}" in usage:
-            summary["variants"][v]["prepare"]["cpu_seconds"] = usage[f"prepare {v}"]["cpu_seconds"]
+    summary = aggregate(results, variants, comparisons(variants))
+    for v in variants:
+        masking = VARIANTS[v].masking
+        if masking:
+            summary["variants"][v]["prepare"] = json.loads(plan.shards(v).with_suffix(".json").read_text())
+            if f"prepare {masking}" in usage:
+                summary["variants"][v]["prepare"]["cpu_seconds"] = usage[f"prepare {masking}"]["cpu_seconds"]
+        if VARIANTS[v].from_bert:  # the head start F paid once, before its equal-compute continuation
+            summary["variants"][v]["bert"] = json.loads((plan.bert / "bert.json").read_text())
     summary.update({"size": args.size, "seeds": seeds, "work": str(work), "data": shared,
                     "runs": sorted({str(plan.run_dir(v, 0).parent.relative_to(work)) for v in variants}),
                     "machine": f"{platform.node()} {os.cpu_count()} cores",
                     "wall_seconds": round(time.perf_counter() - started, 1),
                     "cpu_seconds": round(time.process_time() - cpu0 + sum(u["cpu_seconds"] for u in usage.values()), 1)})
-    print_tables(summary, {v: d for v, (d, _) in VARIANTS.items()})
+    print_tables(summary, NAMES)
     plot_path = Path(args.plot) if args.plot else (work / "knowledge_ablation.png" if args.size == "quick"
                                                    else ROOT / "bench" / f"knowledge_ablation_{args.size}.png")
-    plot(summary, results, plot_path, {v: d for v, (d, _) in VARIANTS.items()})
+    plot(summary, results, plot_path, NAMES)
     summary["plot"] = str(plot_path)
     if args.json:
         _write_json(Path(args.json), summary)
