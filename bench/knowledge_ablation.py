@@ -2,6 +2,7 @@
 
     WENZHI_DATA=../shared/data nice -n 5 .venv/bin/python bench/knowledge_ablation.py --size cpu --seeds 3 --jobs 2
     WENZHI_DATA=../shared/data .venv/bin/python bench/knowledge_ablation.py --quick      # CI: tiny, one seed
+    ... --variants A,FA,FE   # any subset; finished pieces in --work are reused
 
 The same model is pretrained on the same corpus slice for the same number of steps, once per
 variant, where the variants differ only in how the text is masked (`wenzhi pretrain prepare`'s
@@ -12,6 +13,10 @@ strategies; everything else in the prepare and training configs is the same):
     C  + phrases and entities (ERNIE 1.0)         char, word, phrase, entity
     D  + UKTP (ERNIE 3.0 triple-sentence pairs)   C + uktp; the triple corpora also as pairs
     E  + retrieval-augmented masking (OBERT)      D + retrieval (a knowledge segment of the KB)
+    R  no pretraining: the same model as it starts (what fine-tuning alone reaches)
+    F0 an imported BERT-style checkpoint, not continued (knowledge_ablation_bert.py: no hub
+       weights here, so a BertForMaskedLM of the same shape is trained on A's text first)
+    FA..FE  A..E's shards, continued from that checkpoint through --init's import, equal steps
 
 Equal compute: every run takes `steps` optimizer steps of `batch_size` packed rows of `seq_len`
 token slots, so all runs process the same token slots and (up to the MLM head's masked-token share)
@@ -43,234 +48,21 @@ from __future__ import annotations
 import argparse
 import csv
 import functools
-import hashlib
 import json
 import os
 import platform
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 ROOT = Path(__file__).resolve().parents[1]
 
-from knowledge_ablation_report import aggregate, plot, print_tables  # noqa: E402  (bench/ is on sys.path)
-
-KNOWLEDGE = {"char": 1, "word": 2, "phrase": 1, "entity": 2}  # the project's weights (prepare_full.yaml)
-MASKING = {
-    "A": {"char": 1},
-    "B": {"char": 1, "word": 2},
-    "C": KNOWLEDGE,
-    "D": {**KNOWLEDGE, "uktp": 1},
-    "E": {**KNOWLEDGE, "uktp": 1, "retrieval": 1},
-}
-
-
-@dataclass(frozen=True)
-class Variant:
-    description: str
-    masking: str | None  # whose shards it trains on (MASKING's key); None: not pretrained here
-    from_bert: bool = False  # starts from the imported BERT stand-in (variant F), else a random init
-
-    @property
-    def strategies(self) -> dict | None:
-        return MASKING[self.masking] if self.masking else None
-
-
-VARIANTS = {
-    "R": Variant("no pretraining (the same model, random init)", None),  # what fine-tuning alone reaches
-    "A": Variant("characters only (BERT)", "A"),
-    "B": Variant("+ whole words", "B"),
-    "C": Variant("+ phrases and entities (ERNIE 1.0)", "C"),
-    "D": Variant("+ UKTP (ERNIE 3.0)", "D"),
-    "E": Variant("+ retrieval-augmented masking (OBERT)", "E"),
-    # F: the same maskings continued from an imported BERT-style checkpoint (knowledge_ablation_bert.py)
-    "F0": Variant("imported BERT, not continued", None, from_bert=True),
-    "FA": Variant("imported BERT + plain MLM (A)", "A", from_bert=True),
-    "FB": Variant("imported BERT + B", "B", from_bert=True),
-    "FC": Variant("imported BERT + C", "C", from_bert=True),
-    "FD": Variant("imported BERT + D", "D", from_bert=True),
-    "FE": Variant("imported BERT + C+D+E (E)", "E", from_bert=True),
-}
-NAMES = {v: d.description for v, d in VARIANTS.items()}
-FAMILIES = (["R", "A", "B", "C", "D", "E"], ["F0", "FA", "FB", "FC", "FD", "FE"])
-
-
-def parse_variants(text: str) -> list[str]:
-    """`RABCDE`, `A,FA,FE` or `R A F0`: the variants named, in that order."""
-    import re
-
-    names = re.findall(r"F[0A-E]|[RA-E]", text.upper())
-    if not names or re.sub(r"F[0A-E]|[RA-E]|[\s,]", "", text.upper()):
-        raise SystemExit(f"error: --variants {text!r}: use {', '.join(VARIANTS)}")
-    return list(dict.fromkeys(names))
-
-
-def comparisons(variants: list[str]) -> list[tuple[str, str]]:
-    """Each variant against the one before it in its family and against the family's plain-MLM run
-    (A, or FA from the BERT); and F against the same masking from scratch."""
-    pairs = []
-    for family in FAMILIES:
-        present = [v for v in family if v in variants]
-        pairs += list(zip(present[1:], present))
-        base = next((v for v in present if VARIANTS[v].masking), None)
-        if base:
-            pairs += [(v, base) for v in present[present.index(base) + 2:]]
-    pairs += [(v, v[1]) for v in variants if v.startswith("F") and v[1] in variants]
-    return pairs
-
-
-@dataclass
-class Size:
-    people_daily: int  # training paragraphs (the first ones); the held-out text follows them
-    reviews: int  # training reviews from each of reviews_pos.txt and reviews_neg.txt
-    agrikg_rows: int | None  # AgriKG distant-supervision rows (None: all)
-    kdconv_dialogues: int | None  # per KdConv file
-    heldout_people_daily: int
-    heldout_reviews: int
-    seq_len: int = 128
-    batch_size: int = 32
-    steps: int = 1500
-    curve_points: int = 6  # held-out MLM loss at every steps/curve_points
-    learning_rate: float = 2e-3
-    model: dict = field(default_factory=lambda: dict(
-        hidden_size=64, num_attention_heads=4, intermediate_size=256, num_universal_layers=2, num_nlu_layers=1,
-        num_nlg_layers=1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
-    mask_ratio: float = 0.15
-    prepare_overrides: dict = field(default_factory=dict)  # e.g. {"curriculum": "default"} for an attempt
-    # Fine-tuning, the same for every task: the whole model trained (BERT's and ERNIE 1.0's protocol;
-    # with the universal module frozen, as the service does, every metric sat at chance at this
-    # scale: bench/RESULTS.md), at a learning rate that suits the tiny encoder
-    finetune_lr: float = 2e-3
-    freeze_universal: bool = False
-    sim_interaction: str = "full"  # the head that learns within a few hundred steps (Makefile demo)
-    sim_steps: int = 600  # about one epoch of KgCLUE train at batch 32
-    sim_questions: int | None = None
-    qa_ner_steps: int = 60  # the pipeline needs a mention head; it does not enter relation selection
-    relation_questions: int | None = None  # KgCLUE dev questions (None: all 2,000)
-    downstream_steps: int = 600
-    downstream_train: int | None = None
-    downstream_eval: int | None = None
-    probe_items: int = 400
-    probe_candidates: int = 20
-    threads: int = 1
-    # F's stand-in for a downloaded BERT: BertForMaskedLM of the same shape, trained on A's shards
-    bert_steps: int = 500
-    bert_learning_rate: float = 2e-3
-
-
-SIZES = {
-    "quick": Size(people_daily=40, reviews=20, agrikg_rows=80, kdconv_dialogues=2, heldout_people_daily=20,
-                  heldout_reviews=10, seq_len=64, batch_size=8, steps=12, curve_points=3,
-                  model=dict(hidden_size=32, num_attention_heads=2, intermediate_size=64, num_universal_layers=1,
-                             num_nlu_layers=1, num_nlg_layers=1, hidden_dropout_prob=0.0,
-                             attention_probs_dropout_prob=0.0),
-                  sim_steps=6, sim_questions=200, qa_ner_steps=3, relation_questions=30, downstream_steps=6,
-                  downstream_train=200, downstream_eval=60, probe_items=15, probe_candidates=10, bert_steps=12),
-    # all the text (a run reads 40% of A's rows); about 5 CPU-minutes a run (bench/RESULTS.md)
-    "cpu": Size(people_daily=18000, reviews=16000, agrikg_rows=None, kdconv_dialogues=None, heldout_people_daily=600,
-                heldout_reviews=300, steps=500, curve_points=5, sim_steps=300, relation_questions=1000,
-                downstream_steps=300, downstream_eval=3000, probe_items=300),
-    # a GPU: the small config's encoder on all the text, ten times the steps
-    "gpu": Size(people_daily=17000, reviews=15000, agrikg_rows=None, kdconv_dialogues=None,
-                heldout_people_daily=1500, heldout_reviews=1500, batch_size=64, steps=15000, learning_rate=1e-3,
-                model=dict(hidden_size=256, num_attention_heads=4, intermediate_size=1024, num_universal_layers=2,
-                           num_nlu_layers=2, num_nlg_layers=1), threads=4),
-}
-PREPARE_SEED, HELDOUT_SEED, HELDOUT_FRACTION = 13, 7, 0.1
-TRAIN_FIELDS = ("seq_len", "batch_size", "steps", "curve_points", "learning_rate", "model", "threads")
-BERT_FIELDS = ("bert_steps", "bert_learning_rate")  # they name the BERT's folder (and so F's), no other
-
-
-def _key(value, work: Path) -> str:
-    """A short hash of a config, with the work folder's own path left out (folders can move)."""
-    text = json.dumps(value, sort_keys=True, default=str).replace(str(work), "$WORK")
-    return hashlib.blake2b(text.encode(), digest_size=5).hexdigest()
-
-
-@dataclass
-class Plan:
-    """Where each piece of the ablation lives in the work folder, named by what made it."""
-
-    size: Size
-    work: Path
-    kb: str
-
-    @property
-    def data(self) -> Path:  # the corpora without held-out facts
-        return self.work / f"data-{_key([self.size.agrikg_rows, self.size.kdconv_dialogues], self.work)}"
-
-    def heldout_config(self) -> dict:
-        s = self.size
-        return {"seq_len": s.seq_len, "seed": HELDOUT_SEED, "mask_ratio": 0.15, "strategies": {"char": 1}, "corpora": [
-            {"path": "corpus/people_daily_1998_pos.txt", "format": "people_daily", "skip": s.people_daily,
-             "limit": s.heldout_people_daily},
-            {"path": "corpus/reviews_pos.txt", "format": "text", "skip": s.reviews, "limit": s.heldout_reviews},
-            {"path": "corpus/reviews_neg.txt", "format": "text", "skip": s.reviews, "limit": s.heldout_reviews}]}
-
-    @property
-    def heldout(self) -> Path:  # the held-out MLM shards
-        return self.work / f"heldout-{_key(self.heldout_config(), self.work)}"
-
-    def prepare_config(self, masking: str) -> dict:
-        """A masking's prepare config: the same corpora and settings, its own masking strategies.
-        D and E also read the triple corpora as triple-sentence pairs (what UKTP trains on)."""
-        s, strategies = self.size, MASKING[masking]
-        knowledge = bool({"uktp", "retrieval"} & set(strategies))
-        return {
-            "seq_len": s.seq_len, "seed": PREPARE_SEED, "mask_ratio": s.mask_ratio, "heldout_fraction": HELDOUT_FRACTION,
-            "kb": self.kb if {"entity", "uktp", "retrieval"} & set(strategies) else None,
-            "corpora": [
-                {"path": "corpus/people_daily_1998_pos.txt", "format": "people_daily", "limit": s.people_daily},
-                {"path": "corpus/reviews_pos.txt", "format": "text", "limit": s.reviews},
-                {"path": "corpus/reviews_neg.txt", "format": "text", "limit": s.reviews},
-                {"path": str(self.data / "agrikg.tsv"), "format": "agrikg", "use": "triples" if knowledge else "text"},
-                {"path": str(self.data / "kdconv"), "format": "kdconv", "use": "both" if knowledge else "text"}],
-            "strategies": strategies, "curriculum": None, "augment": {"max_tokens": 64, "min_tokens": 8},
-            **s.prepare_overrides,
-        }
-
-    def shards(self, variant: str) -> Path:
-        """The shards a variant trains on (F's are its masking's: FA reads A's)."""
-        masking = VARIANTS[variant].masking
-        return self.work / "shards" / f"{masking}-{_key(self.prepare_config(masking), self.work)}"
-
-    @property
-    def bert(self) -> Path:
-        """F's starting point: the BERT stand-in, named by its shards and training settings."""
-        record = {"shards": self.shards("A").name, "bert": {k: getattr(self.size, k) for k in BERT_FIELDS},
-                  "train": {k: getattr(self.size, k) for k in ("seq_len", "batch_size", "model", "threads")}}
-        return self.work / f"bert-{_key(record, self.work)}"
-
-    def train_config(self, variant: str, seed: int) -> dict:
-        s = self.size
-        order = "sequential" if s.prepare_overrides.get("curriculum") else "shuffle"
-        return {"output_dir": str(self.pretrain_dir(variant, seed)), "phases": [
-                    {"shards": str(self.shards(variant)), "steps": s.steps, "batch_size": s.batch_size, "order": order}],
-                "model": dict(s.model), "optimizer": "adamw", "learning_rate": s.learning_rate, "warmup_ratio": 0.06,
-                "lr_scheduler": "linear", "lm_weight": 0.0, "seed": seed,
-                "checkpoint_every": max(1, s.steps // s.curve_points), "keep_checkpoints": s.curve_points + 1,
-                "log_every": max(1, s.steps // 20), "num_threads": s.threads, "report_to": "none",
-                **({"init_from": str(self.bert / "bert")} if VARIANTS[variant].from_bert else {})}
-
-    def pretrain_dir(self, variant: str, seed: int) -> Path:
-        """Keyed by the shards and the training settings, so evaluations can change without retraining."""
-        train = {k: getattr(self.size, k) for k in TRAIN_FIELDS}
-        record = {"shards": self.shards(variant).name if VARIANTS[variant].masking else None, "train": train}
-        if VARIANTS[variant].from_bert:
-            record["init"] = self.bert.name
-        return self.work / "pretrain" / f"{variant}-{_key(record, self.work)}" / f"seed-{seed}"
-
-    def run_dir(self, variant: str, seed: int) -> Path:
-        """The evaluations of one pretrained model: keyed by it and every evaluation setting."""
-        corpus = {"people_daily", "reviews", "agrikg_rows", "kdconv_dialogues", "prepare_overrides", "mask_ratio"}
-        evaluation = {k: v for k, v in asdict(self.size).items() if k not in corpus | set(TRAIN_FIELDS) | set(BERT_FIELDS)}
-        record = {"pretrain": self.pretrain_dir(variant, seed).parent.name, "heldout": self.heldout.name,
-                  "eval": evaluation}
-        return self.work / "runs" / f"{variant}-{_key(record, self.work)}" / f"seed-{seed}"
-
+from knowledge_ablation_plan import (  # noqa: E402  (bench/ is on sys.path)
+    HELDOUT_FRACTION, NAMES, SIZES, VARIANTS, Plan, Size, comparisons, key, parse_variants)
+from knowledge_ablation_report import aggregate, plot, print_tables  # noqa: E402
 
 # -- data shared by all variants -------------------------------------------------------------------
 def build_data(plan: Plan) -> dict:
@@ -641,7 +433,7 @@ def main() -> int:
     plan = Plan(size, work, str(kb))
     shared = build_data(plan)
     print(f"data: {shared['heldout_sentences']} held-out sentences; removed {shared['removed']}", flush=True)
-    plan_file = work / "plans" / f"{_key([asdict(size), str(kb)], work)}.json"
+    plan_file = work / "plans" / f"{key([asdict(size), str(kb)], work)}.json"
     plan_file.parent.mkdir(exist_ok=True)
     _write_json(plan_file, {"size": asdict(size), "kb": str(kb)})
     me = [sys.executable, str(Path(__file__).resolve()), "--work", str(work), "--plan", str(plan_file)]

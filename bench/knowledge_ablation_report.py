@@ -79,7 +79,8 @@ def plot(summary: dict, results: list[dict], path: Path, names: dict[str, str]) 
         y = np.array([[p["loss"] for p in c] for c in curves])
         ax.plot(x, y.mean(0), marker="o", ms=3, color=colors[v], label=f"{v} {names[v]}")
         ax.fill_between(x, y.mean(0) - y.std(0), y.mean(0) + y.std(0), color=colors[v], alpha=0.2)
-    ax.set(xlabel="tokens seen", ylabel="held-out MLM loss (char masking)", title="held-out MLM loss")
+    ax.set(xlabel="tokens seen (F: after the imported BERT's)", ylabel="held-out MLM loss (char masking)",
+           title="held-out MLM loss")
     ax.legend(fontsize=7)
     for ax, m in zip(axes.flat[1:], METRICS):
         means = [summary["variants"][v][m]["mean"] for v in variants]

@@ -1,5 +1,6 @@
 """bench/knowledge_ablation.py --quick: the variants differ only in masking (same text, same steps,
-same token slots), every evaluation runs, and the last line is the JSON the issue asks for."""
+same token slots; F only in starting from the imported BERT), every evaluation runs, and the last
+line is the JSON the issue asks for."""
 from __future__ import annotations
 
 import json
@@ -38,13 +39,16 @@ def test_quick_ablation(tmp_path, kb_db, data_dir):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     variants = summary["variants"]
-    assert list(variants) == list("RABCDE")  # R: the same model without pretraining, evaluated alike
+    # R: the same model without pretraining; F0: the imported BERT stand-in; FA, FE: A and E continued from it
+    assert list(variants) == ["R", "A", "B", "C", "D", "E", "F0", "FA", "FE"]
     for entry in variants.values():
         for m in METRICS:
             assert set(entry[m]) == {"mean", "std"} and all(isinstance(x, float) for x in entry[m].values())
         assert entry["seconds"] >= 0
-    assert variants["R"]["tokens"] == variants["R"]["steps"] == 0
-    variants = {v: e for v, e in variants.items() if v != "R"}
+    assert variants["R"]["tokens"] == variants["R"]["steps"] == variants["F0"]["steps"] == 0
+    # F's head start is reported, paid once: the BERT trained on A's text
+    assert variants["FA"]["bert"] == variants["FE"]["bert"] and variants["FA"]["bert"]["steps"] > 0
+    variants = {v: e for v, e in variants.items() if v not in ("R", "F0")}
     assert all(e["tokens"] > 0 for e in variants.values())
     # equal compute: the same steps and token slots; real tokens differ only by packing
     assert len({(e["steps"], e["token_slots"]) for e in variants.values()}) == 1
@@ -62,16 +66,19 @@ def test_quick_ablation(tmp_path, kb_db, data_dir):
     assert "2" in variants["D"]["tokens_per_kind"] and "3" in variants["E"]["tokens_per_kind"]
     # every run trained with the same recipe: only the shards (and so the output folder) differ
     configs = {}
-    for v in "ABCDE":
+    for v in ["A", "B", "C", "D", "E", "FA", "FE"]:
         log = next((work / "pretrain").glob(f"{v}-*/seed-0/train_log.jsonl"))
         start = json.loads(log.read_text().splitlines()[0])
         config = start["config"]
         for phase in config["phases"]:
-            assert Path(phase.pop("shards")) == shards[v]
+            assert Path(phase.pop("shards")) == shards[v[-1]]  # FA reads A's shards, FE E's
         assert Path(config.pop("output_dir")).parts[-2].startswith(f"{v}-")
-        configs[v] = json.dumps(config, sort_keys=True)
-    assert len(set(configs.values())) == 1
-    assert {"A-R", "B-A", "E-D", "E-A"} <= set(summary["differences"])
+        configs[v] = config
+    bert = {v: Path(configs[v].pop("init_from")) for v in ("FA", "FE")}
+    assert bert["FA"] == bert["FE"] and (bert["FA"] / "config.json").exists()
+    assert json.loads((bert["FA"] / "config.json").read_text())["model_type"] == "bert"  # a plain HF folder
+    assert len({json.dumps(c, sort_keys=True) for c in configs.values()}) == 1
+    assert {"A-R", "B-A", "E-D", "E-A", "FA-F0", "FE-FA", "FA-A", "FE-E"} <= set(summary["differences"])
     # the probe's held-out facts were taken out of the text every variant trains on
     assert summary["data"]["removed"]["agrikg_rows"] > 0
     assert Path(summary["plot"]).stat().st_size > 10_000
