@@ -324,8 +324,10 @@ def build_bert_for(plan: Plan) -> dict:
     from knowledge_ablation_bert import build_bert
 
     s = plan.size
-    return build_bert(plan.bert, plan.shards("A"), s.model, s.bert_steps, s.batch_size, s.seq_len,
+    cost = build_bert(plan.bert, plan.shards("A"), s.model, s.bert_steps, s.batch_size, s.seq_len,
                       s.bert_learning_rate, s.threads)
+    _write_json(plan.bert.with_suffix(".json"), cost)  # beside the folder, with the task's log (as prepare's)
+    return cost
 
 
 # -- orchestration ---------------------------------------------------------------------------------
@@ -441,7 +443,7 @@ def main() -> int:
                       | ({"A"} if any(VARIANTS[v].from_bert for v in variants) else set()))  # the BERT reads A's
     prep_tasks = [(f"prepare {m}", plan.shards(m).with_suffix(".json"), me + ["--worker", "prepare", "--variant", m])
                   for m in maskings]
-    bert_tasks = [("BERT stand-in", plan.bert / "bert.json", me + ["--worker", "bert"])
+    bert_tasks = [("BERT stand-in", plan.bert.with_suffix(".json"), me + ["--worker", "bert"])
                   ] if any(VARIANTS[v].from_bert for v in variants) else []
     run_tasks_ = [(f"run {v} seed {s}", plan.run_dir(v, s) / "result.json",
                    me + ["--worker", "run", "--variant", v, "--seed", str(s)]) for s in seeds for v in variants]
