@@ -46,12 +46,16 @@ def aggregate(results: list[dict], variants: list[str], pairs: list[tuple[str, s
 
 def print_tables(summary: dict, names: dict[str, str]) -> None:
     table = summary["variants"]
-    print("\n| variant | " + " | ".join(METRICS) + " | tokens seen | FLOPs | pretrain CPU s |")
-    print("|---" * (len(METRICS) + 4) + "|")
+    print("\n| variant | " + " | ".join(METRICS) + " |")
+    print("|---" * (len(METRICS) + 1) + "|")
     for v, e in table.items():
         cells = [f"{e[m]['mean']:.4f} ± {e[m]['std']:.4f}" for m in METRICS]
-        compute = f" | {e['tokens']:,} | {e['flops']:.3g} | {e['cpu_seconds']:.0f} |" if e["steps"] else " | 0 | 0 | 0 |"
-        print(f"| {v} {names[v]} | " + " | ".join(cells) + compute)
+        print(f"| {v} {names[v]} | " + " | ".join(cells) + " |")
+    print("\n| variant | steps | token slots | tokens seen | FLOPs | pretrain CPU s | pretrain wall s | whole run CPU s |")
+    print("|---" * 8 + "|")
+    for v, e in table.items():
+        print(f"| {v} | {e['steps']} | {e['token_slots']:,} | {e['tokens']:,} | {e['flops']:.3g} | {e['cpu_seconds']:.0f} | "
+              f"{e['seconds']:.0f} | {e['run_cpu_seconds']:.0f} |")
     print("\n| difference | " + " | ".join(METRICS) + " |")
     print("|---" * (len(METRICS) + 1) + "|")
     for name, d in summary["differences"].items():
