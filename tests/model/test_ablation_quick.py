@@ -74,7 +74,9 @@ def test_quick_ablation(tmp_path, kb_db, data_dir):
             assert Path(phase.pop("shards")) == shards[v[-1]]  # FA reads A's shards, FE E's
         assert Path(config.pop("output_dir")).parts[-2].startswith(f"{v}-")
         configs[v] = config
-    bert = {v: Path(configs[v].pop("init_from")) for v in ("FA", "FE")}
+    init = {v: configs[v].pop("init_from") for v in configs}
+    assert {init[v] for v in "ABCDE"} == {None}  # A-E from a random init, FA and FE from the same BERT
+    bert = {v: Path(init[v]) for v in ("FA", "FE")}
     assert bert["FA"] == bert["FE"] and (bert["FA"] / "config.json").exists()
     assert json.loads((bert["FA"] / "config.json").read_text())["model_type"] == "bert"  # a plain HF folder
     assert len({json.dumps(c, sort_keys=True) for c in configs.values()}) == 1
