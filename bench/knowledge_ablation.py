@@ -400,6 +400,8 @@ def main() -> int:
                         help="override a size field (YAML value), e.g. steps=3000 or prepare_overrides={mask_ratio: 0.2}")
     parser.add_argument("--plot", help="PNG path (default bench/knowledge_ablation_SIZE.png; quick: in --work)")
     parser.add_argument("--json", help="also write the summary here")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: the table, JSON and PNG of the runs finished so far (seeds may differ)")
     parser.add_argument("--worker", choices=["prepare", "bert", "run"], help=argparse.SUPPRESS)
     parser.add_argument("--plan", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
@@ -448,7 +450,11 @@ def main() -> int:
     run_tasks_ = [(f"run {v} seed {s}", plan.run_dir(v, s) / "result.json",
                    me + ["--worker", "run", "--variant", v, "--seed", str(s)]) for s in seeds for v in variants]
     usage: dict = {}
-    if args.jobs > 0:
+    if args.report_only:
+        run_tasks_ = [t for t in run_tasks_ if t[1].exists()]
+        variants = [v for v in variants if any(t[0].startswith(f"run {v} ") for t in run_tasks_)]
+        print(f"report only: {len(run_tasks_)} finished runs of {','.join(variants)}", flush=True)
+    elif args.jobs > 0:
         usage.update(run_tasks(prep_tasks, args.jobs))
         usage.update(run_tasks(bert_tasks, args.jobs))
         usage.update(run_tasks(run_tasks_, args.jobs))
