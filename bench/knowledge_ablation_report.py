@@ -21,16 +21,20 @@ def aggregate(results: list[dict], variants: list[str], pairs: list[tuple[str, s
     table: dict = {}
     for v in variants:
         runs = [r for r in results if r["variant"] == v]
+        timed = [r for r in runs if not r["compute"]["steps"] or r["cpu_seconds"]["pretrain"] > 1] or runs
         entry = {m: mean_std([r["metrics"][m] for r in runs]) for m in METRICS}
         entry.update({
             "tokens": round(statistics.fmean(r["compute"]["tokens"] for r in runs)),
             "token_slots": runs[0]["compute"]["token_slots"], "steps": runs[0]["compute"]["steps"],
             "flops": float(f"{statistics.fmean(r['compute']['flops'] for r in runs):.4g}"),
             "tokens_per_kind": runs[0]["compute"]["tokens_per_kind"],
-            "seconds": round(statistics.fmean(r["seconds"]["pretrain"] for r in runs), 1),
-            "cpu_seconds": round(statistics.fmean(r["cpu_seconds"]["pretrain"] for r in runs), 1),
+            # a run that found its pretraining done by an earlier command did not time it: means
+            # over the runs that trained (timed_runs of them)
+            "seconds": round(statistics.fmean(r["seconds"]["pretrain"] for r in timed), 1),
+            "cpu_seconds": round(statistics.fmean(r["cpu_seconds"]["pretrain"] for r in timed), 1),
             "run_cpu_seconds": round(statistics.fmean(r.get("run_cpu_seconds", sum(r["cpu_seconds"].values()))
-                                                      for r in runs), 1),
+                                                      for r in timed), 1),
+            "timed_runs": len(timed),
             "seeds": [r["seed"] for r in runs]})
         table[v] = entry
     diffs: dict = {}
