@@ -81,12 +81,18 @@ def plot(summary: dict, results: list[dict], path: Path, names: dict[str, str]) 
     colors = dict(zip(variants, plt.cm.tab10.colors))
     fig, axes = plt.subplots(2, 4, figsize=(19, 8.5))
     ax = axes[0][0]
+    trained = []  # the losses after some training set the scale (R's untrained 9.97 would flatten it)
     for v in variants:
         curves = [r["curve"] for r in results if r["variant"] == v]
         x = np.mean([[p["tokens"] for p in c] for c in curves], axis=0)
         y = np.array([[p["loss"] for p in c] for c in curves])
-        ax.plot(x, y.mean(0), marker="o", ms=3, color=colors[v], label=f"{v} {names[v]}")
+        label = f"{v} {names[v]}" + (f" ({y.mean():.2f}, off scale)" if len(x) == 1 and v == "R" else "")
+        ax.plot(x, y.mean(0), marker="o", ms=3, color=colors[v], label=label)
         ax.fill_between(x, y.mean(0) - y.std(0), y.mean(0) + y.std(0), color=colors[v], alpha=0.2)
+        trained += list(y.mean(0)[x > 0]) if v != "F0" else list(y.mean(0))
+    if trained:
+        lo, hi = min(trained), max(trained)
+        ax.set_ylim(lo - 0.1 * (hi - lo + 0.05), hi + 0.1 * (hi - lo + 0.05))
     ax.set(xlabel="tokens seen (F: after the imported BERT's)", ylabel="held-out MLM loss (char masking)",
            title="held-out MLM loss")
     ax.legend(fontsize=7)
@@ -107,8 +113,9 @@ def plot(summary: dict, results: list[dict], path: Path, names: dict[str, str]) 
                label="token slots (equal)")
     ax.set_title("tokens seen per example kind")
     ax.legend(fontsize=7, loc="lower right")
-    seeds = len(summary["variants"][variants[0]]["seeds"])
-    fig.suptitle(f"Knowledge masking ablation at equal compute ({seeds} seed(s); error bars ±1 std)")
+    counts = sorted({len(e["seeds"]) for e in summary["variants"].values()})
+    seeds = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    fig.suptitle(f"Knowledge masking ablation at equal compute ({seeds} seed(s) per variant; error bars ±1 std)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
