@@ -27,15 +27,15 @@ test: setup
 # `wenzhi evaluate --model runs/demo/qa --kb runs/demo/kb.sqlite` and `wenzhi serve` take as they are.
 demo: setup
 	mkdir -p $(DEMO)
-	$(WENZHI) --data-dir $(DATA) kg import $(DATA)/kb/knowledge.txt --db $(DEMO)/kb.sqlite
-	$(WENZHI) kg stats --db $(DEMO)/kb.sqlite
-	$(WENZHI) kg link "我很好奇龙编站的坐标是什么啊？" --db $(DEMO)/kb.sqlite
-	$(WENZHI) kg link "守望星光是韩玉玲、刘东考演唱的歌曲吗" --db $(DEMO)/kb.sqlite
-	$(WENZHI) kg entity 龙编站 --db $(DEMO)/kb.sqlite
-	$(WENZHI) --data-dir $(DATA) index bm25 --kind entities --db $(DEMO)/kb.sqlite --out $(DEMO)/bm25-entities
+	$(WENZHI) --data-dir $(DATA) kg import $(DATA)/kb/knowledge.txt --kb $(DEMO)/kb.sqlite
+	$(WENZHI) kg stats --kb $(DEMO)/kb.sqlite
+	$(WENZHI) kg link "我很好奇龙编站的坐标是什么啊？" --kb $(DEMO)/kb.sqlite
+	$(WENZHI) kg link "守望星光是韩玉玲、刘东考演唱的歌曲吗" --kb $(DEMO)/kb.sqlite
+	$(WENZHI) kg entity 龙编站 --kb $(DEMO)/kb.sqlite
+	$(WENZHI) --data-dir $(DATA) index bm25 --kind entities --kb $(DEMO)/kb.sqlite --output $(DEMO)/bm25-entities
 	$(WENZHI) --data-dir $(DATA) pretrain prepare --config model/configs/prepare_tiny.yaml \
 		--kb $(abspath $(DEMO)/kb.sqlite) --output $(DEMO)/shards/tiny-128 --no-progress
-	$(WENZHI) --data-dir $(DATA) pretrain run --config model/configs/tiny.yaml --output-dir $(DEMO)/pretrain \
+	$(WENZHI) --data-dir $(DATA) pretrain run --config model/configs/tiny.yaml --output $(DEMO)/pretrain \
 		--set shards=$(DEMO)/shards/tiny-128 --set steps=200 --no-progress
 	# SIM: the full-interaction head learns faster in the demo's 200 steps; the late head (the default,
 	# 4x cheaper to serve) needs about an epoch (bench/RESULTS.md)

@@ -60,7 +60,7 @@ class Mention:
 
 
 # One weight per FEATURES entry, fitted on the 18,000 KgCLUE *train* questions against the
-# merged KB: `wenzhi kg fit-linker --db kb.sqlite --questions kgclue/train.json`.
+# merged KB: `wenzhi kg fit-linker --kb kb.sqlite --questions kgclue/train.json`.
 DEFAULT_WEIGHTS = (2.623, 1.246, 1.854, -0.252, 0.244, -0.003, -0.242, 0.0, 3.123, -0.679, -0.018, -0.009,
                    -0.905, -1.405)
 

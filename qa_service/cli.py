@@ -6,8 +6,6 @@ import json
 import sys
 from pathlib import Path
 
-from wenzhi.kg.cli import DefaultsHelpFormatter
-
 
 def register(sub: "argparse._SubParsersAction") -> None:
     """Add this package's sub-commands to the `wenzhi` parser."""
@@ -56,8 +54,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     ev.add_argument("--relation-selection", action="store_true", default=True, help=argparse.SUPPRESS)
     ev.set_defaults(handler=_evaluate)
 
-    sv = sub.add_parser("serve", help="the KBQA REST service (FastAPI)",
-                        formatter_class=DefaultsHelpFormatter)
+    sv = sub.add_parser("serve", help="the KBQA REST service (FastAPI)")
     sv.add_argument("--model", required=True, metavar="DIR", help="model directory (from `wenzhi finetune`)")
     sv.add_argument("--kb", required=True, metavar="DB", help="triple store (from `wenzhi kg import`)")
     sv.add_argument("--index", metavar="DIR", help="BM25 entity index (fuzzy fallback)")

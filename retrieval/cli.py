@@ -5,6 +5,8 @@ import argparse
 import json
 import sys
 
+from wenzhi.cli_conventions import add_kb, add_output
+
 
 def register(sub: "argparse._SubParsersAction") -> None:
     """Add this package's sub-commands to the `wenzhi` parser."""
@@ -12,50 +14,55 @@ def register(sub: "argparse._SubParsersAction") -> None:
     idx_sub = idx.add_subparsers(dest="index_command", required=True, metavar="INDEX_COMMAND")
 
     def add_source(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--kind", required=True, choices=["entities", "triples", "passages"])
-        p.add_argument("--db", help="KB store (from `wenzhi kg import`) for entities and triples")
+        p.add_argument("--kind", required=True, choices=["entities", "triples", "passages"],
+                       help="what one document is: an entity (name, aliases, description), a triple, or a passage")
+        add_kb(p, required=False, help="the KB store (from `wenzhi kg import`) for entities and triples",
+               old=["--db"])
         p.add_argument("--source", action="append", metavar="JSON",
                        help="SQuAD-format file(s) for passages (default: the data directory's cmrc2018/*.json)")
-        p.add_argument("--limit", type=int, help="index only the first N documents")
+        p.add_argument("--limit", type=int, help="index only the first N documents (default: all)")
 
     p = idx_sub.add_parser("build", help="encode documents and build a faiss index (atomically)")
     add_source(p)
     p.add_argument("--encoder", required=True, metavar="DIR", help="a transformers model directory")
     p.add_argument("--index-type", metavar="STRING", help="faiss factory string, e.g. Flat, HNSW32, IVF4096,PQ64 "
                    "(default: by corpus size: Flat up to 100k, HNSW32 up to 3M, IVF-PQ beyond)")
-    p.add_argument("--out", required=True, metavar="DIR")
+    add_output(p, "the index folder to write (built aside, swapped in at the end)", old=["--out"], metavar="DIR")
     p.add_argument("--gpu", action="store_true", help="encode and build on the GPU when there is one")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="documents encoded per batch")
     p.add_argument("--max-length", type=int, default=128, help="encoder tokens per document")
     p.set_defaults(handler=_build)
 
     p = idx_sub.add_parser("search", help="search a faiss index")
-    p.add_argument("query")
-    p.add_argument("--index", required=True, metavar="DIR")
+    p.add_argument("query", help="the query text")
+    p.add_argument("--index", required=True, metavar="DIR", help="a faiss index folder (from `wenzhi index build`)")
     p.add_argument("--encoder", metavar="DIR", help="default: the encoder the index was built with")
-    p.add_argument("-k", type=int, default=10)
+    p.add_argument("-k", type=int, default=10, help="hits to show")
     p.set_defaults(handler=_search)
 
-    p = idx_sub.add_parser("bm25", help="build a BM25 index: tantivy at --out, or a cluster index with --url")
+    p = idx_sub.add_parser("bm25", help="build a BM25 index: tantivy at --output, or a cluster index with --url")
     add_source(p)
-    p.add_argument("--out", metavar="DIR", help="tantivy index directory (built aside, swapped in at the end)")
-    p.add_argument("--analyzer", default="bigrams", choices=["bigrams", "jieba"], help="tantivy only")
+    add_output(p, "the tantivy index folder to write (built aside, swapped in at the end); or give --url",
+               old=["--out"], required=False, metavar="DIR")
+    p.add_argument("--analyzer", default="bigrams", choices=["bigrams", "jieba"],
+                   help="tantivy only: how Chinese text is cut into terms (character bigrams or jieba words)")
     _cluster_args(p)
     p.set_defaults(handler=_bm25)
 
     p = idx_sub.add_parser("bm25-search", help="search a BM25 index (tantivy --index DIR, or --url)")
-    p.add_argument("query")
-    p.add_argument("--index", metavar="DIR")
-    p.add_argument("-k", type=int, default=10)
-    p.add_argument("--filter-kind", choices=["entity", "triple", "passage"])
+    p.add_argument("query", help="the query text")
+    p.add_argument("--index", metavar="DIR", help="a tantivy index folder (from `wenzhi index bm25`); or give --url")
+    p.add_argument("-k", type=int, default=10, help="hits to show")
+    p.add_argument("--filter-kind", choices=["entity", "triple", "passage"], help="only hits of this kind")
     _cluster_args(p)
     p.set_defaults(handler=_bm25_search)
 
 
 def _cluster_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", help="Elasticsearch/OpenSearch URL instead of tantivy")
-    p.add_argument("--flavor", default="opensearch", choices=["opensearch", "elasticsearch"])
-    p.add_argument("--index-name", default="wenzhi-retrieval")
+    p.add_argument("--flavor", default="opensearch", choices=["opensearch", "elasticsearch"],
+                   help="--url only: which client speaks to the cluster")
+    p.add_argument("--index-name", default="wenzhi-retrieval", help="--url only: the cluster's index")
 
 
 def _documents(args):
@@ -63,7 +70,7 @@ def _documents(args):
 
     from wenzhi.retrieval.documents import documents_for
 
-    docs = documents_for(args.kind, db=args.db, sources=args.source)
+    docs = documents_for(args.kind, db=args.kb, sources=args.source)
     return islice(docs, args.limit) if args.limit else docs
 
 
@@ -82,12 +89,12 @@ def _build(args) -> int:
     device = None if args.gpu else "cpu"
     encoder = TransformersEncoder(args.encoder, max_length=args.max_length, batch_size=args.batch_size, device=device)
     try:
-        m = build_faiss_index(_documents(args), encoder, args.out, args.index_type, kind=KIND_BY_PLURAL[args.kind],
+        m = build_faiss_index(_documents(args), encoder, args.output, args.index_type, kind=KIND_BY_PLURAL[args.kind],
                               batch_size=args.batch_size, gpu=args.gpu, encoder_path=args.encoder)
     except (ValueError, FileNotFoundError) as exc:
         print(f"wenzhi index build: {exc}", file=sys.stderr)
         return 2
-    print(f"built {m.index_string} over {m.count} {args.kind} (dim {m.dim}, {m.metric}) in {m.build_seconds:.1f} s -> {args.out}")
+    print(f"built {m.index_string} over {m.count} {args.kind} (dim {m.dim}, {m.metric}) in {m.build_seconds:.1f} s -> {args.output}")
     return 0
 
 
@@ -129,8 +136,8 @@ def _bm25(args) -> int:
 
     from wenzhi.retrieval.tantivy_backend import TantivyRetriever
 
-    if bool(args.out) == bool(args.url):
-        print("wenzhi index bm25: give exactly one of --out DIR (tantivy) or --url URL (cluster)", file=sys.stderr)
+    if bool(args.output) == bool(args.url):
+        print("wenzhi index bm25: give exactly one of --output DIR (tantivy) or --url URL (cluster)", file=sys.stderr)
         return 2
     started = time.perf_counter()
     try:
@@ -139,14 +146,14 @@ def _bm25(args) -> int:
             retriever.create_index(recreate=True)
             n = retriever.index(_documents(args), progress=True)
         else:
-            n = TantivyRetriever.build(args.out, _documents(args), analyzer=args.analyzer).count()
+            n = TantivyRetriever.build(args.output, _documents(args), analyzer=args.analyzer).count()
     except (ValueError, FileNotFoundError) as exc:
         print(f"wenzhi index bm25: {exc}", file=sys.stderr)
         return 2
     except _cluster_error() as exc:
         print(f"wenzhi index bm25: {args.url}: {exc}", file=sys.stderr)
         return 2
-    print(f"indexed {n} {args.kind} in {time.perf_counter() - started:.1f} s -> {args.url or args.out}")
+    print(f"indexed {n} {args.kind} in {time.perf_counter() - started:.1f} s -> {args.url or args.output}")
     return 0
 
 
