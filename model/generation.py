@@ -8,7 +8,6 @@ mixin's decoder-only cache and mask utilities do not model; the search itself is
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from wenzhi.model.modeling import AttentionLayout, GenerationResult
 
@@ -48,14 +47,16 @@ def prefix_lm_generate(
     src, types, valid, lengths = (t.repeat_interleave(K, 0) for t in (src, types, valid, lengths))
     base = model.wenzhi
     caches = [dict() for _ in range(len(base.universal_layers) + len(base.nlg_layers))]
-    weight = base.embeddings.word.weight
 
     # Step 0: encode the sources (bidirectional among themselves), fill the cache.
     doc = torch.where(valid, 0, -1)
     positions = (torch.arange(S, device=device)[None] - (S - lengths)[:, None]).clamp(min=0)
     mask = (doc[:, :, None] == doc[:, None, :])[:, None]
     layout = AttentionLayout(mask, positions, doc, prefix_lm=True)
-    hidden = base.nlg(base.universal(src, types, layout=layout, caches=caches), caches=caches)[:, -1]
+    encoded = base.nlg(base.universal(src, types, layout=layout, caches=caches), caches=caches)
+    hidden = encoded[:, -1]
+    # a copying model points into the source at every step (its beams share their row's source)
+    source = model.source_states(encoded, src, torch.full_like(lengths, S), valid) if model.copy_head else None
 
     beam_scores = torch.full((B, K), float("-inf"), device=device)
     beam_scores[:, 0] = 0.0  # all beams start identical: expand only the first
@@ -65,7 +66,7 @@ def prefix_lm_generate(
     key_valid = valid
 
     for step in range(max_new_tokens):
-        logprobs = F.log_softmax(model.lm_head(hidden, weight).float(), dim=-1).view(B, K, -1)
+        logprobs = model.next_token_logprobs(hidden, source).view(B, K, -1)
         if allowed_tokens_fn is not None:
             allowed_mask = torch.zeros_like(logprobs, dtype=torch.bool)
             for b in range(B):

@@ -37,6 +37,8 @@ from transformers import initialization as init
 from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassifierOutput
 from transformers.utils import ModelOutput
 
+from wenzhi.model.copying import CopyHead, SourceStates
+
 IGNORE_INDEX = -100
 
 
@@ -572,26 +574,69 @@ class WenzhiForSequencePairClassification(WenzhiPreTrainedModel):
 
 class WenzhiForPrefixLM(WenzhiPreTrainedModel):
     """Seq2seq in one stack (UniLM): `[CLS] source [SEP] target [SEP]`, bidirectional over the
-    source prefix, causal over the target; the loss is next-token prediction over the target."""
+    source prefix, causal over the target; the loss is next-token prediction over the target.
+    With `config.copy_source` (a config key this class reads; default off) a `CopyHead` mixes a
+    pointer over the source tokens into the next-token distribution."""
 
     def __init__(self, config: WenzhiConfig):
         super().__init__(config)
         self.wenzhi = WenzhiModel(config)
         self.lm_head = PredictionHead(config)  # same name as in WenzhiForPretraining: loads from it
+        self.copy_head = CopyHead(config) if getattr(config, "copy_source", False) else None
         self.post_init()
 
-    def from_universal(self, universal_output: UniversalOutput, labels: torch.Tensor | None = None):
+    def source_states(self, hidden: torch.Tensor, input_ids: torch.Tensor, prefix_lengths: torch.Tensor,
+                      attention_mask: torch.Tensor | None = None) -> SourceStates:
+        """The copyable source tokens of rows laid out `[CLS] source [SEP] ...` (prefix first)."""
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        copyable = (positions[None] < prefix_lengths.to(input_ids.device)[:, None]) & (
+            input_ids != self.config.cls_token_id) & (input_ids != self.config.sep_token_id) & (
+            input_ids != self.config.pad_token_id)
+        if attention_mask is not None:
+            copyable &= attention_mask.bool()
+        return SourceStates(hidden, input_ids, copyable)
+
+    def next_token_logprobs(self, hidden: torch.Tensor, source: SourceStates | None = None,
+                            rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Log-probabilities [N, V] of the next token from NLG states `hidden` [N, H]; a copying model
+        also reads `source` (row `rows[i]` of it for hidden i; default: row i)."""
+        logits = self.lm_head(hidden, self.wenzhi.embeddings.word.weight)
+        if self.copy_head is None:
+            return F.log_softmax(logits.float(), dim=-1)
+        if source is None:
+            raise ValueError("a copying generator (config.copy_source) needs the source states")
+        pick = (lambda t: t) if rows is None else (lambda t: t[rows])
+        return self.copy_head(hidden, logits, pick(source.hidden_states), pick(source.input_ids),
+                              pick(source.copyable))
+
+    def from_universal(self, universal_output: UniversalOutput, labels: torch.Tensor | None = None,
+                       input_ids: torch.Tensor | None = None, prefix_lengths: torch.Tensor | None = None):
+        """A copying model also needs the rows' `input_ids` and `prefix_lengths` (what it may copy);
+        its `logits` are log-probabilities."""
         hidden = self.wenzhi.nlg(universal_output)
-        weight = self.wenzhi.embeddings.word.weight
+        source = None
+        if self.copy_head is not None:
+            if input_ids is None or prefix_lengths is None:
+                raise ValueError("a copying generator (config.copy_source) needs input_ids and prefix_lengths")
+            source = self.source_states(hidden, input_ids, prefix_lengths, universal_output.layout.document_ids >= 0)
         loss = logits = None
         if labels is not None:  # project only where a next token is predicted
             doc = universal_output.layout.document_ids
             shifted = labels[:, 1:]
             keep = (shifted != IGNORE_INDEX) & (doc[:, 1:] == doc[:, :-1])
-            logits = self.lm_head(hidden[:, :-1][keep], weight)
-            loss = F.cross_entropy(logits.float(), shifted[keep].long()) if keep.any() else logits.sum() * 0.0
+            if self.copy_head is None:
+                logits = self.lm_head(hidden[:, :-1][keep], self.wenzhi.embeddings.word.weight)
+                loss = F.cross_entropy(logits.float(), shifted[keep].long()) if keep.any() else logits.sum() * 0.0
+            else:
+                rows = keep.nonzero()[:, 0]
+                logits = self.next_token_logprobs(hidden[:, :-1][keep], source, rows)
+                loss = F.nll_loss(logits, shifted[keep].long()) if keep.any() else logits.sum() * 0.0
+        elif self.copy_head is None:
+            logits = self.lm_head(hidden, self.wenzhi.embeddings.word.weight)
         else:
-            logits = self.lm_head(hidden, weight)
+            B, L, _ = hidden.shape
+            rows = torch.arange(B, device=hidden.device).repeat_interleave(L)
+            logits = self.next_token_logprobs(hidden.reshape(B * L, -1), source, rows).view(B, L, -1)
         return PrefixLMOutput(loss=loss, logits=logits)
 
     def forward(self, input_ids, prefix_lengths, token_type_ids=None, attention_mask=None, labels=None):
@@ -601,7 +646,7 @@ class WenzhiForPrefixLM(WenzhiPreTrainedModel):
         out = self.wenzhi.universal(
             input_ids, token_type_ids, attention_mask=attention_mask, prefix_lengths=prefix_lengths
         )
-        return self.from_universal(out, labels)
+        return self.from_universal(out, labels, input_ids, prefix_lengths)
 
     @torch.no_grad()
     def generate(

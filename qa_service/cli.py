@@ -31,10 +31,19 @@ def register(sub: "argparse._SubParsersAction") -> None:
     ft.add_argument("--max-steps", type=int)
     ft.add_argument("--batch-size", type=int, default=32)
     ft.add_argument("--lr", type=float, default=5e-4)
-    ft.add_argument("--negatives", type=int, default=5, help="SIM negatives per question")
-    ft.add_argument("--interaction", choices=["late", "full"], default="late",
-                    help="SIM only: relations meet the question in the NLU layers (late: relation states are "
-                         "computed once per name and cached by the service) or in every layer (full)")
+    ft.add_argument("--negatives", type=int, default=15,
+                    help="SIM negatives per question (drawn as evaluation draws candidates, see qa_service/data.py)")
+    ft.add_argument("--sim-loss", choices=["listwise", "pointwise"], default="listwise",
+                    help="SIM only: softmax cross-entropy over each question's candidates, or BCE per pair")
+    ft.add_argument("--interaction", choices=["match", "late", "full"], default="match",
+                    help="SIM only: match = token-level late interaction (each relation token's best match "
+                         "in the question, model/relation_matching.py); a pair head whose relations meet the "
+                         "question in the NLU layers (late) or in every layer (full). match and late relation "
+                         "states are computed once per name and cached by the service")
+    ft.add_argument("--nlu-layers", type=int, metavar="N",
+                    help="NLU layers of the head (default: the checkpoint's; layers beyond it start fresh)")
+    ft.add_argument("--copy", action="store_true",
+                    help="GEN only: mix a pointer over the question's tokens into the next-token distribution")
     ft.add_argument("--unfreeze", action="store_true",
                     help="train the universal module too (heads then no longer share one pass)")
     ft.add_argument("--threads", type=int, help="torch threads")
@@ -50,7 +59,12 @@ def register(sub: "argparse._SubParsersAction") -> None:
                     help="score only the held-out share of an NLPCC file (as `finetune --holdout-nlpcc`)")
     ev.add_argument("--errors", metavar="FILE", help="write wrong answers as JSON lines")
     ev.add_argument("--index", metavar="DIR", help="BM25 entity index (fuzzy fallback)")
-    ev.add_argument("--no-gen", action="store_true", help="leave the GEN head out")
+    ev.add_argument("--no-gen", action="store_true", help="leave the GEN head out (as --mode pipeline)")
+    ev.add_argument("--mode", choices=["fused", "pipeline", "gen"], default="fused",
+                    help="answering path scored: both fused, linker + NER + SIM alone, or GEN alone")
+    ev.add_argument("--distractor-relations", type=int, default=0, metavar="K",
+                    help="every entity also offers the KB's K most frequent relations with unknown tails "
+                         "(choosing one scores as wrong), for both paths: the relation decides")
     ev.add_argument("--batch-size", type=int, default=16)
     ev.add_argument("--threads", type=int)
     ev.add_argument("--relation-selection", action="store_true", default=True, help=argparse.SUPPRESS)
@@ -111,7 +125,7 @@ def _finetune(args) -> int:
     cfg = FinetuneConfig(task=args.task, out=Path(args.out), kb=Path(args.kb), questions=questions,
                          init=Path(args.init) if args.init else None, holdout_nlpcc=args.holdout_nlpcc,
                          limit=args.limit, epochs=args.epochs, max_steps=args.max_steps,
-                         batch_size=args.batch_size, lr=args.lr, negatives=args.negatives,
+                         batch_size=args.batch_size, lr=args.lr, negatives=args.negatives, sim_loss=args.sim_loss, nlu_layers=args.nlu_layers, copy_source=args.copy,
                          freeze_universal=not args.unfreeze, size=args.size, seed=args.seed, threads=args.threads,
                          interaction=args.interaction)
     report = finetune(cfg)
@@ -125,7 +139,8 @@ def _evaluate(args) -> int:
 
     result = evaluate(args.questions, args.kb, args.model, limit=args.limit, errors=args.errors,
                       index=args.index, use_gen=not args.no_gen, batch_size=args.batch_size,
-                      threads=args.threads, nlpcc_holdout=args.nlpcc_holdout)
+                      threads=args.threads, nlpcc_holdout=args.nlpcc_holdout, mode=args.mode,
+                      distractor_relations=args.distractor_relations)
     print(json.dumps(result, ensure_ascii=False))
     return 0
 

@@ -36,12 +36,15 @@ class FinetuneConfig:
     batch_size: int = 32
     lr: float = 5e-4
     warmup: float = 0.06
-    negatives: int = 5
+    negatives: int = 15
     freeze_universal: bool = True
     seed: int = 0
     threads: int | None = None
     size: str = "tiny"  # fresh model size when there is no `init`: tiny (tests) or small
-    interaction: str = "late"  # SIM: pair_interaction of the head (see model.modeling.WenzhiConfig)
+    interaction: str = "match"  # SIM: "match" (model.relation_matching), or a pair head's pair_interaction
+    sim_loss: str = "listwise"  # SIM: softmax over each question's candidates, or per-pair BCE ("pointwise")
+    nlu_layers: int | None = None  # NLU layers of the head (None: the checkpoint's; added ones start fresh)
+    copy_source: bool = False  # GEN: a pointer over the question's tokens (model.modeling.CopyHead)
 
 
 SIZES = {
@@ -95,6 +98,8 @@ def training_questions(cfg: FinetuneConfig):
 def _model(cfg: FinetuneConfig, tokenizer, cls, **extra):
     from wenzhi.model.modeling import WenzhiConfig
 
+    if cfg.nlu_layers is not None:
+        extra["num_nlu_layers"] = cfg.nlu_layers
     if cfg.init is not None:  # a head of another task (e.g. NER from SIM) loads all but the classifier
         return cls.from_pretrained(resolve_checkpoint(cfg.init), ignore_mismatched_sizes=True, **extra)
     config = WenzhiConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
@@ -166,11 +171,119 @@ def _train(cfg: FinetuneConfig, model, n_items: int, step_fn) -> dict:
             "last_loss": round(sum(losses[-k:]) / k, 4)}
 
 
+def _ner_task(cfg: FinetuneConfig, tokenizer, examples, store, report: dict):
+    """(model, number of training items, step function) of the NER head."""
+    from wenzhi.model.modeling import WenzhiForTokenClassification
+
+    from wenzhi.qa_service import data
+
+    items, coverage = data.ner_examples(examples, store)
+    report["coverage"] = coverage
+    feats = data.ner_features(tokenizer, items)
+    model = _model(cfg, tokenizer, WenzhiForTokenClassification, num_labels=NER_LABELS)
+    pad = tokenizer.pad_token_id
+
+    def step(idx):
+        ids = _pad([feats["input_ids"][i] for i in idx], pad)
+        labels = _pad([feats["labels"][i] for i in idx], -100)
+        return model(ids, attention_mask=(ids != pad).long(), labels=labels).loss
+
+    return model, len(items), step
+
+
+def _sim_task(cfg: FinetuneConfig, tokenizer, examples, store, report: dict):
+    """The SIM head: each question with its gold relation among negatives drawn as evaluation draws
+    candidates (data.NegativeSampler), softmax cross-entropy over them (or BCE per pair)."""
+    import torch
+
+    from wenzhi.qa_service import data
+    from wenzhi.qa_service.packing import relation_segments
+
+    groups = data.sim_groups(examples, store, negatives=cfg.negatives, seed=cfg.seed)
+    rng = random.Random(cfg.seed)
+    for _, rels in groups:  # the gold relation must not always be the first segment
+        rng.shuffle(rels)
+    gold_at = [rels.index(ex.relation) for ex, (_, rels) in zip(examples, groups)]
+    report["candidates_per_question"] = 1 + cfg.negatives
+    pad = tokenizer.pad_token_id
+    if cfg.interaction == "match":
+        from wenzhi.model.relation_matching import WenzhiForRelationMatching
+
+        enc = tokenizer([g[0] for g in groups], max_length=48, truncation=True, return_offsets_mapping=True)
+        # the entity mention is left out of the match, as the pipeline leaves out what NER found
+        spans = [data.find_mention(ex.question, data.mention_names(ex.head, store)) for ex in examples]
+        keep = [[not (span and s < span[1] and e > span[0]) for s, e in offsets]
+                for span, offsets in zip(spans, enc["offset_mapping"])]
+        q_ids = enc["input_ids"]
+        model = _model(cfg, tokenizer, WenzhiForRelationMatching)
+
+        def step(idx):
+            names = list(dict.fromkeys(r for i in idx for r in groups[i][1]))
+            slot = {r: j for j, r in enumerate(names)}
+            rel_ids = _pad(relation_segments(tokenizer, names), pad)
+            candidates = _pad([[slot[r] for r in groups[i][1]] for i in idx], -1)
+            ids = _pad([q_ids[i] for i in idx], pad)
+            token_mask = _pad([keep[i] for i in idx], 0).bool()
+            return model(ids, relation_input_ids=rel_ids, candidates=candidates, token_mask=token_mask,
+                         labels=torch.as_tensor([gold_at[i] for i in idx])).loss
+
+        return model, len(groups), step
+
+    from wenzhi.model.modeling import WenzhiForSequencePairClassification
+
+    from wenzhi.qa_service.packing import packed_batch, sim_logits, universal_packed
+
+    q_ids = tokenizer([g[0] for g in groups], max_length=48, truncation=True)["input_ids"]
+    segs = [relation_segments(tokenizer, g[1]) for g in groups]
+    model = _model(cfg, tokenizer, WenzhiForSequencePairClassification, num_labels=1,
+                   pair_interaction=cfg.interaction)
+
+    def step(idx):
+        batch = packed_batch([q_ids[i] for i in idx], [segs[i] for i in idx], pad)
+        hidden = model.wenzhi.nlu(universal_packed(model, batch))
+        logits = sim_logits(model, hidden, batch.segment_starts).float()
+        sizes = [len(segs[i]) for i in idx]
+        owner = torch.repeat_interleave(torch.arange(len(idx)), torch.as_tensor(sizes))
+        col = torch.cat([torch.arange(n) for n in sizes])
+        gold = torch.as_tensor([gold_at[i] for i in idx])
+        if cfg.sim_loss == "pointwise":
+            return torch.nn.functional.binary_cross_entropy_with_logits(logits, (col == gold[owner]).float())
+        # listwise: softmax cross-entropy of the gold among its own question's candidates
+        per_q = logits.new_full((len(idx), max(sizes)), float("-inf"))
+        per_q[owner, col] = logits
+        return torch.nn.functional.cross_entropy(per_q, gold)
+
+    return model, len(groups), step
+
+
+def _gen_task(cfg: FinetuneConfig, tokenizer, examples, store, report: dict):
+    """The GEN head: `[CLS] question [SEP]` -> the trie key `head [unused1] relation [SEP]`."""
+    import torch
+    from wenzhi.model.modeling import WenzhiForPrefixLM
+
+    from wenzhi.qa_service import data
+
+    feats = data.gen_features(tokenizer, examples)
+    report["dropped_too_long"] = feats["dropped_too_long"]
+    prefixes, targets = feats["prefix_ids"], feats["target_ids"]
+    model = _model(cfg, tokenizer, WenzhiForPrefixLM, **({"copy_source": True} if cfg.copy_source else {}))
+    pad = tokenizer.pad_token_id
+
+    def step(idx):
+        ids = _pad([prefixes[i] + targets[i] for i in idx], pad)
+        labels = _pad([[-100] * len(prefixes[i]) + targets[i] for i in idx], -100)
+        prefix_lengths = torch.as_tensor([len(prefixes[i]) for i in idx])
+        return model(ids, prefix_lengths, attention_mask=(ids != pad).long(), labels=labels).loss
+
+    return model, len(prefixes), step
+
+
+TASK_SETUP = {"ner": _ner_task, "sim": _sim_task, "gen": _gen_task}
+
+
 def finetune(cfg: FinetuneConfig) -> dict:
     import torch
     from wenzhi.kg import TripleStore
-
-    from wenzhi.qa_service import data
 
     if cfg.task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, not {cfg.task!r}")
@@ -182,69 +295,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
         raise ValueError("no training questions")
     store = TripleStore(cfg.kb)
     report: dict = {"task": cfg.task, "questions": len(examples)}
-    pad = tokenizer.pad_token_id
-    if cfg.task == "ner":
-        from wenzhi.model.modeling import WenzhiForTokenClassification
-
-        items, coverage = data.ner_examples(examples, store)
-        report["coverage"] = coverage
-        feats = data.ner_features(tokenizer, items)
-        model = _model(cfg, tokenizer, WenzhiForTokenClassification, num_labels=NER_LABELS)
-
-        def step(idx):
-            ids = _pad([feats["input_ids"][i] for i in idx], pad)
-            labels = _pad([feats["labels"][i] for i in idx], -100)
-            return model(ids, attention_mask=(ids != pad).long(), labels=labels).loss
-
-        report.update(_train(cfg, model, len(items), step))
-    elif cfg.task == "sim":
-        from wenzhi.model.modeling import WenzhiForSequencePairClassification
-
-        from wenzhi.qa_service.packing import packed_batch, relation_segments, sim_logits, universal_packed
-
-        pairs = data.sim_pairs(examples, store, negatives=cfg.negatives, seed=cfg.seed)
-        groups: list[tuple[str, list[str], list[int]]] = []
-        for q, rel, label in pairs:  # one row per question: gold relation + its negatives
-            if label == 1:
-                groups.append((q, [], []))
-            groups[-1][1].append(rel)
-            groups[-1][2].append(label)
-        rng = random.Random(cfg.seed)
-        for _, rels, labels in groups:  # the gold relation must not always be the first segment
-            order = list(range(len(rels)))
-            rng.shuffle(order)
-            rels[:] = [rels[i] for i in order]
-            labels[:] = [labels[i] for i in order]
-        q_ids = tokenizer([g[0] for g in groups], max_length=48, truncation=True)["input_ids"]
-        segs = [relation_segments(tokenizer, g[1]) for g in groups]
-        report["pairs"] = len(pairs)
-        model = _model(cfg, tokenizer, WenzhiForSequencePairClassification, num_labels=1,
-                       pair_interaction=cfg.interaction)
-
-        def step(idx):
-            batch = packed_batch([q_ids[i] for i in idx], [segs[i] for i in idx], pad)
-            hidden = model.wenzhi.nlu(universal_packed(model, batch))
-            logits = sim_logits(model, hidden, batch.segment_starts)
-            labels = torch.as_tensor([l for i in idx for l in groups[i][2]], dtype=torch.float)
-            return torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), labels)
-
-        report.update(_train(cfg, model, len(groups), step))
-    else:
-        from wenzhi.model.modeling import WenzhiForPrefixLM
-
-        feats = data.gen_features(tokenizer, examples)
-        report["dropped_too_long"] = feats["dropped_too_long"]
-        prefixes, targets = feats["prefix_ids"], feats["target_ids"]
-        model = _model(cfg, tokenizer, WenzhiForPrefixLM)
-
-        def step(idx):
-            rows = [prefixes[i] + targets[i] for i in idx]
-            ids = _pad(rows, pad)
-            labels = _pad([[-100] * len(prefixes[i]) + targets[i] for i in idx], -100)
-            prefix_lengths = torch.as_tensor([len(prefixes[i]) for i in idx])
-            return model(ids, prefix_lengths, attention_mask=(ids != pad).long(), labels=labels).loss
-
-        report.update(_train(cfg, model, len(prefixes), step))
+    model, n_items, step = TASK_SETUP[cfg.task](cfg, tokenizer, examples, store, report)
+    report.update(_train(cfg, model, n_items, step))
     out = Path(cfg.out) / cfg.task
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():

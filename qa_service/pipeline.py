@@ -7,7 +7,14 @@
                                  └─ + relation segments (cached question) -> SIM head -> score
     question ──GEN head, beam search constrained by the KB trie──> (head, relation) hits
     fusion: score = w_link·log p_link(entity) + w_ner·[in an NER mention] + w_sim·logit
-                    + w_gen·p_gen(head, relation); confidence = softmax over the candidates.
+                    + w_gen·p_gen(head, relation) + w_lex·lexical(question − mention, relation)
+            confidence = softmax over the candidates.
+
+`mode` picks the answering path: "fused" (both, the default), "pipeline" (linker + NER + SIM, no
+GEN) or "gen" (GEN alone: the best trie-constrained (head, relation) and its tail), so each path's
+share of the fused result is measured (`wenzhi evaluate --mode`). `distractor_relations` K makes
+every entity also offer the KB's K most frequent relations with unknown tails (an empty tail, so
+choosing one scores as wrong), for both paths: the official KB's many relations per head, here.
 """
 from __future__ import annotations
 
@@ -22,6 +29,9 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
+MODES = ("fused", "pipeline", "gen")
+
+
 @dataclass
 class PipelineConfig:
     max_entities: int = 8  # candidate entities per question from the linker
@@ -34,6 +44,9 @@ class PipelineConfig:
     w_sim: float = 1.0
     w_gen: float = 2.0
     w_len: float = 0.0  # per character of the entity's mention (a question's subject is usually long)
+    w_lex: float = 0.0  # lexical rule (qa_service/lexical.py) of the candidate's relation
+    mode: str = "fused"  # fused | pipeline | gen: which answering path decides
+    distractor_relations: int = 0  # evaluation: every entity also offers the K most frequent relations
     no_answer_threshold: float = 0.0  # confidence under this -> no answer
     threads: int | None = None
 
@@ -59,14 +72,17 @@ class Candidate:
     disambiguation: str | None = None
     confidence: float = 0.0  # softmax share of `score` among all candidates of the question
     ner: float = 0.0
+    lex: float = 0.0
 
 
 def fused_score(c: Candidate, cfg: PipelineConfig) -> float:
     """The fusion: a linear score over the evidence of each candidate triple (weights in
     PipelineConfig, fitted by `wenzhi finetune fusion` on training questions)."""
     mention_chars = (c.mention[1] - c.mention[0]) if c.mention else 0
+    if cfg.mode == "gen":
+        return c.gen
     return (cfg.w_link * c.link + cfg.w_ner * c.ner + cfg.w_gen * c.gen + cfg.w_len * mention_chars
-            + (cfg.w_sim * c.sim if c.sim is not None else -10.0))
+            + cfg.w_lex * c.lex + (cfg.w_sim * c.sim if c.sim is not None else -10.0))
 
 
 @dataclass
@@ -134,6 +150,8 @@ class QAPipeline:
 
         self.model_dir = Path(model_dir)
         self.config = config or PipelineConfig.load(self.model_dir)
+        if self.config.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, not {self.config.mode!r}")
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
         for needed in ("sim", "ner"):
@@ -141,11 +159,12 @@ class QAPipeline:
                 raise FileNotFoundError(f"{self.model_dir / needed}: fine-tuned {needed} head missing "
                                         f"(run `wenzhi finetune {needed} --out {self.model_dir}`)")
         self.tokenizer = load_tokenizer_for(self.model_dir / "sim")
-        self.sim = WenzhiForSequencePairClassification.from_pretrained(self.model_dir / "sim").eval()
+        self.sim = load_sim_head(self.model_dir / "sim")
         self.ner = WenzhiForTokenClassification.from_pretrained(self.model_dir / "ner").eval()
         self.shared_universal = _same_universal(self.sim, self.ner)
         self.relation_states = None  # late SIM heads: what each relation contributes, computed once
-        if is_late(self.sim):
+        self.matching = not isinstance(self.sim, WenzhiForSequencePairClassification)
+        if self.matching or is_late(self.sim):
             from wenzhi.qa_service.relation_states import relation_scorer
 
             self.relation_states = relation_scorer(self.sim, self.tokenizer)
@@ -160,10 +179,19 @@ class QAPipeline:
                     self.relation_states.warm(names)
                     log.info("relation states for %d relations in %.1f s", len(names), time.perf_counter() - t0)
         self.linker = EntityLinker(self.store)
+        self.distractors = [r for r, _ in self.store.relation_counts()[: self.config.distractor_relations]]
         self.gen = self.trie = None
-        if self.config.use_gen and (self.model_dir / "gen" / "config.json").exists():
+        wants_gen = self.config.use_gen and self.config.mode != "pipeline"
+        if self.config.mode == "gen" and not (self.model_dir / "gen" / "config.json").exists():
+            raise FileNotFoundError(f"{self.model_dir / 'gen'}: mode 'gen' needs the GEN head "
+                                    f"(run `wenzhi finetune gen --out {self.model_dir}`)")
+        if wants_gen and (self.model_dir / "gen" / "config.json").exists():
             self.gen = WenzhiForPrefixLM.from_pretrained(self.model_dir / "gen").eval()
             self.trie = ensure_trie(self.model_dir / "gen", self.store, self.tokenizer)
+            if self.distractors:
+                from wenzhi.qa_service.trie import TrieWithDistractors
+
+                self.trie = TrieWithDistractors(self.trie, self.tokenizer, self.distractors)
         self.retriever = None
         if index is not None:
             from wenzhi.retrieval.tantivy_backend import TantivyRetriever
@@ -249,6 +277,7 @@ class QAPipeline:
 
         top_k = max(1, top_k)
 
+        from wenzhi.qa_service.lexical import lexical_score, strip_mention
         from wenzhi.qa_service.packing import encode_questions, encode_questions_packed, relation_segments, score_relations
 
         cfg = self.config
@@ -278,11 +307,19 @@ class QAPipeline:
                 for c in ents.values():
                     triples.extend((c, t) for t in self.store.triples(c["entity"].id))
                 relations = list(dict.fromkeys(t.relation for _, t in triples))[: cfg.max_relations]
+                if self.distractors:
+                    triples += self._distractor_triples(ents.values())
+                    relations += [r for r in self.distractors if r not in relations]
+                if cfg.mode == "gen":  # GEN alone decides: no relation needs a SIM score
+                    relations = []
                 per_q.append((ents, triples, relations))
             t3 = time.perf_counter()
             sims: list[dict[str, float]] = [{} for _ in questions]
             if any(rels for _, _, rels in per_q):
-                if self.relation_states is not None:
+                if self.matching:  # what NER found is the entity's name, not the relation's words
+                    logits = self.relation_states.score(enc, [rels for _, _, rels in per_q],
+                                                        outside_spans(enc_tok["offset_mapping"], spans)).tolist()
+                elif self.relation_states is not None:
                     logits = self.relation_states.score(enc, [rels for _, _, rels in per_q]).tolist()
                 else:
                     segments = [relation_segments(self.tokenizer, rels) for _, _, rels in per_q]
@@ -300,8 +337,12 @@ class QAPipeline:
                 for c, t in triples:
                     sim = sims[qi].get(t.relation)
                     gen = gen_hits[qi].get((c["entity"].id, t.relation), 0.0)
+                    if cfg.mode == "gen" and gen == 0.0:
+                        continue
                     cand = Candidate(t.head, t.relation, t.tail, c["entity"].id, 0.0, c["link"], sim, gen,
                                      c["mention"], c["entity"].disambiguation, ner=c["ner"])
+                    if cfg.w_lex and cfg.mode != "gen":
+                        cand.lex = lexical_score(strip_mention(question, c["mention"]), t.relation)
                     cand.score = fused_score(cand, cfg)
                     cands.append(cand)
                 cands.sort(key=lambda c: -c.score)
@@ -311,6 +352,17 @@ class QAPipeline:
             for a in answers:
                 a.timings_ms = {k: round(v, 2) for k, v in timings.items()}
             return answers
+
+    def _distractor_triples(self, entities) -> list:
+        """(candidate, Triple with an empty tail) for each distractor relation an entity lacks."""
+        from wenzhi.kg.store import Triple
+
+        out = []
+        for c in entities:
+            entity = c["entity"]
+            held = {t.relation for t in self.store.triples(entity.id)}
+            out.extend((c, Triple(entity.name, r, "", entity.id)) for r in self.distractors if r not in held)
+        return out
 
     def _answer(self, question, cands, ents, spans, top_k) -> Answer:
         if not cands:
@@ -335,17 +387,29 @@ class QAPipeline:
         return self.answer_batch([question], top_k)[0]
 
     # -- relation selection on its own -------------------------------------------------------
-    def relation_scores(self, questions: list[str], relations: list[list[str]]) -> list[list[float]]:
+    def relation_scores(self, questions: list[str], relations: list[list[str]],
+                        mentions: list[tuple[int, int] | None] | None = None) -> list[list[float]]:
+        """SIM logits of each question's relations; a matching head leaves each question's entity
+        `mentions` (character spans, e.g. the gold head's in evaluation) out of the match."""
         import torch
 
-        from wenzhi.qa_service.packing import packed_batch, relation_segments, sim_logits, universal_packed
+        from wenzhi.qa_service.packing import (encode_questions, packed_batch, relation_segments, sim_logits,
+                                               universal_packed)
 
         with self._lock, torch.inference_mode():
-            q_ids = self.tokenizer(questions, max_length=self.config.max_question_tokens, truncation=True)["input_ids"]
-            batch = packed_batch(q_ids, [relation_segments(self.tokenizer, r) for r in relations],
-                                 self.tokenizer.pad_token_id)
-            logits = sim_logits(self.sim, self.sim.wenzhi.nlu(universal_packed(self.sim, batch)),
-                                batch.segment_starts).tolist()
+            enc_tok = self.tokenizer(questions, max_length=self.config.max_question_tokens, truncation=True,
+                                     return_offsets_mapping=True)
+            q_ids = enc_tok["input_ids"]
+            if self.matching:
+                spans = [[m] if m else [] for m in (mentions or [None] * len(questions))]
+                enc = encode_questions(self.sim, q_ids, self.tokenizer.pad_token_id)
+                logits = self.relation_states.score(enc, relations, outside_spans(enc_tok["offset_mapping"], spans))
+            else:
+                batch = packed_batch(q_ids, [relation_segments(self.tokenizer, r) for r in relations],
+                                     self.tokenizer.pad_token_id)
+                logits = sim_logits(self.sim, self.sim.wenzhi.nlu(universal_packed(self.sim, batch)),
+                                    batch.segment_starts)
+            logits = logits.tolist()
         out, i = [], 0
         for rels in relations:
             out.append(logits[i : i + len(rels)])
@@ -354,6 +418,31 @@ class QAPipeline:
 
     def close(self) -> None:
         self.store.close()
+
+
+def load_sim_head(path: Path):
+    """The SIM head saved at `path`: a relation-matching head or a pair classifier (config.json says)."""
+    from transformers import PretrainedConfig
+
+    from wenzhi.model.modeling import WenzhiForSequencePairClassification
+    from wenzhi.model.relation_matching import WenzhiForRelationMatching
+
+    architectures = PretrainedConfig.get_config_dict(str(path))[0].get("architectures") or []
+    cls = WenzhiForRelationMatching if "WenzhiForRelationMatching" in architectures else WenzhiForSequencePairClassification
+    return cls.from_pretrained(path).eval()
+
+
+def outside_spans(offsets, spans):
+    """bool [B, L]: True for tokens (by their character offsets) outside every span of their question."""
+    import torch
+
+    width = max((len(o) for o in offsets), default=1)
+    mask = torch.ones(len(offsets), width, dtype=torch.bool)
+    for b, (row, row_spans) in enumerate(zip(offsets, spans)):
+        for i, (s, e) in enumerate(row):
+            if any(s < span_e and e > span_s for span_s, span_e in row_spans):
+                mask[b, i] = False
+    return mask
 
 
 def _same_universal(a, b) -> bool:

@@ -23,8 +23,13 @@ from wenzhi.qa_service.packing import (RELATION_TYPE, QuestionEncoding, _pad, la
                                 relation_segments, segment_rows, segment_width)
 
 
-def relation_scorer(model, tokenizer) -> "RelationStates | RelationSummaries":
-    """The cache that scores relations for a late SIM head: summaries with one NLU layer, else states."""
+def relation_scorer(model, tokenizer) -> "RelationStates | RelationSummaries | RelationMatchTable":
+    """The cache that scores relations for a relation-matching head, or a late pair head: summaries
+    with one NLU layer, else states."""
+    from wenzhi.model.relation_matching import WenzhiForRelationMatching
+
+    if isinstance(model, WenzhiForRelationMatching):
+        return RelationMatchTable(model, tokenizer)
     one_layer = len(model.wenzhi.nlu_layers) == 1
     return (RelationSummaries if one_layer else RelationStates)(model, tokenizer)
 
@@ -200,3 +205,62 @@ def score_relations_summarised(model, enc: QuestionEncoding, relations: Sequence
     x = x + block.ffn(block.ffn_norm(x))
     pooled = torch.tanh(model.pooler(base.nlu_norm(x)))
     return model.classifier(model.dropout(pooled)).squeeze(-1).float()
+
+
+class RelationMatchTable:
+    """For a relation-matching SIM head (model/relation_matching.py): every relation's token vectors
+    and prior, computed once per name, as one table [relations, width, d]; per question only the
+    question's own states and the dot products with its candidates' rows remain."""
+
+    def __init__(self, model, tokenizer):
+        self.model, self.tokenizer = model, tokenizer
+        self.slot: dict[str, int] = {}
+        self.table = None  # MatchStates over every slot
+
+    def __len__(self) -> int:
+        return len(self.slot)
+
+    def warm(self, relations: Sequence[str]) -> None:
+        self.slots(relations)
+
+    def slots(self, relations: Sequence[str]) -> torch.Tensor:
+        missing = [r for r in dict.fromkeys(relations) if r not in self.slot]
+        for start in range(0, len(missing), 512):
+            self._add(missing[start : start + 512])
+        return torch.as_tensor([self.slot[r] for r in relations], dtype=torch.long)
+
+    def _add(self, names: list[str]) -> None:
+        from wenzhi.model.relation_matching import MatchStates
+
+        ids = _pad(relation_segments(self.tokenizer, names), self.tokenizer.pad_token_id)
+        new = self.model.encode(ids)
+        if self.table is not None:  # one width for the whole table: pad the narrower part's tokens
+            old, width = self.table, max(self.table.mask.shape[1], new.mask.shape[1])
+            new = MatchStates(torch.cat([_widen(old.vectors, width), _widen(new.vectors, width)]),
+                              torch.cat([_widen(old.mask, width), _widen(new.mask, width)]),
+                              torch.cat([old.prior, new.prior]))
+        self.table = new
+        for name in names:
+            self.slot[name] = len(self.slot)
+
+    def score(self, enc: QuestionEncoding, relations: Sequence[Sequence[str]],
+              token_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logit per (question, relation), flattened in order; `token_mask` [B, Lq] leaves tokens out."""
+        flat = [r for rels in relations for r in rels]
+        if not flat:
+            return torch.empty(0)
+        slots = self.slots(flat).tolist()
+        candidates, i = [], 0
+        for rels in relations:
+            candidates.append(slots[i : i + len(rels)])
+            i += len(rels)
+        candidates = _pad(candidates, -1)
+        questions = self.model.match_states(enc.universal, enc.input_ids, token_mask)
+        logits = self.model.score(questions, self.table, candidates)
+        return logits[candidates >= 0]
+
+
+def _widen(t: torch.Tensor, width: int) -> torch.Tensor:
+    """[N, L, ...] -> [N, width, ...], zeros (False) after the first L tokens."""
+    pad = [0, 0] * (t.dim() - 2) + [0, width - t.shape[1]]
+    return torch.nn.functional.pad(t, pad)

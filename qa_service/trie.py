@@ -229,3 +229,50 @@ class KBTrie:
 
     def __len__(self) -> int:
         return self.n
+
+
+class TrieWithDistractors:
+    """A KB trie in which every head also offers `relations` (with unknown tails): the trie that
+    `wenzhi evaluate --distractor-relations K` decodes through, as the official 20.5M-triple KB would
+    offer many relations per head. Nothing is stored: after a head's `[unused1]` the allowed tokens
+    are the KB's continuations plus those of the distractor relations (a small dict trie, K names)."""
+
+    def __init__(self, trie: KBTrie, tokenizer, relations: Sequence[str]):
+        self.trie, self.sep_id, self.n = trie, trie.sep_id, trie.n
+        self.mid = field_separator(tokenizer)
+        self.relation_of: dict[tuple[int, ...], str] = {}
+        self.children: dict[tuple[int, ...], set[int]] = {}
+        for rel, ids in zip(relations, encode_targets(tokenizer, [("", r) for r in relations])):
+            seq = tuple(ids[ids.index(self.mid) + 1:])  # relation tokens + [SEP]
+            self.relation_of[seq] = rel
+            for i in range(len(seq)):
+                self.children.setdefault(seq[:i], set()).add(seq[i])
+
+    def _split(self, prefix: Sequence[int]) -> tuple[list[int], tuple[int, ...]] | None:
+        prefix = [int(t) for t in prefix]
+        if self.mid not in prefix:
+            return None
+        at = prefix.index(self.mid)
+        return prefix[: at + 1], tuple(prefix[at + 1:])
+
+    def allowed_next(self, prefix: Sequence[int]) -> list[int]:
+        allowed = set(self.trie.allowed_next(prefix))
+        split = self._split(prefix)
+        if split is not None:
+            allowed |= self.children.get(split[1], set())
+        return sorted(allowed)
+
+    def lookup(self, sequence: Sequence[int]) -> list[TrieHit]:
+        hits = self.trie.lookup(sequence)
+        split = self._split(sequence)
+        if split is not None and split[1] in self.relation_of:
+            relation = self.relation_of[split[1]]
+            lo, hi = self.trie.prefix_range(split[0])
+            have = {(h.head_id, h.relation) for h in hits}
+            for head_id in dict.fromkeys(int(self.trie.head_ids[row]) for row in range(lo, hi)):
+                if (head_id, relation) not in have:
+                    hits.append(TrieHit(head_id, relation))
+        return hits
+
+    def __len__(self) -> int:
+        return self.n

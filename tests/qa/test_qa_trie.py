@@ -98,3 +98,31 @@ def test_constrained_generation_with_an_untrained_model_only_yields_kb_pairs(tri
 
 def test_trie_is_compact(trie):
     assert trie.meta["bytes"] / len(trie) < 64  # bytes per (head, relation) on disk
+
+
+def test_distractor_relations_reach_every_head_and_nothing_else(trie, kb_store, tokenizer):
+    from wenzhi.qa_service.trie import TrieWithDistractors
+
+    distractors = [r for r, _ in kb_store.relation_counts()[:5]]
+    extended = TrieWithDistractors(trie, tokenizer, distractors)
+    entity = kb_store.entity_by_name("龙编站")
+    lacking = next(r for r in distractors if not kb_store.triples(entity.id, r))
+    ids = encode_target(tokenizer, entity.name, lacking)
+    assert trie.lookup(ids) == []  # not a KB pair ...
+    walked = []
+    for token in ids:
+        assert token in extended.allowed_next(walked)  # ... but every step of it is allowed now
+        walked.append(token)
+    assert extended.allowed_next(walked) == []
+    assert [(h.head_id, h.relation) for h in extended.lookup(ids)] == [(entity.id, lacking)]
+    # the head's own relations stay reachable, a relation that is neither stays out
+    own = encode_target(tokenizer, entity.name, "坐标")
+    assert [(h.head_id, h.relation) for h in extended.lookup(own)] == [(entity.id, "坐标")]
+    assert extended.lookup(encode_target(tokenizer, entity.name, "主讲课程")) == []
+    rng = random.Random(1)
+    for _ in range(200):  # random walks end on a KB pair or a head with a distractor relation
+        prefix = []
+        while allowed := extended.allowed_next(prefix):
+            prefix.append(rng.choice(allowed))
+        hits = extended.lookup(prefix)
+        assert hits and all(_is_kb_pair(kb_store, h) or h.relation in distractors for h in hits)
