@@ -23,19 +23,33 @@ class CopyHead(nn.Module):
         self.key = nn.Linear(config.hidden_size, config.hidden_size)
         self.gate = nn.Linear(config.hidden_size, 1)
 
+    def _parts(self, target, source, source_mask):
+        """(log g [N, 1], log (1 − g) [N, 1], attention over the source [N, S])."""
+        scores = torch.einsum("nh,nsh->ns", self.query(target), self.key(source)) / math.sqrt(target.shape[-1])
+        scores = scores.float().masked_fill(~source_mask, float("-inf"))
+        attention = torch.softmax(scores, -1).nan_to_num(0.0)  # a row without copyable tokens: zeros
+        gate = self.gate(target).float()
+        return F.logsigmoid(gate), F.logsigmoid(-gate), attention
+
     def forward(self, target: torch.Tensor, vocab_logits: torch.Tensor, source: torch.Tensor,
                 source_ids: torch.Tensor, source_mask: torch.Tensor) -> torch.Tensor:
         """target [N, H] states predicting a token, vocab_logits [N, V], source [N, S, H] states of
         each one's source tokens, source_ids [N, S], source_mask [N, S] (True = may be copied)
         -> log-probabilities [N, V] of the mixture."""
-        scores = torch.einsum("nh,nsh->ns", self.query(target), self.key(source)) / math.sqrt(target.shape[-1])
-        scores = scores.float().masked_fill(~source_mask, float("-inf"))
-        attention = torch.softmax(scores, -1).nan_to_num(0.0)  # a row without copyable tokens: zeros
+        log_g, log_not_g, attention = self._parts(target, source, source_mask)
         copy = torch.zeros_like(vocab_logits, dtype=torch.float).scatter_add_(1, source_ids, attention)
-        gate = F.logsigmoid(self.gate(target).float())  # log g, [N, 1]
-        from_vocab = gate + F.log_softmax(vocab_logits.float(), -1)
-        from_source = F.logsigmoid(-self.gate(target).float()) + torch.log(copy.clamp_min(1e-30))
-        return torch.logaddexp(from_vocab, from_source)
+        return torch.logaddexp(log_g + F.log_softmax(vocab_logits.float(), -1),
+                               log_not_g + torch.log(copy.clamp_min(1e-30)))
+
+    def token_logprob(self, target: torch.Tensor, vocab_logits: torch.Tensor, source: torch.Tensor,
+                      source_ids: torch.Tensor, source_mask: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """log p(tokens) [N] under the mixture, without building it: the training loss needs the
+        gold tokens only, and the [N, V] scatter/log/logaddexp made a step about 4x slower."""
+        log_g, log_not_g, attention = self._parts(target, source, source_mask)
+        logits = vocab_logits.float()
+        from_vocab = logits.gather(1, tokens[:, None]).squeeze(1) - torch.logsumexp(logits, -1)
+        copied = (attention * (source_ids == tokens[:, None])).sum(-1)
+        return torch.logaddexp(log_g.squeeze(1) + from_vocab, log_not_g.squeeze(1) + torch.log(copied.clamp_min(1e-30)))
 
 
 @dataclass

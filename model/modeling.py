@@ -612,7 +612,8 @@ class WenzhiForPrefixLM(WenzhiPreTrainedModel):
     def from_universal(self, universal_output: UniversalOutput, labels: torch.Tensor | None = None,
                        input_ids: torch.Tensor | None = None, prefix_lengths: torch.Tensor | None = None):
         """A copying model also needs the rows' `input_ids` and `prefix_lengths` (what it may copy);
-        its `logits` are log-probabilities."""
+        its `logits` are log-probabilities, and with `labels` in training mode None (the loss needs the
+        gold tokens' probabilities only)."""
         hidden = self.wenzhi.nlg(universal_output)
         source = None
         if self.copy_head is not None:
@@ -627,10 +628,14 @@ class WenzhiForPrefixLM(WenzhiPreTrainedModel):
             if self.copy_head is None:
                 logits = self.lm_head(hidden[:, :-1][keep], self.wenzhi.embeddings.word.weight)
                 loss = F.cross_entropy(logits.float(), shifted[keep].long()) if keep.any() else logits.sum() * 0.0
-            else:
-                rows = keep.nonzero()[:, 0]
-                logits = self.next_token_logprobs(hidden[:, :-1][keep], source, rows)
-                loss = F.nll_loss(logits, shifted[keep].long()) if keep.any() else logits.sum() * 0.0
+            else:  # the loss from the gold tokens' probabilities; the full mixture only outside training
+                rows, gold, target = keep.nonzero()[:, 0], shifted[keep].long(), hidden[:, :-1][keep]
+                vocab = self.lm_head(target, self.wenzhi.embeddings.word.weight)
+                picked = [t[rows] for t in (source.hidden_states, source.input_ids, source.copyable)]
+                gold_logprob = self.copy_head.token_logprob(target, vocab, *picked, gold)
+                loss = -gold_logprob.mean() if keep.any() else vocab.sum() * 0.0
+                if not self.training:
+                    logits = self.copy_head(target, vocab, *picked)
         elif self.copy_head is None:
             logits = self.lm_head(hidden, self.wenzhi.embeddings.word.weight)
         else:

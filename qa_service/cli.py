@@ -44,6 +44,9 @@ def register(sub: "argparse._SubParsersAction") -> None:
                     help="NLU layers of the head (default: the checkpoint's; layers beyond it start fresh)")
     ft.add_argument("--copy", action="store_true",
                     help="GEN only: mix a pointer over the question's tokens into the next-token distribution")
+    ft.add_argument("--target-layout", choices=["relation-first", "head-relation"], default="head-relation",
+                    help="GEN only: relation-first = `base [unused1] relation [unused2] disambiguation [SEP]`, "
+                         "head-relation = `head [unused1] relation [SEP]` (qa_service/trie.py)")
     ft.add_argument("--unfreeze", action="store_true",
                     help="train the universal module too (heads then no longer share one pass)")
     ft.add_argument("--threads", type=int, help="torch threads")
@@ -60,11 +63,13 @@ def register(sub: "argparse._SubParsersAction") -> None:
     ev.add_argument("--errors", metavar="FILE", help="write wrong answers as JSON lines")
     ev.add_argument("--index", metavar="DIR", help="BM25 entity index (fuzzy fallback)")
     ev.add_argument("--no-gen", action="store_true", help="leave the GEN head out (as --mode pipeline)")
-    ev.add_argument("--mode", choices=["fused", "pipeline", "gen"], default="fused",
-                    help="answering path scored: both fused, linker + NER + SIM alone, or GEN alone")
-    ev.add_argument("--distractor-relations", type=int, default=0, metavar="K",
+    ev.add_argument("--mode", type=_modes, default=["fused"], metavar="MODE[,MODE...]",
+                    help="answering path scored: fused (both), pipeline (linker + NER + SIM alone) or gen "
+                         "(GEN alone); several, comma-separated, are scored with one loaded model, one JSON line each")
+    ev.add_argument("--distractor-relations", type=_counts, default=[0], metavar="K[,K...]",
                     help="every entity also offers the KB's K most frequent relations with unknown tails "
-                         "(choosing one scores as wrong), for both paths: the relation decides")
+                         "(choosing one scores as wrong), for both paths: the relation decides; several: "
+                         "each with every --mode")
     ev.add_argument("--batch-size", type=int, default=16)
     ev.add_argument("--threads", type=int)
     ev.add_argument("--relation-selection", action="store_true", default=True, help=argparse.SUPPRESS)
@@ -125,7 +130,7 @@ def _finetune(args) -> int:
     cfg = FinetuneConfig(task=args.task, out=Path(args.out), kb=Path(args.kb), questions=questions,
                          init=Path(args.init) if args.init else None, holdout_nlpcc=args.holdout_nlpcc,
                          limit=args.limit, epochs=args.epochs, max_steps=args.max_steps,
-                         batch_size=args.batch_size, lr=args.lr, negatives=args.negatives, sim_loss=args.sim_loss, nlu_layers=args.nlu_layers, copy_source=args.copy,
+                         batch_size=args.batch_size, lr=args.lr, negatives=args.negatives, sim_loss=args.sim_loss, nlu_layers=args.nlu_layers, copy_source=args.copy, target_layout=args.target_layout,
                          freeze_universal=not args.unfreeze, size=args.size, seed=args.seed, threads=args.threads,
                          interaction=args.interaction)
     report = finetune(cfg)
@@ -134,14 +139,35 @@ def _finetune(args) -> int:
     return 0
 
 
-def _evaluate(args) -> int:
-    from wenzhi.qa_service.evaluate import evaluate
+def _modes(value: str) -> list[str]:
+    modes = [m.strip() for m in value.split(",") if m.strip()]
+    bad = [m for m in modes if m not in ("fused", "pipeline", "gen")]
+    if bad or not modes:
+        raise argparse.ArgumentTypeError(f"modes are fused, pipeline, gen (comma-separated), not {value!r}")
+    return modes
 
-    result = evaluate(args.questions, args.kb, args.model, limit=args.limit, errors=args.errors,
-                      index=args.index, use_gen=not args.no_gen, batch_size=args.batch_size,
-                      threads=args.threads, nlpcc_holdout=args.nlpcc_holdout, mode=args.mode,
-                      distractor_relations=args.distractor_relations)
-    print(json.dumps(result, ensure_ascii=False))
+
+def _counts(value: str) -> list[int]:
+    try:
+        counts = [int(k) for k in value.split(",") if k.strip()]
+    except ValueError:
+        counts = []
+    if not counts or any(k < 0 for k in counts):
+        raise argparse.ArgumentTypeError(f"expected counts >= 0 (comma-separated), not {value!r}")
+    return counts
+
+
+def _evaluate(args) -> int:
+    from wenzhi.qa_service.evaluate import evaluate_runs
+
+    if args.no_gen and any(m == "gen" for m in args.mode):
+        print("wenzhi evaluate: --mode gen needs the GEN head (drop --no-gen)", file=sys.stderr)
+        return 2
+    runs = [(mode, k) for k in args.distractor_relations for mode in args.mode]
+    for result in evaluate_runs(args.questions, args.kb, args.model, limit=args.limit, errors=args.errors,
+                                index=args.index, use_gen=not args.no_gen, batch_size=args.batch_size,
+                                threads=args.threads, nlpcc_holdout=args.nlpcc_holdout, runs=runs):
+        print(json.dumps(result, ensure_ascii=False), flush=True)
     return 0
 
 

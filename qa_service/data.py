@@ -5,7 +5,7 @@
 - SIM: per question the gold relation and negatives drawn the way evaluation draws candidates
   (`NegativeSampler`: the entity's and its homonyms' relations, relations sharing characters with
   the question, the KB's most frequent relations, random ones).
-- GEN: (question, head, relation) whose target is `encode_target(head, relation)`, the trie key.
+- GEN: (question, head, relation) whose target is `encode_target(head, relation, layout)`, the trie key.
 """
 from __future__ import annotations
 
@@ -252,13 +252,13 @@ def sim_features(tokenizer, pairs: Sequence[tuple[str, str]], max_length: int = 
 
 # -- GEN ------------------------------------------------------------------------------------
 def gen_features(tokenizer, examples: Sequence[QAExample], max_question: int = 48,
-                 max_target: int = 48):
-    """Prefix = `[CLS] question [SEP]`; target = `head [unused1] relation [SEP]` (the trie key)."""
+                 max_target: int = 48, layout: str = "head-relation"):
+    """Prefix = `[CLS] question [SEP]`; target = the (head, relation) in `layout` (the trie key)."""
     from wenzhi.qa_service.trie import encode_targets
 
     prefixes = tokenizer([ex.question for ex in examples], max_length=max_question,
                          truncation=True)["input_ids"]
-    targets = encode_targets(tokenizer, [(ex.head, ex.relation) for ex in examples])
+    targets = encode_targets(tokenizer, [(ex.head, ex.relation) for ex in examples], layout)
     keep = [i for i, t in enumerate(targets) if len(t) <= max_target]
     return {"prefix_ids": [prefixes[i] for i in keep], "target_ids": [targets[i] for i in keep],
             "dropped_too_long": len(examples) - len(keep)}

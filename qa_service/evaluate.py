@@ -24,10 +24,19 @@ def evaluate(questions: str | Path, kb: str | Path, model: str | Path, limit: in
              errors: str | Path | None = None, index: str | Path | None = None, use_gen: bool = True,
              batch_size: int = 16, threads: int | None = None, nlpcc_holdout: float | None = None,
              progress: bool = True, mode: str = "fused", distractor_relations: int = 0) -> dict:
-    from tqdm import tqdm
+    """The figures of one answering mode and distractor setting (see `evaluate_runs`)."""
+    return evaluate_runs(questions, kb, model, limit, errors, index, use_gen, batch_size, threads,
+                         nlpcc_holdout, progress, [(mode, distractor_relations)])[0]
 
-    from wenzhi.qa_service.data import find_mention, holdout_split, homonym_relations, mention_names, read_qa
-    from wenzhi.qa_service.metric import kgclue_scores, score_one
+
+def evaluate_runs(questions: str | Path, kb: str | Path, model: str | Path, limit: int | None = None,
+                  errors: str | Path | None = None, index: str | Path | None = None, use_gen: bool = True,
+                  batch_size: int = 16, threads: int | None = None, nlpcc_holdout: float | None = None,
+                  progress: bool = True, runs: list[tuple[str, int]] = (("fused", 0),)) -> list[dict]:
+    """One result per (mode, distractor relations) in `runs`, all from one loaded pipeline; relation
+    selection (which does not depend on either) is measured once, in the first. `errors` is written
+    for the first run (other runs: `<errors>.<mode>-<K>`)."""
+    from wenzhi.qa_service.data import holdout_split, read_qa
     from wenzhi.qa_service.pipeline import PipelineConfig, QAPipeline
 
     examples = read_qa(questions)
@@ -35,14 +44,41 @@ def evaluate(questions: str | Path, kb: str | Path, model: str | Path, limit: in
         _, examples = holdout_split(examples, nlpcc_holdout, seed=0)
     if limit:
         examples = examples[:limit]
-    config = PipelineConfig.load(Path(model), use_gen=use_gen, threads=threads, mode=mode,
-                                 distractor_relations=distractor_relations)
+    needs_gen = use_gen and any(m != "pipeline" for m, _ in runs)
+    config = PipelineConfig.load(Path(model), use_gen=needs_gen, threads=threads, mode=runs[0][0],
+                                 distractor_relations=runs[0][1])
     started = time.time()
     pipe = QAPipeline(model, kb, config, index=index)
     load_s = time.time() - started
+    results = []
+    try:
+        for i, (mode, k) in enumerate(runs):
+            pipe.reconfigure(mode=mode, distractor_relations=k)
+            err_file = errors if i == 0 or errors is None else f"{errors}.{mode}-{k}"
+            result = _score_run(pipe, examples, batch_size, progress, err_file)
+            if i == 0:
+                result["relation_selection"] = relation_selection(pipe, examples, batch_size)
+            result["seconds"]["load"] = round(load_s, 1)
+            result["config"] = {"model": str(model), "kb": str(kb), "questions": str(questions), "mode": mode,
+                                "distractor_relations": k, "use_gen": pipe.gen is not None and mode != "pipeline",
+                                "shared_universal": pipe.shared_universal}
+            results.append(result)
+    finally:
+        pipe.close()
+    return results
+
+
+def _score_run(pipe, examples, batch_size: int, progress: bool, errors) -> dict:
+    """KgCLUE figures and the breakdowns of the pipeline as configured, over `examples`."""
+    from tqdm import tqdm
+
+    from wenzhi.qa_service.data import find_mention, mention_names
+    from wenzhi.qa_service.metric import kgclue_scores, score_one
+
     preds, answers = [], []
     t0 = time.time()
-    bar = tqdm(range(0, len(examples), batch_size), desc="evaluate", unit="batch", disable=not progress)
+    bar = tqdm(range(0, len(examples), batch_size), desc=f"evaluate {pipe.config.mode}", unit="batch",
+               disable=not progress)
     for i in bar:
         batch = examples[i : i + batch_size]
         out = pipe.answer_batch([ex.question for ex in batch])
@@ -75,19 +111,13 @@ def evaluate(questions: str | Path, kb: str | Path, model: str | Path, limit: in
     result["breakdown"] = {"answered": round(answered / n, 4), "mention_found": round(mention_found / n, 4),
                            "entity_right": round(entity_right / n, 4), "relation_right": round(relation_right / n, 4)}
 
-    result["relation_selection"] = relation_selection(pipe, examples, batch_size)
-    result["seconds"] = {"load": round(load_s, 1), "answer": round(answer_s, 1),
-                         "per_question_ms": round(1e3 * answer_s / n, 1)}
-    result["config"] = {"model": str(model), "kb": str(kb), "questions": str(questions), "mode": config.mode,
-                        "distractor_relations": config.distractor_relations,
-                        "use_gen": pipe.gen is not None, "shared_universal": pipe.shared_universal}
+    result["seconds"] = {"answer": round(answer_s, 1), "per_question_ms": round(1e3 * answer_s / n, 1)}
     if errors:
         Path(errors).parent.mkdir(parents=True, exist_ok=True)
         with open(errors, "w", encoding="utf-8") as fh:
             for row in err_rows:
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
         result["errors_file"] = str(errors)
-    pipe.close()
     return result
 
 

@@ -44,7 +44,8 @@ class FinetuneConfig:
     interaction: str = "match"  # SIM: "match" (model.relation_matching), or a pair head's pair_interaction
     sim_loss: str = "listwise"  # SIM: softmax over each question's candidates, or per-pair BCE ("pointwise")
     nlu_layers: int | None = None  # NLU layers of the head (None: the checkpoint's; added ones start fresh)
-    copy_source: bool = False  # GEN: a pointer over the question's tokens (model.modeling.CopyHead)
+    copy_source: bool = False  # GEN: a pointer over the question's tokens (model.copying.CopyHead)
+    target_layout: str = "head-relation"  # GEN: how a (head, relation) is spelt (qa_service.trie.LAYOUTS)
 
 
 SIZES = {
@@ -101,7 +102,11 @@ def _model(cfg: FinetuneConfig, tokenizer, cls, **extra):
     if cfg.nlu_layers is not None:
         extra["num_nlu_layers"] = cfg.nlu_layers
     if cfg.init is not None:  # a head of another task (e.g. NER from SIM) loads all but the classifier
-        return cls.from_pretrained(resolve_checkpoint(cfg.init), ignore_mismatched_sizes=True, **extra)
+        path = resolve_checkpoint(cfg.init)
+        config = WenzhiConfig.from_pretrained(path)
+        for key, value in extra.items():  # also keys the config class does not declare (copy_source)
+            setattr(config, key, value)
+        return cls.from_pretrained(path, config=config, ignore_mismatched_sizes=True)
     config = WenzhiConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                           cls_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id,
                           mask_token_id=tokenizer.mask_token_id, **SIZES[cfg.size], **extra)
@@ -263,10 +268,11 @@ def _gen_task(cfg: FinetuneConfig, tokenizer, examples, store, report: dict):
 
     from wenzhi.qa_service import data
 
-    feats = data.gen_features(tokenizer, examples)
+    feats = data.gen_features(tokenizer, examples, layout=cfg.target_layout)
     report["dropped_too_long"] = feats["dropped_too_long"]
     prefixes, targets = feats["prefix_ids"], feats["target_ids"]
-    model = _model(cfg, tokenizer, WenzhiForPrefixLM, **({"copy_source": True} if cfg.copy_source else {}))
+    # both recorded in the head's config: serving reads them from there
+    model = _model(cfg, tokenizer, WenzhiForPrefixLM, copy_source=cfg.copy_source, target_layout=cfg.target_layout)
     pad = tokenizer.pad_token_id
 
     def step(idx):
@@ -313,7 +319,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
     if cfg.task == "gen":  # the trie is the GEN head's vocabulary of answers: build it with it
         from wenzhi.qa_service.pipeline import ensure_trie
 
-        report["trie"] = ensure_trie(tmp, store, tokenizer).meta
+        report["trie"] = ensure_trie(tmp, store, tokenizer, cfg.target_layout).meta
     store.close()
     if out.exists():
         import shutil

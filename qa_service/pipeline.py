@@ -123,17 +123,21 @@ def _decode_bio(tags, offsets) -> list[tuple[int, int]]:
     return [tuple(x) for x in spans]
 
 
-def ensure_trie(gen_dir: Path, store, tokenizer):
-    """The KB trie for this store, built beside the GEN head on first use (keyed by fingerprint)."""
-    from wenzhi.qa_service.trie import KBTrie
+def gen_layout(gen) -> str:
+    """The target layout a GEN head was trained on (heads from before layouts: head-relation)."""
+    return getattr(gen.config, "target_layout", "head-relation")
 
-    from wenzhi.qa_service.trie import FORMAT
 
-    path = Path(gen_dir) / f"trie-{store.fingerprint[:16]}"
+def ensure_trie(gen_dir: Path, store, tokenizer, layout: str = "head-relation"):
+    """The KB trie for this store in `layout`, built beside the GEN head on first use (keyed by the
+    store's fingerprint and the layout)."""
+    from wenzhi.qa_service.trie import FORMAT, KBTrie
+
+    path = Path(gen_dir) / f"trie-{store.fingerprint[:16]}-{layout}"
     meta = path / "meta.json"
     if not meta.exists() or json.loads(meta.read_text()).get("format") != FORMAT:
         log.info("building the KB trie at %s", path)
-        KBTrie.build_from_store(store, tokenizer, path, progress=True)
+        KBTrie.build_from_store(store, tokenizer, path, progress=True, layout=layout)
     return KBTrie(path, tokenizer)
 
 
@@ -179,19 +183,15 @@ class QAPipeline:
                     self.relation_states.warm(names)
                     log.info("relation states for %d relations in %.1f s", len(names), time.perf_counter() - t0)
         self.linker = EntityLinker(self.store)
-        self.distractors = [r for r, _ in self.store.relation_counts()[: self.config.distractor_relations]]
-        self.gen = self.trie = None
+        self.gen = self.kb_trie = None
         wants_gen = self.config.use_gen and self.config.mode != "pipeline"
-        if self.config.mode == "gen" and not (self.model_dir / "gen" / "config.json").exists():
+        if self.config.mode == "gen" and not (self.config.use_gen and (self.model_dir / "gen" / "config.json").exists()):
             raise FileNotFoundError(f"{self.model_dir / 'gen'}: mode 'gen' needs the GEN head "
                                     f"(run `wenzhi finetune gen --out {self.model_dir}`)")
         if wants_gen and (self.model_dir / "gen" / "config.json").exists():
             self.gen = WenzhiForPrefixLM.from_pretrained(self.model_dir / "gen").eval()
-            self.trie = ensure_trie(self.model_dir / "gen", self.store, self.tokenizer)
-            if self.distractors:
-                from wenzhi.qa_service.trie import TrieWithDistractors
-
-                self.trie = TrieWithDistractors(self.trie, self.tokenizer, self.distractors)
+            self.kb_trie = ensure_trie(self.model_dir / "gen", self.store, self.tokenizer, gen_layout(self.gen))
+        self.reconfigure()
         self.retriever = None
         if index is not None:
             from wenzhi.retrieval.tantivy_backend import TantivyRetriever
@@ -293,7 +293,7 @@ class QAPipeline:
             enc = encode(self.sim, q_ids, self.tokenizer.pad_token_id)
             spans = self._ner(enc, enc_tok["offset_mapping"])
             t1 = time.perf_counter()
-            gen_hits = self._gen(q_ids)
+            gen_hits = self._gen(q_ids) if cfg.mode != "pipeline" else [{} for _ in questions]
             t2 = time.perf_counter()
             per_q = []
             for qi, question in enumerate(questions):
@@ -352,6 +352,23 @@ class QAPipeline:
             for a in answers:
                 a.timings_ms = {k: round(v, 2) for k, v in timings.items()}
             return answers
+
+    def reconfigure(self, **changes) -> None:
+        """Change answering settings of a loaded pipeline (`wenzhi evaluate` scores several modes and
+        distractor settings with one): the mode, weights, the distractor relations and their trie."""
+        from dataclasses import replace
+
+        self.config = replace(self.config, **changes)
+        if self.config.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, not {self.config.mode!r}")
+        if self.config.mode == "gen" and self.gen is None:
+            raise ValueError("mode 'gen' needs the GEN head, which this pipeline did not load")
+        self.distractors = [r for r, _ in self.store.relation_counts()[: self.config.distractor_relations]]
+        self.trie = self.kb_trie
+        if self.kb_trie is not None and self.distractors:
+            from wenzhi.qa_service.trie import TrieWithDistractors
+
+            self.trie = TrieWithDistractors(self.kb_trie, self.tokenizer, self.distractors)
 
     def _distractor_triples(self, entities) -> list:
         """(candidate, Triple with an empty tail) for each distractor relation an entity lacks."""

@@ -1,4 +1,11 @@
-"""A compact, off-heap prefix trie over the tokenised `head [unused1] relation [SEP]` sequences of a KB.
+"""A compact, off-heap prefix trie over the tokenised (head, relation) pairs of a KB.
+
+Two layouts of a pair (`LAYOUTS`; the GEN head records the one it was trained on):
+- "relation-first": `base [unused1] relation [SEP]`, or `base [unused1] relation [unused2]
+  disambiguation [SEP]` for a head with a disambiguation suffix. The base name is what a question
+  contains (a generator copies it), the relation is what the question asks, and only then comes the
+  disambiguation, which the relation usually leaves one choice for: homonyms differ in relations.
+- "head-relation": `head [unused1] relation [SEP]` with the full head name (the first layout).
 
 Why hand-written: the seq2seq + trie KgCLUE system keeps a pointer-based Python trie, which needs
 about 30 GB of RAM for 20M triples. Here the trie is implicit: every distinct (head, relation)
@@ -25,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-FORMAT = "wenzhi-kb-trie-2"
+FORMAT = "wenzhi-kb-trie-3"
+LAYOUTS = ("relation-first", "head-relation")
 MAX_TOKENS = 96  # longer (head, relation) sequences are skipped and counted
 
 
@@ -45,19 +53,35 @@ def field_separator(tokenizer) -> int:
     return vocab.get("[unused1]", tokenizer.unk_token_id)
 
 
-def encode_target(tokenizer, head: str, relation: str) -> list[int]:
-    """Token ids of `head [unused1] relation [SEP]`: the GEN target and the trie's key."""
-    return encode_targets(tokenizer, [(head, relation)])[0]
+def disambiguation_separator(tokenizer) -> int:
+    """The token before a head's disambiguation in the relation-first layout."""
+    return tokenizer.get_vocab().get("[unused2]", tokenizer.unk_token_id)
 
 
-def encode_targets(tokenizer, pairs: Sequence[tuple[str, str]]) -> list[list[int]]:
-    """Token ids of `head [unused1] relation [SEP]` for each pair (one tokenizer call per field)."""
+def encode_target(tokenizer, head: str, relation: str, layout: str = "head-relation") -> list[int]:
+    """Token ids of one (head, relation) in `layout`: the GEN target and the trie's key."""
+    return encode_targets(tokenizer, [(head, relation)], layout)[0]
+
+
+def encode_targets(tokenizer, pairs: Sequence[tuple[str, str]], layout: str = "head-relation") -> list[list[int]]:
+    """Token ids of each (head, relation) in `layout` (one tokenizer call per field)."""
+    from wenzhi.kg import parse_name
+
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
     if not pairs:
         return []
     sep, mid = tokenizer.sep_token_id, field_separator(tokenizer)
-    heads = tokenizer([h for h, _ in pairs], add_special_tokens=False)["input_ids"]
     rels = tokenizer([r for _, r in pairs], add_special_tokens=False)["input_ids"]
-    return [[*h, mid, *r, sep] for h, r in zip(heads, rels)]
+    if layout == "head-relation":
+        heads = tokenizer([h for h, _ in pairs], add_special_tokens=False)["input_ids"]
+        return [[*h, mid, *r, sep] for h, r in zip(heads, rels)]
+    names = [parse_name(h) for h, _ in pairs]
+    bases = tokenizer([b for b, _ in names], add_special_tokens=False)["input_ids"]
+    dis = tokenizer([d or "" for _, d in names], add_special_tokens=False)["input_ids"]
+    dsep = disambiguation_separator(tokenizer)
+    return [[*b, mid, *r, *([dsep, *d] if name[1] else []), sep]
+            for b, r, d, name in zip(bases, rels, dis, names)]
 
 
 @dataclass
@@ -87,14 +111,15 @@ class KBTrie:
         self.relation_ids = np.load(self.path / "relation_ids.npy", mmap_mode="r")
         self.relations: list[str] = json.loads((self.path / "relations.json").read_text(encoding="utf-8"))
         self.sep_id = int(self.meta["sep_id"])
+        self.layout = self.meta["layout"]
         self.n = int(self.meta["num_sequences"])
         self._children = lru_cache(maxsize=65536)(self._children_uncached)
 
     # -- building ---------------------------------------------------------------------------
     @classmethod
     def build(cls, pairs: Iterable[tuple[int, str, str]], tokenizer, out: str | os.PathLike,
-              batch_size: int = 4096, progress: bool = False) -> dict:
-        """Write a trie for (head_id, head, relation) pairs; atomic (temp dir then rename)."""
+              batch_size: int = 4096, progress: bool = False, layout: str = "head-relation") -> dict:
+        """Write a trie for (head_id, head, relation) pairs in `layout`; atomic (temp dir then rename)."""
         out = Path(out)
         width = ">u2" if len(tokenizer) < 2**16 else ">u4"
         relation_index: dict[str, int] = {}
@@ -109,7 +134,7 @@ class KBTrie:
 
         def flush() -> None:
             nonlocal skipped_long
-            for (hid, _, rel), ids in zip(batch, encode_targets(tokenizer, [(h, r) for _, h, r in batch])):
+            for (hid, _, rel), ids in zip(batch, encode_targets(tokenizer, [(h, r) for _, h, r in batch], layout)):
                 if len(ids) > MAX_TOKENS:
                     skipped_long += 1
                     continue
@@ -149,6 +174,7 @@ class KBTrie:
         (tmp / "relations.json").write_text(json.dumps(relations, ensure_ascii=False), encoding="utf-8")
         summary = {
             "format": FORMAT,
+            "layout": layout,
             "num_sequences": int(len(order)),
             "num_tokens": int(len(flat)),
             "skipped_too_long": skipped_long,
@@ -164,12 +190,12 @@ class KBTrie:
         return summary
 
     @classmethod
-    def build_from_store(cls, store, tokenizer, out, progress: bool = False) -> dict:
+    def build_from_store(cls, store, tokenizer, out, progress: bool = False, layout: str = "head-relation") -> dict:
         def pairs():
             for t in store.iter_triples():
                 yield t.head_id, t.head, t.relation
 
-        return cls.build(pairs(), tokenizer, out, progress=progress)
+        return cls.build(pairs(), tokenizer, out, progress=progress, layout=layout)
 
     # -- lookup -----------------------------------------------------------------------------
     def _tok(self, row: int, pos: int) -> int:
@@ -234,44 +260,68 @@ class KBTrie:
 class TrieWithDistractors:
     """A KB trie in which every head also offers `relations` (with unknown tails): the trie that
     `wenzhi evaluate --distractor-relations K` decodes through, as the official 20.5M-triple KB would
-    offer many relations per head. Nothing is stored: after a head's `[unused1]` the allowed tokens
-    are the KB's continuations plus those of the distractor relations (a small dict trie, K names)."""
+    offer many relations per head. Nothing is stored: after a name's `[unused1]` the allowed tokens
+    are the KB's continuations plus those of the distractor relations (a small dict trie, K names);
+    after a distractor relation come the ends of the heads sharing that name (`[SEP]`, or in the
+    relation-first layout `[unused2]` and a homonym's disambiguation), read off the KB trie's rows."""
 
     def __init__(self, trie: KBTrie, tokenizer, relations: Sequence[str]):
-        self.trie, self.sep_id, self.n = trie, trie.sep_id, trie.n
-        self.mid = field_separator(tokenizer)
+        self.trie, self.sep_id, self.n, self.layout = trie, trie.sep_id, trie.n, trie.layout
+        self.mid, self.dsep = field_separator(tokenizer), disambiguation_separator(tokenizer)
         self.relation_of: dict[tuple[int, ...], str] = {}
         self.children: dict[tuple[int, ...], set[int]] = {}
-        for rel, ids in zip(relations, encode_targets(tokenizer, [("", r) for r in relations])):
-            seq = tuple(ids[ids.index(self.mid) + 1:])  # relation tokens + [SEP]
+        for rel, ids in zip(relations, encode_targets(tokenizer, [("x", r) for r in relations])):
+            seq = tuple(ids[ids.index(self.mid) + 1 : -1])  # the relation's tokens
             self.relation_of[seq] = rel
             for i in range(len(seq)):
                 self.children.setdefault(seq[:i], set()).add(seq[i])
+        self._ends = lru_cache(maxsize=65536)(self._ends_uncached)
 
-    def _split(self, prefix: Sequence[int]) -> tuple[list[int], tuple[int, ...]] | None:
+    def _ends_uncached(self, name: tuple[int, ...]) -> dict[tuple[int, ...], int]:
+        """What may follow `name [unused1] relation` for heads of this name -> their head id: `[SEP]`
+        for the head without a disambiguation, `[unused2] disambiguation [SEP]` for the others."""
+        lo, hi = self.trie.prefix_range([*name, self.mid])
+        ends: dict[tuple[int, ...], int] = {}
+        for row in range(lo, hi):
+            seq = self.trie.sequence(row)[len(name) + 1 :]
+            end = tuple(seq[seq.index(self.dsep) :]) if self.dsep in seq else (self.sep_id,)
+            ends.setdefault(end, int(self.trie.head_ids[row]))
+        return ends
+
+    def _parts(self, prefix: Sequence[int]):
+        """(name, relation tokens so far, head end so far or None) of a prefix past `[unused1]`."""
         prefix = [int(t) for t in prefix]
         if self.mid not in prefix:
             return None
         at = prefix.index(self.mid)
-        return prefix[: at + 1], tuple(prefix[at + 1:])
+        rest = prefix[at + 1 :]
+        for i, t in enumerate(rest):
+            if t in (self.dsep, self.sep_id):
+                return tuple(prefix[:at]), tuple(rest[:i]), tuple(rest[i:])
+        return tuple(prefix[:at]), tuple(rest), None
 
     def allowed_next(self, prefix: Sequence[int]) -> list[int]:
         allowed = set(self.trie.allowed_next(prefix))
-        split = self._split(prefix)
-        if split is not None:
-            allowed |= self.children.get(split[1], set())
+        parts = self._parts(prefix)
+        if parts is not None:
+            name, rel, end = parts
+            if end is None:
+                allowed |= self.children.get(rel, set())
+                if rel in self.relation_of:
+                    allowed |= {e[0] for e in self._ends(name)}
+            elif rel in self.relation_of:
+                allowed |= {e[len(end)] for e in self._ends(name) if len(e) > len(end) and e[: len(end)] == end}
         return sorted(allowed)
 
     def lookup(self, sequence: Sequence[int]) -> list[TrieHit]:
         hits = self.trie.lookup(sequence)
-        split = self._split(sequence)
-        if split is not None and split[1] in self.relation_of:
-            relation = self.relation_of[split[1]]
-            lo, hi = self.trie.prefix_range(split[0])
-            have = {(h.head_id, h.relation) for h in hits}
-            for head_id in dict.fromkeys(int(self.trie.head_ids[row]) for row in range(lo, hi)):
-                if (head_id, relation) not in have:
-                    hits.append(TrieHit(head_id, relation))
+        parts = self._parts(sequence)
+        if parts is not None and parts[2] and parts[1] in self.relation_of:
+            name, rel, end = parts
+            head_id = self._ends(name).get(end)
+            relation = self.relation_of[rel]
+            if head_id is not None and all((h.head_id, h.relation) != (head_id, relation) for h in hits):
+                hits.append(TrieHit(head_id, relation))
         return hits
 
     def __len__(self) -> int:
