@@ -37,9 +37,12 @@ class CopyHead(nn.Module):
         each one's source tokens, source_ids [N, S], source_mask [N, S] (True = may be copied)
         -> log-probabilities [N, V] of the mixture."""
         log_g, log_not_g, attention = self._parts(target, source, source_mask)
-        copy = torch.zeros_like(vocab_logits, dtype=torch.float).scatter_add_(1, source_ids, attention)
-        return torch.logaddexp(log_g + F.log_softmax(vocab_logits.float(), -1),
-                               log_not_g + torch.log(copy.clamp_min(1e-30)))
+        logprobs = log_g + F.log_softmax(vocab_logits.float(), -1)
+        # the copy mass of each source token's id (summed over its occurrences) enters at those ids
+        # only: [N, S, S] comparisons instead of a log and a logaddexp over the whole vocabulary
+        mass = (attention[:, None, :] * (source_ids[:, :, None] == source_ids[:, None, :])).sum(-1)
+        mixed = torch.logaddexp(logprobs.gather(1, source_ids), log_not_g + torch.log(mass.clamp_min(1e-30)))
+        return logprobs.scatter(1, source_ids, mixed)
 
     def token_logprob(self, target: torch.Tensor, vocab_logits: torch.Tensor, source: torch.Tensor,
                       source_ids: torch.Tensor, source_mask: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

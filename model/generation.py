@@ -30,6 +30,7 @@ def _left_pad(input_ids, attention_mask, token_type_ids, pad_id):
 def prefix_lm_generate(
     model, input_ids, attention_mask, token_type_ids, max_new_tokens, num_beams,
     num_return_sequences, allowed_tokens_fn, eos_token_id, target_token_type, length_penalty,
+    renormalize: bool = False,
 ) -> GenerationResult:
     if num_return_sequences > num_beams:
         raise ValueError(f"num_return_sequences ({num_return_sequences}) must be <= num_beams ({num_beams})")
@@ -68,14 +69,20 @@ def prefix_lm_generate(
     for step in range(max_new_tokens):
         logprobs = model.next_token_logprobs(hidden, source).view(B, K, -1)
         if allowed_tokens_fn is not None:
-            allowed_mask = torch.zeros_like(logprobs, dtype=torch.bool)
+            rows: list[int] = []  # (beam row, token) of every allowed continuation, set in one go
+            cols: list[int] = []
+            live = beam_scores.tolist()
             for b in range(B):
                 for k in range(K):
-                    if not done[b] and beam_scores[b, k] > float("-inf"):
+                    if not done[b] and live[b][k] > float("-inf"):
                         allowed = allowed_tokens_fn(b, list(beam_tokens[b][k]))
-                        if allowed:
-                            allowed_mask[b, k, torch.as_tensor(list(allowed), device=device)] = True
-            logprobs = logprobs.masked_fill(~allowed_mask, float("-inf"))
+                        rows.extend([b * K + k] * len(allowed))
+                        cols.extend(allowed)
+            allowed_mask = torch.zeros(B * K, logprobs.shape[-1], dtype=torch.bool, device=device)
+            allowed_mask[torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)] = True
+            logprobs = logprobs.masked_fill(~allowed_mask.view(B, K, -1), float("-inf"))
+            if renormalize:  # a distribution over the allowed tokens: a forced token costs nothing
+                logprobs = torch.log_softmax(logprobs, dim=-1).nan_to_num(float("-inf"))
         candidates = (beam_scores[:, :, None] + logprobs).view(B, -1)
         top_scores, top_index = candidates.topk(min(2 * K, candidates.shape[1]), dim=1)
         V = logprobs.shape[-1]

@@ -666,19 +666,22 @@ class WenzhiForPrefixLM(WenzhiPreTrainedModel):
         eos_token_id: int | None = None,
         target_token_type: int = 0,
         length_penalty: float = 1.0,
+        renormalize: bool = False,
     ) -> GenerationResult:
         """Greedy (num_beams=1) or beam search from source rows `input_ids` (each `[CLS] source [SEP]`,
         any padding side given `attention_mask`). `allowed_tokens_fn(batch_idx, prefix_ids)` gets the
         row index and the target tokens generated so far and returns the token ids allowed next (a
-        KB prefix trie); an empty list ends that hypothesis. Uses a key/value cache: the source is
-        encoded once, each step runs one token through the layers."""
+        KB prefix trie); an empty list ends that hypothesis. With `renormalize` the log-probabilities
+        are renormalised over the allowed tokens, so a hypothesis scores as a path among the allowed
+        ones (a forced token costs nothing). Uses a key/value cache: the source is encoded once,
+        each step runs one token through the layers."""
         from wenzhi.model.generation import prefix_lm_generate
 
         return prefix_lm_generate(
             self, input_ids, attention_mask, token_type_ids, max_new_tokens, num_beams,
             num_return_sequences, allowed_tokens_fn,
             self.config.sep_token_id if eos_token_id is None else eos_token_id,
-            target_token_type, length_penalty,
+            target_token_type, length_penalty, renormalize,
         )
 
 

@@ -27,6 +27,9 @@ def register(sub: "argparse._SubParsersAction") -> None:
     ft.add_argument("--skip", type=int, default=17_000,
                     help="fusion only: questions skipped at the start of the file (default: all but KgCLUE train's tail)")
     ft.add_argument("--no-gen", action="store_true", help="fusion only: leave the GEN head out")
+    ft.add_argument("--distractor-relations", type=_counts, default=[0], metavar="K[,K...]",
+                    help="fusion only: fit the weights over these settings of `wenzhi evaluate "
+                         "--distractor-relations` together (each question once per setting)")
     ft.add_argument("--epochs", type=float, default=1.0)
     ft.add_argument("--max-steps", type=int)
     ft.add_argument("--batch-size", type=int, default=32)
@@ -42,9 +45,9 @@ def register(sub: "argparse._SubParsersAction") -> None:
                          "states are computed once per name and cached by the service")
     ft.add_argument("--nlu-layers", type=int, metavar="N",
                     help="NLU layers of the head (default: the checkpoint's; layers beyond it start fresh)")
-    ft.add_argument("--copy", action="store_true",
-                    help="GEN only: mix a pointer over the question's tokens into the next-token distribution")
-    ft.add_argument("--target-layout", choices=["relation-first", "head-relation"], default="head-relation",
+    ft.add_argument("--no-copy", action="store_true",
+                    help="GEN only: no pointer over the question's tokens mixed into the next-token distribution")
+    ft.add_argument("--target-layout", choices=["relation-first", "head-relation"], default="relation-first",
                     help="GEN only: relation-first = `base [unused1] relation [unused2] disambiguation [SEP]`, "
                          "head-relation = `head [unused1] relation [SEP]` (qa_service/trie.py)")
     ft.add_argument("--unfreeze", action="store_true",
@@ -122,7 +125,8 @@ def _finetune(args) -> int:
 
         questions = args.questions[0] if args.questions else data_path("kgclue/train.json")
         report = fit_fusion(args.out, args.kb, questions, limit=args.limit or 500, skip=args.skip,
-                            use_gen=not args.no_gen, threads=args.threads)
+                            use_gen=not args.no_gen, threads=args.threads,
+                            distractor_relations=tuple(args.distractor_relations))
         print(json.dumps(report, ensure_ascii=False))
         return 0
     questions = [Path(q) for q in args.questions] if args.questions else [
@@ -130,7 +134,7 @@ def _finetune(args) -> int:
     cfg = FinetuneConfig(task=args.task, out=Path(args.out), kb=Path(args.kb), questions=questions,
                          init=Path(args.init) if args.init else None, holdout_nlpcc=args.holdout_nlpcc,
                          limit=args.limit, epochs=args.epochs, max_steps=args.max_steps,
-                         batch_size=args.batch_size, lr=args.lr, negatives=args.negatives, sim_loss=args.sim_loss, nlu_layers=args.nlu_layers, copy_source=args.copy, target_layout=args.target_layout,
+                         batch_size=args.batch_size, lr=args.lr, negatives=args.negatives, sim_loss=args.sim_loss, nlu_layers=args.nlu_layers, copy_source=not args.no_copy, target_layout=args.target_layout,
                          freeze_universal=not args.unfreeze, size=args.size, seed=args.seed, threads=args.threads,
                          interaction=args.interaction)
     report = finetune(cfg)

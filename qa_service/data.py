@@ -158,11 +158,11 @@ class NegativeSampler:
     Evaluation offers the gold relation among the KB's most frequent relations, the entity's own
     relations and its homonyms' (`wenzhi evaluate`'s relation selection; every candidate entity's
     relations in the pipeline; the frequent ones again with `--distractor-relations`). So the
-    negatives are, in this order: the entity's other relations, its homonyms', relations that share
-    characters with the question (the lexical rule's confusions: what a head that reads must tell
-    apart), the KB's `frequent` most frequent relations, and random ones among the 2,000 most
-    frequent. The baseline drew random relations only, which never teaches the model to separate
-    an entity's own relations.
+    `n` negatives are, in this order: the entity's other relations, its homonyms', relations that
+    share characters with the question (the lexical rule's confusions: what a head that reads must
+    tell apart) and random ones among the 2,000 most frequent; then, beyond `n`, every one of the
+    KB's `frequent` most frequent relations. The baseline drew random relations only, which never
+    teaches the model to separate an entity's own relations.
     """
 
     def __init__(self, store, frequent: int = 30, seed: int = 0):
@@ -213,28 +213,23 @@ class NegativeSampler:
         taken = {ex.relation}
         own_group = [r for r in own + homonyms if r not in taken]
         rng.shuffle(own_group)
-        frequent = [r for r in self.frequent if r not in taken]
-        rng.shuffle(frequent)
         text = strip_mention(ex.question, parse_name(ex.head)[0])
-        # up to half the entity's and its homonyms' own; of the rest, half sharing characters and a
-        # quarter frequent ones; random ones fill up
-        for kind in ("own", "sharing", "frequent"):
-            room = n - len(chosen)
-            if kind == "own":
-                group = own_group[: n // 2]
-            elif kind == "sharing":
-                group = self.sharing_characters(text, taken, room // 2)
-            else:
-                group = [r for r in frequent if r not in taken][: room // 2]
-            for rel in group:
-                chosen.append(rel)
-                taken.add(rel)
+        # up to half the entity's and its homonyms' own, then as many sharing characters with the
+        # question as make up half the rest; random ones fill up
+        for rel in own_group[: n // 2]:
+            chosen.append(rel)
+            taken.add(rel)
+        for rel in self.sharing_characters(text, taken, (n - len(chosen)) // 2):
+            chosen.append(rel)
+            taken.add(rel)
         while len(chosen) < n and len(taken) < len(self.pool):
             rel = rng.choice(self.pool)
             if rel not in taken:
                 chosen.append(rel)
                 taken.add(rel)
-        return chosen
+        # and every one of the KB's most frequent relations: evaluation offers all of them to every
+        # question (and `--distractor-relations` to every entity)
+        return chosen + [r for r in self.frequent if r not in taken]
 
 
 def sim_groups(examples: Sequence[QAExample], store, negatives: int = 15, seed: int = 0

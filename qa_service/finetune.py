@@ -44,8 +44,8 @@ class FinetuneConfig:
     interaction: str = "match"  # SIM: "match" (model.relation_matching), or a pair head's pair_interaction
     sim_loss: str = "listwise"  # SIM: softmax over each question's candidates, or per-pair BCE ("pointwise")
     nlu_layers: int | None = None  # NLU layers of the head (None: the checkpoint's; added ones start fresh)
-    copy_source: bool = False  # GEN: a pointer over the question's tokens (model.copying.CopyHead)
-    target_layout: str = "head-relation"  # GEN: how a (head, relation) is spelt (qa_service.trie.LAYOUTS)
+    copy_source: bool = True  # GEN: a pointer over the question's tokens (model.copying.CopyHead)
+    target_layout: str = "relation-first"  # GEN: how a (head, relation) is spelt (qa_service.trie.LAYOUTS)
 
 
 SIZES = {
@@ -209,7 +209,7 @@ def _sim_task(cfg: FinetuneConfig, tokenizer, examples, store, report: dict):
     for _, rels in groups:  # the gold relation must not always be the first segment
         rng.shuffle(rels)
     gold_at = [rels.index(ex.relation) for ex, (_, rels) in zip(examples, groups)]
-    report["candidates_per_question"] = 1 + cfg.negatives
+    report["candidates_per_question"] = round(sum(len(rels) for _, rels in groups) / max(1, len(groups)), 1)
     pad = tokenizer.pad_token_id
     if cfg.interaction == "match":
         from wenzhi.model.relation_matching import WenzhiForRelationMatching

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 
 MODES = ("fused", "pipeline", "gen")
+GEN_MEMO_SIZE = 50_000  # questions whose GEN hits are kept
 
 
 @dataclass
@@ -184,6 +185,7 @@ class QAPipeline:
                     log.info("relation states for %d relations in %.1f s", len(names), time.perf_counter() - t0)
         self.linker = EntityLinker(self.store)
         self.gen = self.kb_trie = None
+        self._gen_memo: dict = {}
         wants_gen = self.config.use_gen and self.config.mode != "pipeline"
         if self.config.mode == "gen" and not (self.config.use_gen and (self.model_dir / "gen" / "config.json").exists()):
             raise FileNotFoundError(f"{self.model_dir / 'gen'}: mode 'gen' needs the GEN head "
@@ -247,16 +249,28 @@ class QAPipeline:
         The GEN head's `generate` encodes the source itself (it takes token ids, not a
         UniversalOutput), so this is the one place the question passes the universal layers a
         second time; GEN is fine-tuned with the universal module unfrozen for that reason."""
-        import torch
-
         if self.gen is None:
             return [{} for _ in q_ids]
+        # decoding is the pipeline's costliest step: a question asked again (or scored again in
+        # another mode by `wenzhi evaluate`) reuses its hits
+        keys = [(tuple(ids), self.config.distractor_relations, self.config.gen_beams) for ids in q_ids]
+        todo = [i for i, key in enumerate(keys) if key not in self._gen_memo]
+        if todo:
+            for i, hits in zip(todo, self._decode([q_ids[i] for i in todo])):
+                self._gen_memo[keys[i]] = hits
+            while len(self._gen_memo) > GEN_MEMO_SIZE:
+                self._gen_memo.pop(next(iter(self._gen_memo)))
+        return [dict(self._gen_memo[key]) for key in keys]
+
+    def _decode(self, q_ids) -> list[dict[tuple[int, str], float]]:
+        import torch
+
         from wenzhi.qa_service.packing import _pad
 
         ids = _pad(q_ids, self.tokenizer.pad_token_id)
         k = self.config.gen_beams
         result = self.gen.generate(ids, attention_mask=(ids != self.tokenizer.pad_token_id).long(),
-                                   max_new_tokens=64, num_beams=k, num_return_sequences=k,
+                                   max_new_tokens=64, num_beams=k, num_return_sequences=k, renormalize=True,
                                    allowed_tokens_fn=lambda b, prefix: self.trie.allowed_next(prefix))
         out = []
         for seqs, scores in zip(result.sequences.tolist(), result.scores):
@@ -316,9 +330,10 @@ class QAPipeline:
             t3 = time.perf_counter()
             sims: list[dict[str, float]] = [{} for _ in questions]
             if any(rels for _, _, rels in per_q):
-                if self.matching:  # what NER found is the entity's name, not the relation's words
+                if self.matching:  # the entity's name is not the relation's words: leave its mention out
+                    mentions = [topic_mention(ents) or list(spans[qi]) for qi, (ents, _, _) in enumerate(per_q)]
                     logits = self.relation_states.score(enc, [rels for _, _, rels in per_q],
-                                                        outside_spans(enc_tok["offset_mapping"], spans)).tolist()
+                                                        outside_spans(enc_tok["offset_mapping"], mentions)).tolist()
                 elif self.relation_states is not None:
                     logits = self.relation_states.score(enc, [rels for _, _, rels in per_q]).tolist()
                 else:
@@ -447,6 +462,12 @@ def load_sim_head(path: Path):
     architectures = PretrainedConfig.get_config_dict(str(path))[0].get("architectures") or []
     cls = WenzhiForRelationMatching if "WenzhiForRelationMatching" in architectures else WenzhiForSequencePairClassification
     return cls.from_pretrained(path).eval()
+
+
+def topic_mention(entities: dict) -> list[tuple[int, int]]:
+    """The mention of the best-linked candidate entity (the linker's exact alias occurrence), if any."""
+    linked = [c for c in entities.values() if c["mention"] is not None]
+    return [tuple(max(linked, key=lambda c: c["link"])["mention"])] if linked else []
 
 
 def outside_spans(offsets, spans):

@@ -35,6 +35,7 @@ import numpy as np
 FORMAT = "wenzhi-kb-trie-3"
 LAYOUTS = ("relation-first", "head-relation")
 MAX_TOKENS = 96  # longer (head, relation) sequences are skipped and counted
+SCAN_ROWS = 4096  # ranges up to this many rows are read as one numpy column, larger ones binary-searched
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -114,6 +115,7 @@ class KBTrie:
         self.layout = self.meta["layout"]
         self.n = int(self.meta["num_sequences"])
         self._children = lru_cache(maxsize=65536)(self._children_uncached)
+        self._range = lru_cache(maxsize=262144)(self._range_uncached)
 
     # -- building ---------------------------------------------------------------------------
     @classmethod
@@ -214,22 +216,42 @@ class KBTrie:
                 hi = mid
         return lo
 
+    def _column(self, lo: int, hi: int, pos: int) -> np.ndarray:
+        """Tokens at `pos` of rows [lo, hi) (-1 where a row has ended), read at once."""
+        starts = np.asarray(self.offsets[lo:hi]) + pos
+        valid = starts < np.asarray(self.offsets[lo + 1 : hi + 1])
+        col = np.full(hi - lo, -1, dtype=np.int64)
+        col[valid] = self.tokens[starts[valid]]
+        return col
+
+    def _narrow(self, lo: int, hi: int, pos: int, token: int) -> tuple[int, int]:
+        """The rows of [lo, hi) (which share their first `pos` tokens) with `token` at `pos`."""
+        if hi - lo > SCAN_ROWS:  # binary search: a few reads
+            return self._bound(lo, hi, pos, token, False), self._bound(lo, hi, pos, token, True)
+        col = self._column(lo, hi, pos)  # a few hundred rows at most: one vectorised read
+        return lo + int(np.searchsorted(col, token, "left")), lo + int(np.searchsorted(col, token, "right"))
+
+    def _range_uncached(self, prefix: tuple[int, ...]) -> tuple[int, int]:
+        if not prefix:
+            return 0, self.n
+        lo, hi = self._range(prefix[:-1])  # decoding extends a prefix one token at a time: cached
+        if lo >= hi:
+            return lo, lo
+        return self._narrow(lo, hi, len(prefix) - 1, prefix[-1])
+
     def prefix_range(self, prefix: Sequence[int]) -> tuple[int, int]:
         """Rows [lo, hi) whose sequence starts with `prefix` (empty range if none)."""
-        lo, hi = 0, self.n
-        for pos, token in enumerate(prefix):
-            token = int(token)
-            lo, hi = self._bound(lo, hi, pos, token, False), self._bound(lo, hi, pos, token, True)
-            if lo >= hi:
-                return lo, lo
-        return lo, hi
+        return self._range(tuple(int(t) for t in prefix))
 
     def _children_uncached(self, prefix: tuple[int, ...]) -> tuple[int, ...]:
-        lo, hi = self.prefix_range(prefix)
+        lo, hi = self._range(prefix)
         pos = len(prefix)
+        if hi - lo <= SCAN_ROWS:
+            col = self._column(lo, hi, pos)
+            return tuple(int(t) for t in np.unique(col[col >= 0]))
         out = []
         i = lo
-        while i < hi:
+        while i < hi:  # one binary search per distinct child
             t = self._tok(i, pos)
             j = self._bound(i, hi, pos, t, True)
             if t >= 0:
