@@ -16,6 +16,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from wenzhi.qa_service.heads import load_tokenizer_for, pad_rows, resolve_checkpoint, save_vocab
+
 log = logging.getLogger(__name__)
 
 TASKS = ("ner", "sim", "gen")
@@ -56,32 +58,6 @@ SIZES = {
 }
 
 
-def resolve_checkpoint(path: Path) -> Path:
-    """A directory with config.json, or the newest sub-directory of a run that has one."""
-    path = Path(path)
-    if (path / "config.json").exists():
-        return path
-    found = sorted((p for p in path.glob("**/config.json")), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise FileNotFoundError(f"no model checkpoint (config.json) under {path}")
-    return found[-1].parent
-
-
-def load_tokenizer_for(path: Path | None):
-    from wenzhi.model.tokenizer import load_tokenizer
-
-    if path is not None:
-        for cand in (Path(path) / "vocab.txt", Path(path).parent / "vocab.txt"):
-            if cand.exists():
-                return load_tokenizer(cand)
-    return load_tokenizer(None)
-
-
-def save_vocab(tokenizer, out: Path) -> None:
-    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
-    (out / "vocab.txt").write_text("".join(f"{tok}\n" for tok, _ in vocab), encoding="utf-8")
-
-
 def training_questions(cfg: FinetuneConfig):
     """Examples from each question file; NLPCC's held-out share is removed here, always the same."""
     from wenzhi.qa_service.data import holdout_split, read_qa
@@ -114,16 +90,6 @@ def _model(cfg: FinetuneConfig, tokenizer, cls, **extra):
 
     torch.manual_seed(cfg.seed)
     return cls(config)
-
-
-def _pad(rows, value):
-    import torch
-
-    width = max(len(r) for r in rows)
-    out = torch.full((len(rows), width), value, dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.as_tensor(r, dtype=torch.long)
-    return out
 
 
 def _batches(n: int, batch_size: int, epochs: float, seed: int):
@@ -189,8 +155,8 @@ def _ner_task(cfg: FinetuneConfig, tokenizer, examples, store, report: dict):
     pad = tokenizer.pad_token_id
 
     def step(idx):
-        ids = _pad([feats["input_ids"][i] for i in idx], pad)
-        labels = _pad([feats["labels"][i] for i in idx], -100)
+        ids = pad_rows([feats["input_ids"][i] for i in idx], pad)
+        labels = pad_rows([feats["labels"][i] for i in idx], -100)
         return model(ids, attention_mask=(ids != pad).long(), labels=labels).loss
 
     return model, len(items), step
@@ -225,10 +191,10 @@ def _sim_task(cfg: FinetuneConfig, tokenizer, examples, store, report: dict):
         def step(idx):
             names = list(dict.fromkeys(r for i in idx for r in groups[i][1]))
             slot = {r: j for j, r in enumerate(names)}
-            rel_ids = _pad(relation_segments(tokenizer, names), pad)
-            candidates = _pad([[slot[r] for r in groups[i][1]] for i in idx], -1)
-            ids = _pad([q_ids[i] for i in idx], pad)
-            token_mask = _pad([keep[i] for i in idx], 0).bool()
+            rel_ids = pad_rows(relation_segments(tokenizer, names), pad)
+            candidates = pad_rows([[slot[r] for r in groups[i][1]] for i in idx], -1)
+            ids = pad_rows([q_ids[i] for i in idx], pad)
+            token_mask = pad_rows([keep[i] for i in idx], 0).bool()
             return model(ids, relation_input_ids=rel_ids, candidates=candidates, token_mask=token_mask,
                          labels=torch.as_tensor([gold_at[i] for i in idx])).loss
 
@@ -276,8 +242,8 @@ def _gen_task(cfg: FinetuneConfig, tokenizer, examples, store, report: dict):
     pad = tokenizer.pad_token_id
 
     def step(idx):
-        ids = _pad([prefixes[i] + targets[i] for i in idx], pad)
-        labels = _pad([[-100] * len(prefixes[i]) + targets[i] for i in idx], -100)
+        ids = pad_rows([prefixes[i] + targets[i] for i in idx], pad)
+        labels = pad_rows([[-100] * len(prefixes[i]) + targets[i] for i in idx], -100)
         prefix_lengths = torch.as_tensor([len(prefixes[i]) for i in idx])
         return model(ids, prefix_lengths, attention_mask=(ids != pad).long(), labels=labels).loss
 
@@ -317,7 +283,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
                         if k not in ("questions",)} | {"questions": [str(q) for q in cfg.questions]}
     (tmp / "finetune.json").write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
     if cfg.task == "gen":  # the trie is the GEN head's vocabulary of answers: build it with it
-        from wenzhi.qa_service.pipeline import ensure_trie
+        from wenzhi.qa_service.trie import ensure_trie
 
         report["trie"] = ensure_trie(tmp, store, tokenizer, cfg.target_layout).meta
     store.close()

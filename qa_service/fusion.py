@@ -1,9 +1,9 @@
 """`wenzhi finetune fusion`: fit the fusion weights of the pipeline on training questions.
 
 The heads are fixed; each question's candidate triples and their evidence (link, NER, SIM, GEN,
-lexical rule, mention length) are computed once, then a coarse grid search picks the weights that
+GEN's head alone, lexical rule, mention length) are computed once, then a coarse grid search picks the weights that
 put the gold answer first most often. Training questions only (the tail of KgCLUE train by default), never dev.
-Written by hand: six weights and a few thousand candidates do not need an optimiser library.
+Written by hand: seven weights and a few thousand candidates do not need an optimiser library.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def fit_fusion(model_dir: str | Path, kb: str | Path, questions: str | Path, lim
     pipe.close()
 
     # every candidate's evidence as one row, so a weight setting is a matrix product (fused_score's terms)
-    names = ("w_link", "w_ner", "w_sim", "w_gen", "w_len", "w_lex")
+    names = ("w_link", "w_ner", "w_sim", "w_gen", "w_gen_head", "w_len", "w_lex")
     rows, gold, starts = [], [], []
     for ex, cands in per_q:
         if not cands:
@@ -48,10 +48,10 @@ def fit_fusion(model_dir: str | Path, kb: str | Path, questions: str | Path, lim
         starts.append(len(rows))
         for c in cands:
             mention_chars = (c.mention[1] - c.mention[0]) if c.mention else 0
-            rows.append([c.link, c.ner, c.sim if c.sim is not None else 0.0, c.gen, mention_chars, c.lex,
-                         -10.0 if c.sim is None else 0.0])
+            rows.append([c.link, c.ner, c.sim if c.sim is not None else 0.0, c.gen, c.gen_head, mention_chars,
+                         c.lex, -10.0 if c.sim is None else 0.0])
             gold.append((c.head, c.relation, c.tail) == (ex.head, ex.relation, ex.tail))
-    features, gold = np.asarray(rows, dtype=np.float64).reshape(-1, 7), np.asarray(gold, dtype=bool)
+    features, gold = np.asarray(rows, dtype=np.float64).reshape(-1, 8), np.asarray(gold, dtype=bool)
     group = np.repeat(np.arange(len(starts)), np.diff([*starts, len(rows)]))
 
     def accuracy(cfg) -> float:
@@ -66,7 +66,8 @@ def fit_fusion(model_dir: str | Path, kb: str | Path, questions: str | Path, lim
 
     grid = {"w_link": [0.5, 1.0, 2.0], "w_ner": [0.0, 1.0, 2.0], "w_sim": [0.5, 1.0, 2.0],
             "w_len": [0.0, 0.25, 0.5, 1.0], "w_lex": [0.0, 1.0, 2.0],
-            "w_gen": [0.0, 1.0, 2.0, 4.0, 8.0] if pipe.gen is not None else [0.0]}
+            "w_gen": [0.0, 1.0, 2.0, 4.0, 8.0] if pipe.gen is not None else [0.0],
+            "w_gen_head": [0.0, 1.0, 2.0, 4.0, 8.0] if pipe.gen is not None else [0.0]}
     before = accuracy(base)
     best_cfg, best_acc = base, before
     for values in itertools.product(*grid.values()):

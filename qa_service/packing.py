@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from wenzhi.model.modeling import AttentionLayout, UniversalOutput, rotary_tables
+from wenzhi.qa_service.heads import pad_rows
 
 QUESTION_TYPE, RELATION_TYPE = 0, 1
 
@@ -55,14 +56,6 @@ class PackedBatch:
     question_lengths: list[int]
 
 
-def _pad(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
-    width = max((len(r) for r in rows), default=1) or 1
-    out = torch.full((len(rows), width), value, dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.as_tensor(list(r), dtype=torch.long)
-    return out
-
-
 _SEGMENT_CACHE: dict[tuple[int, str], list[int]] = {}
 
 
@@ -92,7 +85,7 @@ def packed_batch(question_ids: Sequence[Sequence[int]], segments: Sequence[Seque
             row_docs += [d] * len(seg)
             row_pos += list(range(len(q), len(q) + len(seg)))
         ids.append(row_ids); types.append(row_types); docs.append(row_docs); pos.append(row_pos); starts.append(row_starts)
-    return PackedBatch(_pad(ids, pad_id), _pad(types, 0), _pad(docs, -1), _pad(pos, 0), starts,
+    return PackedBatch(pad_rows(ids, pad_id), pad_rows(types, 0), pad_rows(docs, -1), pad_rows(pos, 0), starts,
                        [len(q) for q in question_ids])
 
 
@@ -182,7 +175,7 @@ def encode_questions_packed(model, question_ids: Sequence[Sequence[int]], pad_id
     out = base.universal(ids, torch.zeros_like(ids), layout=layout_for(docs, positions, see_question=False))
     packed = PackedQuestions(out, rows, cols)
     # the padded view that the rest of the pipeline reads
-    padded_ids = _pad(question_ids, pad_id)
+    padded_ids = pad_rows(question_ids, pad_id)
     padded_docs = torch.where(torch.arange(padded_ids.shape[1]) < torch.as_tensor(lengths)[:, None], 0, -1)
     padded_pos = torch.arange(padded_ids.shape[1]).expand_as(padded_ids)
     hidden = packed.unpack(out.hidden_states, lengths)
@@ -193,7 +186,7 @@ def encode_questions_packed(model, question_ids: Sequence[Sequence[int]], pad_id
 
 
 def encode_questions(model, question_ids: Sequence[Sequence[int]], pad_id: int = 0) -> QuestionEncoding:
-    ids = _pad(question_ids, pad_id)
+    ids = pad_rows(question_ids, pad_id)
     lengths = [len(q) for q in question_ids]
     docs = torch.full_like(ids, -1)
     for i, n in enumerate(lengths):
@@ -218,7 +211,7 @@ def extend_with_relations(model, enc: QuestionEncoding, segments: Sequence[Seque
             r_docs += [d] * len(seg)
             r_pos += list(range(q_len, q_len + len(seg)))
         rows.append(r_ids); docs.append(r_docs); pos.append(r_pos); starts.append(r_starts)
-    r_ids, r_docs, r_pos = _pad(rows, pad_id), _pad(docs, -1), _pad(pos, 0)
+    r_ids, r_docs, r_pos = pad_rows(rows, pad_id), pad_rows(docs, -1), pad_rows(pos, 0)
     key_docs = torch.cat([enc.document_ids, r_docs], dim=1)
     base = model.wenzhi
     caches = [dict(c) for c in enc.caches]  # the cat inside attention makes new tensors: copies stay clean
@@ -297,7 +290,7 @@ def score_relations(model, enc: QuestionEncoding, segments: Sequence[Sequence[Se
         buckets.setdefault(segment_width(n, max(lengths)), []).append(i)
     for rows in buckets.values():
         owner = torch.as_tensor([owner_all[i] for i in rows], dtype=torch.long)
-        ids = _pad([flat[i] for i in rows], pad_id)  # [n, width]
+        ids = pad_rows([flat[i] for i in rows], pad_id)  # [n, width]
         mask, cos, sin = segment_rows(model, q_len_all[owner], torch.as_tensor([lengths[i] for i in rows]),
                                       enc.input_ids.shape[1], ids.shape[1], enc.universal.hidden_states.dtype)
         x = base.embeddings(ids, torch.full_like(ids, RELATION_TYPE))

@@ -7,7 +7,8 @@
                                  └─ + relation segments (cached question) -> SIM head -> score
     question ──GEN head, beam search constrained by the KB trie──> (head, relation) hits
     fusion: score = w_link·log p_link(entity) + w_ner·[in an NER mention] + w_sim·logit
-                    + w_gen·p_gen(head, relation) + w_lex·lexical(question − mention, relation)
+                    + w_gen·p_gen(head, relation) + w_gen_head·p_gen(head)
+                    + w_lex·lexical(question − mention, relation)
             confidence = softmax over the candidates.
 
 `mode` picks the answering path: "fused" (both, the default), "pipeline" (linker + NER + SIM, no
@@ -44,6 +45,8 @@ class PipelineConfig:
     w_ner: float = 1.0
     w_sim: float = 1.0
     w_gen: float = 2.0
+    w_gen_head: float = 0.0  # GEN's share of the head alone: its copy of the name stays right where a
+    # relation it picks does not (among distractor relations, bench/RESULTS.md issue 12)
     w_len: float = 0.0  # per character of the entity's mention (a question's subject is usually long)
     w_lex: float = 0.0  # lexical rule (qa_service/lexical.py) of the candidate's relation
     mode: str = "fused"  # fused | pipeline | gen: which answering path decides
@@ -74,6 +77,7 @@ class Candidate:
     confidence: float = 0.0  # softmax share of `score` among all candidates of the question
     ner: float = 0.0
     lex: float = 0.0
+    gen_head: float = 0.0
 
 
 def fused_score(c: Candidate, cfg: PipelineConfig) -> float:
@@ -82,7 +86,8 @@ def fused_score(c: Candidate, cfg: PipelineConfig) -> float:
     mention_chars = (c.mention[1] - c.mention[0]) if c.mention else 0
     if cfg.mode == "gen":
         return c.gen
-    return (cfg.w_link * c.link + cfg.w_ner * c.ner + cfg.w_gen * c.gen + cfg.w_len * mention_chars
+    return (cfg.w_link * c.link + cfg.w_ner * c.ner + cfg.w_gen * c.gen + cfg.w_gen_head * c.gen_head
+            + cfg.w_len * mention_chars
             + cfg.w_lex * c.lex + (cfg.w_sim * c.sim if c.sim is not None else -10.0))
 
 
@@ -124,24 +129,6 @@ def _decode_bio(tags, offsets) -> list[tuple[int, int]]:
     return [tuple(x) for x in spans]
 
 
-def gen_layout(gen) -> str:
-    """The target layout a GEN head was trained on (heads from before layouts: head-relation)."""
-    return getattr(gen.config, "target_layout", "head-relation")
-
-
-def ensure_trie(gen_dir: Path, store, tokenizer, layout: str = "head-relation"):
-    """The KB trie for this store in `layout`, built beside the GEN head on first use (keyed by the
-    store's fingerprint and the layout)."""
-    from wenzhi.qa_service.trie import FORMAT, KBTrie
-
-    path = Path(gen_dir) / f"trie-{store.fingerprint[:16]}-{layout}"
-    meta = path / "meta.json"
-    if not meta.exists() or json.loads(meta.read_text()).get("format") != FORMAT:
-        log.info("building the KB trie at %s", path)
-        KBTrie.build_from_store(store, tokenizer, path, progress=True, layout=layout)
-    return KBTrie(path, tokenizer)
-
-
 class QAPipeline:
     def __init__(self, model_dir: str | Path, kb: str | Path, config: PipelineConfig | None = None,
                  index: str | Path | None = None):
@@ -150,7 +137,8 @@ class QAPipeline:
         from wenzhi.model.modeling import (WenzhiForPrefixLM, WenzhiForSequencePairClassification,
                                     WenzhiForTokenClassification)
 
-        from wenzhi.qa_service.finetune import load_tokenizer_for
+        from wenzhi.qa_service.heads import load_sim_head, load_tokenizer_for
+        from wenzhi.qa_service.trie import ensure_trie, gen_layout
         from wenzhi.qa_service.packing import is_late
 
         self.model_dir = Path(model_dir)
@@ -265,9 +253,9 @@ class QAPipeline:
     def _decode(self, q_ids) -> list[dict[tuple[int, str], float]]:
         import torch
 
-        from wenzhi.qa_service.packing import _pad
+        from wenzhi.qa_service.heads import pad_rows
 
-        ids = _pad(q_ids, self.tokenizer.pad_token_id)
+        ids = pad_rows(q_ids, self.tokenizer.pad_token_id)
         k = self.config.gen_beams
         result = self.gen.generate(ids, attention_mask=(ids != self.tokenizer.pad_token_id).long(),
                                    max_new_tokens=64, num_beams=k, num_return_sequences=k, renormalize=True,
@@ -308,6 +296,10 @@ class QAPipeline:
             spans = self._ner(enc, enc_tok["offset_mapping"])
             t1 = time.perf_counter()
             gen_hits = self._gen(q_ids) if cfg.mode != "pipeline" else [{} for _ in questions]
+            gen_heads = [{} for _ in questions]  # head id -> GEN's share over all its pairs
+            for hits, heads in zip(gen_hits, gen_heads):
+                for (head_id, _), p in hits.items():
+                    heads[head_id] = heads.get(head_id, 0.0) + p
             t2 = time.perf_counter()
             per_q = []
             for qi, question in enumerate(questions):
@@ -352,10 +344,11 @@ class QAPipeline:
                 for c, t in triples:
                     sim = sims[qi].get(t.relation)
                     gen = gen_hits[qi].get((c["entity"].id, t.relation), 0.0)
+                    gen_head = gen_heads[qi].get(c["entity"].id, 0.0)
                     if cfg.mode == "gen" and gen == 0.0:
                         continue
                     cand = Candidate(t.head, t.relation, t.tail, c["entity"].id, 0.0, c["link"], sim, gen,
-                                     c["mention"], c["entity"].disambiguation, ner=c["ner"])
+                                     c["mention"], c["entity"].disambiguation, ner=c["ner"], gen_head=gen_head)
                     if cfg.w_lex and cfg.mode != "gen":
                         cand.lex = lexical_score(strip_mention(question, c["mention"]), t.relation)
                     cand.score = fused_score(cand, cfg)
@@ -450,18 +443,6 @@ class QAPipeline:
 
     def close(self) -> None:
         self.store.close()
-
-
-def load_sim_head(path: Path):
-    """The SIM head saved at `path`: a relation-matching head or a pair classifier (config.json says)."""
-    from transformers import PretrainedConfig
-
-    from wenzhi.model.modeling import WenzhiForSequencePairClassification
-    from wenzhi.model.relation_matching import WenzhiForRelationMatching
-
-    architectures = PretrainedConfig.get_config_dict(str(path))[0].get("architectures") or []
-    cls = WenzhiForRelationMatching if "WenzhiForRelationMatching" in architectures else WenzhiForSequencePairClassification
-    return cls.from_pretrained(path).eval()
 
 
 def topic_mention(entities: dict) -> list[tuple[int, int]]:

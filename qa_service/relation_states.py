@@ -19,7 +19,8 @@ from collections.abc import Sequence
 import torch
 
 from wenzhi.model.modeling import apply_rotary, rotary_tables
-from wenzhi.qa_service.packing import (RELATION_TYPE, QuestionEncoding, _pad, layout_for, question_nlu_caches,
+from wenzhi.qa_service.heads import pad_rows
+from wenzhi.qa_service.packing import (RELATION_TYPE, QuestionEncoding, layout_for, question_nlu_caches,
                                 relation_segments, segment_rows, segment_width)
 
 
@@ -65,7 +66,7 @@ class RelationStates:
 
     def _compute(self, names: list[str]) -> None:
         segs = relation_segments(self.tokenizer, names)
-        ids = _pad(segs, self.tokenizer.pad_token_id)  # [n, L]
+        ids = pad_rows(segs, self.tokenizer.pad_token_id)  # [n, L]
         lengths = torch.as_tensor([len(s) for s in segs])
         docs = torch.where(torch.arange(ids.shape[1]) < lengths[:, None], 1, -1)
         positions = torch.arange(ids.shape[1]).expand_as(ids)
@@ -232,7 +233,7 @@ class RelationMatchTable:
     def _add(self, names: list[str]) -> None:
         from wenzhi.model.relation_matching import MatchStates
 
-        ids = _pad(relation_segments(self.tokenizer, names), self.tokenizer.pad_token_id)
+        ids = pad_rows(relation_segments(self.tokenizer, names), self.tokenizer.pad_token_id)
         new = self.model.encode(ids)
         if self.table is not None:  # one width for the whole table: pad the narrower part's tokens
             old, width = self.table, max(self.table.mask.shape[1], new.mask.shape[1])
@@ -254,7 +255,7 @@ class RelationMatchTable:
         for rels in relations:
             candidates.append(slots[i : i + len(rels)])
             i += len(rels)
-        candidates = _pad(candidates, -1)
+        candidates = pad_rows(candidates, -1)
         questions = self.model.match_states(enc.universal, enc.input_ids, token_mask)
         logits = self.model.score(questions, self.table, candidates)
         return logits[candidates >= 0]

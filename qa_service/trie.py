@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -31,6 +32,8 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 FORMAT = "wenzhi-kb-trie-3"
 LAYOUTS = ("relation-first", "head-relation")
@@ -277,6 +280,22 @@ class KBTrie:
 
     def __len__(self) -> int:
         return self.n
+
+
+def gen_layout(gen) -> str:
+    """The target layout a GEN head was trained on (heads from before layouts: head-relation)."""
+    return getattr(gen.config, "target_layout", "head-relation")
+
+
+def ensure_trie(gen_dir: Path, store, tokenizer, layout: str = "head-relation"):
+    """The KB trie for this store in `layout`, built beside the GEN head on first use (keyed by the
+    store's fingerprint and the layout)."""
+    path = Path(gen_dir) / f"trie-{store.fingerprint[:16]}-{layout}"
+    meta = path / "meta.json"
+    if not meta.exists() or json.loads(meta.read_text()).get("format") != FORMAT:
+        log.info("building the KB trie at %s", path)
+        KBTrie.build_from_store(store, tokenizer, path, progress=True, layout=layout)
+    return KBTrie(path, tokenizer)
 
 
 class TrieWithDistractors:

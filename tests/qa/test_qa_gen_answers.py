@@ -14,7 +14,7 @@ def test_a_demo_sized_generator_answers_held_out_questions(data_dir, kb_store, t
     from wenzhi.model.modeling import WenzhiConfig, WenzhiForPrefixLM
     from wenzhi.model.tokenizer import load_tokenizer
 
-    from wenzhi.qa_service.pipeline import ensure_trie
+    from wenzhi.qa_service.trie import ensure_trie
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
