@@ -9,6 +9,9 @@ after another, each sorted by head like the real file.
 
 Run:   .venv/bin/python bench/kg_scale.py [--scale 1.0] [--workdir /tmp/kg_scale] [--keep]
        .venv/bin/python bench/kg_scale.py --store /tmp/kg_scale/kb.sqlite   (index, lookup, linking only)
+       .venv/bin/python bench/kg_scale.py --store kb.sqlite --reference 3969159 [--profile]
+         (also the linker of that commit against this one, interleaved in one process, and a
+          profile of this one's linking: where the time goes)
 The machine is shared: wall times include other users' load (loadavg is recorded); CPU
 seconds of the measured process are reported beside them.
 Prints progress to stderr and, as its last line, one JSON object with every figure.
@@ -106,18 +109,19 @@ def rss():
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 store = TripleStore(sys.argv[1])
 base = rss()
-t = time.perf_counter()
+t, c = time.perf_counter(), time.process_time()
 index = AliasIndex.build(store)
-build_s = time.perf_counter() - t
+build_s, build_cpu_s = time.perf_counter() - t, time.process_time() - c
 after = rss()
 path = AliasIndex.default_path(store)
 index.save(path)
 del index
-t = time.perf_counter()
+t, c = time.perf_counter(), time.process_time()
 index = AliasIndex.load(path)
-load_s = time.perf_counter() - t
+load_s, load_cpu_s = time.perf_counter() - t, time.process_time() - c
 ru = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({"aliases": len(index), "build_s": build_s, "load_s": load_s,
+                  "build_cpu_s": build_cpu_s, "load_cpu_s": load_cpu_s,
                   "rss_before": base, "rss_after_build": after, "maxrss": ru.ru_maxrss * 1024,
                   "file_bytes": path.stat().st_size}))
 """
@@ -165,29 +169,154 @@ def corpus_texts(limit_chars: int) -> list[str]:
     return texts
 
 
-def linking(db: Path, texts: list[str]) -> dict:
+def linking(db: Path, texts: list[str], batch: int) -> dict:
+    """chars per CPU-second of `link` text by text and of `link_many` on batches of `batch`
+    texts, with context features and prior only; cold (fresh linker and store) and warm."""
     from wenzhi.kg import EntityLinker, TripleStore
     from wenzhi.kg.linker import LinkerConfig
 
-    store = TripleStore(db)
     out = {}
+    chars = sum(len(t) for t in texts)
     for label, config in (("context", LinkerConfig()), ("prior_only", LinkerConfig(context=False))):
-        linker = EntityLinker(store, config=config)
-        linker.link(texts[0])
-        chars = sum(len(t) for t in texts)
-        t0, c0 = time.perf_counter(), time.process_time()
-        mentions = sum(len(linker.link(t)) for t in texts)
-        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        out[label] = {"chars": chars, "texts": len(texts), "mentions": mentions, "wall_s": round(wall, 2),
-                      "cpu_s": round(cpu, 2), "chars_per_s_wall": round(chars / wall),
-                      "chars_per_s_cpu": round(chars / cpu)}
-        # The first pass fetches every entity and its features from the store (cold caches);
-        # a second pass over the same text is what a long-running service sees.
-        c0 = time.process_time()
-        for t in texts:
-            linker.link(t)
-        out[label]["warm_chars_per_s_cpu"] = round(chars / (time.process_time() - c0))
-    store.close()
+        for api in ("link", "link_many"):
+            store = TripleStore(db)
+            linker = EntityLinker(store, config=config)
+            run = _runner(linker, api, batch)
+            t0, c0 = time.perf_counter(), time.process_time()
+            mentions = run(texts)
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            # The first pass fetches every entity and its features from the store (cold caches);
+            # a second pass over the same text is what a long-running job sees.
+            c0 = time.process_time()
+            run(texts)
+            warm = time.process_time() - c0
+            out[f"{label}_{api}"] = {"chars": chars, "texts": len(texts), "mentions": mentions,
+                                     "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
+                                     "chars_per_s_cpu": round(chars / cpu), "warm_chars_per_s_cpu": round(chars / warm)}
+            store.close()
+    return out
+
+
+def _runner(linker, api: str, batch: int):
+    """texts -> number of mentions, through `link` one text at a time or `link_many` in batches."""
+    if api == "link":
+        return lambda texts: sum(len(linker.link(t)) for t in texts)
+    return lambda texts: sum(len(ms) for i in range(0, len(texts), batch) for ms in linker.link_many(texts[i : i + batch]))
+
+
+def reference_package(commit: str) -> str:
+    """The kg package of `commit`, importable as `wenzhi_ref.kg` (its `wenzhi.kg` imports
+    rewritten), in a new temporary directory; returns the directory (for PYTHONPATH)."""
+    import tempfile
+
+    root = Path(__file__).resolve().parents[1]
+    tmp = Path(tempfile.mkdtemp(prefix="kg_ref_"))
+    pkg = tmp / "wenzhi_ref" / "kg"
+    pkg.mkdir(parents=True)
+    (tmp / "wenzhi_ref" / "__init__.py").write_text("")
+    names = subprocess.run(["git", "ls-tree", "--name-only", commit, "kg/"], cwd=root, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for name in names:
+        if name.endswith(".py"):
+            text = subprocess.run(["git", "show", f"{commit}:{name}"], cwd=root, capture_output=True,
+                                  text=True, check=True).stdout
+            (pkg / Path(name).name).write_text(text.replace("wenzhi.kg", "wenzhi_ref.kg"))
+    return str(tmp)
+
+
+# One contender's run, in a fresh process: its own heap (the garbage collector's work depends on
+# everything alive in a process, so two linkers in one process slow each other unevenly).
+CONTENDER_CODE = """
+import hashlib, json, sys, time
+sys.path.insert(0, sys.argv[6]); sys.path.insert(0, sys.argv[7])
+from kg_scale import corpus_texts, _runner
+which, db, context, batch, chars, ref_index = sys.argv[1], sys.argv[2], sys.argv[3] == "1", int(sys.argv[4]), int(sys.argv[5]), sys.argv[8]
+if which == "reference_link":
+    from wenzhi_ref.kg.alias_index import AliasIndex
+    from wenzhi_ref.kg.linker import EntityLinker, LinkerConfig
+    from wenzhi_ref.kg.names import normalize
+    from wenzhi_ref.kg.store import TripleStore
+    index = AliasIndex.load(ref_index) if ref_index else AliasIndex.build(TripleStore(db))
+else:
+    from wenzhi.kg import AliasIndex, EntityLinker, TripleStore
+    from wenzhi.kg.linker import LinkerConfig
+    from wenzhi.kg.names import normalize
+    index = AliasIndex.for_store(TripleStore(db))
+texts = corpus_texts(chars)
+normalize("预热" * 40)  # one-time tables (folding), not linking
+linker = EntityLinker(TripleStore(db), index, LinkerConfig(context=context))
+api = "link" if which.endswith("link") else "link_many"
+if api == "link":
+    run = lambda: [linker.link(t) for t in texts]
+else:
+    run = lambda: [ms for i in range(0, len(texts), batch) for ms in linker.link_many(texts[i : i + batch])]
+if sys.argv[9] == "profile":  # cProfile of each pass: the functions taking the most time of their own
+    import cProfile, pstats
+    from pathlib import Path
+    out = {}
+    for phase in ("cold", "warm"):
+        prof = cProfile.Profile()
+        prof.enable()
+        run()
+        prof.disable()
+        stats = pstats.Stats(prof)
+        rows = sorted(stats.stats.items(), key=lambda kv: -kv[1][2])[:20]
+        out[phase] = {"total_s": round(stats.total_tt, 2), "top": [
+            {"function": f"{Path(f).name}:{line}({name})", "calls": nc, "own_s": round(tt, 3),
+             "own_share": round(tt / stats.total_tt, 3), "cumulative_s": round(ct, 3)}
+            for (f, line, name), (_, nc, tt, ct, _) in rows]}
+    print(json.dumps(out))
+    sys.exit()
+c = time.process_time(); found = run(); cold = time.process_time() - c
+c = time.process_time(); run(); warm = time.process_time() - c
+digest = [hashlib.md5(repr([(m.start, m.end, m.entity and m.entity.id, m.score) for m in ms]).encode()).hexdigest()
+          for ms in found]
+print(json.dumps({"cold_cpu_s": cold, "warm_cpu_s": warm, "mentions": sum(map(len, found)), "digest": digest}))
+"""
+
+
+def compare_reference(db: Path, link_chars: int, commit: str, batch: int, reference_index: str | None,
+                      rounds: int = 3) -> dict:
+    """This linker against the one at `commit`: each contender in a fresh process per round,
+    contenders alternating within each round, cold (fresh linker and store) then warm (the same
+    texts again); the median CPU time of the rounds. Outputs are compared text by text."""
+    ref_path = reference_package(commit)
+    bench_dir = str(Path(__file__).resolve().parent)
+    out = {"commit": commit, "batch": batch, "rounds": rounds}
+    chars = sum(map(len, corpus_texts(link_chars)))
+    for label, context in (("context", "1"), ("prior_only", "0")):
+        runs: dict[str, list[dict]] = {"reference_link": [], "link": [], "link_many": []}
+        for _ in range(rounds):
+            for name in runs:
+                result, _, _ = child(CONTENDER_CODE, name, str(db), context, str(batch), str(link_chars),
+                                     ref_path, bench_dir, reference_index or "", "time")
+                runs[name].append(result)
+        summary = {}
+        for phase in ("cold", "warm"):
+            median = {name: sorted(r[f"{phase}_cpu_s"] for r in rs)[rounds // 2] for name, rs in runs.items()}
+            summary[phase] = {name: {"chars_per_s_cpu": round(chars / t), "speedup": round(median["reference_link"] / t, 2),
+                                     "cpu_s_rounds": [round(r[f"{phase}_cpu_s"], 2) for r in runs[name]]}
+                              for name, t in median.items()}
+        ref_digest = runs["reference_link"][0]["digest"]
+        summary["texts_linked_differently"] = {name: sum(a != b for a, b in zip(ref_digest, rs[0]["digest"]))
+                                               for name, rs in runs.items()}
+        summary["mentions"] = {name: rs[0]["mentions"] for name, rs in runs.items()}
+        out[label] = summary
+        log(f"{label}: {summary}")
+    out["chars"], out["texts"] = chars, len(ref_digest)
+    return out
+
+
+def profile_linking(db: Path, link_chars: int, batch: int, commit: str | None, reference_index: str | None) -> dict:
+    """cProfile of linking with context features, cold then warm, each in a fresh process: this
+    linker's `link_many`, and the reference's `link` when a commit is given. The profiler inflates
+    small Python functions: read it for where the time goes, not for speed."""
+    ref_path = reference_package(commit) if commit else ""
+    bench_dir = str(Path(__file__).resolve().parent)
+    out = {}
+    for name in (["reference_link"] if commit else []) + ["link_many"]:
+        out[name], _, _ = child(CONTENDER_CODE, name, str(db), "1", str(batch), str(link_chars), ref_path,
+                                bench_dir, reference_index or "", "profile")
     return out
 
 
@@ -199,6 +328,12 @@ def main() -> None:
     ap.add_argument("--link-chars", type=int, default=3_000_000, help="corpus characters to link")
     ap.add_argument("--keep", action="store_true", help="keep the grown KB and store")
     ap.add_argument("--store", help="skip growing and importing: measure this existing store")
+    ap.add_argument("--batch", type=int, default=16, help="texts per link_many call")
+    ap.add_argument("--reference", metavar="COMMIT", help="also compare with the linker at this git commit")
+    ap.add_argument("--reference-index", help="the reference's own alias index file (else built in memory)")
+    ap.add_argument("--rounds", type=int, default=3, help="fresh processes per contender in --reference")
+    ap.add_argument("--profile", action="store_true",
+                    help="add a cProfile of link_many (and of the reference's link), cold and warm")
     args = ap.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -239,7 +374,8 @@ def main() -> None:
     log("alias index build (child process)")
     idx, wall, _ = child(INDEX_CODE, str(db))
     result["alias_index"] = {"aliases": idx["aliases"], "build_s": round(idx["build_s"], 1),
-                             "load_s": round(idx["load_s"], 1), "process_wall_s": round(wall, 1),
+                             "load_s": round(idx["load_s"], 1), "build_cpu_s": round(idx["build_cpu_s"], 1),
+                             "load_cpu_s": round(idx["load_cpu_s"], 1), "process_wall_s": round(wall, 1),
                              "rss_growth_mb": round((idx["rss_after_build"] - idx["rss_before"]) / 2**20),
                              "peak_rss_mb": round(idx["maxrss"] / 2**20), "file_mb": round(idx["file_bytes"] / 2**20)}
     log(f"alias index: {result['alias_index']}")
@@ -256,8 +392,16 @@ def main() -> None:
     log(f"lookup: {result['lookup']}")
 
     log("linking the corpus on one core")
-    result["linking"] = linking(db, corpus_texts(args.link_chars))
+    texts = corpus_texts(args.link_chars)
+    result["linking"] = linking(db, texts, args.batch)
     log(f"linking: {result['linking']}")
+    if args.reference:
+        log(f"against the linker at {args.reference}, interleaved")
+        result["reference"] = compare_reference(db, args.link_chars, args.reference, args.batch,
+                                                args.reference_index, args.rounds)
+    if args.profile:
+        log("profiling link_many")
+        result["profile"] = profile_linking(db, args.link_chars, args.batch, args.reference, args.reference_index)
     result["loadavg_end"] = os.getloadavg()
     imported = isinstance(result["import"], dict)
     result["targets"] = {
@@ -265,7 +409,7 @@ def main() -> None:
         "peak_rss_under_3_gb": max(result["import"]["peak_rss_mb"] if imported else 0,
                                    result["alias_index"]["peak_rss_mb"]) < 3072,
         "lookup_p99_under_1_ms": result["lookup"]["entity_by_name"]["p99_ms"] < 1.0,
-        "linking_1m_chars_per_s": result["linking"]["context"]["chars_per_s_cpu"] >= 1_000_000,
+        "linking_1m_chars_per_s": result["linking"]["context_link_many"]["chars_per_s_cpu"] >= 1_000_000,
     }
     if not args.keep and not args.store:
         for p in (grown, db, db.with_name(db.name + ".aliases")):

@@ -172,7 +172,8 @@ def _link(args) -> int:
 
 def _eval_linking(args) -> int:
     from wenzhi.kg.linker import EntityLinker, LinkerConfig
-    from wenzhi.kg.linking_eval import evaluate_linking, read_questions
+    from wenzhi.kg.linking_eval import evaluate_linking
+    from wenzhi.kg.questions import read_questions
 
     linker = _linker(args)
     if linker is None:
@@ -188,7 +189,7 @@ def _eval_linking(args) -> int:
 
 
 def _fit_linker(args) -> int:
-    from wenzhi.kg.linking_eval import read_questions
+    from wenzhi.kg.questions import read_questions
     from wenzhi.kg.tuning import fit_weights
 
     linker = _linker(args)

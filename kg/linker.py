@@ -3,22 +3,20 @@
 1. Mention detection: every alias occurrence in the normalised text (Aho-Corasick), then the
    longest non-overlapping ones; or, when a model supplies NER spans, exactly those spans.
 2. Candidates: the alias's entities with their prior p(entity | alias).
-3. Disambiguation: a linear score over evidence features (`FEATURES`): the prior, and the
-   overlap between the text around the mention and what the KB says about each candidate
-   (its relation names, short tails, disambiguation and description). Relation names are the
-   strongest cue in questions, which paraphrase the relation they ask about
-   (刘晓华主要讲什么课 -> 主讲课程). Character overlap rather than word overlap: Chinese
-   paraphrases share characters, not segmented words, and it needs no segmenter. No library
-   implements this for a bare triple store, hence hand-written; the weights were fitted on
-   KgCLUE *train* questions (softmax over each question's candidates) and checked on KgCLUE
-   dev and NLPCC 2016, see bench/RESULTS.md.
+3. Disambiguation: a linear score over evidence features (`FEATURES`, kg/entity_features.py): the
+   prior, and the overlap between the text around the mention and what the KB says about each
+   candidate (its relation names, short tails, disambiguation and description). Relation names
+   are the strongest cue in questions, which paraphrase the relation they ask about
+   (刘晓华主要讲什么课 -> 主讲课程). The weights were fitted on KgCLUE *train* questions (softmax
+   over each question's candidates) and checked on KgCLUE dev and NLPCC 2016, see bench/RESULTS.md.
 4. NIL: a mention whose best candidate's posterior falls under `nil_threshold` links to nothing.
 
-Scoring every candidate of every occurrence is the KBQA service's hot path (`rank` runs on
-every question), so the part of each score that does not depend on the context is computed
-once per (alias, candidate), and a candidate sharing no character with the context skips the
-context features, all 0 for it (`_occurrence_scores`). The scores are the same floats as the
-plain weights . `_feature_vector`, which `feature_rows` still gives the fitting.
+Speed (linking is the heart of knowledge masking and of the KBQA service): `link_many` links a
+batch of texts with one normalisation, one automaton pass and one batched store read for every
+entity the batch needs; `link` is a batch of one. The part of each score that does not depend on
+the context is computed once per (alias, candidate), and a candidate sharing no character with
+the text skips the context features, all 0 for it (`_occurrence_scores`). The scores are the same
+floats as the plain weights . `_feature_vector`, which `feature_rows` still gives the fitting.
 """
 from __future__ import annotations
 
@@ -28,33 +26,19 @@ import operator
 import unicodedata
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import NamedTuple, Sequence
 
-from wenzhi.kg.alias_index import AliasIndex
-from wenzhi.kg.names import normalize, normalize_with_offsets
+from wenzhi.kg.alias_index import SEPARATOR, AliasIndex
+from wenzhi.kg.entity_features import (FEATURES, N_CONTEXT_FEATURES, Context, EntityFeatures, Profile,
+                                       ProfileTable, context_features, description_cover, disambiguation_cover,
+                                       relation_overlap, tail_overlap)
+from wenzhi.kg.names import normalize_many, normalize_with_offsets
 from wenzhi.kg.store import Entity, TripleStore
 
-FEATURES = (
-    "relation_cover",     # max over relations: fraction of its characters in the context
-    "relation_hits",      # max over relations: characters in the context (capped at 4) / 4
-    "relation_bigrams",   # max over relations: fraction of its bigrams in the context
-    "tail_cover",         # max over short tails: fraction of characters in the context
-    "disambiguation",     # fraction of the disambiguation's characters in the context
-    "description",        # fraction of the context's bigrams found in the description
-    "log_prior",          # log p(entity | alias)
-    "log_triples",        # log(1 + number of triples): how well the KB knows the entity
-    "mention_length",     # characters, capped at 12, / 12
-    "single_char",        # 1-character mention
-    "no_word_char",       # mention has no letter, digit or CJK character ('？')
-    "full_name",          # the mention is the full name with its disambiguation
-    "alias_only",         # matched through an alias relation, not the entity's own name
-    "text_frequency",     # log(1 + occurrences of the alias per million characters of ordinary text)
-)
-# The features before log_prior depend on the text around the mention; the rest only on the
-# alias and the candidate, so their weighted terms are computed once per (alias, candidate).
-_N_CONTEXT_FEATURES = FEATURES.index("log_prior")
+__all__ = ["EntityLinker", "LinkerConfig", "Mention", "FEATURES", "DEFAULT_WEIGHTS"]
 
 
-@dataclass
+@dataclass(slots=True)
 class Mention:
     text: str
     start: int  # character offsets into the ORIGINAL text, end exclusive
@@ -92,85 +76,34 @@ class LinkerConfig:
     max_triples: int = 300  # per entity, for context features
 
 
-# Entities with more relations (or short tails) than this also get an inverted index.
-_INDEX_MIN_GROUPS = 16
+_CACHE_SIZE = 200_000
+_FIRST = operator.itemgetter(0)
+_AMBIGUOUS = object()
+_SECOND = operator.itemgetter(1)
+_MISSING = object()
 
 
-@dataclass(frozen=True)
-class _Groups:
-    """Character sets (one per relation name, or per short tail), and their overlap with a context.
+class _Cache(dict):
+    """A dict that empties itself when full: bounded memory for pure lookups, where an LRU's
+    bookkeeping would cost more than the rare refill."""
 
-    Most entities have a few groups, and one set intersection each (a C loop) is cheapest. But
-    an entity can have hundreds of relations, most sharing nothing with a given context: those
-    also get an inverted index, char -> indices of the groups holding it, so overlap costs work
-    in the characters they share, not one intersection per group."""
-    groups: tuple[frozenset, ...]
-    sizes: tuple[int, ...]  # distinct characters per group
-    chars: frozenset  # every group's characters
-    index: dict | None  # char -> tuple of group indices, for more than _INDEX_MIN_GROUPS groups
+    def __init__(self, max_size: int = _CACHE_SIZE):
+        super().__init__()
+        self.max_size = max_size
 
-    @classmethod
-    def of(cls, groups: list[frozenset]) -> "_Groups":
-        groups = tuple(groups)
-        index = None
-        if len(groups) > _INDEX_MIN_GROUPS:
-            lists: dict[str, list[int]] = {}
-            for i, group in enumerate(groups):
-                for c in group:
-                    lists.setdefault(c, []).append(i)
-            index = {c: tuple(ix) for c, ix in lists.items()}
-        return cls(groups, tuple(map(len, groups)), frozenset().union(*groups), index)
-
-    def hits(self, chars: frozenset) -> list[int]:
-        """How many of each group's characters are in `chars`, in group order."""
-        if self.index is None:
-            return list(map(len, map(chars.intersection, self.groups)))
-        counts = [0] * len(self.groups)
-        for c in self.chars & chars:
-            for i in self.index[c]:
-                counts[i] += 1
-        return counts
+    def put(self, key, value):
+        if len(self) >= self.max_size:
+            self.clear()
+        self[key] = value
+        return value
 
 
-@dataclass(frozen=True)
-class _EntityFeatures:
-    relations: _Groups
-    relation_bigrams: tuple[tuple[str, ...], ...]  # distinct bigrams of each relation, same order
-    tails: _Groups
-    disambiguation: frozenset
-    description: frozenset  # character bigrams
-    base: str  # normalised
-    full: str  # normalised full name
-    log_triples: float
-    # Every character of its relations, short tails and disambiguation: a context sharing none
-    # of them gives the entity no relation, tail or disambiguation evidence (see `_occurrence_scores`).
-    chars: frozenset
-
-
-class _Context:
-    """The text around a mention (the mention itself left out) as characters, and as bigrams
-    built only when a candidate has a description to compare them with."""
-
-    __slots__ = ("text", "chars", "_grams")
-
-    def __init__(self, text: str):
-        self.text = text
-        self.chars = frozenset(text)
-        self._grams: set[str] | None = None
-
-    @property
-    def grams(self) -> set[str]:
-        if self._grams is None:
-            self._grams = _bigrams(self.text)
-        return self._grams
-
-
-def _bigrams(text: str) -> set[str]:
-    return set(map(operator.add, text, text[1:]))  # text[i] + text[i + 1], at C speed
-
-
-def _has_word_char(text: str) -> bool:
-    return any(unicodedata.category(c)[0] in "LN" for c in text)
+class _Alias(NamedTuple):
+    """What scoring an occurrence of an alias needs that no context changes."""
+    candidates: tuple[tuple[Profile, tuple[float, ...], float], ...]  # (profile, weighted context-free terms, their sum)
+    chars: frozenset  # every character of the candidates' profiles
+    described: bool  # some candidate has a description
+    fixed_scores: tuple[float, ...]  # the scores with no context evidence
 
 
 class EntityLinker:
@@ -181,15 +114,23 @@ class EntityLinker:
         self.config = config or LinkerConfig()
         if len(self.config.weights) != len(FEATURES):
             raise ValueError(f"weights has {len(self.config.weights)} entries, FEATURES {len(FEATURES)}")
-        self._entity = lru_cache(maxsize=200_000)(store.entity)
-        self._entity_features = lru_cache(maxsize=200_000)(self._compute_entity_features)
-        # Per alias and per entity, not per occurrence: an AliasIndex does not change once built.
-        self._mention_features = lru_cache(maxsize=200_000)(self._compute_mention_features)
-        self._candidates = lru_cache(maxsize=200_000)(self._compute_candidates)
-        # The weights are folded into these: a linker's config must not change once it is built.
-        self._prepared = lru_cache(maxsize=200_000)(self._prepare_candidates)
-        # Per entity and the few of its characters a context holds (see `_compute_overlap`).
-        self._overlap = lru_cache(maxsize=100_000)(self._compute_overlap)
+        # The store and the AliasIndex do not change once opened, and a linker's config must not
+        # change once it is built (the weights are folded into `_prepared`): all of these are pure.
+        self._entities: _Cache = _Cache()  # entity id -> Entity (None: not in the store)
+        self._features: _Cache = _Cache()  # entity id -> EntityFeatures
+        self._profiles = ProfileTable(_CACHE_SIZE)
+        self._prepared: _Cache = _Cache()  # key id -> _Alias: its candidates' context-free score terms
+        # (key id, raw scores) -> (ranked, best, score); with the prior only, key id -> the same
+        self._outcomes: _Cache = _Cache()
+        self._unambiguous: _Cache = _Cache()  # key id -> the Entity of an alias with one candidate
+        self._key_entities: _Cache = _Cache()  # key id -> (its candidates' entities, all in the store)
+        self._mention_features = lru_cache(maxsize=_CACHE_SIZE)(self._compute_mention_features)
+        self._candidates = lru_cache(maxsize=_CACHE_SIZE)(self._compute_candidates)
+        # Per profile (or its relation names, or tails) and the few of its characters a context
+        # holds (see entity_features.relation_overlap).
+        self._terms = lru_cache(maxsize=100_000)(self._compute_terms)
+        self._relation_overlap = lru_cache(maxsize=100_000)(relation_overlap)
+        self._tail_overlap = lru_cache(maxsize=100_000)(tail_overlap)
 
     # -- public ---------------------------------------------------------------------------
     def link(self, text: str, spans: list[tuple[int, int]] | None = None) -> list[Mention]:
@@ -197,12 +138,47 @@ class EntityLinker:
         into `text`; when given, only those spans are linked."""
         if not text or not text.strip():
             return []
+        if spans is None:
+            return self.link_many([text])[0]
         norm, offmap = normalize_with_offsets(text)
-        found = self._spans_from_ner(text, norm, offmap, spans) if spans is not None else self._detect(norm)
+        found = self._spans_from_ner(text, norm, offmap, spans)
+        self._prefetch({key_id for _, _, key_id in found if key_id >= 0})
+        text_chars = frozenset(norm + "\x00")
         if offmap is None:  # nothing dropped: offsets into `norm` are offsets into `text`
-            return [self._disambiguate(text, norm, s, e, key_id, s, e) for s, e, key_id in found]
-        return [self._disambiguate(text, norm, s, e, key_id, offmap[s], offmap[e - 1] + 1)
+            return [self._disambiguate(text, norm, s, e, key_id, s, e, text_chars) for s, e, key_id in found]
+        return [self._disambiguate(text, norm, s, e, key_id, offmap[s], offmap[e - 1] + 1, text_chars)
                 for s, e, key_id in found]
+
+    def link_many(self, texts: Sequence[str]) -> list[list[Mention]]:
+        """`link(text)` of each text, the same mentions, at batch speed: one normalisation, one
+        automaton pass and one store read per batch. The way to link a corpus: 16 to 64 texts per
+        call (the Mentions of hundreds of texts alive at once outlive Python's young-object
+        collections, and the full collections that follow cost more than larger batches save)."""
+        out: list[list[Mention]] = [[] for _ in texts]
+        normalized = normalize_many(texts)
+        # texts joined by a separator no alias holds: no match spans two texts
+        found = self._detect(SEPARATOR.join(norm for norm, _ in normalized))
+        if not found:
+            return out
+        self._prefetch({key_id for _, _, key_id in found})
+        ends = list(itertools.accumulate(len(norm) + 1 for norm, _ in normalized))
+        t, base, text, norm, offmap, text_chars = -1, 0, "", "", None, None
+        unambiguous = self._unambiguous
+        for s, e, key_id in found:
+            if t < 0 or s >= ends[t]:
+                t = next(i for i in range(t + 1, len(ends)) if s < ends[i])
+                base = ends[t - 1] if t else 0
+                text, (norm, offmap), text_chars = texts[t], normalized[t], None
+            s, e = s - base, e - base
+            o_start, o_end = (s, e) if offmap is None else (offmap[s], offmap[e - 1] + 1)
+            entity = unambiguous.get(key_id, _AMBIGUOUS)
+            if entity is not _AMBIGUOUS:  # the common case in running text: nothing to weigh
+                out[t].append(Mention(text[o_start:o_end], o_start, o_end, entity, 1.0, [(entity, 1.0)]))
+                continue
+            if text_chars is None:
+                text_chars = frozenset(norm + "\x00")  # every context's characters are among these
+            out[t].append(self._ambiguous(text[o_start:o_end], o_start, o_end, norm, s, e, key_id, text_chars))
+        return out
 
     def rank(self, text: str, k: int = 5) -> list[tuple[Entity, float, Mention]]:
         """The entities `text` is most likely about, best first: KBQA topic-entity selection.
@@ -215,10 +191,14 @@ class EntityLinker:
         cfg = self.config
         norm, offmap = normalize_with_offsets(text)
         text_chars = frozenset(norm + "\x00")  # every context's characters are among these
+        found = set(self.index.matches(norm, single_chars=True))
+        if cfg.context:  # one store read for the candidates of aliases not scored before
+            prepared = self._prepared
+            self._prefetch_features({key_id for _, _, key_id in found if key_id not in prepared})
         occurrences = []
-        for s, e, key_id in set(self.index.matches(norm, single_chars=True)):
+        for s, e, key_id in found:
             if cfg.context:
-                cands = self._occurrence_scores(norm, s, e, key_id, text_chars)
+                cands = zip(map(_FIRST, self._candidates(key_id)), self._occurrence_scores(norm, s, e, key_id, text_chars))
             else:  # the baseline: longest match first, then the most frequent homonym
                 cands = [(eid, 100.0 * (e - s) + math.log(max(p, 1e-9))) for eid, p in self._candidates(key_id)]
             if offmap is None:
@@ -245,7 +225,7 @@ class EntityLinker:
         norm, _ = normalize_with_offsets(text)
         out: set[int] = set()
         for _, _, key_id in self.index.matches(norm, single_chars=True):
-            out.update(eid for eid, _ in self.index.key_candidates(key_id)[: self.config.max_candidates])
+            out.update(eid for eid, _ in self._candidates(key_id))
         return out
 
     def feature_rows(self, text: str) -> list[tuple[int, list[float]]]:
@@ -255,26 +235,13 @@ class EntityLinker:
         rows = []
         for s, e, key_id in set(self.index.matches(norm, single_chars=True)):
             ctx = self._context(norm, s, e)
-            for eid, prior in self.index.key_candidates(key_id)[: self.config.max_candidates]:
+            for eid, prior in self._candidates(key_id):
                 rows.append((eid, self._feature_vector(norm[s:e], key_id, ctx, eid, prior)))
         return rows
 
     # -- mention detection ----------------------------------------------------------------
     def _detect(self, norm: str) -> list[tuple[int, int, int]]:
-        # (-length, start, ...) tuples sort longest first, then leftmost, with no key function
-        found = [(s - e, s, e, k)
-                 for s, e, k in self.index.matches(norm, single_chars=self.config.single_char_mentions)]
-        if not found:
-            return []
-        found.sort()
-        taken = bytearray(len(norm))
-        chosen = []
-        for _, s, e, key_id in found:
-            if taken.find(1, s, e) == -1:
-                taken[s:e] = b"\x01" * (e - s)
-                chosen.append((s, e, key_id))
-        chosen.sort()
-        return chosen
+        return self.index.longest_matches(norm, single_chars=self.config.single_char_mentions)
 
     def _spans_from_ner(self, text, norm, offmap, spans) -> list[tuple[int, int, int]]:
         """Map NER spans onto the normalised text; use the span's own alias, else the longest
@@ -301,9 +268,75 @@ class EntityLinker:
                 out.append((s, e, -1))
         return out
 
+    # -- store reads ----------------------------------------------------------------------
+    def _prefetch(self, key_ids: set[int]) -> None:
+        """Read, in one batch each, the entities of these aliases' candidates and, for the
+        ambiguous aliases, the candidates' features, whichever are not cached yet."""
+        ids, ambiguous, single = set(), set(), []
+        # aliases seen before need nothing more (an entity dropped from a full cache since is
+        # read again when asked for)
+        done = self._prepared if self.config.context else self._outcomes
+        for key_id in key_ids:
+            if key_id in self._unambiguous or key_id in done:
+                continue
+            cands = self._candidates(key_id)
+            ids.update(eid for eid, _ in cands)
+            if len(cands) > 1:
+                ambiguous.update(eid for eid, _ in cands)
+            elif cands:
+                single.append(key_id)
+        entities = self._entities_of(ids)
+        for key_id in single:
+            self._unambiguous.put(key_id, entities[self._candidates(key_id)[0][0]])
+        if self.config.context:
+            self._features_of(ambiguous)
+
+    def _prefetch_features(self, key_ids: set[int]) -> None:
+        self._features_of({eid for key_id in key_ids for eid, _ in self._candidates(key_id)})
+
+    def _entities_of(self, ids) -> dict[int, Entity | None]:
+        """Entity by id (None: not in the store), cached ones from the cache, the others in one
+        batched read."""
+        cache, out, missing = self._entities, {}, []
+        for i in ids:
+            entity = cache.get(i, _MISSING)
+            if entity is _MISSING:
+                missing.append(i)
+            else:
+                out[i] = entity
+        if missing:
+            found = self.store.entities(missing)
+            for i in missing:
+                out[i] = cache.put(i, found.get(i))
+        return out
+
+    def _features_of(self, ids) -> dict[int, EntityFeatures]:
+        """EntityFeatures by id, the missing ones built from one batched read of their triples."""
+        cache, out, missing = self._features, {}, []
+        for i in ids:
+            features = cache.get(i)
+            if features is None:
+                missing.append(i)
+            else:
+                out[i] = features
+        if missing:
+            entities = self._entities_of(missing)
+            rows = self.store.relations_and_tails(missing, self.config.max_triples)
+            for i in missing:
+                # an id the store lacks (only a foreign alias index has one) gets no evidence
+                entity = entities[i] or Entity(i, "", "", None, None, 0)
+                out[i] = cache.put(i, self._profiles.features(entity, rows.get(i, [])))
+        return out
+
+    def _entity(self, entity_id: int) -> Entity | None:
+        entity = self._entities.get(entity_id, _MISSING)
+        return self._entities_of([entity_id])[entity_id] if entity is _MISSING else entity
+
+    def _entity_features(self, entity_id: int) -> EntityFeatures:
+        return self._features.get(entity_id) or self._features_of([entity_id])[entity_id]
+
     # -- disambiguation -------------------------------------------------------------------
-    def _disambiguate(self, text, norm, s, e, key_id, o_start, o_end) -> Mention:
-        cfg = self.config
+    def _disambiguate(self, text, norm, s, e, key_id, o_start, o_end, text_chars=None) -> Mention:
         surface = text[o_start:o_end]
         cands = self._candidates(key_id) if key_id >= 0 else ()
         if not cands:
@@ -311,125 +344,116 @@ class EntityLinker:
         if len(cands) == 1:  # the common case in running text: nothing to weigh
             entity = self._entity(cands[0][0])
             return Mention(surface, o_start, o_end, entity, 1.0, [(entity, 1.0)])
-        if cfg.context:
-            raw = [r for _, r in self._occurrence_scores(norm, s, e, key_id)]
-        else:  # the baseline: the prior decides
-            raw = [math.log(max(p, 1e-9)) for _, p in cands]
+        return self._ambiguous(surface, o_start, o_end, norm, s, e, key_id, text_chars)
+
+    def _ambiguous(self, surface, o_start, o_end, norm, s, e, key_id, text_chars) -> Mention:
+        """The mention of an alias with several candidates at norm[s:e] (text[o_start:o_end])."""
+        if self.config.context:
+            # the same scores give the same outcome: half the ambiguous occurrences in running
+            # text repeat an earlier one's (no context evidence, or the same evidence)
+            raw = self._occurrence_scores(norm, s, e, key_id, text_chars)
+            outcome = self._outcomes.get((key_id, raw))
+            if outcome is None:
+                outcome = self._outcomes.put((key_id, raw), self._outcome(key_id, raw))
+        else:  # the baseline: the prior decides, the same for every occurrence of the alias
+            outcome = self._outcomes.get(key_id)
+            if outcome is None:
+                raw = [math.log(max(p, 1e-9)) for _, p in self._candidates(key_id)]
+                outcome = self._outcomes.put(key_id, self._outcome(key_id, raw))
+        ranked, best, score = outcome
+        return Mention(surface, o_start, o_end, best, score, list(ranked))
+
+    def _outcome(self, key_id: int, raw: Sequence[float]) -> tuple[list[tuple[Entity, float]], Entity | None, float]:
+        """Posteriors (a softmax of the raw scores), best first, and the choice they make."""
+        entities, complete = self._candidate_entities(key_id)
         top = max(raw)
         exp = [math.exp(r - top) for r in raw]
         z = sum(exp)
-        ranked = sorted(
-            ((self._entity(eid), x / z) for (eid, _), x in zip(cands, exp)), key=lambda c: -c[1]
-        )
-        ranked = [(ent, p) for ent, p in ranked if ent is not None]
+        # best first; equal posteriors keep candidate order (a stable sort, reversed or not)
+        ranked = sorted(zip(entities, [x / z for x in exp]), key=_SECOND, reverse=True)
+        if not complete:
+            ranked = [(ent, p) for ent, p in ranked if ent is not None]
         best, score = ranked[0]
-        if score < cfg.nil_threshold:
-            best = None
-        return Mention(surface, o_start, o_end, best, score, ranked)
+        return ranked, (best if score >= self.config.nil_threshold else None), score
 
-    def _occurrence_scores(self, norm: str, s: int, e: int, key_id: int,
-                           text_chars: frozenset | None = None) -> list[tuple[int, float]]:
-        """(entity id, linear score) for each candidate of the alias occurrence norm[s:e], in
-        candidate order: the same floats as w . `_feature_vector`, summed in the same order.
-        `text_chars`: the characters of all of `norm` and the separator, if at hand."""
-        w = self.config.weights
-        ctx = None
-        found = []
-        for eid, f, fixed, fixed_score in self._prepared(norm[s:e], key_id):
-            # Most candidates (3 in 4 on KgCLUE questions, mostly 1-character entries) share no
-            # character with the text around the mention: their context features are all 0, and
-            # adding 0.0 terms changes no float, so the score is the precomputed context-free sum.
-            if f.description or text_chars is None or not f.chars.isdisjoint(text_chars):
-                if ctx is None:
-                    ctx = self._context(norm, s, e)
-                shared = f.chars & ctx.chars
-                if shared or f.description:
-                    features = self._shared_context_features(eid, f, shared, ctx)
-                    fixed_score = sum((*map(operator.mul, w, features), *fixed))
-            found.append((eid, fixed_score))
+    def _candidate_entities(self, key_id: int) -> tuple[tuple[Entity | None, ...], bool]:
+        """The Entity of each candidate of an alias, and whether the store has them all."""
+        found = self._key_entities.get(key_id)
+        if found is None:
+            ids = [eid for eid, _ in self._candidates(key_id)]
+            by_id = self._entities_of(ids)
+            entities = tuple(by_id[eid] for eid in ids)
+            found = self._key_entities.put(key_id, (entities, None not in entities))
         return found
 
-    def _shared_context_features(self, entity_id: int, f: _EntityFeatures, shared: frozenset,
-                                 ctx: _Context) -> tuple[float, ...]:
-        """`_context_features(f, ctx)`, from the entity's characters the context holds (`shared`)."""
-        rel_cover, rel_hits, tail_cover, disambiguation, gram_checks = self._overlap(entity_id, shared)
-        rel_gram_cover = 0.0
-        if gram_checks:
-            in_text = ctx.text.__contains__
-            rel_gram_cover = max(sum(map(in_text, grams)) / n for grams, n in gram_checks)
-        description = 0.0
-        if f.description:
-            grams = ctx.grams
-            description = len(f.description & grams) / len(grams) if grams else 0.0
-        return rel_cover, rel_hits, rel_gram_cover, tail_cover, disambiguation, description
+    def _occurrence_scores(self, norm: str, s: int, e: int, key_id: int,
+                           text_chars: frozenset | None = None) -> tuple[float, ...]:
+        """The linear score of each candidate of the alias occurrence norm[s:e], in candidate
+        order: the same floats as w . `_feature_vector`, summed in the same order.
+        `text_chars`: the characters of all of `norm` and the separator, if at hand."""
+        alias = self._prepared.get(key_id)
+        if alias is None:
+            alias = self._prepared.put(key_id, self._prepare_alias(norm[s:e], key_id))
+        # Most candidates (3 in 4 on KgCLUE questions, mostly 1-character entries) share no
+        # character with the text around the mention: their context features are all 0, and
+        # adding 0.0 terms changes no float, so the score is the precomputed context-free sum.
+        if text_chars is None:
+            text_chars = frozenset(norm + "\x00")
+        in_text = alias.chars & text_chars  # set & set: no character hashed again
+        if not in_text and not alias.described:
+            return alias.fixed_scores
+        cw = self.config.context_window
+        window = norm[max(0, s - cw) : s] + "\x00" + norm[e : e + cw]  # the text of `_context`
+        # the candidates' characters the context holds (a substring test each, a C loop)
+        near = frozenset(filter(window.__contains__, in_text))
+        if not near and not alias.described:
+            return alias.fixed_scores
+        ctx, terms_of = None, self._terms
+        scores = []
+        memo: dict[Profile, tuple] = {}  # homonyms with the same profile: features computed once
+        for p, fixed, fixed_score in alias.candidates:
+            shared = p.chars & near  # = p.chars & ctx.chars, as near holds all of those
+            if shared or p.description:
+                weighted = memo.get(p)
+                if weighted is None:
+                    # `context_features(p, ctx)` times the weights, from the characters the
+                    # context holds (`shared`), then its bigrams and description
+                    w_rel_cover, w_rel_hits, w_tail_cover, w_disambiguation, gram_checks = terms_of(p, shared)
+                    rel_gram_cover = description = 0.0
+                    if gram_checks:
+                        in_window = window.__contains__
+                        rel_gram_cover = max(sum(map(in_window, grams)) / n for grams, n in gram_checks)
+                    if p.description:
+                        ctx = ctx or Context(window)
+                        description = description_cover(p, ctx)
+                    w = self.config.weights
+                    weighted = memo[p] = (w_rel_cover, w_rel_hits, w[2] * rel_gram_cover, w_tail_cover,
+                                          w_disambiguation, w[5] * description)
+                fixed_score = sum((*weighted, *fixed))
+            scores.append(fixed_score)
+        return tuple(scores)
 
-    def _compute_overlap(self, entity_id: int, shared: frozenset) -> tuple:
-        """What the relation, tail and disambiguation features need to know of a context: only
-        which of the entity's characters it holds (`shared`, 1 or 2 in most questions, and the
-        same few again and again, hence cached). Returns (relation_cover, relation_hits,
-        tail_cover, disambiguation, ((relation bigrams to look for in the context, how many
-        bigrams the relation has), ...))."""
-        f = self._entity_features(entity_id)
-        rel_cover = tail_cover = 0.0
-        gram_checks = []
-        hits = f.relations.hits(shared)
-        best_hits = max(hits, default=0)
-        if best_hits:
-            rel_cover = max(map(operator.truediv, hits, f.relations.sizes))
-            for grams in itertools.compress(f.relation_bigrams, hits):
-                # A bigram is in the context only if both its characters are; a relation with
-                # none such has a bigram cover of 0, which cannot raise the max.
-                possible = tuple(g for g in grams if g[0] in shared and g[1] in shared)
-                if possible:
-                    gram_checks.append((possible, len(grams)))
-        tail_hits = f.tails.hits(shared)
-        if any(tail_hits):
-            tail_cover = max(map(operator.truediv, tail_hits, f.tails.sizes))
-        dis = f.disambiguation
-        return (rel_cover, min(best_hits, 4) / 4.0, tail_cover,
-                len(dis & shared) / len(dis) if dis else 0.0, tuple(gram_checks))
+    def _compute_terms(self, p: Profile, shared: frozenset) -> tuple:
+        """`overlap(p, shared)` with its features times their weights (bigram checks as they
+        are), from the overlaps of its relation names and of its tails, cached apart: entities
+        share those more often than whole profiles."""
+        rel_cover, rel_hits, gram_checks = self._relation_overlap(p.relations, shared & p.relations.chars)
+        tail_cover = self._tail_overlap(p.tails, shared & p.tails.chars)
+        w = self.config.weights
+        return (w[0] * rel_cover, w[1] * rel_hits, w[3] * tail_cover,
+                w[4] * disambiguation_cover(p.disambiguation, shared), gram_checks)
 
-    def _context(self, norm: str, s: int, e: int) -> _Context:
+    def _context(self, norm: str, s: int, e: int) -> Context:
         w = self.config.context_window
-        return _Context(norm[max(0, s - w) : s] + "\x00" + norm[e : e + w])
+        return Context(norm[max(0, s - w) : s] + "\x00" + norm[e : e + w])
 
-    def _feature_vector(self, mention: str, key_id: int, ctx: _Context, entity_id: int,
+    def _feature_vector(self, mention: str, key_id: int, ctx: Context, entity_id: int,
                         prior: float) -> list[float]:
         """The FEATURES of one candidate: the straightforward form `feature_rows` gives the fitting."""
         f = self._entity_features(entity_id)
-        return [*self._context_features(f, ctx), *self._fixed_features(mention, key_id, f, prior)]
+        return [*context_features(f.profile, ctx), *self._fixed_features(mention, key_id, f, prior)]
 
-    def _context_features(self, f: _EntityFeatures, ctx: _Context) -> tuple[float, ...]:
-        """The first `_N_CONTEXT_FEATURES` features: overlap of the entity with the context."""
-        chars = ctx.chars
-        rel_cover = rel_gram_cover = tail_cover = 0.0
-        relation_hits = f.relations.hits(chars)
-        best_hits = max(relation_hits, default=0)
-        if best_hits:
-            rel_cover = max(map(operator.truediv, relation_hits, f.relations.sizes))
-            # Only relations sharing a character with the context can score; a relation's bigram
-            # is among the context's bigrams exactly when it is a substring of the context text.
-            in_text = ctx.text.__contains__
-            rel_gram_cover = max((sum(map(in_text, grams)) / len(grams)
-                                  for hits, grams in zip(relation_hits, f.relation_bigrams) if hits and grams),
-                                 default=0.0)
-        tail_hits = f.tails.hits(chars)
-        if any(tail_hits):
-            tail_cover = max(map(operator.truediv, tail_hits, f.tails.sizes))
-        description = 0.0
-        if f.description:
-            grams = ctx.grams
-            description = len(f.description & grams) / len(grams) if grams else 0.0
-        return (
-            rel_cover,
-            min(best_hits, 4) / 4.0,
-            rel_gram_cover,
-            tail_cover,
-            len(f.disambiguation & chars) / len(f.disambiguation) if f.disambiguation else 0.0,
-            description,
-        )
-
-    def _fixed_features(self, mention: str, key_id: int, f: _EntityFeatures, prior: float) -> tuple[float, ...]:
+    def _fixed_features(self, mention: str, key_id: int, f: EntityFeatures, prior: float) -> tuple[float, ...]:
         """The features after the context ones: the alias and the candidate alone."""
         length, single_char, no_word_char, text_frequency = self._mention_features(mention, key_id)
         return (
@@ -443,15 +467,17 @@ class EntityLinker:
             text_frequency,
         )
 
-    def _prepare_candidates(self, mention: str, key_id: int) -> tuple:
-        """(entity id, features, weighted context-free terms, their sum) per candidate of an alias."""
-        fixed_weights = self.config.weights[_N_CONTEXT_FEATURES:]
-        out = []
-        for eid, prior in self._candidates(key_id):
-            f = self._entity_features(eid)
+    def _prepare_alias(self, mention: str, key_id: int) -> "_Alias":
+        fixed_weights = self.config.weights[N_CONTEXT_FEATURES:]
+        cands = self._candidates(key_id)
+        features = self._features_of([eid for eid, _ in cands])
+        rows = []
+        for eid, prior in cands:
+            f = features[eid]
             fixed = tuple(map(operator.mul, fixed_weights, self._fixed_features(mention, key_id, f, prior)))
-            out.append((eid, f, fixed, sum(fixed)))
-        return tuple(out)
+            rows.append((f.profile, fixed, sum(fixed)))
+        return _Alias(tuple(rows), frozenset().union(*(p.chars for p, _, _ in rows)),
+                      any(p.description for p, _, _ in rows), tuple(fixed_score for _, _, fixed_score in rows))
 
     def _compute_candidates(self, key_id: int) -> tuple[tuple[int, float], ...]:
         return tuple(self.index.key_candidates(key_id)[: self.config.max_candidates])
@@ -461,42 +487,12 @@ class EntityLinker:
         return (min(len(mention), 12) / 12.0, float(len(mention) == 1), float(not _has_word_char(mention)),
                 math.log1p(self.index.text_frequency[key_id]))
 
-    def _compute_entity_features(self, entity_id: int) -> _EntityFeatures:
-        entity = self._entity(entity_id)
-        triples = self.store.triples(entity_id)[: self.config.max_triples]
-        # (a name or tail that normalises to nothing, e.g. spaces, can match no context)
-        rel_parts = [p for p in map(_relation_parts, {_normalized_relation(t.relation) for t in triples}) if p[0]]
-        tails = {frozenset(normalize(t.tail)) for t in triples if 2 <= len(t.tail) <= 20} - {frozenset()}
-        dis = frozenset(normalize(entity.disambiguation)) if entity.disambiguation else frozenset()
-        relations = _Groups.of([chars for chars, _ in rel_parts])
-        tail_groups = _Groups.of(list(tails))
-        desc = frozenset(_bigrams(normalize(entity.description[:500]))) if entity.description else frozenset()
-        return _EntityFeatures(
-            relations=relations,
-            relation_bigrams=tuple(bigrams for _, bigrams in rel_parts),
-            tails=tail_groups,
-            disambiguation=dis,
-            description=desc,
-            base=normalize(entity.base),
-            full=normalize(entity.name),
-            log_triples=math.log1p(entity.n_triples),
-            chars=relations.chars | tail_groups.chars | dis,
-        )
+
+def _has_word_char(text: str) -> bool:
+    return any(unicodedata.category(c)[0] in "LN" for c in text)
 
 
-@lru_cache(maxsize=500_000)
-def _normalized_relation(relation: str) -> str:
-    # KgCLUE has ~246k relation names shared by 3.1M entities: normalise each once.
-    return normalize(relation)
-
-
-@lru_cache(maxsize=500_000)
-def _relation_parts(normalized_relation: str) -> tuple[frozenset, tuple[str, ...]]:
-    """A relation name's characters and distinct bigrams: made once, shared by its entities."""
-    return frozenset(normalized_relation), tuple(_bigrams(normalized_relation))
-
-
-def _inverse_map(offmap: list[int], n_orig: int) -> list[int]:
+def _inverse_map(offmap, n_orig: int) -> list[int]:
     """Original index -> normalised index (a dropped character maps to the next kept one)."""
     inv = [len(offmap)] * (n_orig + 1)
     j = 0

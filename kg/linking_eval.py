@@ -1,50 +1,30 @@
 """Entity-linking accuracy on KBQA questions: does the linker find each question's subject?
 
-Questions are KgCLUE/NLPCC JSON lines; the gold entity is the head of the answer triple
-`head ||| relation ||| tail`. The prediction is `EntityLinker.rank(question)`.
+Questions are KgCLUE/NLPCC JSON lines (kg/questions.py); the gold entity is the head of the
+answer triple `head ||| relation ||| tail`. The prediction is `EntityLinker.rank(question)`.
 """
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
 from wenzhi.kg.linker import EntityLinker
+from wenzhi.kg.questions import QAExample
 
 
-def read_questions(path: str | Path, limit: int | None = None) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                parts = [p.strip() for p in row["answer"].split("|||")]
-                row["gold"] = parts[0]
-                row["gold_triple"] = tuple(parts) if len(parts) == 3 else None
-            except (ValueError, KeyError, AttributeError) as exc:
-                raise ValueError(f"{path}:{lineno}: not a question line with an 'answer' ({exc})") from exc
-            rows.append(row)
-            if limit is not None and len(rows) >= limit:
-                break
-    return rows
-
-
-def resolve_gold(store, q: dict):
+def resolve_gold(store, q: QAExample):
     """The KB entity a question is about: its answer's head, or (NLPCC, whose answers drop the
     KB's disambiguation) the homonym of that head holding the answer's relation and tail."""
-    exact = store.entity_by_name(q["gold"])
-    if exact is not None or not q.get("gold_triple"):
+    exact = store.entity_by_name(q.head)
+    if exact is not None:
         return exact
-    _, relation, tail = q["gold_triple"]
-    for e in store.entities_by_base(q["gold"]):
+    _, relation, tail = q.triple
+    for e in store.entities_by_base(q.head):
         if any(t.tail == tail for t in store.triples(e.id, relation)):
             return e
     return None
 
 
-def evaluate_linking(linker: EntityLinker, questions: list[dict], k: int = 5,
+def evaluate_linking(linker: EntityLinker, questions: list[QAExample], k: int = 5,
                      progress: bool = False, errors: int = 0) -> dict:
     """accuracy@1 and recall@k of the topic entity; `errors` > 0 keeps that many misses."""
     from tqdm import tqdm
@@ -56,16 +36,16 @@ def evaluate_linking(linker: EntityLinker, questions: list[dict], k: int = 5,
         n += 1
         gold_entity = resolve_gold(linker.store, q)
         in_kb += gold_entity is not None
-        resolved += gold_entity is not None and gold_entity.name != q["gold"]
-        gold = gold_entity.name if gold_entity else q["gold"]
-        ranked = linker.rank(q["question"], k=k)
+        resolved += gold_entity is not None and gold_entity.name != q.head
+        gold = gold_entity.name if gold_entity else q.head
+        ranked = linker.rank(q.question, k=k)
         names = [e.name for e, _, _ in ranked]
-        if gold_entity is not None and gold_entity.id in linker.candidate_ids(q["question"]):
+        if gold_entity is not None and gold_entity.id in linker.candidate_ids(q.question):
             found += 1
         if names and names[0] == gold:
             hit1 += 1
         elif len(misses) < errors:
-            misses.append({"question": q["question"], "gold": gold, "predicted": names[:3]})
+            misses.append({"question": q.question, "gold": gold, "predicted": names[:3]})
         hitk += gold in names
     seconds = time.perf_counter() - start
     out = {

@@ -9,15 +9,17 @@ Schema (written by kg.importer):
 """
 from __future__ import annotations
 
+import itertools
 import json
+import operator
 import sqlite3
 from functools import lru_cache
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entity:
     id: int
     name: str  # the full KB head, e.g. '守望星光（韩玉玲、刘东考演唱歌曲）'
@@ -27,7 +29,7 @@ class Entity:
     n_triples: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Triple:
     head: str
     relation: str
@@ -40,6 +42,26 @@ _TRIPLE_SELECT = (
     "SELECT e.name, r.name, t.tail, t.head_id FROM triples t "
     "JOIN entities e ON e.id = t.head_id JOIN relations r ON r.id = t.rel_id "
 )
+
+
+# ids per query of the batched reads: well under SQLite's bound on parameters (999 before 3.32)
+_BATCH = 900
+_SIZES = (8, 32, 128, 512, _BATCH)
+
+
+def _chunks(ids: Iterable[int]) -> Iterator[tuple[list[int], str]]:
+    """(ids, "?,?,...") per query. The id lists are padded (repeating their last id) to a few
+    sizes, so the statements are a few texts that sqlite3's statement cache keeps compiled
+    rather than one new statement per number of ids."""
+    ids = list(ids)
+    for i in range(0, len(ids), _BATCH):
+        chunk = ids[i : i + _BATCH]
+        size = next(n for n in _SIZES if n >= len(chunk))
+        chunk += chunk[-1:] * (size - len(chunk))
+        yield chunk, _MARKS[size]
+
+
+_MARKS = {n: ",".join("?" * n) for n in _SIZES}
 
 
 class TripleStore:
@@ -84,6 +106,15 @@ class TripleStore:
             f"SELECT {_ENTITY_COLUMNS} FROM entities WHERE id = ?", (entity_id,)
         ).fetchone()
         return self._entity(row)
+
+    def entities(self, entity_ids: Iterable[int]) -> dict[int, Entity]:
+        """Entities by id, absent ids left out: one query per `_BATCH` ids rather than one per id
+        (the linker fetches every entity a batch of texts mentions at once)."""
+        out = {}
+        for chunk, marks in _chunks(entity_ids):
+            for row in self._conn.execute(f"SELECT {_ENTITY_COLUMNS} FROM entities WHERE id IN ({marks})", chunk):
+                out[row[0]] = Entity(*row)
+        return out
 
     def entity_by_name(self, full_name: str) -> Entity | None:
         row = self._conn.execute(
@@ -131,6 +162,20 @@ class TripleStore:
             _TRIPLE_SELECT + "WHERE t.head_id = ? AND r.name = ?", (entity_id, relation)
         )
         return [Triple(*r) for r in rows]
+
+    def relations_and_tails(self, entity_ids: Iterable[int], limit: int | None = None) -> dict[int, list[tuple[str, str]]]:
+        """(relation, tail) of each head's first `limit` triples, in `triples()`'s order (relation
+        id, tail), for many heads in one query per `_BATCH`; heads without triples are left out.
+        Plain tuples, no Triple objects: what the linker's context features read."""
+        names = self.relation_names()
+        out: dict[int, list[tuple[str, str]]] = {}
+        for chunk, marks in _chunks(entity_ids):
+            rows = self._conn.execute(
+                f"SELECT head_id, rel_id, tail FROM triples WHERE head_id IN ({marks}) ORDER BY head_id, rel_id, tail",
+                chunk)
+            for head_id, group in itertools.groupby(rows, operator.itemgetter(0)):
+                out[head_id] = [(names[rel_id], tail) for _, rel_id, tail in itertools.islice(group, limit)]
+        return out
 
     def _read_head_triples(self, entity_id: int) -> tuple[Triple, ...]:
         rows = self._conn.execute(_TRIPLE_SELECT + "WHERE t.head_id = ?", (entity_id,))

@@ -7,6 +7,7 @@ gold entity is not among the candidates teach nothing and are skipped.
 from __future__ import annotations
 
 from wenzhi.kg.linker import FEATURES, EntityLinker
+from wenzhi.kg.questions import QAExample
 
 # Not fitted (held at 0): in the merged KB here, KgCLUE/NLPCC subjects were added from the
 # questions' own gold triples, so "few triples" would predict "is the gold subject" -- an
@@ -14,17 +15,17 @@ from wenzhi.kg.linker import FEATURES, EntityLinker
 FROZEN = ("log_triples",)
 
 
-def fit_weights(linker: EntityLinker, questions: list[dict], epochs: int = 300, l2: float = 1e-3,
+def fit_weights(linker: EntityLinker, questions: list[QAExample], epochs: int = 300, l2: float = 1e-3,
                 progress: bool = False) -> tuple[tuple[float, ...], dict]:
     import torch
     from tqdm import tqdm
 
     groups = []
     for q in tqdm(questions, desc="features", disable=not progress):
-        gold = linker.store.entity_by_name(q["gold"])
+        gold = linker.store.entity_by_name(q.head)
         if gold is None:
             continue
-        rows = linker.feature_rows(q["question"])
+        rows = linker.feature_rows(q.question)
         labels = [i for i, (eid, _) in enumerate(rows) if eid == gold.id]
         if labels:
             groups.append((torch.tensor([f for _, f in rows], dtype=torch.float32), labels[0]))

@@ -9,12 +9,13 @@ description, but do have triples); passages retrieved by the entity's name throu
 """
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from wenzhi.model.masking import IGNORE_INDEX
+from wenzhi.model.masking import IGNORE_INDEX, special_ids
 
 KNOWLEDGE_TYPE = 2
 
@@ -62,6 +63,15 @@ class KnowledgeAugmenter:
         # exclude_triple(head, relation, tail) -> True hides a triple (the probe's held-out split)
         self.exclude_triple = exclude_triple
         self.stats = AugmentStats()
+        # what is known about an entity, tokenised, once per entity (the KB does not change while
+        # preparing; an entity is masked again and again)
+        self._known_ids = functools.lru_cache(maxsize=100_000)(self._tokenised_knowledge)
+
+    def _tokenised_knowledge(self, entity_id: int) -> tuple[list[int], str] | None:
+        known = self.knowledge(entity_id)
+        if known is None:
+            return None
+        return self.tokenizer.backend_tokenizer.encode(known[0], add_special_tokens=False).ids, known[1]
 
     def knowledge(self, entity_id: int) -> tuple[str, str] | None:
         """(text, source) about an entity, or None."""
@@ -104,15 +114,15 @@ class KnowledgeAugmenter:
         room = min(max_len - len(input_ids), self.config.max_tokens + 1)
         pieces, sources, found = [], [], False
         for entity_id in dict.fromkeys(entity_ids):  # first masked first, no repeats
-            known = self.knowledge(entity_id)
+            known = self._known_ids(entity_id)
             if known is None:
                 continue
             found = True
-            ids = self.tokenizer(known[0], add_special_tokens=False)["input_ids"]
+            ids = known[0]
             take = min(len(ids), room - 1)  # keep one slot for [SEP]
             if take < min(self.config.min_tokens, len(ids)):  # a short text that fits whole is fine
                 break
-            pieces.extend(ids[:take] + [self.tokenizer.sep_token_id])
+            pieces.extend(ids[:take] + [special_ids(self.tokenizer).sep])
             sources.append(known[1])
             room -= take + 1
         if not pieces:

@@ -1,4 +1,5 @@
-"""Training checkpoints that are atomic, verified before use, and never run code when loaded.
+"""Training checkpoints that are atomic, verified before use, and never run code when loaded; and
+the model folders handed to users (`save_model_folder`: weights, modeling code, tokenizer).
 
 A checkpoint is a folder `step-NNNNNNNN/` under `<output_dir>/checkpoints/`, written as
 `.tmp-step-NNNNNNNN/` and renamed once complete, so a kill at any moment leaves the previous one
@@ -155,3 +156,16 @@ def resume_newest_intact(accelerator, ckpt_root: Path, warn) -> tuple[Path | Non
             skipped.append(reason)
             warn(reason)
     return None, None, skipped
+
+
+def save_model_folder(model, target: Path, tokenizer, state_dict: dict | None = None) -> Path:
+    """A model folder as users receive one: `save_pretrained` (weights, config.json with its
+    `auto_map`, the modeling code) plus the tokenizer it was trained with, written beside `target`
+    and swapped into place, so an interrupted save leaves the previous folder intact."""
+    from wenzhi.model.tokenizer import save_tokenizer
+    from wenzhi.retrieval.atomic import atomic_directory
+
+    with atomic_directory(target) as tmp:
+        model.save_pretrained(tmp, state_dict=state_dict)
+        save_tokenizer(tokenizer, tmp, model.config.max_position_embeddings)
+    return Path(target)

@@ -1,6 +1,7 @@
-"""`wenzhi pretrain prepare|run|probe`.
+"""`wenzhi pretrain prepare|run|probe|convert`.
 
-`prepare` and `probe` live in model/prepare.py and model/probe.py, `run` in model/trainer.py;
+`prepare` and `probe` live in model/prepare.py and model/probe.py, `run` in model/trainer.py,
+`convert` (Hugging Face BERT/ERNIE folders in and out) in model/convert.py;
 each module offers `add_arguments(parser)` and `main(args) -> int`, and imports torch and
 transformers inside its functions, so building the parser stays cheap.
 """
@@ -13,6 +14,7 @@ _COMMANDS = {
     "prepare": ("wenzhi.model.prepare", "tokenise, mask and pack corpora into on-disk shards"),
     "run": ("wenzhi.model.trainer", "pretrain an encoder from a config file"),
     "probe": ("wenzhi.model.probe", "knowledge cloze probe of a checkpoint"),
+    "convert": ("wenzhi.model.convert", "import a Hugging Face BERT/ERNIE folder exactly, or export as BertForMaskedLM"),
 }
 
 

@@ -2,14 +2,14 @@
 per-hypothesis constraint (`allowed_tokens_fn`, e.g. a KB prefix trie).
 
 Written here rather than through transformers' GenerationMixin because the model is an encoder with
-a prefix-LM mask (bidirectional source, causal target) and restarting rotary positions, which the
+a prefix-LM mask (bidirectional source, causal target) and positions restarting per document, which the
 mixin's decoder-only cache and mask utilities do not model; the search itself is kept textbook.
 """
 from __future__ import annotations
 
 import torch
 
-from wenzhi.model.modeling import AttentionLayout, GenerationResult
+from .modeling import AttentionLayout, GenerationResult
 
 
 def _left_pad(input_ids, attention_mask, token_type_ids, pad_id):
@@ -57,7 +57,7 @@ def prefix_lm_generate(
     encoded = base.nlg(base.universal(src, types, layout=layout, caches=caches), caches=caches)
     hidden = encoded[:, -1]
     # a copying model points into the source at every step (its beams share their row's source)
-    source = model.source_states(encoded, src, torch.full_like(lengths, S), valid) if model.copy_head else None
+    source = model.source_states(encoded, src, torch.full_like(lengths, S), valid) if model.copies else None
 
     beam_scores = torch.full((B, K), float("-inf"), device=device)
     beam_scores[:, 0] = 0.0  # all beams start identical: expand only the first

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from wenzhi.model.corpora import named_entity_spans
-from wenzhi.model.masking import MaskingExample, fill_with_words, select_units, token_units
+from wenzhi.model.masking import MaskingExample, cached_units, fill_with_words, select_units
+from wenzhi.model.segment import tagged_words
 
 
 class EntityMasker:
@@ -23,23 +24,32 @@ class EntityMasker:
         self.min_chars = min_chars
 
     def link(self, example: MaskingExample) -> None:
-        spans: dict[tuple[int, int], int | None] = {}
-        if self.linker is not None:
-            for m in self.linker.link(example.text):
-                if m.entity is not None and m.end - m.start >= self.min_chars:
-                    spans[(m.start, m.end)] = m.entity.id
-        if example.pos_words is not None:
-            for span in named_entity_spans(example.pos_words):
-                spans.setdefault(span, None)
-        example.entity_spans = sorted(spans)
-        example.entity_ids = {s: i for s, i in spans.items() if i is not None}
+        mentions = self.linker.link(example.text) if self.linker is not None else []
+        spans, ids = entity_spans(mentions, example.pos_words, self.min_chars)
+        example.entity_spans = [tuple(s) for s in spans.tolist()]
+        example.entity_ids = {tuple(s): i for s, i in zip(spans.tolist(), ids.tolist()) if i >= 0}
 
     def select_spans(self, example, rng, budget):
-        if example.entity_spans is None:
+        if example.entity_spans is None and "entity" not in example.units:
             self.link(example)
-        units = token_units(example, example.entity_spans, "entity")
+        units = cached_units(example, "entity", lambda: example.entity_spans)
         chosen = select_units(units, budget, rng)
         return fill_with_words(example, chosen, budget, rng, protect=units)
+
+
+def entity_spans(mentions, pos_words=None, min_chars: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Entity character spans [n, 2] sorted, and the KB entity id of each (-1: a named entity the
+    corpus tagged that the linker did not tie to the KB), from `kg.EntityLinker` mentions of at
+    least `min_chars` characters and the corpus's named-entity tags."""
+    spans: dict[tuple[int, int], int] = {}
+    for m in mentions:
+        if m.entity is not None and m.end - m.start >= min_chars:
+            spans[(m.start, m.end)] = m.entity.id
+    if pos_words is not None:
+        for span in named_entity_spans(pos_words):
+            spans.setdefault(span, -1)
+    keys = sorted(spans)
+    return (np.array(keys, dtype=np.int64).reshape(-1, 2), np.array([spans[k] for k in keys], dtype=np.int64))
 
 
 # Tags (jieba and PKU share the ICTCLAS set) that may sit inside a noun phrase, and those that
@@ -71,38 +81,9 @@ def pos_chunks(words: list[tuple[int, int, str]]) -> list[tuple[int, int]]:
     return chunks
 
 
-_POS_NLP = None
-
-
-def pos_words(text: str) -> list[tuple[int, int, str]]:
-    """Words with jieba.posseg tags, through a spaCy Doc (tag_ holds the POS)."""
-    global _POS_NLP
-    if _POS_NLP is None:
-        import spacy
-
-        from wenzhi.model.masking import chinese_nlp
-
-        chinese_nlp()  # sets jieba's logging once
-        _POS_NLP = spacy.blank("zh", config={"nlp": {"tokenizer": {"segmenter": "jieba"}}})
-        _POS_NLP.tokenizer = _JiebaPosTokenizer(_POS_NLP.vocab)
-    doc = _POS_NLP(text)
-    return [(t.idx, t.idx + len(t.text), t.tag_) for t in doc if not t.is_space]
-
-
-class _JiebaPosTokenizer:
-    """spaCy tokenizer that segments and tags in one jieba.posseg pass (spaCy's jieba segmenter
-    gives no tags, and tagging its words separately would segment twice)."""
-
-    def __init__(self, vocab):
-        self.vocab = vocab
-
-    def __call__(self, text: str):
-        import jieba.posseg
-        from spacy.tokens import Doc
-
-        pairs = [(p.word, p.flag) for p in jieba.posseg.cut(text)]
-        words = [w for w, _ in pairs]
-        return Doc(self.vocab, words=words, spaces=[False] * len(words), tags=[t for _, t in pairs])
+def pos_words(text: str, segmenter: str = "rjieba") -> list[tuple[int, int, str]]:
+    """Words with POS tags as (start, end, tag) (model/segment.py)."""
+    return tagged_words(text, segmenter)
 
 
 class PhraseMasker:
@@ -112,11 +93,14 @@ class PhraseMasker:
     name = "phrase"
 
     def select_spans(self, example, rng, budget):
-        if example.phrase_spans is None:
-            if example.pos_words is None:
-                example.pos_words = pos_words(example.text)
-            example.phrase_spans = pos_chunks(example.pos_words)
-        units = token_units(example, example.phrase_spans, "phrase")
+        def spans():
+            if example.phrase_spans is None:
+                if example.pos_words is None:
+                    example.pos_words = pos_words(example.text, example.segmenter)
+                example.phrase_spans = pos_chunks(example.pos_words)
+            return example.phrase_spans
+
+        units = cached_units(example, "phrase", spans)
         chosen = select_units(units, budget, rng)
         return fill_with_words(example, chosen, budget, rng, protect=units)
 
@@ -171,7 +155,8 @@ class Curriculum:
         return self.stages[min(bisect.bisect_left(self._ends, progress), len(self.stages) - 1)]
 
     def index_at(self, progress: float) -> int:
-        return self.stages.index(self.stage_at(progress))
+        progress = min(max(progress, 0.0), 1.0)
+        return min(bisect.bisect_left(self._ends, progress), len(self.stages) - 1)
 
     @classmethod
     def from_config(cls, items: list[dict], default_len: int) -> "Curriculum":

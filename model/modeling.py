@@ -3,20 +3,29 @@
     tokens ──embed──> universal layers (shared) ──┬──> NLU layers (bidirectional)  -> MLM / NER / SIM heads
                                                   └──> NLG layers (prefix-LM mask) -> LM / generation head
 
-Pre-LN blocks, rotary positions that restart at every packed document, and one
-`F.scaled_dot_product_attention` call per layer whose boolean mask is block-diagonal over
-`document_ids` (attention never crosses documents in a packed row). The NLG path runs the universal
-module under the prefix-LM (UniLM) mask too, otherwise target tokens would see the future through
-the shared layers.
+One `F.scaled_dot_product_attention` call per layer whose boolean mask is block-diagonal over
+`document_ids` (attention never crosses documents in a packed row), positions that restart at
+every packed document, and two block families (configuration.py says which is the default and
+why): pre-LN blocks with rotary positions for models trained from scratch, post-LN blocks with
+learned absolute positions (and ERNIE's task-type embeddings) so that a BERT or ERNIE checkpoint
+imported by hf_convert.py computes exactly what it computed before. The NLG path runs the
+universal module under the prefix-LM (UniLM) mask too, otherwise target tokens would see the
+future through the shared layers.
 
 `model.universal(...)` runs the shared module once and returns a `UniversalOutput`; every head offers
 `from_universal(universal_output, ...)`, so one backbone pass can feed several heads (OBERT's unified
 representation). Heads fine-tuned with `freeze_universal()` from one checkpoint keep bit-identical
 universal weights and can therefore share that pass.
+
+This file, configuration.py, conventions.py, generation.py, copying.py and relation_matching.py
+import nothing from wenzhi (only each other, relatively): `save_pretrained` copies them beside the
+weights, and config.json's
+`auto_map` names them, so a checkpoint loads with `trust_remote_code=True` where wenzhi is not
+installed. hub.py registers the same classes with transformers' Auto classes on `import wenzhi`.
 """
 from __future__ import annotations
 
-import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -24,87 +33,28 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForPreTraining,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
-    PretrainedConfig,
-    PreTrainedModel,
-)
+from transformers import PreTrainedModel
 from transformers import initialization as init
-from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassifierOutput
-from transformers.utils import ModelOutput
+from transformers.activations import ACT2FN
+from transformers.modeling_outputs import (
+    BaseModelOutput,
+    MaskedLMOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
 
-from wenzhi.model.copying import CopyHead, SourceStates
+from .configuration import WenzhiConfig
+from .conventions import IGNORE_INDEX
+from .copying import CopyHead, SourceStates
+from .outputs import GenerationResult, PrefixLMOutput, UniversalOutput, WenzhiPretrainingOutput
 
-IGNORE_INDEX = -100
+# The self-contained modeling code that `save_pretrained` writes beside the weights.
+HUB_FILES = ("configuration.py", "conventions.py", "outputs.py", "modeling.py", "generation.py", "copying.py",
+             "relation_matching.py")
 
-
-class WenzhiConfig(PretrainedConfig):
-    model_type = "wenzhi"
-
-    def __init__(
-        self,
-        vocab_size: int = 21128,
-        hidden_size: int = 256,
-        num_universal_layers: int = 2,
-        num_nlu_layers: int = 2,
-        num_nlg_layers: int = 1,
-        num_attention_heads: int = 4,
-        intermediate_size: int = 1024,
-        hidden_act: str = "gelu",
-        max_position_embeddings: int = 512,
-        type_vocab_size: int = 3,  # 0 text, 1 triple, 2 retrieved/knowledge context
-        rope_theta: float = 10000.0,
-        hidden_dropout_prob: float = 0.1,
-        attention_probs_dropout_prob: float = 0.1,
-        layer_norm_eps: float = 1e-12,
-        initializer_range: float = 0.02,
-        pad_token_id: int = 0,
-        cls_token_id: int = 101,
-        sep_token_id: int = 102,
-        mask_token_id: int = 103,
-        num_kinds: int = 4,  # example kinds in the shards (per-kind loss)
-        classifier_dropout: float | None = None,
-        pair_interaction: str = "full",
-        **kwargs,
-    ):
-        # Input and output embeddings are tied by construction (the heads project with the word
-        # embedding matrix), so transformers' own tying machinery has nothing to do.
-        kwargs.setdefault("tie_word_embeddings", False)
-        super().__init__(pad_token_id=pad_token_id, **kwargs)
-        if hidden_size % num_attention_heads or (hidden_size // num_attention_heads) % 2:
-            raise ValueError(
-                f"hidden_size {hidden_size} must split into {num_attention_heads} heads of even size (rotary)"
-            )
-        self.vocab_size = vocab_size
-        self.hidden_size = hidden_size
-        self.num_universal_layers = num_universal_layers
-        self.num_nlu_layers = num_nlu_layers
-        self.num_nlg_layers = num_nlg_layers
-        self.num_attention_heads = num_attention_heads
-        self.intermediate_size = intermediate_size
-        self.hidden_act = hidden_act
-        self.max_position_embeddings = max_position_embeddings
-        self.type_vocab_size = type_vocab_size
-        self.rope_theta = rope_theta
-        self.hidden_dropout_prob = hidden_dropout_prob
-        self.attention_probs_dropout_prob = attention_probs_dropout_prob
-        self.layer_norm_eps = layer_norm_eps
-        self.initializer_range = initializer_range
-        self.cls_token_id = cls_token_id
-        self.sep_token_id = sep_token_id
-        self.mask_token_id = mask_token_id
-        self.num_kinds = num_kinds
-        self.classifier_dropout = classifier_dropout
-        if pair_interaction not in ("full", "late"):
-            raise ValueError(f"pair_interaction must be 'full' or 'late', not {pair_interaction!r}")
-        # Pair classification: "full" = the second segment attends to the first in every layer;
-        # "late" = the universal module encodes the segments apart and they meet in the NLU layers,
-        # so the second segment's universal states (a relation name) can be computed once and cached.
-        self.pair_interaction = pair_interaction
+# re-exported: callers import these from here too
+__all__ = ["IGNORE_INDEX", "GenerationResult", "PrefixLMOutput", "UniversalOutput", "WenzhiConfig",
+           "WenzhiPretrainingOutput"]
 
 
 # ----------------------------------------------------------------------------- attention layout
@@ -191,17 +141,22 @@ class SelfAttention(nn.Module):
         self.dropout_p = config.attention_probs_dropout_prob
 
     def forward(self, x, cos, sin, mask, cache: dict | None = None, queries: torch.Tensor | None = None):
-        """`queries`: optional indices into L; only those tokens are queries (every token is still a
+        """`cos`/`sin`: rotary tables, None with absolute positions (already in the embeddings).
+        `queries`: optional indices into L; only those tokens are queries (every token is still a
         key/value) and the output is [B, len(queries), H]. A pair classifier reads one token of its
         last layer, so computing the others there is waste."""
         B, L, H = x.shape
-        q, k, v = self.qkv(x).view(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        k = apply_rotary(k, cos, sin).to(v.dtype)  # [B, nh, L, hd]
+        q, k, v = self.qkv(x).view(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [B, nh, L, hd]
+        if cos is not None:
+            k = apply_rotary(k, cos, sin).to(v.dtype)
         if queries is not None:
-            q, cos, sin = q[:, :, queries], cos[:, :, queries], sin[:, :, queries]
+            q = q[:, :, queries]
+            if cos is not None:
+                cos, sin = cos[:, :, queries], sin[:, :, queries]
             if mask is not None and mask.shape[2] > 1:
                 mask = mask[:, :, queries]
-        q = apply_rotary(q, cos, sin).to(v.dtype)
+        if cos is not None:
+            q = apply_rotary(q, cos, sin).to(v.dtype)
         if cache is not None:  # incremental decoding: keys/values of earlier tokens
             if "k" in cache:
                 k = torch.cat([cache["k"], k], dim=2)
@@ -218,17 +173,19 @@ class FeedForward(nn.Module):
         super().__init__()
         self.up = nn.Linear(config.hidden_size, config.intermediate_size)
         self.down = nn.Linear(config.intermediate_size, config.hidden_size)
-        self.act = nn.GELU(approximate="tanh" if config.hidden_act == "gelu_new" else "none")
+        self.act = ACT2FN[config.hidden_act]
 
     def forward(self, x):
         return self.down(self.act(self.up(x)))
 
 
 class Block(nn.Module):
-    """Pre-LN transformer block: x + attn(LN(x)), then x + ffn(LN(x))."""
+    """Pre-LN: x + attn(LN(x)), then x + ffn(LN(x)). Post-LN (BERT, ERNIE): LN(x + attn(x)), then
+    LN(x + ffn(x)); `attn_norm` is then BERT's attention.output.LayerNorm, `ffn_norm` its output.LayerNorm."""
 
     def __init__(self, config: WenzhiConfig):
         super().__init__()
+        self.post_norm = config.norm_placement == "post"
         self.attn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.attn = SelfAttention(config)
         self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -237,70 +194,56 @@ class Block(nn.Module):
 
     def forward(self, x, cos, sin, mask, cache=None, queries: torch.Tensor | None = None):
         """x [B, L, H] -> [B, L, H], or [B, len(queries), H] for the `queries` tokens only."""
-        attended = self.dropout(self.attn(self.attn_norm(x), cos, sin, mask, cache, queries))
-        x = (x if queries is None else x[:, queries]) + attended
+        residual = x if queries is None else x[:, queries]
+        if self.post_norm:
+            x = self.attn_norm(residual + self.dropout(self.attn(x, cos, sin, mask, cache, queries)))
+            return self.ffn_norm(x + self.dropout(self.ffn(x)))
+        x = residual + self.dropout(self.attn(self.attn_norm(x), cos, sin, mask, cache, queries))
         return x + self.dropout(self.ffn(self.ffn_norm(x)))
 
 
 class Embeddings(nn.Module):
+    """word + segment (+ learned absolute position) (+ ERNIE task type), then LN and dropout."""
+
     def __init__(self, config: WenzhiConfig):
         super().__init__()
         self.word = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
         self.token_type = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        absolute = config.position_embedding_type == "absolute"
+        self.position = nn.Embedding(config.max_position_embeddings, config.hidden_size) if absolute else None
+        self.task_type = nn.Embedding(config.task_type_vocab_size, config.hidden_size) if config.use_task_id else None
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, input_ids, token_type_ids):
+    def forward(self, input_ids, token_type_ids, positions: torch.Tensor | None = None,
+                task_type_ids: torch.Tensor | None = None):
+        """`positions` [B, L] index the learned table (default 0..L-1); rotary models ignore them here."""
         x = self.word(input_ids) + self.token_type(token_type_ids)
+        if self.position is not None:
+            if positions is None:
+                positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+            limit = self.position.num_embeddings
+            if positions.shape[-1] > limit and int(positions.max()) >= limit:  # a sync only where it can happen
+                raise ValueError(f"position {int(positions.max())} is beyond the {limit} learned positions "
+                                 "(max_position_embeddings): shorten the input or its documents")
+            x = x + self.position(positions)
+        if self.task_type is not None:
+            x = x + self.task_type(torch.zeros_like(input_ids) if task_type_ids is None else task_type_ids)
         return self.dropout(self.norm(x))
 
 
 class PredictionHead(nn.Module):
-    """dense + GELU + LN, then the (tied) word-embedding projection plus a bias."""
+    """dense + activation + LN, then the (tied) word-embedding projection plus a bias (BERT's MLM head)."""
 
     def __init__(self, config: WenzhiConfig):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = ACT2FN[config.hidden_act]
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
     def forward(self, hidden: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.norm(F.gelu(self.dense(hidden))), word_embeddings, self.bias)
-
-
-# ----------------------------------------------------------------------------- outputs
-
-
-@dataclass
-class UniversalOutput(ModelOutput):
-    """The shared module's output plus the layout it was computed under (heads reuse both)."""
-
-    hidden_states: torch.Tensor | None = None
-    layout: AttentionLayout | None = None
-    rotary: tuple | None = None
-
-
-@dataclass
-class WenzhiPretrainingOutput(ModelOutput):
-    loss: torch.Tensor | None = None
-    mlm_loss: torch.Tensor | None = None
-    lm_loss: torch.Tensor | None = None
-    mlm_logits: torch.Tensor | None = None  # [num_masked, V]: only masked positions are projected
-    kind_loss_sum: torch.Tensor | None = None  # [num_kinds] summed MLM loss per example kind (detached)
-    kind_count: torch.Tensor | None = None  # [num_kinds] masked tokens per kind
-    mlm_correct: torch.Tensor | None = None  # number of masked tokens predicted right
-
-
-@dataclass
-class PrefixLMOutput(ModelOutput):
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-
-
-@dataclass
-class GenerationResult:
-    sequences: torch.Tensor  # long [B, R, T] generated target tokens (pad after eos)
-    scores: torch.Tensor  # float [B, R] sum of log-probabilities / length ** length_penalty
+        return F.linear(self.norm(self.act(self.dense(hidden))), word_embeddings, self.bias)
 
 
 # ----------------------------------------------------------------------------- models
@@ -318,6 +261,15 @@ class WenzhiPreTrainedModel(PreTrainedModel):
         if isinstance(module, PredictionHead):
             init.zeros_(module.bias)
 
+    def save_pretrained(self, save_directory, *args, is_main_process: bool = True, **kwargs):
+        """transformers' save_pretrained, plus the modeling code (HUB_FILES) that config.json's
+        `auto_map` names, so the folder loads with `trust_remote_code=True` without wenzhi."""
+        super().save_pretrained(save_directory, *args, is_main_process=is_main_process, **kwargs)
+        if is_main_process:
+            here = Path(__file__).parent
+            for name in HUB_FILES:
+                shutil.copyfile(here / name, Path(save_directory) / name)
+
     def freeze_universal(self, frozen: bool = True) -> None:
         """Stop (or resume) training the embeddings and the universal module (ERNIE 3.0 fine-tuning)."""
         base = self.wenzhi if hasattr(self, "wenzhi") else self
@@ -328,31 +280,36 @@ class WenzhiPreTrainedModel(PreTrainedModel):
         base = self.wenzhi if hasattr(self, "wenzhi") else self
         return base.universal(*args, **kwargs)
 
-    @classmethod
-    def from_bert(cls, bert_dir: str | Path, **config_overrides):
-        """This model with its universal (and task) modules initialised from a Hugging Face BERT
-        checkpoint directory; see model/bert_init.py for what maps and what does not."""
-        from wenzhi.model.bert_init import wenzhi_from_bert
+    def get_input_embeddings(self):
+        base = self.wenzhi if hasattr(self, "wenzhi") else self
+        return base.embeddings.word
 
-        return wenzhi_from_bert(cls, bert_dir, **config_overrides)
+    def set_input_embeddings(self, value):
+        base = self.wenzhi if hasattr(self, "wenzhi") else self
+        base.embeddings.word = value
 
 
 class WenzhiModel(WenzhiPreTrainedModel):
+    _keys_to_ignore_on_load_unexpected = [r"^(mlm_head|lm_head|pooler|classifier)\."]  # a head's own layers
+
     def __init__(self, config: WenzhiConfig):
         super().__init__(config)
         self.embeddings = Embeddings(config)
         self.universal_layers = nn.ModuleList(Block(config) for _ in range(config.num_universal_layers))
         self.nlu_layers = nn.ModuleList(Block(config) for _ in range(config.num_nlu_layers))
-        self.nlu_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.nlg_layers = nn.ModuleList(Block(config) for _ in range(config.num_nlg_layers))
-        self.nlg_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        # pre-LN stacks end with a norm; post-LN blocks already end in one (BERT has no final norm)
+        pre = config.norm_placement == "pre"
+        self.nlu_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if pre else nn.Identity()
+        self.nlg_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if pre else nn.Identity()
         self.post_init()
 
-    def get_input_embeddings(self):
-        return self.embeddings.word
-
-    def set_input_embeddings(self, value):
-        self.embeddings.word = value
+    def rotary(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple:
+        """(cos, sin) rotary tables for `positions` [B, L]; (None, None) with absolute positions."""
+        if self.config.position_embedding_type != "rotary":
+            return None, None
+        head_dim = self.config.hidden_size // self.config.num_attention_heads
+        return rotary_tables(positions, head_dim, self.config.rope_theta, dtype)
 
     def universal(
         self,
@@ -364,6 +321,8 @@ class WenzhiModel(WenzhiPreTrainedModel):
         prefix_lm: bool = False,
         caches: list | None = None,
         layout: AttentionLayout | None = None,
+        task_type_ids: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
     ) -> UniversalOutput:
         """Embeddings + shared layers. `prefix_lm=True` (or giving `prefix_lengths`) builds the
         prefix-LM mask that the NLG branch needs; otherwise the mask is bidirectional per document."""
@@ -373,19 +332,29 @@ class WenzhiModel(WenzhiPreTrainedModel):
             layout = build_layout(
                 input_ids, document_ids, attention_mask, prefix_lengths, prefix_lm or prefix_lengths is not None
             )
-        x = self.embeddings(input_ids, token_type_ids.long())
-        head_dim = self.config.hidden_size // self.config.num_attention_heads
-        cos, sin = rotary_tables(layout.positions, head_dim, self.config.rope_theta, x.dtype)
+        x = self.embeddings(input_ids, token_type_ids.long(), layout.positions, task_type_ids)
+        cos, sin = self.rotary(layout.positions, x.dtype)
+        per_layer = [x] if output_hidden_states else None
         for i, block in enumerate(self.universal_layers):
             x = block(x, cos, sin, layout.mask, caches[i] if caches is not None else None)
-        return UniversalOutput(hidden_states=x, layout=layout, rotary=(cos, sin))
+            if per_layer is not None:
+                per_layer.append(x)
+        return UniversalOutput(hidden_states=x, layout=layout, rotary=(cos, sin), hidden_states_per_layer=per_layer)
 
     def nlu(self, universal_output: UniversalOutput) -> torch.Tensor:
+        """Last hidden states [B, L, H] of the NLU module; each layer's output is appended to
+        `universal_output.hidden_states_per_layer` when that list is there."""
         x = universal_output.hidden_states
-        cos, sin = universal_output.rotary
+        cos, sin = universal_output.rotary or (None, None)
+        per_layer = universal_output.hidden_states_per_layer
         for block in self.nlu_layers:
             x = block(x, cos, sin, universal_output.layout.mask)
-        return self.nlu_norm(x)
+            if per_layer is not None:
+                per_layer.append(x)
+        x = self.nlu_norm(x)
+        if per_layer is not None:
+            per_layer[-1] = x  # as in transformers: the last entry is the normalised output
+        return x
 
     def nlg(self, universal_output: UniversalOutput, caches: list | None = None) -> torch.Tensor:
         if not universal_output.layout.prefix_lm:
@@ -394,7 +363,7 @@ class WenzhiModel(WenzhiPreTrainedModel):
                 "(universal(..., prefix_lm=True) or prefix_lengths=...); a bidirectional pass leaks the future"
             )
         x = universal_output.hidden_states
-        cos, sin = universal_output.rotary
+        cos, sin = universal_output.rotary or (None, None)
         offset = len(self.universal_layers)
         for i, block in enumerate(self.nlg_layers):
             x = block(x, cos, sin, universal_output.layout.mask, caches[offset + i] if caches is not None else None)
@@ -403,28 +372,61 @@ class WenzhiModel(WenzhiPreTrainedModel):
     def forward(
         self,
         input_ids: torch.Tensor,
-        token_type_ids: torch.Tensor | None = None,
-        document_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        task_type_ids: torch.Tensor | None = None,
+        document_ids: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
         branch: str = "nlu",
         prefix_lengths: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Last hidden states [B, L, H] of the NLU (bidirectional) or NLG (prefix-LM) branch."""
+        **kwargs,
+    ) -> BaseModelOutput:
+        """`last_hidden_state` [B, L, H] of the NLU (bidirectional) or NLG (prefix-LM) branch;
+        `hidden_states` (embeddings, then each layer) with output_hidden_states."""
         if branch not in ("nlu", "nlg"):
             raise ValueError(f"branch must be 'nlu' or 'nlg', not {branch!r}")
-        out = self.universal(
-            input_ids, token_type_ids, document_ids, attention_mask, prefix_lengths, prefix_lm=branch == "nlg"
-        )
-        return self.nlu(out) if branch == "nlu" else self.nlg(out)
+        want_states = bool(output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states)
+        out = self.universal(input_ids, token_type_ids, document_ids, attention_mask, prefix_lengths,
+                             prefix_lm=branch == "nlg", task_type_ids=task_type_ids, output_hidden_states=want_states)
+        hidden = self.nlu(out) if branch == "nlu" else self.nlg(out)
+        result = BaseModelOutput(last_hidden_state=hidden,
+                                 hidden_states=tuple(out.hidden_states_per_layer) if want_states and branch == "nlu" else None)
+        return result if return_dict is not False else result.to_tuple()
 
 
 def _masked_lm_targets(labels: torch.Tensor) -> torch.Tensor:
     return labels.reshape(-1) != IGNORE_INDEX
 
 
+class WenzhiForMaskedLM(WenzhiPreTrainedModel):
+    """The NLU path with the MLM head over every position: what `AutoModelForMaskedLM` and
+    `pipeline("fill-mask")` load. Reads a pretraining checkpoint (its NLG layers and LM head unused)."""
+
+    _keys_to_ignore_on_load_unexpected = [r"^lm_head\.", r"^wenzhi\.nlg_"]
+
+    def __init__(self, config: WenzhiConfig):
+        super().__init__(config)
+        self.wenzhi = WenzhiModel(config)
+        self.mlm_head = PredictionHead(config)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, task_type_ids=None,
+                document_ids=None, output_hidden_states=None, return_dict=None, **kwargs) -> MaskedLMOutput:
+        base = self.wenzhi(input_ids, attention_mask, token_type_ids, task_type_ids, document_ids, output_hidden_states)
+        logits = self.mlm_head(base.last_hidden_state, self.wenzhi.embeddings.word.weight)  # [B, L, V]
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1).long(),
+                                   ignore_index=IGNORE_INDEX)
+        result = MaskedLMOutput(loss=loss, logits=logits, hidden_states=base.hidden_states)
+        return result if return_dict is not False else result.to_tuple()
+
+
 class WenzhiForPretraining(WenzhiPreTrainedModel):
     """Knowledge MLM on the NLU branch, projected to the vocabulary ONLY at masked positions (the
-    hidden states where labels != -100 are gathered first), plus prefix-LM loss on the NLG branch."""
+    hidden states where labels != -100 are gathered first), plus prefix-LM loss on the NLG branch.
+    Without labels it returns the MLM `logits` of every position, like a masked LM."""
 
     def __init__(self, config: WenzhiConfig):
         super().__init__(config)
@@ -465,25 +467,31 @@ class WenzhiForPretraining(WenzhiPreTrainedModel):
     def forward(
         self,
         input_ids: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        document_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        document_ids: torch.Tensor | None = None,
         kind: torch.Tensor | None = None,
         lm_input_ids: torch.Tensor | None = None,
         lm_prefix_lengths: torch.Tensor | None = None,
         lm_labels: torch.Tensor | None = None,
         lm_weight: float = 1.0,
+        task_type_ids: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
     ) -> WenzhiPretrainingOutput:
         """MLM over (masked) `input_ids`; the NLG loss runs when `lm_prefix_lengths` ([B] or per token
         [B, L]) is given: on `lm_input_ids` (default: the original tokens, labels put back), predicting
         `lm_labels` (default: the tokens after each document's prefix)."""
-        out = self.wenzhi.universal(input_ids, token_type_ids, document_ids, attention_mask)
-        mlm_loss = logits = kind_sum = kind_count = correct = None
+        out = self.wenzhi.universal(input_ids, token_type_ids, document_ids, attention_mask,
+                                    task_type_ids=task_type_ids, output_hidden_states=bool(output_hidden_states))
+        mlm_loss = mlm_logits = kind_sum = kind_count = correct = logits = None
         total = None
         if labels is not None:
-            mlm_loss, logits, kind_sum, kind_count, correct = self.mlm_from_universal(out, labels, kind)
+            mlm_loss, mlm_logits, kind_sum, kind_count, correct = self.mlm_from_universal(out, labels, kind)
             total = mlm_loss
+        else:
+            logits = self.mlm_head(self.wenzhi.nlu(out), self.wenzhi.embeddings.word.weight)
         lm_loss = None
         if lm_prefix_lengths is not None and lm_weight > 0:
             if lm_input_ids is None:
@@ -491,7 +499,8 @@ class WenzhiForPretraining(WenzhiPreTrainedModel):
                     raise ValueError("lm_input_ids or labels (to restore the original tokens) is required")
                 lm_input_ids = torch.where(labels != IGNORE_INDEX, labels, input_ids)
             lm_out = self.wenzhi.universal(
-                lm_input_ids, token_type_ids, out.layout.document_ids, prefix_lengths=lm_prefix_lengths
+                lm_input_ids, token_type_ids, out.layout.document_ids, prefix_lengths=lm_prefix_lengths,
+                task_type_ids=task_type_ids,
             )
             if lm_labels is None:
                 prefix = lm_prefix_lengths if lm_prefix_lengths.dim() == 2 else lm_prefix_lengths[:, None]
@@ -500,12 +509,15 @@ class WenzhiForPretraining(WenzhiPreTrainedModel):
             lm_loss = self.lm_from_universal(lm_out, lm_labels)
             total = lm_weight * lm_loss if total is None else total + lm_weight * lm_loss
         return WenzhiPretrainingOutput(
-            loss=total, mlm_loss=mlm_loss, lm_loss=lm_loss, mlm_logits=logits,
-            kind_loss_sum=kind_sum, kind_count=kind_count, mlm_correct=correct,
+            loss=total, mlm_loss=mlm_loss, lm_loss=lm_loss, mlm_logits=mlm_logits,
+            kind_loss_sum=kind_sum, kind_count=kind_count, mlm_correct=correct, logits=logits,
+            hidden_states=tuple(out.hidden_states_per_layer) if output_hidden_states else None,
         )
 
 
 class WenzhiForTokenClassification(WenzhiPreTrainedModel):
+    _keys_to_ignore_on_load_unexpected = [r"^lm_head\.", r"^mlm_head\."]
+
     def __init__(self, config: WenzhiConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
@@ -520,11 +532,15 @@ class WenzhiForTokenClassification(WenzhiPreTrainedModel):
         logits = self.classifier(self.dropout(hidden))
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits.reshape(-1, self.num_labels).float(), labels.reshape(-1).long())
-        return TokenClassifierOutput(loss=loss, logits=logits)
+            loss = F.cross_entropy(logits.reshape(-1, self.num_labels).float(), labels.reshape(-1).long(),
+                                   ignore_index=IGNORE_INDEX)
+        states = universal_output.hidden_states_per_layer
+        return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=tuple(states) if states else None)
 
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None, document_ids=None, labels=None):
-        out = self.wenzhi.universal(input_ids, token_type_ids, document_ids, attention_mask)
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, document_ids=None,
+                task_type_ids=None, output_hidden_states=None, **kwargs):
+        out = self.wenzhi.universal(input_ids, token_type_ids, document_ids, attention_mask,
+                                    task_type_ids=task_type_ids, output_hidden_states=bool(output_hidden_states))
         return self.from_universal(out, labels)
 
 
@@ -532,6 +548,8 @@ class WenzhiForSequencePairClassification(WenzhiPreTrainedModel):
     """Scores a pair such as `[CLS] question [SEP] relation [SEP]` from the [CLS] (first) token.
     num_labels == 1: one similarity logit trained with BCE on float labels in [0, 1];
     num_labels > 1: softmax classes trained with cross-entropy."""
+
+    _keys_to_ignore_on_load_unexpected = [r"^lm_head\.", r"^mlm_head\."]
 
     def __init__(self, config: WenzhiConfig):
         super().__init__(config)
@@ -555,9 +573,10 @@ class WenzhiForSequencePairClassification(WenzhiPreTrainedModel):
                 loss = F.cross_entropy(logits.float(), labels.long())
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None):
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, task_type_ids=None, **kwargs):
         if self.config.pair_interaction == "full":
-            out = self.wenzhi.universal(input_ids, token_type_ids, attention_mask=attention_mask)
+            out = self.wenzhi.universal(input_ids, token_type_ids, attention_mask=attention_mask,
+                                        task_type_ids=task_type_ids)
             return self.from_universal(out, labels)
         if token_type_ids is None:
             raise ValueError("pair_interaction='late' needs token_type_ids to tell the two segments apart")
@@ -565,8 +584,8 @@ class WenzhiForSequencePairClassification(WenzhiPreTrainedModel):
         segments = torch.where(keep, token_type_ids.long(), -1)  # [B, L]; -1 = padding
         positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
         apart = (segments[:, :, None] == segments[:, None, :])[:, None]
-        out = self.wenzhi.universal(input_ids, token_type_ids,
-                                    layout=AttentionLayout(apart, positions, segments, False))
+        out = self.wenzhi.universal(input_ids, token_type_ids, layout=AttentionLayout(apart, positions, segments, False),
+                                    task_type_ids=task_type_ids)
         together = ((segments[:, :, None] >= 0) & (segments[:, None, :] >= 0)) | apart
         out.layout = AttentionLayout(together, positions, segments, False)
         return self.from_universal(out, labels)
@@ -578,12 +597,20 @@ class WenzhiForPrefixLM(WenzhiPreTrainedModel):
     With `config.copy_source` (a config key this class reads; default off) a `CopyHead` mixes a
     pointer over the source tokens into the next-token distribution."""
 
+    _keys_to_ignore_on_load_unexpected = [r"^mlm_head\."]
+
     def __init__(self, config: WenzhiConfig):
         super().__init__(config)
         self.wenzhi = WenzhiModel(config)
         self.lm_head = PredictionHead(config)  # same name as in WenzhiForPretraining: loads from it
-        self.copy_head = CopyHead(config) if getattr(config, "copy_source", False) else None
+        # used when `config.copy_source` is set; always built, so a checkpoint of either kind loads
+        # and the flag can be set on a config that does not declare it (fine-tuning does)
+        self.copy_head = CopyHead(config)
         self.post_init()
+
+    @property
+    def copies(self) -> bool:
+        return bool(getattr(self.config, "copy_source", False))
 
     def source_states(self, hidden: torch.Tensor, input_ids: torch.Tensor, prefix_lengths: torch.Tensor,
                       attention_mask: torch.Tensor | None = None) -> SourceStates:
@@ -601,7 +628,7 @@ class WenzhiForPrefixLM(WenzhiPreTrainedModel):
         """Log-probabilities [N, V] of the next token from NLG states `hidden` [N, H]; a copying model
         also reads `source` (row `rows[i]` of it for hidden i; default: row i)."""
         logits = self.lm_head(hidden, self.wenzhi.embeddings.word.weight)
-        if self.copy_head is None:
+        if not self.copies:
             return F.log_softmax(logits.float(), dim=-1)
         if source is None:
             raise ValueError("a copying generator (config.copy_source) needs the source states")
@@ -616,7 +643,7 @@ class WenzhiForPrefixLM(WenzhiPreTrainedModel):
         gold tokens' probabilities only)."""
         hidden = self.wenzhi.nlg(universal_output)
         source = None
-        if self.copy_head is not None:
+        if self.copies:
             if input_ids is None or prefix_lengths is None:
                 raise ValueError("a copying generator (config.copy_source) needs input_ids and prefix_lengths")
             source = self.source_states(hidden, input_ids, prefix_lengths, universal_output.layout.document_ids >= 0)
@@ -625,7 +652,7 @@ class WenzhiForPrefixLM(WenzhiPreTrainedModel):
             doc = universal_output.layout.document_ids
             shifted = labels[:, 1:]
             keep = (shifted != IGNORE_INDEX) & (doc[:, 1:] == doc[:, :-1])
-            if self.copy_head is None:
+            if not self.copies:
                 logits = self.lm_head(hidden[:, :-1][keep], self.wenzhi.embeddings.word.weight)
                 loss = F.cross_entropy(logits.float(), shifted[keep].long()) if keep.any() else logits.sum() * 0.0
             else:  # the loss from the gold tokens' probabilities; the full mixture only outside training
@@ -636,7 +663,7 @@ class WenzhiForPrefixLM(WenzhiPreTrainedModel):
                 loss = -gold_logprob.mean() if keep.any() else vocab.sum() * 0.0
                 if not self.training:
                     logits = self.copy_head(target, vocab, *picked)
-        elif self.copy_head is None:
+        elif not self.copies:
             logits = self.lm_head(hidden, self.wenzhi.embeddings.word.weight)
         else:
             B, L, _ = hidden.shape
@@ -675,7 +702,7 @@ class WenzhiForPrefixLM(WenzhiPreTrainedModel):
         are renormalised over the allowed tokens, so a hypothesis scores as a path among the allowed
         ones (a forced token costs nothing). Uses a key/value cache: the source is encoded once,
         each step runs one token through the layers."""
-        from wenzhi.model.generation import prefix_lm_generate
+        from .generation import prefix_lm_generate
 
         return prefix_lm_generate(
             self, input_ids, attention_mask, token_type_ids, max_new_tokens, num_beams,
@@ -684,9 +711,3 @@ class WenzhiForPrefixLM(WenzhiPreTrainedModel):
             target_token_type, length_penalty, renormalize,
         )
 
-
-AutoConfig.register("wenzhi", WenzhiConfig, exist_ok=True)
-AutoModel.register(WenzhiConfig, WenzhiModel, exist_ok=True)
-AutoModelForTokenClassification.register(WenzhiConfig, WenzhiForTokenClassification, exist_ok=True)
-AutoModelForSequenceClassification.register(WenzhiConfig, WenzhiForSequencePairClassification, exist_ok=True)
-AutoModelForPreTraining.register(WenzhiConfig, WenzhiForPretraining, exist_ok=True)

@@ -21,439 +21,131 @@ config file and existing there):
     #  - {until: 1.0, seq_len: 128, strategies: {word: 1, entity: 1, uktp: 1}}
     uktp: {relation: 0.5, triple_entity: 0.25, sentence_entity: 0.25}
     augment: {max_tokens: 96, min_tokens: 8}
+    partition_items: 4096            # items per partition (the unit of parallel work)
+    segmenter: rjieba                # or jieba (the slower Python original)
 
-Strategies for text: char / word (kind 0), phrase / entity (kind 1), retrieval (entity masking
-plus a knowledge segment: kind 3, or kind 1 when nothing was found), uktp (pairs found by
-linking the text against the KB: kind 2; entity masking when none). Triple corpora always give
-UKTP examples (kind 2).
+Running it (the shards are the same bytes for every line, whatever the number of workers):
 
-Determinism: every item gets its own generator seeded by (seed, corpus, item index), and the
-corpora are interleaved in proportion to their sizes, so the output depends only on config.
+    wenzhi pretrain prepare --config C                         one process
+    wenzhi pretrain prepare --config C --workers 4             4 processes on this machine
+    wenzhi pretrain prepare --config C --engine dask --workers 4                a local Dask cluster
+    wenzhi pretrain prepare --config C --engine dask --scheduler tcp://HOST:8786 a Dask cluster
+
+The corpora are interleaved in proportion to their sizes and cut into partitions of
+`partition_items` items; each partition runs the stage chain of model/prepare_job.py and becomes
+`part-NNNNN/` of the output. A killed run, started again with the same command, keeps the
+partitions it finished (`--no-resume` starts over). The stages live in model/prepare_plan.py
+(read), model/prepare_examples.py (link, tokenise, mask/UKTP/augment) and model/packing.py (pack).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import resource
 import sys
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-import numpy as np
+from wenzhi.model.prepare_config import TEXT_STRATEGIES, CorpusSpec, PrepareConfig, load_config  # noqa: F401
+from wenzhi.model.prepare_examples import KIND_KNOWLEDGE, KIND_PLAIN, KIND_RETRIEVAL, KIND_UKTP  # noqa: F401
+from wenzhi.model.prepare_job import (build_curriculum, finished, merge, open_staging, preload, release,
+                                      run_partition, stage_seconds)
+from wenzhi.model.prepare_plan import index_corpus, plan_partitions
 
-TEXT_STRATEGIES = ("char", "word", "phrase", "entity", "retrieval", "uktp")
-KIND_PLAIN, KIND_KNOWLEDGE, KIND_UKTP, KIND_RETRIEVAL = 0, 1, 2, 3
-_SENTENCE_END = set("。！？!?；;\n")
-
-
-@dataclass
-class CorpusSpec:
-    path: str
-    format: str
-    use: str = ""  # text | triples | both (default: triples for agrikg, text otherwise)
-    limit: int | None = None  # at most this many items (documents or pairs)
-    skip: int = 0  # leave out the first items (e.g. a disjoint slice of the same corpus)
-    text_field: str = "text"
-
-    def __post_init__(self):
-        if not self.use:
-            self.use = "triples" if self.format == "agrikg" else "text"
-        if self.use not in ("text", "triples", "both"):
-            raise ValueError(f"corpus {self.path}: use must be text, triples or both, not {self.use!r}")
+ENGINES = ("local", "dask")
 
 
-@dataclass
-class PrepareConfig:
-    output: str
-    corpora: list[CorpusSpec]
-    seq_len: int = 128
-    seed: int = 0
-    tokenizer: str | None = None
-    kb: str | None = None
-    mask_ratio: float = 0.15
-    heldout_fraction: float = 0.1
-    strategies: dict[str, float] = field(default_factory=lambda: {"word": 1.0})
-    curriculum: object = None  # None | "default" | list of stage dicts
-    uktp: dict[str, float] = field(default_factory=dict)
-    augment: dict = field(default_factory=dict)
-    rows_per_shard: int = 65536
-    max_linked_pairs: int = 2  # UKTP examples per text chunk from linking
-    # a tantivy BM25 index (`wenzhi index bm25 --kind passages --out DIR`) whose passages can
-    # serve as the knowledge segment (augment.sources says in which order of preference)
-    retrieval_index: str | None = None
-    base_dir: str = "."
-
-    @classmethod
-    def from_dict(cls, raw: dict, base_dir: Path = Path(".")) -> "PrepareConfig":
-        raw = dict(raw)
-        known = set(cls.__dataclass_fields__)
-        unknown = set(raw) - known
-        if unknown:
-            raise ValueError(f"unknown config keys {sorted(unknown)}; known: {sorted(known - {'base_dir'})}")
-        for key in ("output", "corpora"):
-            if key not in raw:
-                raise ValueError(f"config needs {key!r}")
-        raw["corpora"] = [CorpusSpec(**c) for c in raw["corpora"]]
-        cfg = cls(**raw, base_dir=str(base_dir)) if "base_dir" not in raw else cls(**raw)
-        bad = set(cfg.strategies) - set(TEXT_STRATEGIES)
-        if bad:
-            raise ValueError(f"unknown strategies {sorted(bad)}; choose from {TEXT_STRATEGIES}")
-        if cfg.seq_len < 16:
-            raise ValueError("seq_len must be at least 16")
-        return cfg
-
-    def resolve(self, path: str | None) -> Path | None:
-        """Absolute paths as given; else relative to the config file, or to the working directory
-        (command-line overrides), if it exists there; else inside the data directory (a clear
-        error if missing)."""
-        if path is None:
-            return None
-        p = Path(path).expanduser()
-        if p.is_absolute():
-            return p
-        for local in (Path(self.base_dir) / p, Path.cwd() / p):
-            if local.exists():
-                return local
-        from wenzhi.kg.datadir import data_path
-
-        return data_path(str(p))
-
-
-def load_config(path: str | Path) -> PrepareConfig:
-    path = Path(path)
-    text = path.read_text(encoding="utf-8")
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
-
-        raw = yaml.safe_load(text)
-    else:
-        raw = json.loads(text)
-    return PrepareConfig.from_dict(raw, base_dir=path.parent)
-
-
-# -- items: a stream per corpus, interleaved ------------------------------------------------------
-def _corpus_items(spec: CorpusSpec, path: Path):
-    """('doc', Document), ('pair', TripleSentence) and ('dialogue', ...) items of one corpus, in
-    file order, after `skip`, at most `limit`."""
-    from itertools import islice
-
-    yield from islice(_all_corpus_items(spec, path), spec.skip, None if spec.limit is None else spec.skip + spec.limit)
-
-
-def _all_corpus_items(spec: CorpusSpec, path: Path):
-    from wenzhi.model.corpora import Document, kdconv_pairs_of_dialogue, read_documents, read_kdconv_dialogues, read_triple_sentences
-
-    if spec.format == "kdconv" and spec.use in ("text", "both"):
-        # dialogues and their grounded pairs together, so a held-out fact can leave the text too
-        for turns in read_kdconv_dialogues(path):
-            pairs = list(kdconv_pairs_of_dialogue(turns)) if spec.use == "both" else []
-            yield "dialogue", (Document("\n".join(t.text for t in turns if t.text), "kdconv"), pairs, turns)
-        return
-    streams = []
-    if spec.use in ("triples", "both"):
-        streams.append(("pair", read_triple_sentences(path, spec.format)))
-    if spec.use in ("text", "both"):
-        streams.append(("doc", read_documents(path, spec.format, spec.text_field)))
-    for tag, stream in streams:
-        for item in stream:
-            yield tag, item
-
-
-def _count(spec: CorpusSpec, path: Path) -> int:
-    return sum(1 for _ in _corpus_items(spec, path))
-
-
-def interleave(streams: list, totals: list[int]):
-    """Yield (stream index, item index, item), always from the stream furthest behind its share,
-    so every stretch of the output mixes all corpora (the curriculum then sees them all)."""
-    iters = [iter(s) for s in streams]
-    done = [0] * len(streams)
-    live = [i for i, t in enumerate(totals) if t > 0]
-    while live:
-        i = min(live, key=lambda j: (done[j] / totals[j], j))
-        try:
-            item = next(iters[i])
-        except StopIteration:
-            live.remove(i)
-            continue
-        yield i, done[i], item
-        done[i] += 1
-
-
-# -- the preparer --------------------------------------------------------------------------------
-class Preparer:
-    """Turns items into PackedExamples and keeps the statistics."""
-
-    def __init__(self, cfg: PrepareConfig, tokenizer, store=None, linker=None, retriever=None):
-        from wenzhi.model.augment import AugmentConfig, KnowledgeAugmenter
-        from wenzhi.model.knowledge_masking import Curriculum, EntityMasker, PhraseMasker
-        from wenzhi.model.masking import CharMasker, WholeWordMasker
-        from wenzhi.model.uktp import UKTPConfig, heldout_triple
-
-        self.cfg, self.tokenizer, self.store, self.linker = cfg, tokenizer, store, linker
-        needs_kb = {"entity", "retrieval", "uktp"}
-        if cfg.curriculum is None:
-            self.curriculum = Curriculum.from_config([{"until": 1.0, "strategies": cfg.strategies}], cfg.seq_len)
-        elif cfg.curriculum == "default":
-            self.curriculum = Curriculum.default(cfg.seq_len, cfg.strategies)
-        else:
-            self.curriculum = Curriculum.from_config(list(cfg.curriculum), cfg.seq_len)
-        for stage in self.curriculum.stages:
-            if stage.max_len > cfg.seq_len:
-                raise ValueError(f"curriculum stage seq_len {stage.max_len} exceeds seq_len {cfg.seq_len}")
-            used = {k for k, w in stage.weights.items() if w > 0}
-            if used & {"retrieval", "uktp"} and store is None:
-                raise ValueError(f"strategies {sorted(used & needs_kb)} need a KB store (config key 'kb')")
-            bad = set(stage.weights) - set(TEXT_STRATEGIES)
-            if bad:
-                raise ValueError(f"unknown strategies {sorted(bad)} in the curriculum")
-        self.maskers = {"char": CharMasker(), "word": WholeWordMasker(), "phrase": PhraseMasker(),
-                        "entity": EntityMasker(linker), "retrieval": EntityMasker(linker)}
-        self.uktp_config = UKTPConfig(**cfg.uktp) if cfg.uktp else UKTPConfig()
-        frac = cfg.heldout_fraction
-        self.is_heldout = lambda h, r, t: heldout_triple(h, r, t, frac)
-        self.augmenter = (KnowledgeAugmenter(store, tokenizer, retriever, AugmentConfig(**cfg.augment),
-                                             exclude_triple=self.is_heldout) if store is not None else None)
-        self.special_ids = set(tokenizer.all_special_ids)
-        self.stats = {
-            "items": 0, "documents": 0, "chunks": 0, "pairs": 0, "examples": 0, "tokens": 0,
-            "masked_tokens": 0, "unk_tokens": 0, "heldout_pairs_excluded": 0, "heldout_turns_removed": 0,
-            "pairs_unencodable": 0, "uktp_fallback_to_entity": 0,
-            "examples_per_strategy": Counter(), "examples_per_kind": Counter(),
-            "masked_tokens_per_unit": Counter(), "masked_tokens_per_kind": Counter(),
-            "tokens_per_kind": Counter(), "uktp_modes": Counter(), "uktp_sources": Counter(),
-            "examples_per_stage": Counter(), "documents_per_corpus": Counter(),
-        }
-
-    # -- helpers ------------------------------------------------------------------------------
-    def _emit(self, out: list, ids, labels, types, kind: int, strategy: str, spans, stage: int):
-        from wenzhi.model.shards import PackedExample
-
-        ids = np.asarray(ids, np.int32)
-        labels = np.asarray(labels, np.int32)
-        masked = int((labels != -100).sum())
-        s = self.stats
-        s["examples"] += 1
-        s["tokens"] += len(ids)
-        s["masked_tokens"] += masked
-        s["examples_per_strategy"][strategy] += 1
-        s["examples_per_kind"][str(kind)] += 1
-        s["masked_tokens_per_kind"][str(kind)] += masked
-        s["tokens_per_kind"][str(kind)] += len(ids)
-        s["examples_per_stage"][str(stage)] += 1
-        for span in spans:
-            # count only positions actually labelled (apply_masks skips specials)
-            s["masked_tokens_per_unit"][getattr(span, "kind", "token")] += int((labels[span[0]:span[1]] != -100).sum())
-        out.append(PackedExample(ids, labels, np.asarray(types, np.int8), kind))
-
-    def _chunks(self, text: str, max_tokens: int):
-        """Token ranges of the document of at most max_tokens, cut after a sentence end where
-        one falls in the second half of the chunk, never inside a word's WordPieces."""
-        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids, offsets = enc["input_ids"], enc["offset_mapping"]
-        tokens = self.tokenizer.convert_ids_to_tokens(ids)
-        start, n = 0, len(ids)
-        while start < n:
-            end = min(start + max_tokens, n)
-            if end < n:
-                cut = end
-                for j in range(end, start + max_tokens // 2, -1):
-                    if text[offsets[j - 1][1] - 1: offsets[j - 1][1]] in _SENTENCE_END:
-                        cut = j
-                        break
-                while cut > start + 1 and tokens[cut].startswith("##"):
-                    cut -= 1
-                end = cut
-            yield ids[start:end], offsets[start:end]
-            start = end
-
-    def _example(self, doc, chunk_ids, chunk_offsets):
-        """[CLS] chunk [SEP] as a MaskingExample with offsets relative to the chunk text."""
-        from wenzhi.model.masking import MaskingExample
-
-        c0, c1 = chunk_offsets[0][0], chunk_offsets[-1][1]
-        offsets = [(0, 0)] + [(a - c0, b - c0) for a, b in chunk_offsets] + [(0, 0)]
-        ids = [self.tokenizer.cls_token_id] + list(chunk_ids) + [self.tokenizer.sep_token_id]
-        pos = None
-        if doc.words is not None:
-            pos = [(a - c0, b - c0, t) for a, b, t in doc.words if a >= c0 and b <= c1]
-        return MaskingExample(text=doc.text[c0:c1], input_ids=ids, offsets=offsets, pos_words=pos,
-                              special_mask=[True] + [False] * len(chunk_ids) + [True])
-
-    # -- items --------------------------------------------------------------------------------
-    def document(self, doc, rng, progress: float, out: list) -> None:
-        from wenzhi.model.masking import apply_masks, mask_budget
-
-        stage_index = self.curriculum.index_at(progress)
-        stage = self.curriculum.stages[stage_index]
-        names = [k for k, w in stage.weights.items() if w > 0]
-        probs = np.array([stage.weights[k] for k in names], float)
-        strategy = names[int(rng.choice(len(names), p=probs / probs.sum()))]
-        self.stats["documents"] += 1
-        self.stats["documents_per_corpus"][doc.source] += 1
-        limit = stage.max_len - 2
-        if strategy == "retrieval":  # leave room for the knowledge segment
-            limit = max(8, limit - min(self.augmenter.config.max_tokens + 1, limit // 2))
-        for chunk_ids, chunk_offsets in self._chunks(doc.text, limit):
-            self.stats["chunks"] += 1
-            self.stats["unk_tokens"] += sum(1 for i in chunk_ids if i == self.tokenizer.unk_token_id)
-            ex = self._example(doc, chunk_ids, chunk_offsets)
-            if strategy == "uktp" and self._linked_uktp(ex.text, rng, stage.max_len, stage_index, out):
-                continue
-            used = "entity" if strategy == "uktp" else strategy
-            if strategy == "uktp":
-                self.stats["uktp_fallback_to_entity"] += 1
-            spans = self.maskers[used].select_spans(ex, rng, mask_budget(ex.num_maskable, self.cfg.mask_ratio))
-            ids, labels = apply_masks(ex.input_ids, spans, rng, self.tokenizer, ex.special_mask)
-            types = np.zeros(len(ids), np.int8)
-            kind = KIND_PLAIN if used in ("char", "word") else KIND_KNOWLEDGE
-            if used == "retrieval":
-                entity_ids = [ex.entity_ids[k] for k in self._masked_entity_keys(ex, spans)]
-                ids, labels, types, sources = self.augmenter.augment(ids, labels, types, entity_ids, stage.max_len)
-                if sources:
-                    kind = KIND_RETRIEVAL
-            self._emit(out, ids, labels, types, kind, used, spans, stage_index)
-
-    @staticmethod
-    def _masked_entity_keys(ex, spans) -> list[tuple[int, int]]:
-        """Char spans of masked entity units that the linker tied to a KB entity."""
-        keys = []
-        for span in spans:
-            if getattr(span, "kind", "") != "entity":
-                continue
-            s, e = span
-            a, b = ex.offsets[s][0], ex.offsets[e - 1][1]
-            for key in ex.entity_ids:  # unit may be wider than the mention (WordPiece edges)
-                if a <= key[0] and key[1] <= b:
-                    keys.append(key)
-        return keys
-
-    def _linked_uktp(self, text, rng, max_len, stage_index, out) -> bool:
-        from wenzhi.model.uktp import linked_pairs
-
-        if self.linker is None:
-            return False
-        pairs = [p for p in linked_pairs(text, self.linker, self.store)
-                 if not self.is_heldout(p.head, p.relation, p.tail)]
-        if not pairs:
-            return False
-        emitted = False
-        for i in rng.permutation(len(pairs))[: self.cfg.max_linked_pairs]:
-            emitted |= self.pair(pairs[int(i)], rng, max_len, stage_index, out)
-        return emitted
-
-    def pair(self, pair, rng, max_len: int, stage_index: int, out: list) -> bool:
-        from wenzhi.model.uktp import build_uktp_example
-
-        self.stats["pairs"] += 1
-        if self.is_heldout(pair.head, pair.relation, pair.tail):
-            self.stats["heldout_pairs_excluded"] += 1
-            return False
-        ex = build_uktp_example(pair, self.tokenizer, rng, max_len, self.uktp_config)
-        if ex is None:
-            self.stats["pairs_unencodable"] += 1
-            return False
-        self.stats["uktp_modes"][ex.mode] += 1
-        self.stats["uktp_sources"][pair.source] += 1
-        self._emit(out, ex.input_ids, ex.labels, ex.token_type_ids, KIND_UKTP, "uktp", ex.spans, stage_index)
-        return True
-
-    def item(self, tag: str, item, rng, progress: float) -> list:
-        out: list = []
-        self.stats["items"] += 1
-        stage_index = self.curriculum.index_at(progress)
-        max_len = self.curriculum.stages[stage_index].max_len
-        if tag == "doc":
-            self.document(item, rng, progress, out)
-        elif tag == "pair":
-            self.pair(item, rng, max_len, stage_index, out)
-        elif tag == "dialogue":
-            doc, pairs, turns = item
-            keep, dropped = [], 0
-            for turn in turns:
-                if any(self.is_heldout(p.head, p.relation, p.tail) for p in pairs if p.sentence == turn.text):
-                    dropped += 1
-                elif turn.text:
-                    keep.append(turn.text)
-            self.stats["heldout_turns_removed"] += dropped
-            if keep:
-                doc.text = "\n".join(keep)
-                self.document(doc, rng, progress, out)
-            for p in pairs:
-                self.pair(p, rng, max_len, stage_index, out)
-        return out
-
-    def summary(self, augment_stats: dict | None) -> dict:
-        s = {k: (dict(v) if isinstance(v, Counter) else v) for k, v in self.stats.items()}
-        if augment_stats is not None:
-            s["augmentation"] = augment_stats
-        return s
-
-
-def prepare(cfg: PrepareConfig, show_progress: bool = True, retriever=None, overwrite: bool = True) -> dict:
-    """Run the whole preparation; returns the shard meta (with statistics)."""
+def prepare(cfg: PrepareConfig, show_progress: bool = True, retriever=None, overwrite: bool = True,
+            workers: int = 1, engine: str = "local", scheduler: str | None = None, resume: bool = True) -> dict:
+    """Run the whole preparation; returns the shard meta (with statistics) plus, under "run",
+    timings and how the job ran (not written to disk: the output is the same bytes however it ran)."""
     from tqdm import tqdm
 
-    from wenzhi.model.shards import ShardWriter
-    from wenzhi.model.tokenizer import load_tokenizer
-
-    started = time.perf_counter()
-    tokenizer = load_tokenizer(cfg.resolve(cfg.tokenizer) if cfg.tokenizer else None)
-    store = linker = None
-    if cfg.kb:
-        from wenzhi.kg import EntityLinker, TripleStore
-
-        kb_path = cfg.resolve(cfg.kb)
-        if not kb_path.exists():
-            raise FileNotFoundError(f"KB store {kb_path} not found: create it with `wenzhi kg import`")
-        store = TripleStore(kb_path)
-        linker = EntityLinker(store)
-    if retriever is None and cfg.retrieval_index:
-        from wenzhi.retrieval import TantivyRetriever
-
-        retriever = TantivyRetriever(cfg.resolve(cfg.retrieval_index))
+    started, cpu_started = time.perf_counter(), _cpu_seconds()
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
+    if workers < 1:
+        raise ValueError("workers must be at least 1")
+    if retriever is not None and (workers > 1 or engine != "local"):
+        raise ValueError("a retriever object works in one process only; give the config a retrieval_index instead")
+    out = Path(cfg.output)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass overwrite=True to replace it")
+    curriculum = build_curriculum(cfg)
     paths = [cfg.resolve(c.path) for c in cfg.corpora]
-    totals = [_count(c, p) for c, p in zip(cfg.corpora, paths)]
-    grand_total = sum(totals)
-    preparer = Preparer(cfg, tokenizer, store, linker, retriever)
-    streams = [_corpus_items(c, p) for c, p in zip(cfg.corpora, paths)]
-    chars = 0
-    writer = ShardWriter(cfg.output, cfg.seq_len, len(tokenizer), tokenizer=str(tokenizer.name_or_path),
-                         rows_per_shard=cfg.rows_per_shard, overflow="error", overwrite=overwrite)
-    try:
-        with tqdm(total=grand_total, desc="prepare", unit="item", disable=not show_progress, file=sys.stderr) as bar:
-            for position, (corpus_index, item_index, (tag, item)) in enumerate(interleave(streams, totals)):
-                rng = np.random.default_rng([cfg.seed, corpus_index, item_index])
-                chars += _item_chars(tag, item)
-                for example in preparer.item(tag, item, rng, position / max(grand_total, 1)):
-                    writer.add(example)
-                bar.update(1)
-        elapsed = time.perf_counter() - started
-        stats = preparer.summary(preparer.augmenter.stats.as_dict() if preparer.augmenter else None)
-        stats.update({"chars": chars, "seconds": round(elapsed, 2),
-                      "chars_per_second": round(chars / elapsed, 1) if elapsed else 0.0})
-        meta = writer.close(extra_stats={"prepare": stats},
-                            extra_meta={"seed": cfg.seed, "heldout_fraction": cfg.heldout_fraction,
-                                        "curriculum": [{"until": s.until, "seq_len": s.max_len, "strategies": s.weights}
-                                                       for s in preparer.curriculum.stages],
-                                        "corpora": [{"path": str(p), "format": c.format, "use": c.use, "items": t}
-                                                    for c, p, t in zip(cfg.corpora, paths, totals)]})
-    except BaseException:
-        writer.abort()
-        raise
-    finally:
-        if store is not None:
-            store.close()
+    for path in paths:
+        if not path.exists():
+            raise FileNotFoundError(f"corpus {path} not found")
+    if cfg.kb and not cfg.resolve(cfg.kb).exists():
+        raise FileNotFoundError(f"KB store {cfg.resolve(cfg.kb)} not found: create it with `wenzhi kg import`")
+
+    def index_corpora():
+        indexes = []
+        for spec, path in tqdm(list(zip(cfg.corpora, paths)), desc="index corpora", unit="corpus",
+                               disable=not show_progress, file=sys.stderr):
+            indexes.append(index_corpus(spec, path))
+        return indexes
+
+    job, resumed = open_staging(cfg, paths, resume, index_corpora)
+    plans = plan_partitions([ix.total for ix in job.indexes], cfg.partition_items)
+    pending = [p for p in plans if not finished(job, p)]
+    results = []
+    with tqdm(total=job.grand_total, initial=sum(p.stop - p.start for p in plans if p not in pending),
+              desc="prepare", unit="item", disable=not show_progress, file=sys.stderr) as bar:
+        def done(result: dict) -> None:
+            results.append(result)
+            part = result["partition"]
+            bar.update(part["stop"] - part["start"])
+
+        if not pending:
+            pass  # everything was finished by an earlier run: merge only
+        elif engine == "dask":
+            from wenzhi.model.prepare_dask import run_on_dask
+
+            run_on_dask(job, pending, workers, scheduler, done)
+        elif workers == 1:
+            try:
+                for plan in pending:
+                    done(run_partition(job, plan, retriever))
+            finally:
+                release()
+        else:
+            _run_in_processes(job, pending, workers, done)
+    meta = merge(job, plans, curriculum)
+    elapsed, cpu = time.perf_counter() - started, _cpu_seconds() - cpu_started
+    chars = meta["stats"]["prepare"]["chars"]
+    meta["run"] = {"engine": engine, "workers": workers, "partitions": len(plans), "resumed_partitions": len(plans) - len(pending),
+                   "seconds": round(elapsed, 2), "cpu_seconds": round(cpu, 2),
+                   "chars_per_second": round(chars / elapsed, 1) if elapsed else 0.0,
+                   "chars_per_cpu_second": round(chars / cpu, 1) if cpu and not resumed else None,
+                   "stage_cpu_seconds": stage_seconds(results)}
     return meta
 
 
-def _item_chars(tag, item) -> int:
-    if tag == "doc":
-        return len(item.text)
-    if tag == "pair":
-        return len(item.sentence)
-    return len(item[0].text)
+def _run_in_processes(job, plans, workers: int, done) -> None:
+    # fork: workers start at once with the libraries already imported here (no threads have
+    # started yet); each opens its own KB store and loads its own linker on its first partition
+    # (prepare_job.resources: a SQLite connection must not cross a fork)
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    if method == "fork":
+        preload()
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method))
+    try:
+        futures = [pool.submit(run_partition, job, plan) for plan in plans]
+        for future in as_completed(futures):
+            done(future.result())
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its finished child processes (the workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -461,6 +153,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", help="override the config's output directory")
     parser.add_argument("--seed", type=int, help="override the config's seed")
     parser.add_argument("--kb", help="override the config's KB store")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes (local engine) or local Dask workers; the output does not depend on it")
+    parser.add_argument("--engine", choices=ENGINES, default="local",
+                        help="local: this machine's processes; dask: a Dask cluster (pip install 'wenzhi[distributed]')")
+    parser.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://HOST:8786); "
+                        "without it --engine dask starts a local cluster of --workers processes")
+    parser.add_argument("--partition-items", type=int, help="override the config's partition_items")
+    parser.add_argument("--no-resume", action="store_true", help="start over instead of keeping an interrupted run's partitions")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -470,22 +170,25 @@ def main(args: argparse.Namespace) -> int:
     except (OSError, ValueError, TypeError) as exc:
         print(f"error: {args.config}: {exc}", file=sys.stderr)
         return 2
-    for key in ("output", "seed", "kb"):
+    for key in ("output", "seed", "kb", "partition_items"):
         if getattr(args, key, None) is not None:
             setattr(cfg, key, getattr(args, key))
     try:
-        meta = prepare(cfg, show_progress=not args.no_progress)
-    except (FileNotFoundError, ValueError) as exc:
+        meta = prepare(cfg, show_progress=not args.no_progress, workers=args.workers, engine=args.engine,
+                       scheduler=args.scheduler, resume=not args.no_resume)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if Path(cfg.output).with_name(Path(cfg.output).name + ".partial").exists():
+            print("the partitions finished so far are kept: the same command resumes", file=sys.stderr)
         return 2
-    stats = meta["stats"]["prepare"]
+    stats, run = meta["stats"]["prepare"], meta["run"]
     summary = {"output": cfg.output, "rows": meta["num_sequences"], "seq_len": meta["seq_len"],
                "documents": stats["documents"], "examples": stats["examples"], "tokens": stats["tokens"],
                "masked_tokens": stats["masked_tokens"], "examples_per_strategy": stats["examples_per_strategy"],
                "examples_per_kind": stats["examples_per_kind"],
                "masked_tokens_per_unit": stats["masked_tokens_per_unit"],
                "augmentation_hit_rate": stats.get("augmentation", {}).get("hit_rate"),
-               "padding_fraction": meta["stats"]["padding_fraction"], "chars": stats["chars"],
-               "seconds": stats["seconds"], "chars_per_second": stats["chars_per_second"]}
+               "padding_fraction": meta["stats"]["padding_fraction"], "chars": stats["chars"], **run}
     print(json.dumps(summary, ensure_ascii=False))
     return 0
+

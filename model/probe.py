@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from wenzhi.model.conventions import IGNORE_INDEX
 from wenzhi.model.uktp import heldout_triple
 
 
@@ -97,7 +98,7 @@ def encode_cloze(item: ProbeItem, candidate: str, tokenizer, max_len: int = 128)
     answer stands (in the triple and the sentence), masked and used as labels."""
     cand = tokenizer(candidate, add_special_tokens=False)["input_ids"]
     mask = tokenizer.mask_token_id
-    ids, types, labels = [tokenizer.cls_token_id], [1], [-100]
+    ids, types, labels = [tokenizer.cls_token_id], [1], [IGNORE_INDEX]
 
     def add(text: str, type_id: int, masked_answer: bool):
         parts = text.split(item.answer) if masked_answer else [text]
@@ -108,7 +109,7 @@ def encode_cloze(item: ProbeItem, candidate: str, tokenizer, max_len: int = 128)
                 types.extend([type_id] * len(cand))
             piece = tokenizer(part, add_special_tokens=False)["input_ids"] if part else []
             ids.extend(piece)
-            labels.extend([-100] * len(piece))
+            labels.extend([IGNORE_INDEX] * len(piece))
             types.extend([type_id] * len(piece))
 
     for name in ("head", "relation", "tail"):
@@ -116,12 +117,12 @@ def encode_cloze(item: ProbeItem, candidate: str, tokenizer, max_len: int = 128)
             add(item.answer, 1, True)
         else:
             add(getattr(item, name), 1, False)
-    ids.append(tokenizer.sep_token_id), types.append(1), labels.append(-100)
+    ids.append(tokenizer.sep_token_id), types.append(1), labels.append(IGNORE_INDEX)
     if item.sentence:
         add(item.sentence, 0, True)
-        ids.append(tokenizer.sep_token_id), types.append(0), labels.append(-100)
+        ids.append(tokenizer.sep_token_id), types.append(0), labels.append(IGNORE_INDEX)
     if len(ids) > max_len:  # keep the triple's mask; cut the sentence's end
-        ids, types, labels = ids[: max_len - 1] + [tokenizer.sep_token_id], types[:max_len], labels[: max_len - 1] + [-100]
+        ids, types, labels = ids[: max_len - 1] + [tokenizer.sep_token_id], types[:max_len], labels[: max_len - 1] + [IGNORE_INDEX]
     return ids, types, labels
 
 
@@ -129,7 +130,7 @@ def _masked_logits(model, batch):
     out = model(**batch)
     if getattr(out, "mlm_logits", None) is not None:  # WenzhiForPretraining: masked rows only
         return out.mlm_logits
-    return out.logits[batch["labels"] != -100]  # any *ForMaskedLM: [B, L, V]
+    return out.logits[batch["labels"] != IGNORE_INDEX]  # any *ForMaskedLM: [B, L, V]
 
 
 def score_item(model, tokenizer, item: ProbeItem, max_len: int = 128) -> list[float]:
@@ -141,13 +142,13 @@ def score_item(model, tokenizer, item: ProbeItem, max_len: int = 128) -> list[fl
     pad = tokenizer.pad_token_id
     ids = torch.tensor([e[0] + [pad] * (width - len(e[0])) for e in encoded])
     types = torch.tensor([e[1] + [0] * (width - len(e[1])) for e in encoded])
-    labels = torch.tensor([e[2] + [-100] * (width - len(e[2])) for e in encoded])
+    labels = torch.tensor([e[2] + [IGNORE_INDEX] * (width - len(e[2])) for e in encoded])
     attention = torch.tensor([[1] * len(e[0]) + [0] * (width - len(e[0])) for e in encoded])
     batch = {"input_ids": ids, "token_type_ids": types, "labels": labels, "attention_mask": attention}
     with torch.no_grad():
         logits = _masked_logits(model, batch).float()
-    logp = torch.log_softmax(logits, -1).gather(1, labels[labels != -100][:, None])[:, 0]
-    row = torch.arange(len(encoded))[:, None].expand_as(labels)[labels != -100]
+    logp = torch.log_softmax(logits, -1).gather(1, labels[labels != IGNORE_INDEX][:, None])[:, 0]
+    row = torch.arange(len(encoded))[:, None].expand_as(labels)[labels != IGNORE_INDEX]
     sums = torch.zeros(len(encoded)).index_add_(0, row, logp)
     counts = torch.bincount(row, minlength=len(encoded)).clamp(min=1)
     return (sums / counts).tolist()
@@ -208,7 +209,7 @@ def select(items: list[ProbeItem], split: str, limit: int, seed: int) -> list[Pr
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="a saved WenzhiForPretraining (or any *ForMaskedLM) directory")
-    parser.add_argument("--tokenizer", help="vocab.txt or directory (default: the checkpoint's, else BERT Chinese)")
+    parser.add_argument("--tokenizer", help="vocab.txt or directory (default: the checkpoint's own)")
     parser.add_argument("--sources", default="agrikg,kdconv", help="comma-separated: agrikg, kdconv, kb")
     parser.add_argument("--kb", help="TripleStore for --sources kb")
     parser.add_argument("--shards", help="prepared shard dir: take heldout_fraction from its meta.json")
@@ -221,24 +222,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_model(path: str):
-    """A WenzhiForPretraining checkpoint, or any transformers masked-LM directory."""
-    from transformers import AutoConfig
-
-    import wenzhi.model.modeling  # noqa: F401  (registers model_type "wenzhi" with the Auto classes)
-
-    config = AutoConfig.from_pretrained(path)
-    if config.model_type == "wenzhi":
-        from wenzhi.model.modeling import WenzhiForPretraining
-
-        return WenzhiForPretraining.from_pretrained(path)
+    """Any masked-LM folder: a wenzhi checkpoint (WenzhiForMaskedLM, registered with the Auto
+    classes on `import wenzhi`) or a transformers one; a run's output_dir means its model/."""
     from transformers import AutoModelForMaskedLM
 
-    return AutoModelForMaskedLM.from_pretrained(path)
+    from wenzhi.model.pretrained import resolve_model_dir
+
+    return AutoModelForMaskedLM.from_pretrained(resolve_model_dir(path))
 
 
 def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from wenzhi.model.pretrained import checkpoint_tokenizer
     from wenzhi.model.tokenizer import load_tokenizer
 
     fraction = args.heldout_fraction
@@ -255,10 +251,7 @@ def main(args: argparse.Namespace) -> int:
     if not items:
         print("error: no probe items for this split", file=sys.stderr)
         return 2
-    tok_path = args.tokenizer
-    if tok_path is None and (Path(args.checkpoint) / "vocab.txt").exists():
-        tok_path = args.checkpoint
-    tokenizer = load_tokenizer(tok_path)
+    tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else checkpoint_tokenizer(args.checkpoint)
     model = load_model(args.checkpoint)
     result = evaluate(model, tokenizer, items, args.max_len, show_progress=True)
     result["candidates"] = args.candidates

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from wenzhi.model.modeling import UniversalOutput, WenzhiModel, WenzhiPreTrainedModel
+from .modeling import UniversalOutput, WenzhiModel, WenzhiPreTrainedModel
 
 MATCH_SCALE = 20.0  # cosine similarities times 20: a softmax temperature of 0.05, as in SimCSE
 

@@ -6,23 +6,26 @@ Layout (the contract other modules code against):
                          token_type_ids int8 [N, L], document_ids int32 [N, L] (-1 = padding),
                          kind int8 [N]
 Rows only mix documents of the same kind, so the per-row `kind` is exact. Packing is best-fit over a
-window of open rows (deterministic for a given input order): padding stays a few percent, where
-padding each document to the longest in its batch wastes a third or more of the compute.
+window of open rows (model/packing.py; deterministic for a given input order): padding stays a few
+percent, where padding each document to the longest in its batch wastes a third or more of the
+compute. A shard name may be a path below DIR (`part-00003/shard-00000`: prepared partitions).
 
-The writer builds everything in `DIR.partial/` and renames it to `DIR` on close, so an interrupted
-prepare never leaves a directory that looks complete.
+The writer builds everything in a temporary directory beside `DIR` and swaps it in on close
+(retrieval/atomic.py), so an interrupted prepare never leaves a directory that looks complete.
 """
 from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-IGNORE_INDEX = -100
+from wenzhi.model.conventions import IGNORE_INDEX
+from wenzhi.model.packing import Packer, rows_to_arrays
+from wenzhi.retrieval.atomic import AtomicDirectory
+
 ARRAYS = {"input_ids": np.int32, "labels": np.int32, "token_type_ids": np.int8, "document_ids": np.int32}
 
 
@@ -34,14 +37,6 @@ class PackedExample:
     labels: list[int] | np.ndarray
     token_type_ids: list[int] | np.ndarray | None = None
     kind: int = 0  # 0 plain MLM, 1 knowledge-masked, 2 UKTP triple-text, 3 retrieval-augmented
-
-
-class _OpenRow:
-    __slots__ = ("docs", "used")
-
-    def __init__(self):
-        self.docs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        self.used = 0
 
 
 class ShardWriter:
@@ -69,15 +64,12 @@ class ShardWriter:
         self.out_dir = Path(out_dir)
         if self.out_dir.exists() and not overwrite:
             raise FileExistsError(f"{self.out_dir} exists; pass overwrite=True to replace it")
-        self.partial = self.out_dir.with_name(self.out_dir.name + ".partial")
-        if self.partial.exists():
-            shutil.rmtree(self.partial)
-        self.partial.mkdir(parents=True)
+        self._staging = AtomicDirectory(self.out_dir)
+        self.partial = self._staging.path
         self.seq_len, self.vocab_size, self.tokenizer = seq_len, vocab_size, tokenizer
         self.rows_per_shard, self.max_open, self.pad_id, self.overflow = rows_per_shard, open_rows, pad_id, overflow
         self.overwrite = overwrite
-        self._open: dict[int, list[_OpenRow]] = {}
-        self._rows: list[tuple[int, _OpenRow]] = []
+        self._packer = Packer(seq_len, open_rows)
         self._shards: list[str] = []
         self.num_sequences = 0
         self.stats = {"documents": 0, "tokens": 0, "masked_tokens": 0, "split_documents": 0,
@@ -112,78 +104,37 @@ class ShardWriter:
         self._place(kind, ids, labels, types)
 
     def _place(self, kind, ids, labels, types) -> None:
-        n = len(ids)
         self.stats["documents"] += 1
-        self.stats["tokens"] += n
-        masked = int((labels != IGNORE_INDEX).sum())
+        self.stats["tokens"] += len(ids)
+        masked = int(np.count_nonzero(labels != IGNORE_INDEX))
         self.stats["masked_tokens"] += masked
         key = str(kind)
         self.stats["documents_per_kind"][key] = self.stats["documents_per_kind"].get(key, 0) + 1
         self.stats["masked_tokens_per_kind"][key] = self.stats["masked_tokens_per_kind"].get(key, 0) + masked
-        rows = self._open.setdefault(kind, [])
-        # best fit: the fullest open row that still has room
-        best = None
-        for row in rows:
-            if row.used + n <= self.seq_len and (best is None or row.used > best.used):
-                best = row
-        if best is None:
-            if len(rows) >= self.max_open:
-                fullest = max(rows, key=lambda r: r.used)
-                rows.remove(fullest)
-                self._emit(kind, fullest)
-            best = _OpenRow()
-            rows.append(best)
-        best.docs.append((ids, labels, types))
-        best.used += n
-        if best.used == self.seq_len:
-            rows.remove(best)
-            self._emit(kind, best)
+        self._packer.add(kind, ids, labels, types)
+        while len(self._packer.closed) >= self.rows_per_shard:
+            self._write_shard(self._packer.take(self.rows_per_shard))
 
-    def _emit(self, kind: int, row: _OpenRow) -> None:
-        self._rows.append((kind, row))
-        if len(self._rows) >= self.rows_per_shard:
-            self._flush_shard()
-
-    def _flush_shard(self) -> None:
-        if not self._rows:
+    def _write_shard(self, rows) -> None:
+        if not rows:
             return
-        N, L = len(self._rows), self.seq_len
-        arrays = {
-            "input_ids": np.full((N, L), self.pad_id, np.int32),
-            "labels": np.full((N, L), IGNORE_INDEX, np.int32),
-            "token_type_ids": np.zeros((N, L), np.int8),
-            "document_ids": np.full((N, L), -1, np.int32),
-            "kind": np.zeros(N, np.int8),
-        }
-        for r, (kind, row) in enumerate(self._rows):
-            arrays["kind"][r] = kind
-            pos = 0
-            for d, (ids, labels, types) in enumerate(row.docs):
-                end = pos + len(ids)
-                arrays["input_ids"][r, pos:end] = ids
-                arrays["labels"][r, pos:end] = labels
-                arrays["token_type_ids"][r, pos:end] = types
-                arrays["document_ids"][r, pos:end] = d
-                pos = end
+        arrays = rows_to_arrays(rows, self.seq_len, self.pad_id)
         name = f"shard-{len(self._shards):05d}"
         shard_dir = self.partial / name
         shard_dir.mkdir()
         for key, array in arrays.items():
             np.save(shard_dir / f"{key}.npy", array)
         self._shards.append(name)
-        self.num_sequences += N
-        self._rows = []
+        self.num_sequences += len(rows)
 
     # -- finishing ---------------------------------------------------------------------------
     def close(self, extra_stats: dict | None = None, extra_meta: dict | None = None) -> dict:
         """Flush open rows, write meta.json and move the directory into place; returns the meta."""
         if self._closed:
             raise RuntimeError("ShardWriter already closed")
-        for kind in sorted(self._open):
-            for row in self._open[kind]:
-                self._emit(kind, row)
-        self._open = {}
-        self._flush_shard()
+        self._packer.finish()
+        while self._packer.closed:
+            self._write_shard(self._packer.take(self.rows_per_shard))
         slots = self.num_sequences * self.seq_len
         stats = dict(self.stats)
         stats["rows"] = self.num_sequences
@@ -195,20 +146,12 @@ class ShardWriter:
         tmp = self.partial / "meta.json.tmp"
         tmp.write_text(json.dumps(meta, ensure_ascii=False, indent=2))
         os.replace(tmp, self.partial / "meta.json")
-        if self.out_dir.exists():  # overwrite=True: swap, then drop the old one
-            old = self.out_dir.with_name(self.out_dir.name + ".old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(self.out_dir, old)
-            os.replace(self.partial, self.out_dir)
-            shutil.rmtree(old)
-        else:
-            os.replace(self.partial, self.out_dir)
+        self._staging.commit()  # overwrite=True: the old directory goes once the new one is in place
         self._closed = True
         return meta
 
     def abort(self) -> None:
-        shutil.rmtree(self.partial, ignore_errors=True)
+        self._staging.abort()
         self._closed = True
 
     def __enter__(self):

@@ -82,6 +82,21 @@ def load_tokenizer(path: str | Path | None = None, lowercase: bool = True):
     return tokenizer
 
 
+def save_tokenizer(tokenizer, folder: str | Path, model_max_length: int | None = None) -> None:
+    """The tokenizer beside a model: tokenizer.json + tokenizer_config.json (what AutoTokenizer and
+    pipelines read, normaliser included) and vocab.txt (what `load_tokenizer(folder)` reads)."""
+    folder = Path(folder)
+    previous = tokenizer.model_max_length
+    if model_max_length:
+        tokenizer.model_max_length = model_max_length  # pipelines truncate to it
+    try:
+        tokenizer.save_pretrained(folder)
+    finally:
+        tokenizer.model_max_length = previous
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    (folder / "vocab.txt").write_text("".join(f"{token}\n" for token, _ in vocab), encoding="utf-8")
+
+
 def train_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 8000,
                     min_frequency: int = 2, lowercase: bool = True):
     """Train a WordPiece vocabulary on `texts` and save it as `out_dir/vocab.txt`.

@@ -19,8 +19,10 @@ Curves go to train_log.jsonl and the trackers in `report_to` (model/tracking.py)
 Config (JSON or YAML); see model/configs/*.yaml:
   output_dir            where checkpoints/, model/, tensorboard/ and train_log.jsonl go
   model                 WenzhiConfig fields (vocab_size defaults to the shards' meta)
-  init_from             a save_pretrained directory to start from (instead of `model`)
-  init_from_bert        a Hugging Face BERT checkpoint directory for the universal module
+  init_from             start from a wenzhi checkpoint (a model folder or a run's output_dir) or a Hugging
+                        Face BERT/ERNIE folder (imported exactly, model/hf_convert.py); `--init` sets it.
+                        The architecture then comes from the checkpoint: of `model`, only the dropout
+                        settings apply. Its vocabulary must be the shards' tokenizer's.
   phases                list of {shards, steps, batch_size, gradient_accumulation_steps?, order?}: the
                         sequence-length curriculum (e.g. 128-token shards, then 512); order "auto"
                         keeps file order for shards whose meta.json declares a masking curriculum
@@ -45,7 +47,7 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-KIND_NAMES = ["text", "knowledge", "uktp", "retrieval"]
+from wenzhi.model.conventions import EXAMPLE_KINDS, IGNORE_INDEX
 
 
 @dataclass
@@ -65,7 +67,6 @@ class TrainConfig:
     phases: list = field(default_factory=list)
     model: dict = field(default_factory=dict)
     init_from: str | None = None
-    init_from_bert: str | None = None
     gradient_accumulation_steps: int = 1
     optimizer: str = "adamw"
     learning_rate: float = 5e-4
@@ -92,6 +93,9 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, raw: dict, base_dir: Path) -> "TrainConfig":
         raw = dict(raw)
+        if "init_from_bert" in raw:
+            raise ValueError("init_from_bert is now init_from (or --init): it takes a wenzhi checkpoint or a "
+                             "BERT/ERNIE folder and imports it exactly")
         known = {f.name for f in fields(cls)}
         single = {k: raw.pop(k) for k in ("shards", "steps", "batch_size") if k in raw}
         unknown = sorted(set(raw) - known)
@@ -139,9 +143,10 @@ def _resolve(path: str, base_dir: Path, must_exist: bool = True) -> Path:
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"config {path} not found")
+    """A config file, or a shipped one by name (`tiny`: model/config_files.py)."""
+    from wenzhi.model.config_files import find_config
+
+    path, base_dir = find_config(path)
     text = path.read_text(encoding="utf-8")
     if path.suffix in (".yaml", ".yml"):
         import yaml
@@ -158,7 +163,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
         if not _:
             raise ValueError(f"--set expects key=value, got {item!r}")
         raw[key.strip()] = yaml.safe_load(value)
-    return TrainConfig.from_dict(raw, path.parent)
+    return TrainConfig.from_dict(raw, base_dir)
 
 
 # ----------------------------------------------------------------------------- data position
@@ -253,16 +258,44 @@ def locate(cfg: TrainConfig, step: int) -> tuple[int, int]:
 # ----------------------------------------------------------------------------- training
 
 
-def build_model(cfg: TrainConfig, vocab_size: int):
+# `model` keys that still apply when the architecture comes from an --init checkpoint
+INIT_OVERRIDES = ("hidden_dropout_prob", "attention_probs_dropout_prob")
+
+
+def build_model(cfg: TrainConfig, tokenizer):
+    """A fresh model from `cfg.model`, or the --init checkpoint (model/pretrained.py: a wenzhi or
+    BERT/ERNIE folder whose vocabulary must be `tokenizer`'s, the one the shards were made with)."""
     from wenzhi.model.modeling import WenzhiConfig, WenzhiForPretraining
 
     if cfg.init_from:
-        return WenzhiForPretraining.from_pretrained(cfg.init_from)
-    if cfg.init_from_bert:
-        return WenzhiForPretraining.from_bert(cfg.init_from_bert, **cfg.model)
+        from wenzhi.model.pretrained import load_for_init
+
+        overrides = {k: v for k, v in cfg.model.items() if k in INIT_OVERRIDES}
+        vocabulary = [t for t, _ in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])]
+        model, _ = load_for_init(WenzhiForPretraining, cfg.init_from, vocabulary=vocabulary,
+                                 vocabulary_source="the shards' tokenizer", **overrides)
+        return model
     model_cfg = dict(cfg.model)
-    model_cfg.setdefault("vocab_size", vocab_size)
+    model_cfg.setdefault("vocab_size", len(tokenizer))
+    for name in ("pad", "cls", "sep", "mask"):
+        model_cfg.setdefault(f"{name}_token_id", getattr(tokenizer, f"{name}_token_id"))
     return WenzhiForPretraining(WenzhiConfig(**model_cfg))
+
+
+def shards_tokenizer(reader):
+    """The tokenizer the shards were made with (meta.json's `tokenizer`: a vocab.txt or folder,
+    None for the BERT Chinese vocabulary of the data directory); a clear error when it is gone,
+    since the model saved at the end must carry it."""
+    from wenzhi.model.tokenizer import load_tokenizer
+
+    name = reader.meta.get("tokenizer")
+    if not name:
+        return load_tokenizer(None)
+    for candidate in (Path(name), reader.dir / name):
+        if candidate.exists():
+            return load_tokenizer(candidate)
+    raise FileNotFoundError(f"{reader.dir}: the shards' tokenizer {name!r} is not there any more; the model "
+                            "is saved with its tokenizer, so put the vocabulary back or prepare the shards again")
 
 
 def build_optimizer(cfg: TrainConfig, model):
@@ -341,7 +374,10 @@ def _train(cfg: TrainConfig, resume: bool, show_progress: bool, overwrite: bool)
     accelerator.wait_for_everyone()
     phases = [PhaseData(p, i, cfg.seed, rank, world, cfg.lm_target_fraction) for i, p in enumerate(cfg.phases)]
     meta = phases[0].reader.meta
-    model = build_model(cfg, int(meta["vocab_size"]))
+    tokenizer = shards_tokenizer(phases[0].reader)
+    if len(tokenizer) != int(meta["vocab_size"]):
+        raise ValueError(f"{phases[0].reader.dir}: meta.json says {meta['vocab_size']} tokens, its tokenizer has {len(tokenizer)}")
+    model = build_model(cfg, tokenizer)
     if model.config.vocab_size < int(meta["vocab_size"]):
         raise ValueError(f"model vocab {model.config.vocab_size} < shards' vocab {meta['vocab_size']}")
     optimizer = build_optimizer(cfg, model)
@@ -407,7 +443,7 @@ def _train(cfg: TrainConfig, resume: bool, show_progress: bool, overwrite: bool)
         # The loss is a mean over the whole optimizer step's masked tokens (and LM predictions) on
         # all ranks: each rank's sum is divided by the global count, times `world` because DDP,
         # FSDP and DeepSpeed average gradients over ranks.
-        local = [(int((b["labels"] != -100).sum()), lm_predicted(b["lm_targets"], b["document_ids"]) if use_lm else 0)
+        local = [(int((b["labels"] != IGNORE_INDEX).sum()), lm_predicted(b["lm_targets"], b["document_ids"]) if use_lm else 0)
                  for b in micro_batches]
         counts = accelerator.reduce(torch.tensor([sum(c[0] for c in local), sum(c[1] for c in local)],
                                                  dtype=torch.float64, device=device), reduction="sum")
@@ -419,14 +455,14 @@ def _train(cfg: TrainConfig, resume: bool, show_progress: bool, overwrite: bool)
                 ctx = accelerator.accumulate(model)
             else:
                 ctx = contextlib.nullcontext() if micro == accum - 1 else accelerator.no_sync(model)
-            original = torch.where(batch["labels"] != -100, batch["labels"], batch["input_ids"])
+            original = torch.where(batch["labels"] != IGNORE_INDEX, batch["labels"], batch["input_ids"])
             with ctx:
                 output = model(
                     input_ids=batch["input_ids"], labels=batch["labels"], token_type_ids=batch["token_type_ids"],
                     document_ids=batch["document_ids"], kind=batch["kind"],
                     lm_input_ids=original if use_lm else None,
                     lm_prefix_lengths=batch["lm_prefix_lengths"] if use_lm else None,
-                    lm_labels=torch.where(batch["lm_targets"].bool(), original, -100) if use_lm else None,
+                    lm_labels=torch.where(batch["lm_targets"].bool(), original, IGNORE_INDEX) if use_lm else None,
                     lm_weight=cfg.lm_weight,
                 )
                 mlm_sum = output.mlm_loss * masked
@@ -468,7 +504,7 @@ def _train(cfg: TrainConfig, resume: bool, show_progress: bool, overwrite: bool)
                 "lm_loss": sums["lm_sum"] / max(sums["lm_predicted"], 1),
                 "mlm_accuracy": sums["correct"] / max(sums["masked"], 1),
                 "lr": scheduler.get_last_lr()[0], "tokens_per_s": sums["tokens"] / elapsed,
-                "kind_loss": {KIND_NAMES[k] if k < len(KIND_NAMES) else str(k): kind_sum[k] / kind_count[k]
+                "kind_loss": {EXAMPLE_KINDS[k] if k < len(EXAMPLE_KINDS) else str(k): kind_sum[k] / kind_count[k]
                               for k in range(num_kinds) if kind_count[k]},
                 "elapsed_s": now - t_start,
             }
@@ -491,7 +527,7 @@ def _train(cfg: TrainConfig, resume: bool, show_progress: bool, overwrite: bool)
     if cfg.save_final:
         full_state = accelerator.get_state_dict(model)  # gathers FSDP / ZeRO-3 shards: every rank calls it
         if accelerator.is_main_process:
-            summary["model_dir"] = str(save_final(accelerator.unwrap_model(model), out / "model", meta, full_state))
+            summary["model_dir"] = str(save_final(accelerator.unwrap_model(model), out / "model", tokenizer, full_state))
     accelerator.wait_for_everyone()
     run_log.log(summary)
     run_log.finish()
@@ -502,38 +538,22 @@ def _is_main_env() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def save_final(model, target: Path, meta: dict, state_dict: dict | None = None) -> Path:
-    """save_pretrained into a temporary directory, add the shards' tokenizer, then rename into place.
+def save_final(model, target: Path, tokenizer, state_dict: dict | None = None) -> Path:
+    """The model with its tokenizer, written aside and swapped into place (model/checkpoint.py).
     `state_dict`: the full weights where the model's own are sharded (FSDP, ZeRO-3), kept in float32."""
+    from wenzhi.model.checkpoint import save_model_folder
+
     model = getattr(model, "_orig_mod", model)
-    tmp = target.with_name(target.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
     if state_dict is not None:
         state_dict = {k.removeprefix("_orig_mod."): v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
-    model.save_pretrained(tmp, state_dict=state_dict)
-    tokenizer_name = meta.get("tokenizer")
-    if tokenizer_name:
-        from wenzhi.model.devdata import bert_chinese_tokenizer
-
-        try:
-            bert_chinese_tokenizer(tokenizer_name).save_pretrained(tmp)
-            # load_tokenizer(model_dir) reads vocab.txt, which a fast tokenizer does not always write
-            source = Path(tokenizer_name)
-            source = source / "vocab.txt" if source.is_dir() else source
-            if not (tmp / "vocab.txt").exists() and source.is_file():
-                shutil.copyfile(source, tmp / "vocab.txt")
-        except (OSError, ValueError) as exc:  # the model is still worth keeping; say what is missing
-            print(f"warning: could not save the shards' tokenizer {tokenizer_name!r} with the model: {exc}")
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
-    return target
+    return save_model_folder(model, target, tokenizer, state_dict=state_dict)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="training config, JSON or YAML (see model/configs/)")
+    parser.add_argument("--config", required=True, help="training config, JSON or YAML, or a shipped one by name (tiny, small, base)")
     parser.add_argument("--output-dir", help="override the config's output_dir")
+    parser.add_argument("--init", metavar="CHECKPOINT",
+                        help="start from a wenzhi checkpoint or a Hugging Face BERT/ERNIE folder (sets init_from)")
     parser.add_argument("--no-resume", action="store_true",
                         help="start a fresh run; refused where output_dir holds an earlier run, unless --overwrite")
     parser.add_argument("--overwrite", action="store_true",
@@ -546,10 +566,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from wenzhi.model.checkpoint import CheckpointError
     from wenzhi.model.distributed import LaunchError
+    from wenzhi.model.pretrained import InitError
 
     overrides = list(args.set)
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
+    if args.init:
+        overrides.append(f"init_from={args.init}")
     try:
         cfg = load_config(args.config, overrides)
     except (ValueError, FileNotFoundError) as exc:
@@ -560,7 +583,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     try:
         summary = train(cfg, resume=not args.no_resume, show_progress=not args.no_progress, overwrite=args.overwrite)
-    except (OutputDirInUse, LaunchError, CheckpointError) as exc:
+    except (OutputDirInUse, LaunchError, CheckpointError, InitError) as exc:
         print(f"error: {exc}")
         return 2
     print(json.dumps(summary, ensure_ascii=False))

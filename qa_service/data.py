@@ -9,48 +9,14 @@
 """
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+
+from wenzhi.kg.questions import QAExample  # noqa: F401  the one KBQA-question reader (kg/questions.py)
+from wenzhi.kg.questions import read_questions as read_qa  # noqa: F401
+from wenzhi.model.conventions import IGNORE_INDEX
 
 TAGS = ("O", "B", "I")  # BIO over the topic-entity mention
-
-
-@dataclass(frozen=True)
-class QAExample:
-    id: str
-    question: str
-    head: str
-    relation: str
-    tail: str
-
-    @property
-    def answer(self) -> str:
-        return f"{self.head} ||| {self.relation} ||| {self.tail}"
-
-
-def read_qa(path: str | Path, limit: int | None = None, skip: int = 0) -> list[QAExample]:
-    """JSON lines {"id", "question", "answer": "head ||| relation ||| tail"}; bad lines raise with
-    their line number (evaluation data must not be silently shortened)."""
-    out: list[QAExample] = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            if skip > 0:
-                skip -= 1
-                continue
-            try:
-                row = json.loads(line)
-                head, relation, tail = (p.strip() for p in row["answer"].split("|||", 2))
-                out.append(QAExample(str(row.get("id", lineno)), row["question"], head, relation, tail))
-            except (ValueError, KeyError) as exc:
-                raise ValueError(f"{path}:{lineno}: not a KBQA question line ({exc})") from exc
-            if limit is not None and len(out) >= limit:
-                break
-    return out
 
 
 def holdout_split(examples: Sequence[QAExample], fraction: float, seed: int = 0):
@@ -121,7 +87,7 @@ def ner_features(tokenizer, items: Sequence[tuple[str, tuple[int, int] | None]],
         first = True
         for (start, end), tid in zip(offsets, ids):
             if tid in (tokenizer.cls_token_id, tokenizer.sep_token_id) or start == end:
-                row.append(-100)
+                row.append(IGNORE_INDEX)
             elif span is not None and start < span[1] and end > span[0]:
                 row.append(1 if first else 2)
                 first = False

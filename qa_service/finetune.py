@@ -16,6 +16,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from wenzhi.model.conventions import IGNORE_INDEX
 from wenzhi.qa_service.heads import load_tokenizer_for, pad_rows, resolve_checkpoint, save_vocab
 
 log = logging.getLogger(__name__)
@@ -77,12 +78,17 @@ def _model(cfg: FinetuneConfig, tokenizer, cls, **extra):
 
     if cfg.nlu_layers is not None:
         extra["num_nlu_layers"] = cfg.nlu_layers
-    if cfg.init is not None:  # a head of another task (e.g. NER from SIM) loads all but the classifier
-        path = resolve_checkpoint(cfg.init)
-        config = WenzhiConfig.from_pretrained(path)
-        for key, value in extra.items():  # also keys the config class does not declare (copy_source)
-            setattr(config, key, value)
-        return cls.from_pretrained(path, config=config, ignore_mismatched_sizes=True)
+    if cfg.init is not None:  # a wenzhi checkpoint (e.g. NER from SIM: all but the classifier) or a BERT/ERNIE folder
+        from wenzhi.model.pretrained import load_for_init
+
+        vocabulary = [t for t, _ in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])]
+        model, _ = load_for_init(cls, cfg.init, vocabulary=vocabulary, vocabulary_source="the task's tokenizer", **extra)
+        if extra.get("pair_interaction") == "late" and not model.config.position_independent_segments:
+            raise ValueError(f"{cfg.init}: a late-interaction SIM head caches relation states, which needs rotary "
+                             "positions and pre-LN blocks; this checkpoint is BERT-style: use --interaction full")
+        for key, value in extra.items():  # keys the config class does not declare (the GEN's copy_source)
+            setattr(model.config, key, value)
+        return model
     config = WenzhiConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                           cls_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id,
                           mask_token_id=tokenizer.mask_token_id, **SIZES[cfg.size], **extra)
@@ -156,7 +162,7 @@ def _ner_task(cfg: FinetuneConfig, tokenizer, examples, store, report: dict):
 
     def step(idx):
         ids = pad_rows([feats["input_ids"][i] for i in idx], pad)
-        labels = pad_rows([feats["labels"][i] for i in idx], -100)
+        labels = pad_rows([feats["labels"][i] for i in idx], IGNORE_INDEX)
         return model(ids, attention_mask=(ids != pad).long(), labels=labels).loss
 
     return model, len(items), step
@@ -243,7 +249,7 @@ def _gen_task(cfg: FinetuneConfig, tokenizer, examples, store, report: dict):
 
     def step(idx):
         ids = pad_rows([prefixes[i] + targets[i] for i in idx], pad)
-        labels = pad_rows([[-100] * len(prefixes[i]) + targets[i] for i in idx], -100)
+        labels = pad_rows([[IGNORE_INDEX] * len(prefixes[i]) + targets[i] for i in idx], IGNORE_INDEX)
         prefix_lengths = torch.as_tensor([len(prefixes[i]) for i in idx])
         return model(ids, prefix_lengths, attention_mask=(ids != pad).long(), labels=labels).loss
 
@@ -269,28 +275,21 @@ def finetune(cfg: FinetuneConfig) -> dict:
     report: dict = {"task": cfg.task, "questions": len(examples)}
     model, n_items, step = TASK_SETUP[cfg.task](cfg, tokenizer, examples, store, report)
     report.update(_train(cfg, model, n_items, step))
-    out = Path(cfg.out) / cfg.task
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        import shutil
+    from wenzhi.model.tokenizer import save_tokenizer
+    from wenzhi.retrieval.atomic import atomic_directory
 
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    save_vocab(tokenizer, tmp)
-    save_vocab(tokenizer, Path(cfg.out))
-    report["train_seconds"] = round(time.time() - started, 1)
-    report["config"] = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()
-                        if k not in ("questions",)} | {"questions": [str(q) for q in cfg.questions]}
-    (tmp / "finetune.json").write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
-    if cfg.task == "gen":  # the trie is the GEN head's vocabulary of answers: build it with it
-        from wenzhi.qa_service.trie import ensure_trie
+    with atomic_directory(Path(cfg.out) / cfg.task) as tmp:  # an interrupted run keeps the previous head
+        model.save_pretrained(tmp)
+        save_tokenizer(tokenizer, tmp, model.config.max_position_embeddings)
+        save_vocab(tokenizer, Path(cfg.out))
+        report["train_seconds"] = round(time.time() - started, 1)
+        report["config"] = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()
+                            if k not in ("questions",)} | {"questions": [str(q) for q in cfg.questions]}
+        (tmp / "finetune.json").write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
+        if cfg.task == "gen":  # the trie is the GEN head's vocabulary of answers: build it with it
+            from wenzhi.qa_service.trie import ensure_trie
 
-        report["trie"] = ensure_trie(tmp, store, tokenizer, cfg.target_layout).meta
+            report["trie"] = ensure_trie(tmp, store, tokenizer, cfg.target_layout).meta
     store.close()
-    if out.exists():
-        import shutil
-
-        shutil.rmtree(out)
-    tmp.rename(out)
     log.info("finetune %s: %s", cfg.task, json.dumps({k: v for k, v in report.items() if k != "config"}, ensure_ascii=False))
     return report

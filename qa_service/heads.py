@@ -18,13 +18,11 @@ def resolve_checkpoint(path: Path) -> Path:
 
 
 def load_tokenizer_for(path: Path | None):
+    """The checkpoint's own tokenizer (model/pretrained.py); the BERT Chinese vocabulary without one."""
+    from wenzhi.model.pretrained import checkpoint_tokenizer
     from wenzhi.model.tokenizer import load_tokenizer
 
-    if path is not None:
-        for cand in (Path(path) / "vocab.txt", Path(path).parent / "vocab.txt"):
-            if cand.exists():
-                return load_tokenizer(cand)
-    return load_tokenizer(None)
+    return checkpoint_tokenizer(path) if path is not None else load_tokenizer(None)
 
 
 def save_vocab(tokenizer, out: Path) -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from wenzhi.model.modeling import AttentionLayout, UniversalOutput, rotary_tables
+from wenzhi.model.modeling import AttentionLayout, UniversalOutput
 from wenzhi.qa_service.heads import pad_rows
 
 QUESTION_TYPE, RELATION_TYPE = 0, 1
@@ -179,8 +179,7 @@ def encode_questions_packed(model, question_ids: Sequence[Sequence[int]], pad_id
     padded_docs = torch.where(torch.arange(padded_ids.shape[1]) < torch.as_tensor(lengths)[:, None], 0, -1)
     padded_pos = torch.arange(padded_ids.shape[1]).expand_as(padded_ids)
     hidden = packed.unpack(out.hidden_states, lengths)
-    head_dim = base.config.hidden_size // base.config.num_attention_heads
-    rotary = rotary_tables(padded_pos, head_dim, base.config.rope_theta, hidden.dtype)
+    rotary = base.rotary(padded_pos, hidden.dtype)
     universal = UniversalOutput(hidden_states=hidden, layout=layout_for(padded_docs, padded_pos), rotary=rotary)
     return QuestionEncoding(universal, None, padded_ids, padded_docs, lengths, packed)
 
@@ -216,16 +215,14 @@ def extend_with_relations(model, enc: QuestionEncoding, segments: Sequence[Seque
     base = model.wenzhi
     caches = [dict(c) for c in enc.caches]  # the cat inside attention makes new tensors: copies stay clean
     layout = layout_for(r_docs, r_pos, key_docs)
-    x = base.embeddings(r_ids, torch.full_like(r_ids, RELATION_TYPE))
-    head_dim = base.config.hidden_size // base.config.num_attention_heads
-    cos, sin = rotary_tables(r_pos, head_dim, base.config.rope_theta, x.dtype)
+    x = base.embeddings(r_ids, torch.full_like(r_ids, RELATION_TYPE), r_pos)
+    cos, sin = base.rotary(r_pos, x.dtype)
     for block, cache in zip(base.universal_layers, caches):
         x = block(x, cos, sin, layout.mask, cache)
     hidden = torch.cat([enc.universal.hidden_states, x], dim=1)
     positions = torch.cat([enc.universal.layout.positions, r_pos], dim=1)
     full = layout_for(key_docs, positions)
-    full_cos, full_sin = rotary_tables(positions, head_dim, base.config.rope_theta, hidden.dtype)
-    return UniversalOutput(hidden_states=hidden, layout=full, rotary=(full_cos, full_sin)), starts
+    return UniversalOutput(hidden_states=hidden, layout=full, rotary=base.rotary(positions, hidden.dtype)), starts
 
 
 SEGMENT_WIDTHS = (4, 6, 8, 12)  # `[CLS] relation [SEP]` lengths; most relation names are 2-6 characters
@@ -252,10 +249,9 @@ def segment_rows(model, q_len: torch.Tensor, seg_len: torch.Tensor, q_width: int
     attending to its question's cached keys (first `q_len` of `q_width`) and to itself: every query
     (padding too, so no row of the mask is empty) sees the question and the segment; positions
     continue after the question, as in a `[CLS] q [SEP] r [SEP]` pair."""
-    config = model.wenzhi.config
     positions = q_len[:, None] + torch.arange(width)
     visible = torch.cat([torch.arange(q_width) < q_len[:, None], torch.arange(width) < seg_len[:, None]], 1)
-    cos, sin = rotary_tables(positions, config.hidden_size // config.num_attention_heads, config.rope_theta, dtype)
+    cos, sin = model.wenzhi.rotary(positions, dtype)
     return visible[:, None, None, :], cos, sin
 
 
@@ -293,7 +289,8 @@ def score_relations(model, enc: QuestionEncoding, segments: Sequence[Sequence[Se
         ids = pad_rows([flat[i] for i in rows], pad_id)  # [n, width]
         mask, cos, sin = segment_rows(model, q_len_all[owner], torch.as_tensor([lengths[i] for i in rows]),
                                       enc.input_ids.shape[1], ids.shape[1], enc.universal.hidden_states.dtype)
-        x = base.embeddings(ids, torch.full_like(ids, RELATION_TYPE))
+        positions = q_len_all[owner][:, None] + torch.arange(ids.shape[1])  # as in segment_rows
+        x = base.embeddings(ids, torch.full_like(ids, RELATION_TYPE), positions)
         for block, cache in zip([*base.universal_layers, *base.nlu_layers], [*enc.caches, *nlu_caches]):
             x = block(x, cos, sin, mask, {"k": cache["k"].index_select(0, owner), "v": cache["v"].index_select(0, owner)})
         pooled = torch.tanh(model.pooler(base.nlu_norm(x[:, 0])))

@@ -31,6 +31,9 @@ def relation_scorer(model, tokenizer) -> "RelationStates | RelationSummaries | R
 
     if isinstance(model, WenzhiForRelationMatching):
         return RelationMatchTable(model, tokenizer)
+    if not model.config.position_independent_segments:
+        raise ValueError("cached relation states need rotary positions and pre-LN blocks (a segment's states must not "
+                         "depend on where it sits); this SIM head is BERT-style: fine-tune it with --interaction full")
     one_layer = len(model.wenzhi.nlu_layers) == 1
     return (RelationSummaries if one_layer else RelationStates)(model, tokenizer)
 

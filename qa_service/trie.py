@@ -24,14 +24,14 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+
+from wenzhi.retrieval.atomic import atomic_directory
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class KBTrie:
     @classmethod
     def build(cls, pairs: Iterable[tuple[int, str, str]], tokenizer, out: str | os.PathLike,
               batch_size: int = 4096, progress: bool = False, layout: str = "head-relation") -> dict:
-        """Write a trie for (head_id, head, relation) pairs in `layout`; atomic (temp dir then rename)."""
+        """Write a trie for (head_id, head, relation) pairs in `layout`; atomic (retrieval/atomic.py)."""
         out = Path(out)
         width = ">u2" if len(tokenizer) < 2**16 else ">u4"
         relation_index: dict[str, int] = {}
@@ -169,29 +169,25 @@ class KBTrie:
         np.cumsum(lengths, out=offsets[1:])
         flat = np.frombuffer(b"".join(keys[i] for i in order), dtype=width).astype(width[1:])
         del keys
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
-        np.save(tmp / "tokens.npy", flat)
-        np.save(tmp / "offsets.npy", offsets)
-        np.save(tmp / "head_ids.npy", np.asarray(head_ids, dtype=np.int64)[order])
-        np.save(tmp / "relation_ids.npy", np.asarray(rel_ids, dtype=np.int32)[order])
-        relations = sorted(relation_index, key=relation_index.get)
-        (tmp / "relations.json").write_text(json.dumps(relations, ensure_ascii=False), encoding="utf-8")
-        summary = {
-            "format": FORMAT,
-            "layout": layout,
-            "num_sequences": int(len(order)),
-            "num_tokens": int(len(flat)),
-            "skipped_too_long": skipped_long,
-            "sep_id": int(tokenizer.sep_token_id),
-            "tokenizer": tokenizer_fingerprint(tokenizer),
-            "bytes": 0,
-        }
-        summary["bytes"] = int(sum(f.stat().st_size for f in tmp.iterdir()))
-        (tmp / "meta.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        with atomic_directory(out) as tmp:  # an interrupted build leaves the previous trie
+            np.save(tmp / "tokens.npy", flat)
+            np.save(tmp / "offsets.npy", offsets)
+            np.save(tmp / "head_ids.npy", np.asarray(head_ids, dtype=np.int64)[order])
+            np.save(tmp / "relation_ids.npy", np.asarray(rel_ids, dtype=np.int32)[order])
+            relations = sorted(relation_index, key=relation_index.get)
+            (tmp / "relations.json").write_text(json.dumps(relations, ensure_ascii=False), encoding="utf-8")
+            summary = {
+                "format": FORMAT,
+                "layout": layout,
+                "num_sequences": int(len(order)),
+                "num_tokens": int(len(flat)),
+                "skipped_too_long": skipped_long,
+                "sep_id": int(tokenizer.sep_token_id),
+                "tokenizer": tokenizer_fingerprint(tokenizer),
+                "bytes": 0,
+            }
+            summary["bytes"] = int(sum(f.stat().st_size for f in tmp.iterdir()))
+            (tmp / "meta.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
         return summary
 
     @classmethod

@@ -42,27 +42,24 @@ def model_fingerprint(model_dir: str | Path) -> str:
 def _load_tokenizer(model_dir: Path):
     from transformers import AutoTokenizer
 
-    if any((model_dir / f).exists() for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")):
-        return AutoTokenizer.from_pretrained(model_dir)
-    # The project's own checkpoints may be saved without a tokenizer: use the project default.
-    from wenzhi.model.tokenizer import load_tokenizer
-
-    return load_tokenizer(None)
+    if not any((model_dir / f).exists() for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")):
+        raise FileNotFoundError(f"{model_dir} holds no tokenizer (tokenizer.json, vocab.txt): an encoder folder "
+                                "must carry the tokenizer it was trained with (every folder wenzhi saves does)")
+    return AutoTokenizer.from_pretrained(model_dir)
 
 
 class TransformersEncoder:
-    """Mean-pooled last hidden states of a `transformers` model directory, L2-normalised."""
+    """Mean-pooled last hidden states of a `transformers` model directory, L2-normalised.
+
+    Loaded through transformers' Auto classes only (this layer sits below wenzhi.model): a wenzhi
+    checkpoint loads because `import wenzhi` registers its classes with them (model/hub.py)."""
 
     def __init__(self, model_dir: str | Path, max_length: int = 128, batch_size: int = 64, device: str | None = None):
         import torch
-        from transformers import AutoConfig, AutoModel
+        from transformers import AutoModel
 
         self.model_dir = Path(model_dir)
         self.fingerprint = model_fingerprint(self.model_dir)
-        config = AutoConfig.from_pretrained(self.model_dir) if (self.model_dir / "config.json").exists() else None
-        if config is not None and getattr(config, "model_type", "") == "wenzhi":
-            import wenzhi.model.modeling  # noqa: F401  registers the project's model with AutoModel
-
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model = AutoModel.from_pretrained(self.model_dir).to(self.device).eval()
         self.tokenizer = _load_tokenizer(self.model_dir)
@@ -79,9 +76,7 @@ class TransformersEncoder:
                 batch = [t or " " for t in texts[start : start + self.batch_size]]
                 enc = self.tokenizer(batch, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
                 enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-                output = self.model(**enc)
-                # transformers models return an output object; the project's WenzhiModel the tensor.
-                hidden = output if isinstance(output, torch.Tensor) else output[0]
+                hidden = self.model(**enc).last_hidden_state
                 mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
                 pooled = torch.nn.functional.normalize(pooled.float(), dim=-1)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from wenzhi.kg.datadir import data_dir as _configured_data_dir
-from wenzhi.kg.linking_eval import read_questions
+from wenzhi.kg.questions import QAExample, read_questions
 
 
 def pytest_collection_modifyitems(config, items):
@@ -41,7 +41,7 @@ def data_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def kgclue_dev(data_dir) -> list[dict]:
+def kgclue_dev(data_dir) -> list[QAExample]:
     return read_questions(data_dir / "kgclue" / "dev.json")
 
 
@@ -56,7 +56,7 @@ def kb_slice_path(data_dir, tmp_path_factory) -> Path:
     heads: set[str] = set()
     for rel, n in (("kgclue/dev.json", 300), ("kgclue/train.json", 300), ("nlpcc2016/train.json", 200)):
         for q in read_questions(data_dir / rel, n):
-            heads.add(q["answer"].split("|||")[0].strip())
+            heads.add(q.head)
     bases = {parse_name(h)[0] for h in heads}
     out = tmp_path_factory.mktemp("kb") / "knowledge_slice.txt"
     with open(data_dir / "kb" / "knowledge.txt", encoding="utf-8") as src, open(out, "w", encoding="utf-8") as dst:

@@ -8,7 +8,8 @@ import pytest
 
 from wenzhi.kg import AliasIndex, EntityLinker, TripleStore, normalize, parse_name
 from wenzhi.kg.linker import LinkerConfig
-from wenzhi.kg.linking_eval import evaluate_linking, read_questions
+from wenzhi.kg.linking_eval import evaluate_linking
+from wenzhi.kg.questions import read_questions
 
 
 @pytest.fixture(scope="module")

@@ -111,7 +111,7 @@ def test_nlpcc_and_csv_formats_agree_with_tsv(tmp_path, kb_slice_path):
 def test_homonyms_and_lookups(kb_store, kgclue_dev):
     # a gold head with a disambiguation whose base name is shared by other entities
     for q in kgclue_dev[:300]:
-        head, relation, tail = [p.strip() for p in q["answer"].split("|||")]
+        head, relation, tail = q.triple
         base, dis = parse_name(head)
         homonyms = kb_store.entities_by_base(base)
         if dis and len(homonyms) >= 2:
@@ -163,3 +163,35 @@ def test_store_is_read_only_and_missing_store_is_clear(kb_store, tmp_path):
         kb_store._conn.execute("DELETE FROM triples")
     with pytest.raises(FileNotFoundError, match="wenzhi kg import"):
         TripleStore(tmp_path / "nope.sqlite")
+
+
+def test_folding_table_is_translate_then_lower():
+    """`_fold` maps text through a code point table; `_fold_slow` is its definition
+    (str.translate, then str.lower, one character per character)."""
+    from wenzhi.kg import names
+
+    every = "".join(chr(c) for c in range(0x110000) if not 0xD800 <= c < 0xE000)
+    pieces = [every[i : i + 4096] for i in range(0, len(every), 4096)]
+    pieces += ["ΑΣ ΟΔΟΣ", "İstanbul ΣΑΣ", "\ud800x", "Ｈｅｌｌｏ　Ｗｏｒｌｄ", "龍 編 站的坐標是什麼" * 8]
+    for text in pieces:
+        assert names._fold(text) == names._fold_slow(text), text[:20]
+    batch = names.normalize_many(pieces)
+    assert [n for n, _ in batch] == [names.normalize(t) for t in pieces]
+    spaced = "我很好奇　龍 編 站的坐標是什麼啊？" * 4
+    (norm, offmap), = names.normalize_many([spaced])
+    assert norm == names.normalize(spaced) and [offmap[i] for i in range(len(norm))] == [
+        i for i, c in enumerate(spaced) if not c.isspace()]
+
+
+def test_batched_reads_match_one_by_one(kb_store):
+    ids = [e.id for e in kb_store.iter_entities()][::7] + [10**9]
+    busiest = max(kb_store.iter_entities(), key=lambda e: e.n_triples)
+    ids.append(busiest.id)
+    entities = kb_store.entities(ids)
+    assert 10**9 not in entities and len(entities) == len(ids) - 1
+    assert all(entities[i] == kb_store.entity(i) for i in entities)
+    limit = max(2, busiest.n_triples // 2)  # the cut keeps the first triples, in triples()'s order
+    rows = kb_store.relations_and_tails(ids, limit)
+    for i in entities:
+        assert rows.get(i, []) == [(t.relation, t.tail) for t in kb_store.triples(i)[:limit]]
+    assert len(rows[busiest.id]) == limit

@@ -12,6 +12,7 @@ import opencc
 import pytest
 
 from wenzhi.kg import EntityLinker
+from wenzhi.kg import entity_features
 from wenzhi.kg import linker as linker_module
 from wenzhi.kg.names import normalize, normalize_with_offsets
 
@@ -20,7 +21,7 @@ N_QUESTIONS = 200
 
 @pytest.fixture(scope="module")
 def questions(kgclue_dev, kb_store) -> list[str]:
-    qs = [q["question"] for q in kgclue_dev[:N_QUESTIONS]]
+    qs = [q.question for q in kgclue_dev[:N_QUESTIONS]]
     # traditional script and spaced variants: offsets must map back through the dropped spaces
     s2t = opencc.OpenCC("s2t")
     spaced = [" ".join(q[i : i + 3] for i in range(0, len(q), 3)) for q in qs[:20]]
@@ -105,20 +106,20 @@ def assert_same_ranking(got, want, text):
         assert abs(score - ref) <= 1e-9, text
 
 
-@pytest.mark.parametrize("index_min_groups", [linker_module._INDEX_MIN_GROUPS, 0])
+@pytest.mark.parametrize("index_min_groups", [entity_features.INDEX_MIN_GROUPS, 0])
 def test_rank_matches_reference(kb_store, questions, monkeypatch, index_min_groups):
     # 0: every entity's relations and tails go through the inverted index, the path taken by
     # entities with many relations (rare in the slice, common in the full KgCLUE KB)
-    monkeypatch.setattr(linker_module, "_INDEX_MIN_GROUPS", index_min_groups)
+    monkeypatch.setattr(entity_features, "INDEX_MIN_GROUPS", index_min_groups)
     linker = EntityLinker(kb_store)
     for _ in range(2):  # cold caches, then warm ones
         for q in questions:
             assert_same_ranking(ranked(linker, q), reference_rank(linker, q, 8), q)
 
 
-@pytest.mark.parametrize("index_min_groups", [linker_module._INDEX_MIN_GROUPS, 0])
+@pytest.mark.parametrize("index_min_groups", [entity_features.INDEX_MIN_GROUPS, 0])
 def test_context_features_match_their_definitions(kb_store, questions, monkeypatch, index_min_groups):
-    monkeypatch.setattr(linker_module, "_INDEX_MIN_GROUPS", index_min_groups)
+    monkeypatch.setattr(entity_features, "INDEX_MIN_GROUPS", index_min_groups)
     linker = EntityLinker(kb_store)
     window, n = linker.config.context_window, 0
     for q in questions:
@@ -152,7 +153,7 @@ def test_scores_match_feature_rows(kb_store, questions):
 def test_slice_exercises_every_context_feature(kb_store, questions):
     """The checks above mean something only if the questions reach every context feature."""
     linker = EntityLinker(kb_store)
-    nonzero = [0] * linker_module._N_CONTEXT_FEATURES
+    nonzero = [0] * entity_features.N_CONTEXT_FEATURES
     for q in questions:
         for _, vec in linker.feature_rows(q):
             for j in range(len(nonzero)):
@@ -184,3 +185,24 @@ def test_link_spans_match_reference(kb_store, questions):
         # and rank again after link: the same as the first time
         assert ranked(shared, q) == [(e.id, s, m.start, m.end) for e, s, m in top]
     assert ambiguous >= 5
+
+
+def _mentions(found) -> list:
+    return [(m.text, m.start, m.end, m.entity and m.entity.id, m.score, [(e.id, p) for e, p in m.candidates])
+            for m in found]
+
+
+def test_link_many_is_link_text_by_text(kb_store, questions, data_dir):
+    """A batch is linked as its texts are one by one: same mentions, offsets, posteriors,
+    whatever the batch size and the caches' state (cold, warm, mixed)."""
+    with open(data_dir / "corpus" / "reviews_pos.txt", encoding="utf-8") as fh:
+        reviews = [next(fh).strip() for _ in range(300)]
+    texts = questions + reviews + ["", "   ", "刘晓华", "\ud800刘晓华 主讲课程"]
+    one_by_one = EntityLinker(kb_store)
+    want = [_mentions(one_by_one.link(t)) for t in texts]
+    for size in (1, 7, 64, len(texts)):
+        batched = EntityLinker(kb_store)
+        for _ in range(2):  # cold caches, then warm ones
+            got = [_mentions(ms) for i in range(0, len(texts), size) for ms in batched.link_many(texts[i : i + size])]
+            assert got == want, size
+    assert sum(map(len, want)) > 300 and sum(len(m[5]) > 1 for ms in want for m in ms) > 20

@@ -10,7 +10,7 @@ def test_entity_spans_masked_whole_and_aligned(tokenizer, linker, kgclue_dev):
     masker = EntityMasker(linker)
     masked_entities = latin = 0
     for seed, q in enumerate(kgclue_dev[:200]):
-        ex = encode_example(tokenizer, q["question"])
+        ex = encode_example(tokenizer, q.question)
         rng = np.random.default_rng(seed)
         spans = masker.select_spans(ex, rng, mask_budget(ex.num_maskable, 0.3))
         ids, labels = apply_masks(ex.input_ids, spans, rng, tokenizer, ex.special_mask)
@@ -20,11 +20,11 @@ def test_entity_spans_masked_whole_and_aligned(tokenizer, linker, kgclue_dev):
             s, e = span
             a, b = ex.offsets[s][0], ex.offsets[e - 1][1]
             inside = [m for m in ex.entity_spans if a <= m[0] and m[1] <= b]
-            assert inside, (q["question"], q["question"][a:b])
+            assert inside, (q.question, q.question[a:b])
             # token boundaries snap to the mention: no token outside it is taken
             assert a == min(m[0] for m in inside) and b == max(m[1] for m in inside)
             masked_entities += 1
-            latin += any(c.isascii() and c.isalpha() for c in q["question"][a:b])
+            latin += any(c.isascii() and c.isalpha() for c in q.question[a:b])
         for ms, me in ex.entity_spans:  # each mention labelled entirely or not at all
             toks = [i for i, (s, e) in enumerate(ex.offsets) if s < me and e > ms and not ex.special_mask[i]]
             assert len({labels[t] != -100 for t in toks}) == 1

@@ -6,7 +6,7 @@ import pytest
 
 from wenzhi.model.corpora import read_agrikg
 from wenzhi.model.prepare import PrepareConfig, prepare
-from wenzhi.model.probe import add_candidates, evaluate, items_from_pairs, load_model, select
+from wenzhi.model.probe import add_candidates, evaluate, items_from_pairs, load_model
 
 N_PAIRS = 40
 

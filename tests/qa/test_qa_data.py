@@ -1,14 +1,10 @@
 """Fine-tuning data derived from real KgCLUE questions and the KB slice."""
-from wenzhi.qa_service.data import (QAExample, holdout_split, homonym_relations, ner_examples, ner_features, read_qa,
+from wenzhi.qa_service.data import (holdout_split, homonym_relations, ner_examples, ner_features, read_qa,
                                     sim_groups)
 
 
 def _examples(kgclue_dev, n):
-    out = []
-    for row in kgclue_dev[:n]:
-        head, rel, tail = (p.strip() for p in row["answer"].split("|||", 2))
-        out.append(QAExample(str(row["id"]), row["question"], head, rel, tail))
-    return out
+    return kgclue_dev[:n]  # the KBQA reader (kg/questions.py) already gives QAExample
 
 
 def test_ner_spans_cover_nearly_all_questions_and_match_the_head(kgclue_dev, kb_store):

@@ -14,7 +14,8 @@ from wenzhi.qa_service.metric import kgclue_scores
 @pytest.fixture(scope="module")
 def dev_file(kgclue_dev, tmp_path_factory):
     path = tmp_path_factory.mktemp("dev") / "dev.json"
-    path.write_text("".join(json.dumps(q, ensure_ascii=False) + "\n" for q in kgclue_dev[:60]), encoding="utf-8")
+    path.write_text("".join(json.dumps({"id": q.id, "question": q.question, "answer": q.answer}, ensure_ascii=False)
+                            + "\n" for q in kgclue_dev[:60]), encoding="utf-8")
     return path
 
 
@@ -33,7 +34,7 @@ def test_heads_share_one_universal_module(pipeline):
 
 
 def test_answers_are_kb_triples_with_evidence(pipeline, kgclue_dev, kb_store):
-    questions = [q["question"] for q in kgclue_dev[:8]]
+    questions = [q.question for q in kgclue_dev[:8]]
     answers = pipeline.answer_batch(questions, top_k=3)
     assert len(answers) == 8
     right = 0
@@ -44,8 +45,8 @@ def test_answers_are_kb_triples_with_evidence(pipeline, kgclue_dev, kb_store):
         assert entity is not None and any(t.tail == tail for t in kb_store.triples(entity.id, rel))
         assert a.mention is None or a.question[a.mention["start"]:a.mention["end"]] == a.mention["text"]
         assert len(a.candidates) <= 3
-        right += a.answer == q["answer"]
-        for (head_id, rel2) in pipeline._gen([pipeline.tokenizer(q["question"])["input_ids"]])[0]:
+        right += a.answer == q.answer
+        for (head_id, rel2) in pipeline._gen([pipeline.tokenizer(q.question)["input_ids"]])[0]:
             assert kb_store.triples(head_id, rel2)  # GEN only ever proposes KB pairs
     assert right >= 5
 
@@ -85,10 +86,10 @@ def client(model_dir, kb_db):
 
 def test_qa_endpoint_contract(client, kgclue_dev):
     q = kgclue_dev[2]  # 我很好奇龙编站的坐标是什么啊？
-    r = client.post("/v1/qa", json={"question": q["question"], "top_k": 2})
+    r = client.post("/v1/qa", json={"question": q.question, "top_k": 2})
     assert r.status_code == 200
     body = r.json()
-    assert body["answer"]["triple"] == dict(zip(("head", "relation", "tail"), (p.strip() for p in q["answer"].split("|||"))))
+    assert body["answer"]["triple"] == dict(zip(("head", "relation", "tail"), q.triple))
     assert body["answer"]["entity"]["name"] == "龙编站"
     assert body["answer"]["mention"] == {"text": "龙编站", "start": 4, "end": 7}
     assert 0 < body["answer"]["confidence"] <= 1 and len(body["answers"]) <= 2
@@ -147,7 +148,7 @@ def test_concurrent_requests_are_batched(client, kgclue_dev):
         except Exception as exc:  # noqa: BLE001
             errors.append(exc)
 
-    threads = [threading.Thread(target=ask, args=(q["question"],)) for q in kgclue_dev[:16]]
+    threads = [threading.Thread(target=ask, args=(q.question,)) for q in kgclue_dev[:16]]
     for t in threads:
         t.start()
     for t in threads:

@@ -15,14 +15,14 @@ AWKWARD_QUERIES = ['title:(foo) AND "bar" *', "a OR b -c +d ~2 ^3 [x TO y] {z} \
 def _entity_docs(kb_store, kgclue_dev, n_gold=40, n_first=1500):
     """Entity documents of the KB slice: the first n_first entities plus the gold heads (and their
     homonyms) of the first n_gold KgCLUE dev questions."""
-    gold = [q["answer"].split("|||")[0].strip() for q in kgclue_dev[:n_gold]]
+    gold = [q.head for q in kgclue_dev[:n_gold]]
     gold_bases = set()
     for name in gold:
         ent = kb_store.entity_by_name(name)
         if ent is not None:
             gold_bases.add(ent.base)
     docs = [d for i, d in enumerate(entity_documents(kb_store)) if i < n_first or d.fields["base"] in gold_bases]
-    return docs, [(q["question"], g) for q, g in zip(kgclue_dev[:n_gold], gold)]
+    return docs, [(q.question, g) for q, g in zip(kgclue_dev[:n_gold], gold)]
 
 
 @pytest.fixture(scope="module")
