@@ -71,11 +71,11 @@ def sim_accuracy(sim_dir: Path, kb: Path, splits) -> dict:
     from wenzhi.model.relation_matching import WenzhiForRelationMatching
 
     from wenzhi.qa_service.data import find_mention, homonym_relations, mention_names, read_qa
-    from wenzhi.qa_service.heads import load_tokenizer_for
+    from wenzhi.qa_service.heads import load_sim_head, load_tokenizer_for
     from wenzhi.qa_service.lexical import lexical_scores
     from wenzhi.qa_service.packing import (encode_questions, packed_batch, relation_segments, sim_logits,
                                            universal_packed)
-    from wenzhi.qa_service.pipeline import load_sim_head, outside_spans
+    from wenzhi.qa_service.pipeline import outside_spans
     from wenzhi.qa_service.relation_states import relation_scorer
 
     store = TripleStore(kb)

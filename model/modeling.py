@@ -369,6 +369,53 @@ class WenzhiModel(WenzhiPreTrainedModel):
             x = block(x, cos, sin, universal_output.layout.mask, caches[offset + i] if caches is not None else None)
         return self.nlg_norm(x)
 
+    # -- inference from cached keys/values: a prefix (a question) encoded once, segments (relation
+    # names) run against it. The serving routes of qa_service compose these; tests/qa/test_qa_packing.py
+    # checks them against one pass over the joined rows.
+    def encode_prefix(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+                      layout: AttentionLayout | None = None) -> tuple[UniversalOutput, list[dict]]:
+        """The universal pass over `input_ids` [B, L] and each universal layer's keys/values, which
+        `extend` lets later tokens attend to without running the prefix again."""
+        caches = [dict() for _ in self.universal_layers]
+        return self.universal(input_ids, token_type_ids, layout=layout, caches=caches), caches
+
+    def extend(self, input_ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, caches: list[dict],
+               token_type_ids: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Universal states [N, L, H] of new tokens `input_ids` [N, L] at `positions`, attending to the
+        cached keys/values of a prefix (row `rows[i]` of each cache for new row i; default row i) and
+        to each other, as `mask` [N, 1, L, cached + L] allows. The caches are left as they were."""
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        x = self.embeddings(input_ids, token_type_ids.long(), positions)
+        cos, sin = self.rotary(positions, x.dtype)
+        for block, cache in zip(self.universal_layers, caches):
+            x = block(x, cos, sin, mask, _cache_rows(cache, rows))
+        return x
+
+    def nlu_prefix_cache(self, universal_output: UniversalOutput) -> list[dict]:
+        """Each NLU layer's keys/values over a prefix's universal states: what segments' NLU layers
+        attend to (`nlu_extend`)."""
+        x = universal_output.hidden_states
+        cos, sin = universal_output.rotary or (None, None)
+        caches = []
+        for block in self.nlu_layers:
+            cache: dict = {}
+            x = block(x, cos, sin, universal_output.layout.mask, cache)
+            caches.append(cache)
+        return caches
+
+    def nlu_extend(self, hidden: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, caches: list[dict],
+                   rows: torch.Tensor | None = None, last_queries: torch.Tensor | None = None) -> torch.Tensor:
+        """NLU states of segment tokens whose universal states are `hidden` [N, L, H], at `positions`,
+        attending to a prefix's cached NLU keys/values (`rows` as in `extend`) and to each other as
+        `mask` allows; normalised as `nlu` is. With `last_queries` (indices into L) the last layer
+        computes only those tokens (a pair classifier reads one): [N, len(last_queries), H]."""
+        cos, sin = self.rotary(positions, hidden.dtype)
+        last = len(self.nlu_layers) - 1
+        for i, (block, cache) in enumerate(zip(self.nlu_layers, caches)):
+            hidden = block(hidden, cos, sin, mask, _cache_rows(cache, rows), queries=last_queries if i == last else None)
+        return self.nlu_norm(hidden)
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -393,6 +440,14 @@ class WenzhiModel(WenzhiPreTrainedModel):
         result = BaseModelOutput(last_hidden_state=hidden,
                                  hidden_states=tuple(out.hidden_states_per_layer) if want_states and branch == "nlu" else None)
         return result if return_dict is not False else result.to_tuple()
+
+
+def _cache_rows(cache: dict, rows: torch.Tensor | None) -> dict:
+    """A fresh cache dict over `rows` of a layer's cached keys/values (attention appends to the dict
+    it is given, so the prefix's own cache must not be handed over)."""
+    if rows is None:
+        return {"k": cache["k"], "v": cache["v"]}
+    return {"k": cache["k"].index_select(0, rows), "v": cache["v"].index_select(0, rows)}
 
 
 def _masked_lm_targets(labels: torch.Tensor) -> torch.Tensor:
@@ -561,10 +616,12 @@ class WenzhiForSequencePairClassification(WenzhiPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
+    def pair_logits(self, cls_states: torch.Tensor) -> torch.Tensor:
+        """Logits [N, num_labels] from the NLU module's states [N, H] at each pair's [CLS]."""
+        return self.classifier(self.dropout(torch.tanh(self.pooler(cls_states))))
+
     def from_universal(self, universal_output: UniversalOutput, labels: torch.Tensor | None = None):
-        hidden = self.wenzhi.nlu(universal_output)
-        pooled = torch.tanh(self.pooler(hidden[:, 0]))
-        logits = self.classifier(self.dropout(pooled))
+        logits = self.pair_logits(self.wenzhi.nlu(universal_output)[:, 0])
         loss = None
         if labels is not None:
             if self.num_labels == 1:

@@ -194,11 +194,11 @@ class QAPipeline:
         from wenzhi.qa_service.packing import encode_questions
 
         if self.shared_universal and enc.packed is not None:  # the NLU layer over the packed rows too
-            logits = enc.packed.unpack(self.ner.classifier(self.ner.wenzhi.nlu(enc.packed.universal)), enc.lengths)
+            logits = enc.packed.unpack(self.ner.from_universal(enc.packed.universal).logits, enc.lengths)
         else:
             universal = enc.universal if self.shared_universal else encode_questions(
                 self.ner, [ids[:n] for ids, n in zip(enc.input_ids.tolist(), enc.lengths)]).universal
-            logits = self.ner.classifier(self.ner.wenzhi.nlu(universal))
+            logits = self.ner.from_universal(universal).logits
         tags = logits.argmax(-1).tolist()
         return [_decode_bio(t[: len(o)], o) for t, o in zip(tags, offsets)]
 

@@ -1,7 +1,6 @@
 """A generator must read its source: a tiny prefix-LM learns to copy random token strings in a bounded
 number of steps, and one that cannot see its source stays at chance. This is the test that would have
 caught the demo's GEN head answering every question with the same few KB pairs (issue 12)."""
-import pytest
 import torch
 
 VOCAB, FIRST, LENGTH = 64, 5, 5  # ids 0-4: pad, [CLS], [SEP], spare; strings of 5 tokens from 59
