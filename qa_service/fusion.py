@@ -78,7 +78,7 @@ def fit_fusion(model_dir: str | Path, kb: str | Path, questions: str | Path, lim
     weights = {k: getattr(best_cfg, k) for k in grid}
     # the answering weights only: mode, distractors, threads are choices of whoever runs it
     saved = {k: v for k, v in asdict(best_cfg).items()
-             if k not in ("threads", "use_gen", "mode", "distractor_relations")}
+             if k not in ("threads", "use_gen", "mode", "distractor_relations", "gen_memo")}
     path = Path(model_dir) / "pipeline.json"
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(saved, indent=1), encoding="utf-8")

@@ -41,6 +41,7 @@ class PipelineConfig:
     max_question_tokens: int = 64
     use_gen: bool = True
     gen_beams: int = 3
+    gen_memo: int = GEN_MEMO_SIZE  # questions whose GEN hits are kept (0: decode every time)
     w_link: float = 1.0
     w_ner: float = 1.0
     w_sim: float = 1.0
@@ -243,12 +244,12 @@ class QAPipeline:
         # another mode by `wenzhi evaluate`) reuses its hits
         keys = [(tuple(ids), self.config.distractor_relations, self.config.gen_beams) for ids in q_ids]
         todo = [i for i, key in enumerate(keys) if key not in self._gen_memo]
-        if todo:
-            for i, hits in zip(todo, self._decode([q_ids[i] for i in todo])):
-                self._gen_memo[keys[i]] = hits
-            while len(self._gen_memo) > GEN_MEMO_SIZE:
-                self._gen_memo.pop(next(iter(self._gen_memo)))
-        return [dict(self._gen_memo[key]) for key in keys]
+        fresh = dict(zip(todo, self._decode([q_ids[i] for i in todo]))) if todo else {}
+        for i, hits in fresh.items():
+            self._gen_memo[keys[i]] = hits
+        while len(self._gen_memo) > self.config.gen_memo:
+            self._gen_memo.pop(next(iter(self._gen_memo)))
+        return [dict(fresh[i]) if i in fresh else dict(self._gen_memo[key]) for i, key in enumerate(keys)]
 
     def _decode(self, q_ids) -> list[dict[tuple[int, str], float]]:
         import torch
