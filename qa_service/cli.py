@@ -25,14 +25,29 @@ def register(sub: "argparse._SubParsersAction") -> None:
     ft.add_argument("--skip", type=int, default=17_000,
                     help="fusion only: questions skipped at the start of the file (default: all but KgCLUE train's tail)")
     ft.add_argument("--no-gen", action="store_true", help="fusion only: leave the GEN head out")
+    ft.add_argument("--distractor-relations", type=_counts, default=[0], metavar="K[,K...]",
+                    help="fusion only: fit the weights over these settings of `wenzhi evaluate "
+                         "--distractor-relations` together (each question once per setting)")
     ft.add_argument("--epochs", type=float, default=1.0)
     ft.add_argument("--max-steps", type=int)
     ft.add_argument("--batch-size", type=int, default=32)
     ft.add_argument("--lr", type=float, default=5e-4)
-    ft.add_argument("--negatives", type=int, default=5, help="SIM negatives per question")
-    ft.add_argument("--interaction", choices=["late", "full"], default="late",
-                    help="SIM only: relations meet the question in the NLU layers (late: relation states are "
-                         "computed once per name and cached by the service) or in every layer (full)")
+    ft.add_argument("--negatives", type=int, default=15,
+                    help="SIM negatives per question (drawn as evaluation draws candidates, see qa_service/data.py)")
+    ft.add_argument("--sim-loss", choices=["listwise", "pointwise"], default="listwise",
+                    help="SIM only: softmax cross-entropy over each question's candidates, or BCE per pair")
+    ft.add_argument("--interaction", choices=["match", "late", "full"], default="match",
+                    help="SIM only: match = token-level late interaction (each relation token's best match "
+                         "in the question, model/relation_matching.py); a pair head whose relations meet the "
+                         "question in the NLU layers (late) or in every layer (full). match and late relation "
+                         "states are computed once per name and cached by the service")
+    ft.add_argument("--nlu-layers", type=int, metavar="N",
+                    help="NLU layers of the head (default: the checkpoint's; layers beyond it start fresh)")
+    ft.add_argument("--no-copy", action="store_true",
+                    help="GEN only: no pointer over the question's tokens mixed into the next-token distribution")
+    ft.add_argument("--target-layout", choices=["relation-first", "head-relation"], default="relation-first",
+                    help="GEN only: relation-first = `base [unused1] relation [unused2] disambiguation [SEP]`, "
+                         "head-relation = `head [unused1] relation [SEP]` (qa_service/trie.py)")
     ft.add_argument("--unfreeze", action="store_true",
                     help="train the universal module too (heads then no longer share one pass)")
     ft.add_argument("--threads", type=int, help="torch threads")
@@ -48,7 +63,14 @@ def register(sub: "argparse._SubParsersAction") -> None:
                     help="score only the held-out share of an NLPCC file (as `finetune --holdout-nlpcc`)")
     ev.add_argument("--errors", metavar="FILE", help="write wrong answers as JSON lines")
     ev.add_argument("--index", metavar="DIR", help="BM25 entity index (fuzzy fallback)")
-    ev.add_argument("--no-gen", action="store_true", help="leave the GEN head out")
+    ev.add_argument("--no-gen", action="store_true", help="leave the GEN head out (as --mode pipeline)")
+    ev.add_argument("--mode", type=_modes, default=["fused"], metavar="MODE[,MODE...]",
+                    help="answering path scored: fused (both), pipeline (linker + NER + SIM alone) or gen "
+                         "(GEN alone); several, comma-separated, are scored with one loaded model, one JSON line each")
+    ev.add_argument("--distractor-relations", type=_counts, default=[0], metavar="K[,K...]",
+                    help="every entity also offers the KB's K most frequent relations with unknown tails "
+                         "(choosing one scores as wrong), for both paths: the relation decides; several: "
+                         "each with every --mode")
     ev.add_argument("--batch-size", type=int, default=16)
     ev.add_argument("--threads", type=int)
     ev.add_argument("--relation-selection", action="store_true", default=True, help=argparse.SUPPRESS)
@@ -100,7 +122,8 @@ def _finetune(args) -> int:
 
         questions = args.questions[0] if args.questions else data_path("kgclue/train.json")
         report = fit_fusion(args.out, args.kb, questions, limit=args.limit or 500, skip=args.skip,
-                            use_gen=not args.no_gen, threads=args.threads)
+                            use_gen=not args.no_gen, threads=args.threads,
+                            distractor_relations=tuple(args.distractor_relations))
         print(json.dumps(report, ensure_ascii=False))
         return 0
     questions = [Path(q) for q in args.questions] if args.questions else [
@@ -108,7 +131,7 @@ def _finetune(args) -> int:
     cfg = FinetuneConfig(task=args.task, out=Path(args.out), kb=Path(args.kb), questions=questions,
                          init=Path(args.init) if args.init else None, holdout_nlpcc=args.holdout_nlpcc,
                          limit=args.limit, epochs=args.epochs, max_steps=args.max_steps,
-                         batch_size=args.batch_size, lr=args.lr, negatives=args.negatives,
+                         batch_size=args.batch_size, lr=args.lr, negatives=args.negatives, sim_loss=args.sim_loss, nlu_layers=args.nlu_layers, copy_source=not args.no_copy, target_layout=args.target_layout,
                          freeze_universal=not args.unfreeze, size=args.size, seed=args.seed, threads=args.threads,
                          interaction=args.interaction)
     report = finetune(cfg)
@@ -117,13 +140,35 @@ def _finetune(args) -> int:
     return 0
 
 
-def _evaluate(args) -> int:
-    from wenzhi.qa_service.evaluate import evaluate
+def _modes(value: str) -> list[str]:
+    modes = [m.strip() for m in value.split(",") if m.strip()]
+    bad = [m for m in modes if m not in ("fused", "pipeline", "gen")]
+    if bad or not modes:
+        raise argparse.ArgumentTypeError(f"modes are fused, pipeline, gen (comma-separated), not {value!r}")
+    return modes
 
-    result = evaluate(args.questions, args.kb, args.model, limit=args.limit, errors=args.errors,
-                      index=args.index, use_gen=not args.no_gen, batch_size=args.batch_size,
-                      threads=args.threads, nlpcc_holdout=args.nlpcc_holdout)
-    print(json.dumps(result, ensure_ascii=False))
+
+def _counts(value: str) -> list[int]:
+    try:
+        counts = [int(k) for k in value.split(",") if k.strip()]
+    except ValueError:
+        counts = []
+    if not counts or any(k < 0 for k in counts):
+        raise argparse.ArgumentTypeError(f"expected counts >= 0 (comma-separated), not {value!r}")
+    return counts
+
+
+def _evaluate(args) -> int:
+    from wenzhi.qa_service.evaluate import evaluate_runs
+
+    if args.no_gen and any(m == "gen" for m in args.mode):
+        print("wenzhi evaluate: --mode gen needs the GEN head (drop --no-gen)", file=sys.stderr)
+        return 2
+    runs = [(mode, k) for k in args.distractor_relations for mode in args.mode]
+    for result in evaluate_runs(args.questions, args.kb, args.model, limit=args.limit, errors=args.errors,
+                                index=args.index, use_gen=not args.no_gen, batch_size=args.batch_size,
+                                threads=args.threads, nlpcc_holdout=args.nlpcc_holdout, runs=runs):
+        print(json.dumps(result, ensure_ascii=False), flush=True)
     return 0
 
 

@@ -60,7 +60,12 @@ def test_evaluate_on_kgclue_dev_slice(model_dir, kb_db, dev_file, tmp_path):
     # the linker carries most of it; a pipeline that picked a random candidate scores far lower
     assert result["score"] >= 60, result
     assert result["breakdown"]["mention_found"] >= 0.9
-    assert 0.0 <= result["relation_selection"]["accuracy_at_1"] <= 1.0
+    # SIM beats the no-learning lexical rule on these held-out questions (the fixture trains on KgCLUE
+    # train), each gold relation among 30+ candidates: 0.967 vs 0.917 when written
+    sel = result["relation_selection"]
+    assert sel["mean_candidates"] >= 30
+    assert sel["all"]["accuracy_at_1_sim"] >= 0.9, sel
+    assert sel["all"]["accuracy_at_1_sim"] > sel["all"]["accuracy_at_1_lexical"], sel
     lines = errors.read_text(encoding="utf-8").splitlines()
     assert len(lines) == round(60 * (1 - result["em_o"] / 100))
     preds = [json.loads(line)["pred"] for line in lines]
