@@ -41,14 +41,14 @@ demo: setup
 		--set shards=$(DEMO)/shards/tiny-128 --set steps=200 --no-progress
 	# SIM: the relation-matching head (each relation token's best match in the question), 15 negatives
 	# per question drawn as evaluation draws candidates, softmax over them
-	$(WENZHI) --data-dir $(DATA) finetune sim --kb $(DEMO)/kb.sqlite --out $(DEMO)/qa --init $(DEMO)/pretrain \
+	$(WENZHI) --data-dir $(DATA) finetune sim --kb $(DEMO)/kb.sqlite --output $(DEMO)/qa --init $(DEMO)/pretrain \
 		--unfreeze --max-steps 600 --lr 2e-3 --threads 2
-	$(WENZHI) --data-dir $(DATA) finetune ner --kb $(DEMO)/kb.sqlite --out $(DEMO)/qa --init $(DEMO)/qa/sim \
+	$(WENZHI) --data-dir $(DATA) finetune ner --kb $(DEMO)/kb.sqlite --output $(DEMO)/qa --init $(DEMO)/qa/sim \
 		--max-steps 150 --lr 2e-3 --threads 2
 	# GEN: copies from the question, spells base name, relation, then disambiguation; one epoch
-	$(WENZHI) --data-dir $(DATA) finetune gen --kb $(DEMO)/kb.sqlite --out $(DEMO)/qa --init $(DEMO)/pretrain \
+	$(WENZHI) --data-dir $(DATA) finetune gen --kb $(DEMO)/kb.sqlite --output $(DEMO)/qa --init $(DEMO)/pretrain \
 		--unfreeze --max-steps 900 --lr 2e-3 --threads 2
-	$(WENZHI) --data-dir $(DATA) finetune fusion --kb $(DEMO)/kb.sqlite --out $(DEMO)/qa --limit 500 --threads 2
+	$(WENZHI) --data-dir $(DATA) fit-fusion --kb $(DEMO)/kb.sqlite --model $(DEMO)/qa --limit 500 --threads 2
 	$(WENZHI) evaluate --questions $(DATA)/kgclue/dev.json --kb $(DEMO)/kb.sqlite --model $(DEMO)/qa \
 		--index $(DEMO)/bm25-entities --mode fused,pipeline,gen --distractor-relations 0,30 \
 		--errors $(DEMO)/errors-dev.jsonl --threads 2 | tee $(DEMO)/eval-dev.jsonl

@@ -50,8 +50,8 @@ def write_splits(data: Path, work: Path) -> dict[str, Path]:
 
 
 def train(task: str, kb: Path, out: Path, init: Path | None, splits, extra: list[str]) -> tuple[dict, float]:
-    cmd = [sys.executable, "-m", "wenzhi", "finetune", task, "--kb", str(kb), "--out", str(out),
-           "--questions", str(splits["kgclue_train"]), str(splits["nlpcc_train"]), "--holdout-nlpcc", "0"]
+    cmd = [sys.executable, "-m", "wenzhi", "finetune", task, "--kb", str(kb), "--output", str(out),
+           "--questions", str(splits["kgclue_train"]), str(splits["nlpcc_train"]), "--nlpcc-holdout", "0"]
     if init is not None:
         cmd += ["--init", str(init)]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -45,6 +45,17 @@ def read_config(name_or_path: str | Path) -> tuple[dict, Path]:
     return raw, base_dir
 
 
+def config_fields(schema: type, config: str | Path | None, overrides: list[str], given: dict) -> dict:
+    """A config's fields from, in rising order of precedence: the file `config` (if any), `--set`
+    overrides, and the fields given as flags. A key the dataclass lacks is a ValueError naming
+    the valid ones; the dataclass's defaults fill the rest when it is built."""
+    raw = read_config(config)[0] if config else {}
+    unknown = sorted(set(raw) - _field_names(schema))
+    if unknown:
+        raise ValueError(f"{config}: unknown keys {unknown}; valid: {', '.join(sorted(_field_names(schema)))}")
+    return {**apply_overrides(raw, overrides, schema), **given}
+
+
 def apply_overrides(raw: dict, overrides: list[str], schema: type, *, extra_keys: tuple[str, ...] = (),
                     dict_keys: dict[str, set[str]] | None = None) -> dict:
     """`raw` with each `--set a.b.c=value` applied (the value read as YAML: numbers, booleans,

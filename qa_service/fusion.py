@@ -1,4 +1,4 @@
-"""`wenzhi finetune fusion`: fit the fusion weights of the pipeline on training questions.
+"""`wenzhi fit-fusion`: fit the fusion weights of the pipeline on training questions.
 
 The heads are fixed; each question's candidate triples and their evidence (link, NER, SIM, GEN,
 GEN's head alone, lexical rule, mention length) are computed once, then a coarse grid search picks the weights that

@@ -83,7 +83,7 @@ class Candidate:
 
 def fused_score(c: Candidate, cfg: PipelineConfig) -> float:
     """The fusion: a linear score over the evidence of each candidate triple (weights in
-    PipelineConfig, fitted by `wenzhi finetune fusion` on training questions)."""
+    PipelineConfig, fitted by `wenzhi fit-fusion` on training questions)."""
     mention_chars = (c.mention[1] - c.mention[0]) if c.mention else 0
     if cfg.mode == "gen":
         return c.gen
@@ -151,7 +151,7 @@ class QAPipeline:
         for needed in ("sim", "ner"):
             if not (self.model_dir / needed / "config.json").exists():
                 raise FileNotFoundError(f"{self.model_dir / needed}: fine-tuned {needed} head missing "
-                                        f"(run `wenzhi finetune {needed} --out {self.model_dir}`)")
+                                        f"(run `wenzhi finetune {needed} --output {self.model_dir}`)")
         self.tokenizer = load_tokenizer_for(self.model_dir / "sim")
         self.sim = load_sim_head(self.model_dir / "sim")
         self.ner = WenzhiForTokenClassification.from_pretrained(self.model_dir / "ner").eval()
@@ -178,7 +178,7 @@ class QAPipeline:
         wants_gen = self.config.use_gen and self.config.mode != "pipeline"
         if self.config.mode == "gen" and not (self.config.use_gen and (self.model_dir / "gen" / "config.json").exists()):
             raise FileNotFoundError(f"{self.model_dir / 'gen'}: mode 'gen' needs the GEN head "
-                                    f"(run `wenzhi finetune gen --out {self.model_dir}`)")
+                                    f"(run `wenzhi finetune gen --output {self.model_dir}`)")
         if wants_gen and (self.model_dir / "gen" / "config.json").exists():
             self.gen = WenzhiForPrefixLM.from_pretrained(self.model_dir / "gen").eval()
             self.kb_trie = ensure_trie(self.model_dir / "gen", self.store, self.tokenizer, gen_layout(self.gen))

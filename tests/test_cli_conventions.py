@@ -51,8 +51,9 @@ def test_help_exits_0_and_shows_every_default(path, capsys):
             continue
         name = action.option_strings[0] if action.option_strings else action.dest
         assert action.help, f"wenzhi {' '.join(path)} {name}: no help"
-        if action.default not in (None, False, [], argparse.SUPPRESS) and not action.required:
-            assert f"(default:{action.default})".replace(" ", "") in text, f"wenzhi {' '.join(path)} {name}: default not shown"
+        default = getattr(action, "field_default", action.default)  # a config field's: its dataclass's
+        if default not in (None, False, [], argparse.SUPPRESS) and not action.required and action.nargs != 0:
+            assert f"(default:{default})".replace(" ", "") in text, f"wenzhi {' '.join(path)} {name}: default not shown"
 
 
 def test_one_spelling_per_concept():
@@ -64,8 +65,8 @@ def test_one_spelling_per_concept():
             for spelling in action.option_strings:
                 if spelling in FORBIDDEN and spelling not in deprecated:
                     offenders.append(f"wenzhi {' '.join(path)} {spelling} (use {FORBIDDEN[spelling]})")
-                if spelling in deprecated:
-                    assert RENAMED_FLAGS.get(spelling) == action.option_strings[0], spelling
+                if spelling in deprecated:  # a known old spelling, not a new synonym
+                    assert spelling in RENAMED_FLAGS, f"wenzhi {' '.join(path)} {spelling}"
     assert not offenders, offenders
 
 
@@ -87,13 +88,13 @@ def test_old_spellings_parse_as_the_new_flag_and_warn(capsys):
             argv += [other.option_strings[0], *([other.choices[0] if other.choices else "x2"] if other.nargs != 0 else [])]
         positionals = [a for a in dict(_commands(parser))[path]._actions if not a.option_strings
                        and not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))]
-        argv += ["x3"] * len(positionals)
+        argv += [a.choices[0] if a.choices else "x3" for a in positionals]
         args = parser.parse_args(argv)
         assert getattr(args, action.dest) == (action.type or str)("1"), (path, old)
         err = capsys.readouterr().err
         assert f"DeprecationWarning: {old} is deprecated" in err and f"use {action.option_strings[0]}" in err
         seen.add(old)
-    assert seen == set(RENAMED_FLAGS) - {"--holdout-nlpcc"} or seen == set(RENAMED_FLAGS)
+    assert seen == set(RENAMED_FLAGS)
 
 
 def test_an_old_spelling_still_works_end_to_end(data_dir, tmp_path, capsys):
@@ -116,6 +117,8 @@ def test_an_old_spelling_still_works_end_to_end(data_dir, tmp_path, capsys):
     (["pretrain", "run", "--config", "tiny", "--set", "model.hidden_sz=32"], "'hidden_sz' in model", "hidden_size"),
     (["pretrain", "prepare", "--config", "prepare_tiny", "--set", "corpora.0.limt=5"], "'limt' in corpora.0", "limit"),
     (["pretrain", "prepare", "--config", "prepare_tiny", "--set", "seq_length=64"], "'seq_length' in the config", "seq_len"),
+    (["finetune", "sim", "--kb", "kb.sqlite", "--output", "qa", "--set", "learning_rate=1e-3"],
+     "'learning_rate' in the config", "lr"),
 ])
 def test_set_with_an_unknown_key_fails_naming_the_valid_ones(argv, unknown, valid, capsys):
     assert main(argv) == 2
@@ -145,16 +148,52 @@ def test_set_reaches_nested_fields():
         load_train("tiny", ["steps"])
 
 
-def test_renamed_commands_are_listed_and_dispatch():
+def test_finetune_config_fields_come_from_the_dataclass_then_file_then_set_then_flags(tmp_path):
+    from dataclasses import fields
+
+    from wenzhi.qa_service.cli import finetune_config
+    from wenzhi.qa_service.finetune import FinetuneConfig
+
+    base = ["finetune", "sim", "--kb", "kb.sqlite", "--output", "qa"]
+    plain = finetune_config(build_parser().parse_args(base))
+    for f in fields(FinetuneConfig):
+        if f.name not in ("task", "out", "kb", "questions"):
+            assert getattr(plain, f.name) == f.default, f.name  # no second list of defaults
+    assert (plain.task, plain.out, plain.kb) == ("sim", Path("qa"), Path("kb.sqlite"))
+    config = tmp_path / "ft.yaml"
+    config.write_text("lr: 0.003\nnegatives: 7\nepochs: 2\n", encoding="utf-8")
+    cfg = finetune_config(build_parser().parse_args(
+        [*base, "--config", str(config), "--set", "negatives=9", "--set", "seed=3", "--seed", "4", "--unfreeze"]))
+    assert (cfg.lr, cfg.negatives, cfg.epochs, cfg.seed, cfg.freeze_universal) == (0.003, 9, 2, 4, False)
+    config.write_text("lr: 0.003\nlearning_rate: 1\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"unknown keys \['learning_rate'\]; valid: .*\blr\b"):
+        finetune_config(build_parser().parse_args([*base, "--config", str(config)]))
+
+
+def test_renamed_commands_are_listed_and_dispatch(capsys):
     parser = build_parser()
+    names = {" ".join(path) for path, _ in _commands(parser)}
     for old, new in RENAMED_COMMANDS.items():
-        names = {" ".join(path) for path, _ in _commands(parser)}
         assert " ".join(new) in names and " ".join(old) not in names
+    from wenzhi.cli_conventions import replace_renamed_commands
+    from wenzhi.qa_service.cli import FUSION_LIMIT, FUSION_SKIP
+
+    argv = replace_renamed_commands(["--data-dir", "d", "finetune", "fusion", "--kb", "k", "--out", "qa", "--no-gen"])
+    assert argv == ["--data-dir", "d", "fit-fusion", "--kb", "k", "--out", "qa", "--no-gen"]
+    args = parser.parse_args(argv)
+    assert (args.model, args.kb, args.no_gen, args.limit, args.skip) == ("qa", "k", True, FUSION_LIMIT, FUSION_SKIP)
+    err = capsys.readouterr().err
+    assert "`wenzhi finetune fusion` is deprecated" in err and "use `wenzhi fit-fusion`" in err
+    assert "--out is deprecated" in err and "use --model" in err
 
 
 @pytest.mark.parametrize("name", ["Makefile", "README.md"])
 def test_makefile_and_readme_use_only_the_new_spellings(name):
     text = (REPO / name).read_text(encoding="utf-8")
+    if name == "README.md":  # its conventions paragraph names the old spellings as deprecated; nothing else may
+        paragraph = re.search(r"\nCLI conventions .*?\n\n", text, re.S)
+        assert paragraph and "wenzhi/cli_conventions.py" in paragraph.group(0)
+        text = text.replace(paragraph.group(0), "\n")
     for old in RENAMED_FLAGS:
         assert not re.search(rf"(?<![\w-]){re.escape(old)}(?![\w-])", text), f"{name} uses {old}"
     for old in RENAMED_COMMANDS:

@@ -3,6 +3,7 @@
     concept                      spelling                  old spellings (work for one release, warn)
     what a command writes        --output PATH             --out, --output-dir
       (a file or a folder: the flag's help says which)
+    the QA model folder read     --model DIR               --out (fit-fusion, which writes into it)
     the KB store (SQLite)        --kb DB                   --db
     NLPCC questions held out     --nlpcc-holdout FRACTION  --holdout-nlpcc
     tokens per sequence          --max-length N            --max-len
@@ -12,16 +13,17 @@
                                  the valid ones)
 
 Every flag has a help line and every help shows its default (`HelpFormatter`). A config's fields
-and their defaults live in its dataclass only: a flag that sets a config field is a shorthand for
-`--set`, has no default of its own, and its help says which field it sets.
+and their defaults live in its dataclass only: a flag that sets a config field (`add_field`) has
+no default of its own and shows the dataclass's; it wins over `--set`, which wins over the file.
 
 This module imports nothing of wenzhi's, so every layer (kg, the lowest, included) can use it.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 OUTPUT, KB, NLPCC_HOLDOUT, CONFIG, SET = "--output", "--kb", "--nlpcc-holdout", "--config", "--set"
 
@@ -29,6 +31,8 @@ OUTPUT, KB, NLPCC_HOLDOUT, CONFIG, SET = "--output", "--kb", "--nlpcc-holdout", 
 # command spelled like a key here, unless it is registered as deprecated (`add_option(old=...)`).
 RENAMED_FLAGS = {"--out": OUTPUT, "--output-dir": OUTPUT, "--db": KB, "--holdout-nlpcc": NLPCC_HOLDOUT,
                  "--max-len": "--max-length"}
+
+# (`fit-fusion --out` is the one old spelling that maps elsewhere: to --model, see above.)
 
 # Old command words -> the command that replaced them (checked right after the global options).
 RENAMED_COMMANDS = {("finetune", "fusion"): ("fit-fusion",)}
@@ -99,12 +103,43 @@ def add_nlpcc_holdout(parser, *, help: str, old: Sequence[str] = (), **kwargs) -
     return add_option(parser, NLPCC_HOLDOUT, old=old, type=float, metavar="FRACTION", help=help, **kwargs)
 
 
-def add_config(parser, what: str, example: str) -> None:
+def add_config(parser, what: str, example: str, *, required: bool = True) -> None:
     """`--config NAME|FILE` and `--set a.b=value` (model/config_files.py reads and checks both)."""
-    parser.add_argument(CONFIG, required=True, metavar="NAME|FILE", help=what)
+    parser.add_argument(CONFIG, required=required, metavar="NAME|FILE", help=what)
     parser.add_argument(SET, action="append", default=[], metavar="KEY=VALUE", dest="set",
                         help=f"override a config field, e.g. {example}; a dotted key reaches a nested field, "
                              "the value is read as YAML; repeatable")
+
+
+def dataclass_defaults(schema: type) -> dict:
+    """Each field's default (None where it has none): what a command's help shows."""
+    out = {}
+    for f in dataclasses.fields(schema):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        else:
+            out[f.name] = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+    return out
+
+
+def add_field(parser, flag: str, defaults: Mapping[str, object], field: str | None = None, *,
+              old: Sequence[str] = (), **kwargs) -> argparse.Action:
+    """A flag that sets the config field `field` (by default the flag's name, `--max-steps` ->
+    max_steps). It has no default of its own: absent, the config file's value or `--set`'s holds,
+    else the dataclass's, which the help shows (`defaults`: `dataclass_defaults(Config)`)."""
+    field = field or flag.lstrip("-").replace("-", "_")
+    default = defaults[field]
+    text = kwargs.pop("help")
+    if default is not None and kwargs.get("action") not in ("store_const", "store_true", "store_false"):
+        text += f" (default: {str(default).replace('%', '%%')})"
+    action = add_option(parser, flag, old=old, dest=field, default=argparse.SUPPRESS, help=text, **kwargs)
+    action.field_default = default
+    return action
+
+
+def given_fields(args: argparse.Namespace, schema: type) -> dict:
+    """The config fields set by flags on this command line (`add_field` leaves absent ones out)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(schema) if hasattr(args, f.name)}
 
 
 class ArgumentParser(argparse.ArgumentParser):
