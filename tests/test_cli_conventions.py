@@ -117,6 +117,8 @@ def test_an_old_spelling_still_works_end_to_end(data_dir, tmp_path, capsys):
     (["pretrain", "run", "--config", "tiny", "--set", "model.hidden_sz=32"], "'hidden_sz' in model", "hidden_size"),
     (["pretrain", "prepare", "--config", "prepare_tiny", "--set", "corpora.0.limt=5"], "'limt' in corpora.0", "limit"),
     (["pretrain", "prepare", "--config", "prepare_tiny", "--set", "seq_length=64"], "'seq_length' in the config", "seq_len"),
+    (["pretrain", "prepare", "--config", "prepare_tiny", "--set", "augment.max_token=64"], "'max_token' in augment",
+     "max_tokens"),
     (["finetune", "sim", "--kb", "kb.sqlite", "--output", "qa", "--set", "learning_rate=1e-3"],
      "'learning_rate' in the config", "lr"),
 ])
