@@ -53,7 +53,7 @@ from wenzhi.model.prepare_examples import KIND_KNOWLEDGE, KIND_PLAIN, KIND_RETRI
 from wenzhi.model.prepare_job import (build_curriculum, finished, merge, open_staging, preload, release,
                                       run_partition, stage_seconds)
 from wenzhi.model.prepare_plan import index_corpus, plan_partitions
-from wenzhi.retrieval.search_setting import add_search_arguments, search_from_args
+from wenzhi.retrieval.bm25 import add_search_arguments, search_from_args
 
 ENGINES = ("local", "dask")
 

@@ -83,7 +83,7 @@ def retrieval_setting(cfg: PrepareConfig):
     holding one is refused, since the config is sent to workers and saved with the shards."""
     from urllib.parse import urlsplit
 
-    from wenzhi.retrieval.search_setting import ENV_PASSWORD, ENV_USER, is_cluster_url, search_setting
+    from wenzhi.retrieval.bm25 import ENV_PASSWORD, ENV_USER, is_cluster_url, search_setting
 
     if not cfg.retrieval_index:
         return None
@@ -115,7 +115,7 @@ class Resources:
             self.store = TripleStore(cfg.resolve(cfg.kb))
             self.linker = EntityLinker(self.store)
         if retriever is None and cfg.retrieval_index:
-            from wenzhi.retrieval.search_setting import open_bm25
+            from wenzhi.retrieval.bm25 import open_bm25
 
             retriever = open_bm25(retrieval_setting(cfg))  # this process's own client or reader
         frac = cfg.heldout_fraction
@@ -270,7 +270,7 @@ def retrieval_identity(search, path_identity):
         return None
     if not search.is_cluster:
         return path_identity(Path(search.location))
-    from wenzhi.retrieval.search_setting import open_bm25
+    from wenzhi.retrieval.bm25 import open_bm25
 
     return {"search": search.public, **open_bm25(search).identity()}
 

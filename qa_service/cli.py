@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from wenzhi.kg.cli import DefaultsHelpFormatter
-from wenzhi.retrieval.search_setting import add_search_arguments
+from wenzhi.retrieval.bm25 import add_search_arguments
 
 
 def register(sub: "argparse._SubParsersAction") -> None:
@@ -139,7 +139,7 @@ def _bm25_index(args) -> tuple[str | None, str | None]:
     """(the fuzzy fallback's BM25 index in its public form, None), the index checked now; or
     (None, why it cannot be opened). The worker process reads credentials from the environment."""
     from wenzhi.retrieval.search_cluster import SearchClusterError
-    from wenzhi.retrieval.search_setting import open_bm25, search_from_args
+    from wenzhi.retrieval.bm25 import open_bm25, search_from_args
 
     try:
         setting = search_from_args(args)

@@ -165,8 +165,8 @@ class QAPipeline:
             self.gen = WenzhiForPrefixLM.from_pretrained(self.model_dir / "gen").eval()
             self.trie = ensure_trie(self.model_dir / "gen", self.store, self.tokenizer)
         self.retriever = None
-        if index is not None:  # a tantivy directory or a cluster URL (retrieval/search_setting.py)
-            from wenzhi.retrieval.search_setting import open_bm25
+        if index is not None:  # a tantivy directory or a cluster URL (retrieval/bm25.py)
+            from wenzhi.retrieval.bm25 import open_bm25
 
             self.retriever = open_bm25(index)
         self._lock = threading.Lock()  # torch modules and the sqlite handle: one batch at a time

@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from wenzhi.retrieval.search_setting import add_search_arguments
+from wenzhi.retrieval.bm25 import add_search_arguments
 
 
 def register(sub: "argparse._SubParsersAction") -> None:
@@ -113,7 +113,7 @@ def _search(args) -> int:
 def _setting(args, command: str, location: str | None = None):
     """The BM25 setting of a `wenzhi index bm25*` command; old spellings (--url, --index-name,
     --flavor) still work, with a warning."""
-    from wenzhi.retrieval.search_setting import DEFAULT_INDEX, search_from_args
+    from wenzhi.retrieval.bm25 import DEFAULT_INDEX, search_from_args
 
     if args.url or args.index_name or args.flavor:
         print(f"wenzhi {command}: --url, --index-name and --flavor are old spellings of "
@@ -132,7 +132,7 @@ def _bm25(args) -> int:
     import time
 
     from wenzhi.retrieval.search_cluster import SearchClusterError
-    from wenzhi.retrieval.search_setting import ENV_LOCATION, open_bm25
+    from wenzhi.retrieval.bm25 import ENV_LOCATION, open_bm25
     from wenzhi.retrieval.tantivy_backend import TantivyRetriever
 
     started = time.perf_counter()
@@ -155,7 +155,7 @@ def _bm25(args) -> int:
 
 def _bm25_search(args) -> int:
     from wenzhi.retrieval.search_cluster import SearchClusterError
-    from wenzhi.retrieval.search_setting import open_bm25
+    from wenzhi.retrieval.bm25 import open_bm25
 
     try:
         retriever = open_bm25(_setting(args, "index bm25-search"))

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from . import analysis
 from .documents import Document
 from .protocol import Hit, filter_kinds
-from .search_setting import DEFAULT_INDEX, ENV_API_KEY, ENV_PASSWORD, ENV_USER, FLAVORS
+from .bm25 import DEFAULT_INDEX, ENV_API_KEY, ENV_PASSWORD, ENV_USER, FLAVORS
 from .tantivy_backend import EXACT_NAME_BOOST, FIELD_BOOSTS
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class SearchClusterError(RuntimeError):
     """The cluster could not be reached, or refused a call (after the transport's retries)."""
 
 
-#: What a refused login means to the user: the credentials come from these (search_setting.py).
+#: What a refused login means to the user: the credentials come from these (bm25.py).
 CREDENTIALS_HINT = f"check {ENV_API_KEY}, or {ENV_USER} and {ENV_PASSWORD}"
 
 

@@ -1,4 +1,4 @@
-"""One BM25 setting (retrieval/search_setting.py): a tantivy directory or a cluster URL, with API-key
+"""One BM25 setting (retrieval/bm25.py): a tantivy directory or a cluster URL, with API-key
 or basic auth and TLS options, opened by `open_bm25`; credentials never in what is printed,
 logged, pickled or saved. The cluster is osmem-server, behind a TLS front that demands a login
 (tests/search_gateway.py) where credentials are the point."""
@@ -18,7 +18,7 @@ from search_gateway import CLUSTER_API_KEY, CLUSTER_PASSWORD, CLUSTER_USER
 
 from wenzhi.retrieval.documents import entity_documents
 from wenzhi.retrieval.search_cluster import SearchClusterError
-from wenzhi.retrieval.search_setting import SearchSetting, open_bm25, search_setting
+from wenzhi.retrieval.bm25 import SearchSetting, open_bm25, search_setting
 from wenzhi.retrieval.tantivy_backend import TantivyRetriever
 
 #: Every form a credential could leak in: as given, URL-quoted, inside a Basic header.
