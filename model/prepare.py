@@ -21,6 +21,7 @@ config file and existing there):
     #  - {until: 1.0, seq_len: 128, strategies: {word: 1, entity: 1, uktp: 1}}
     uktp: {relation: 0.5, triple_entity: 0.25, sentence_entity: 0.25}
     augment: {max_tokens: 96, min_tokens: 8}
+    retrieval_index: null            # BM25 passages for augmentation: a tantivy dir or https://HOST:9200/INDEX
     partition_items: 4096            # items per partition (the unit of parallel work)
     segmenter: rjieba                # or jieba (the slower Python original)
 
