@@ -12,6 +12,8 @@ the tests use, started here; or a real cluster with --search URL/INDEX and WENZH
    preparation's CPU seconds; the emulator's come from /proc (a remote cluster's are not ours).
 3. Agreement: rows of the two routes' shards that are identical, and top-1 agreement of the
    backends on --queries KB entity names (what augmentation searches for), with their speed.
+4. Why they differ: for 300 one-bigram queries, each backend's top-5 scores against Lucene's
+   BM25 formula (k1 1.2, b 0.75, no (k1+1) factor) computed here from the same analysed terms.
 """
 from __future__ import annotations
 
@@ -44,6 +46,31 @@ def run_prepare(config: Path, search: str, env: dict) -> dict:
     if proc.returncode:
         sys.exit(f"prepare failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def textbook_scores(docs, queries: list[str]) -> dict[tuple[str, str], float]:
+    """Lucene's BM25 (idf ln(1 + (N - n + 0.5)/(n + 0.5)), tf/(tf + k1(1 - b + b dl/avgdl))) of
+    every (query, doc) pair, title weighted 2 and text 1 as both backends do (one-bigram queries:
+    no per-character fields; a query equal to a title is left out by the caller)."""
+    import math
+    from collections import Counter
+
+    from wenzhi.retrieval.analysis import bigrams
+    from wenzhi.retrieval.tantivy_backend import FIELD_BOOSTS
+
+    k1, b, out = 1.2, 0.75, {}
+    for field in ("title", "text"):
+        terms = {d.id: Counter(bigrams(getattr(d, field))) for d in docs}
+        lengths = {i: sum(c.values()) for i, c in terms.items()}
+        avgdl = sum(lengths.values()) / len(docs)
+        for q in queries:
+            holders = [i for i, c in terms.items() if c[q]]
+            idf = math.log(1 + (len(docs) - len(holders) + 0.5) / (len(holders) + 0.5))
+            for i in holders:
+                tf = terms[i][q]
+                score = FIELD_BOOSTS[field] * idf * tf / (tf + k1 * (1 - b + b * lengths[i] / avgdl))
+                out[(q, i)] = out.get((q, i), 0.0) + score
+    return out
 
 
 def rows(path: Path) -> np.ndarray:
@@ -133,6 +160,20 @@ def main() -> None:
         both = [(x, y) for x, y in zip(tops["tantivy"], tops["cluster"]) if x or y]
         agree = sum(x == y for x, y in both)
 
+        # -- scores against the formula -------------------------------------------------------
+        from wenzhi.retrieval.analysis import bigrams
+
+        rng = np.random.default_rng(0)
+        titles = {d.title for d in docs}
+        pool = sorted({t for d in docs for t in bigrams(d.text) if len(t) == 2 and t not in titles
+                       and all("\u4e00" <= c <= "\u9fff" for c in t)})
+        probes = [pool[i] for i in rng.choice(len(pool), 300, replace=False)]
+        formula = textbook_scores(docs, probes)
+        deviation = {}
+        for name, retriever, scale in (("tantivy", tantivy, 2.2), ("cluster", cluster, 1.0)):
+            ratios = [h.score / scale / formula[(q, h.id)] - 1 for q in probes for h in retriever.search(q, 5)]
+            deviation[name] = (len(ratios), float(np.median(np.abs(ratios))), float(np.percentile(np.abs(ratios), 90)))
+
         print("\n| route | chars/CPU-s (process) | chars/CPU-s (process + cluster) | wall s | augmented |")
         print("|---|---|---|---|---|")
         for name, runs in results.items():
@@ -150,6 +191,9 @@ def main() -> None:
         for name, (cpu, wall, server_cpu) in timings.items():
             print(f"  {name}: {len(names) / wall:,.0f} queries/s wall, client CPU {1e3 * cpu / len(names):.2f} ms/query"
                   + (f", server CPU {1e3 * server_cpu / len(names):.2f} ms/query" if server_cpu else ""))
+        for name, (n, median, p90) in deviation.items():
+            print(f"  {name} scores{' / (k1 + 1)' if name == 'tantivy' else ''} vs Lucene's BM25 on 300 one-bigram "
+                  f"queries ({n} hits): median |deviation| {median:.1%}, 90th percentile {p90:.1%}")
     finally:
         if server is not None:
             server.close()
