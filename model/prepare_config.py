@@ -41,8 +41,10 @@ class PrepareConfig:
     augment: dict = field(default_factory=dict)
     rows_per_shard: int = 65536
     max_linked_pairs: int = 2  # UKTP examples per text chunk from linking
-    # a tantivy BM25 index (`wenzhi index bm25 --kind passages --output DIR`) whose passages can
-    # serve as the knowledge segment (augment.sources says in which order of preference)
+    # a BM25 index of passages that can serve as the knowledge segment (augment.sources says in
+    # which order of preference): a tantivy directory (`wenzhi index bm25 --kind passages
+    # --output DIR`) or a cluster index URL, never with a login in it (retrieval/bm25.py). On the command
+    # line `--search` overrides it, and WENZHI_SEARCH stands in when it is not set.
     retrieval_index: str | None = None
     # Items (documents, pairs, dialogues) per partition: the unit a worker prepares, packs and
     # writes on its own. The output depends on it (rows never mix partitions), never on how many
@@ -102,13 +104,5 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Prepare
     `--set` overrides (dotted keys reach `corpora.N.*`, `strategies.*`, `augment.*`, ...)."""
     from wenzhi.model.config_files import apply_overrides, read_config
 
-    from dataclasses import fields
-
-    from wenzhi.model.augment import AugmentConfig
-    from wenzhi.model.uktp import UKTPConfig
-
     raw, base_dir = read_config(path)
-    mappings = {"strategies": set(TEXT_STRATEGIES), "augment": {f.name for f in fields(AugmentConfig)},
-                "uktp": {f.name for f in fields(UKTPConfig)}}
-    return PrepareConfig.from_dict(apply_overrides(raw, overrides or [], PrepareConfig, dict_keys=mappings),
-                                   base_dir=base_dir)
+    return PrepareConfig.from_dict(apply_overrides(raw, overrides or [], PrepareConfig), base_dir=base_dir)

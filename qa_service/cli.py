@@ -9,6 +9,7 @@ from pathlib import Path
 
 from wenzhi.cli_conventions import (NLPCC_HOLDOUT, add_config, add_field, add_kb, add_nlpcc_holdout, add_option,
                                     add_output, dataclass_defaults, given_fields)
+from wenzhi.retrieval.bm25 import add_search_arguments
 
 
 # `wenzhi fit-fusion`'s question sample: KgCLUE train holds 18,000 questions; skipping the first
@@ -86,7 +87,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     ev.add_argument("--limit", type=int, help="score the first N questions (none: all)")
     add_nlpcc_holdout(ev, help="score only the held-out share of an NLPCC file (as `finetune --nlpcc-holdout`)")
     ev.add_argument("--errors", metavar="FILE", help="write wrong answers as JSON lines")
-    ev.add_argument("--index", metavar="DIR", help="BM25 entity index (fuzzy fallback)")
+    add_search_arguments(ev, "--index", what="BM25 entity index (fuzzy fallback)")
     ev.add_argument("--no-gen", action="store_true", help="leave the GEN head out (as --mode pipeline)")
     ev.add_argument("--mode", type=_modes, default=["fused"], metavar="MODE[,MODE...]",
                     help="answering path scored: fused (both), pipeline (linker + NER + SIM alone) or gen "
@@ -109,7 +110,7 @@ def _register_serve(sub) -> None:
     sv = sub.add_parser("serve", help="the KBQA REST service (FastAPI)")
     sv.add_argument("--model", required=True, metavar="DIR", help="model directory (from `wenzhi finetune`)")
     add_kb(sv)
-    sv.add_argument("--index", metavar="DIR", help="BM25 entity index (fuzzy fallback)")
+    add_search_arguments(sv, "--index", what="BM25 entity index (fuzzy fallback)")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on")
     sv.add_argument("--port", type=int, default=8000, help="port to listen on")
     sv.add_argument("--trusted-hosts", metavar="NAMES",
@@ -209,12 +210,31 @@ def _evaluate(args) -> int:
     if args.no_gen and any(m == "gen" for m in args.mode):
         print("wenzhi evaluate: --mode gen needs the GEN head (drop --no-gen)", file=sys.stderr)
         return 2
+    index, error = _bm25_index(args)
+    if error:
+        print(f"wenzhi evaluate: {error}", file=sys.stderr)
+        return 2
     runs = [(mode, k) for k in args.distractor_relations for mode in args.mode]
     for result in evaluate_runs(args.questions, args.kb, args.model, limit=args.limit, errors=args.errors,
-                                index=args.index, use_gen=not args.no_gen, batch_size=args.batch_size,
+                                index=index, use_gen=not args.no_gen, batch_size=args.batch_size,
                                 threads=args.threads, nlpcc_holdout=args.nlpcc_holdout, runs=runs):
         print(json.dumps(result, ensure_ascii=False), flush=True)
     return 0
+
+
+def _bm25_index(args) -> tuple[str | None, str | None]:
+    """(the fuzzy fallback's BM25 index in its public form, None), the index checked now; or
+    (None, why it cannot be opened). The worker process reads credentials from the environment."""
+    from wenzhi.retrieval.search_cluster import SearchClusterError
+    from wenzhi.retrieval.bm25 import open_bm25, search_from_args
+
+    try:
+        setting = search_from_args(args)
+        if setting is not None:
+            open_bm25(setting)
+    except (ValueError, FileNotFoundError, SearchClusterError) as exc:
+        return None, str(exc)
+    return (setting.public if setting is not None else None), None
 
 
 def _trusted_hosts(value: str | None, bound: str) -> tuple[str, ...]:
@@ -238,7 +258,11 @@ def _serve(args) -> int:
     if args.host in ("0.0.0.0", "::") and not args.trusted_hosts:
         print(f"wenzhi serve: listening on all interfaces, but only Host headers {', '.join(hosts)} are answered; "
               "pass --trusted-hosts with the names clients use", file=sys.stderr)
-    settings = ServiceSettings(model=args.model, kb=args.kb, index=args.index, use_gen=not args.no_gen,
+    index, error = _bm25_index(args)
+    if error:
+        print(f"wenzhi serve: {error}", file=sys.stderr)
+        return 2
+    settings = ServiceSettings(model=args.model, kb=args.kb, index=index, use_gen=not args.no_gen,
                                timeout_s=args.timeout, max_batch=args.max_batch,
                                max_wait_ms=args.max_wait_ms, threads=args.threads,
                                manage_gc=True, worker_process=not args.in_process,
