@@ -6,6 +6,7 @@ import json
 import sys
 
 from wenzhi.cli_conventions import add_kb, add_output
+from wenzhi.retrieval.bm25 import add_search_arguments
 
 
 def register(sub: "argparse._SubParsersAction") -> None:
@@ -40,29 +41,30 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("-k", type=int, default=10, help="hits to show")
     p.set_defaults(handler=_search)
 
-    p = idx_sub.add_parser("bm25", help="build a BM25 index: tantivy at --output, or a cluster index with --url")
+    p = idx_sub.add_parser("bm25", help="build a BM25 index: tantivy at --output DIR, or a cluster index (--search URL/INDEX)")
     add_source(p)
-    add_output(p, "the tantivy index folder to write (built aside, swapped in at the end); or give --url",
-               old=["--out"], required=False, metavar="DIR")
+    add_output(p, "the tantivy index folder to write (built aside, swapped in at the end)", old=["--out"],
+               required=False, metavar="DIR")
     p.add_argument("--analyzer", default="bigrams", choices=["bigrams", "jieba"],
                    help="tantivy only: how Chinese text is cut into terms (character bigrams or jieba words)")
-    _cluster_args(p)
+    add_search_arguments(p, what="where to build (instead of --output)")
+    _old_cluster_args(p)
     p.set_defaults(handler=_bm25)
 
-    p = idx_sub.add_parser("bm25-search", help="search a BM25 index (tantivy --index DIR, or --url)")
+    p = idx_sub.add_parser("bm25-search", help="search a BM25 index (tantivy or a cluster: --search)")
     p.add_argument("query", help="the query text")
-    p.add_argument("--index", metavar="DIR", help="a tantivy index folder (from `wenzhi index bm25`); or give --url")
     p.add_argument("-k", type=int, default=10, help="hits to show")
     p.add_argument("--filter-kind", choices=["entity", "triple", "passage"], help="only hits of this kind")
-    _cluster_args(p)
+    add_search_arguments(p, "--index")
+    _old_cluster_args(p)
     p.set_defaults(handler=_bm25_search)
 
 
-def _cluster_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--url", help="Elasticsearch/OpenSearch URL instead of tantivy")
-    p.add_argument("--flavor", default="opensearch", choices=["opensearch", "elasticsearch"],
-                   help="--url only: which client speaks to the cluster")
-    p.add_argument("--index-name", default="wenzhi-retrieval", help="--url only: the cluster's index")
+def _old_cluster_args(p: argparse.ArgumentParser) -> None:
+    """The spellings before --search, kept for one release."""
+    p.add_argument("--url", help="old spelling: use --search URL/INDEX")
+    p.add_argument("--index-name", help="old spelling: the last part of --search URL/INDEX")
+    p.add_argument("--flavor", choices=["opensearch", "elasticsearch"], help="old spelling of --search-flavor")
 
 
 def _documents(args):
@@ -113,70 +115,58 @@ def _search(args) -> int:
     return 0
 
 
-def _cluster(args):
-    import logging
+def _setting(args, command: str, location: str | None = None):
+    """The BM25 setting of a `wenzhi index bm25*` command; old spellings (--url, --index-name,
+    --flavor) still work, with a warning."""
+    from wenzhi.retrieval.bm25 import DEFAULT_INDEX, search_from_args
 
-    from wenzhi.retrieval.search_cluster import SearchClusterRetriever, connect
-
-    if logging.getLogger().level > logging.DEBUG:  # the clients log each failed try with a traceback
-        for name in ("opensearch", "elastic_transport"):
-            logging.getLogger(name).setLevel(logging.ERROR)
-    return SearchClusterRetriever(connect(args.url, args.flavor), args.index_name)
-
-
-def _cluster_error():
-    """The exception a cluster call raises for a refused connection or an error status."""
-    from wenzhi.retrieval.search_cluster import SearchClusterError
-
-    return SearchClusterError
+    if args.url or args.index_name or args.flavor:
+        print(f"wenzhi {command}: --url, --index-name and --flavor are old spellings of "
+              "--search URL/INDEX and --search-flavor", file=sys.stderr)
+        if args.url and (location or args.search):
+            raise ValueError("give --search (or --output) or the old --url, not both")
+        if args.url:
+            location = f"{args.url.rstrip('/')}/{args.index_name or DEFAULT_INDEX}"
+        args.search_flavor = args.search_flavor or args.flavor
+    elif location and args.search:
+        raise ValueError("give one of --output DIR (tantivy) or --search DIR_OR_URL")
+    return search_from_args(args, location)
 
 
 def _bm25(args) -> int:
     import time
 
+    from wenzhi.retrieval.search_cluster import SearchClusterError
+    from wenzhi.retrieval.bm25 import ENV_LOCATION, open_bm25
     from wenzhi.retrieval.tantivy_backend import TantivyRetriever
 
-    if bool(args.output) == bool(args.url):
-        print("wenzhi index bm25: give exactly one of --output DIR (tantivy) or --url URL (cluster)", file=sys.stderr)
-        return 2
     started = time.perf_counter()
     try:
-        if args.url:
-            retriever = _cluster(args)
+        setting = _setting(args, "index bm25", args.output)
+        if setting is None:
+            raise ValueError(f"give --output DIR (tantivy) or --search DIR_OR_URL, or set {ENV_LOCATION}")
+        if setting.is_cluster:
+            retriever = open_bm25(setting, must_exist=False)
             retriever.create_index(recreate=True)
             n = retriever.index(_documents(args), progress=True)
         else:
-            n = TantivyRetriever.build(args.output, _documents(args), analyzer=args.analyzer).count()
-    except (ValueError, FileNotFoundError) as exc:
+            n = TantivyRetriever.build(setting.location, _documents(args), analyzer=args.analyzer).count()
+    except (ValueError, FileNotFoundError, SearchClusterError) as exc:
         print(f"wenzhi index bm25: {exc}", file=sys.stderr)
         return 2
-    except _cluster_error() as exc:
-        print(f"wenzhi index bm25: {args.url}: {exc}", file=sys.stderr)
-        return 2
-    print(f"indexed {n} {args.kind} in {time.perf_counter() - started:.1f} s -> {args.url or args.output}")
+    print(f"indexed {n} {args.kind} in {time.perf_counter() - started:.1f} s -> {setting.public}")
     return 0
 
 
 def _bm25_search(args) -> int:
-    from pathlib import Path
+    from wenzhi.retrieval.search_cluster import SearchClusterError
+    from wenzhi.retrieval.bm25 import open_bm25
 
-    from wenzhi.retrieval.analysis import QueryError
-    from wenzhi.retrieval.tantivy_backend import META_FILE, TantivyRetriever
-
-    if bool(args.index) == bool(args.url):
-        print("wenzhi index bm25-search: give exactly one of --index DIR or --url URL", file=sys.stderr)
-        return 2
-    if args.index and not (Path(args.index) / META_FILE).exists():
-        print(f"wenzhi index bm25-search: no BM25 index at {args.index} (build one with `wenzhi index bm25`)", file=sys.stderr)
-        return 2
-    retriever = _cluster(args) if args.url else TantivyRetriever(args.index)
     try:
+        retriever = open_bm25(_setting(args, "index bm25-search"))
         hits = retriever.search(args.query, args.k, {"kind": args.filter_kind} if args.filter_kind else None)
-    except QueryError as exc:
+    except (ValueError, FileNotFoundError, SearchClusterError) as exc:  # QueryError is a ValueError
         print(f"wenzhi index bm25-search: {exc}", file=sys.stderr)
-        return 2
-    except _cluster_error() as exc:
-        print(f"wenzhi index bm25-search: {args.url}: {exc}", file=sys.stderr)
         return 2
     _print_hits(hits)
     return 0
