@@ -176,9 +176,11 @@ def open_bm25(setting: SearchSetting | str | os.PathLike | None = None, *, must_
 def add_search_arguments(parser: argparse.ArgumentParser, *old_spellings: str, what: str = "BM25 index") -> None:
     """`--search` and its credential/TLS flags. No default is read from the environment here, so
     `--help` never shows a value; `search_from_args` reads the environment."""
-    parser.add_argument("--search", *old_spellings, dest="search", metavar="DIR_OR_URL",
-                        help=f"{what}: a tantivy directory or http(s)://HOST:PORT/INDEX of an OpenSearch/"
-                             f"Elasticsearch cluster (env {ENV_LOCATION})")
+    from wenzhi.cli_conventions import add_option
+
+    add_option(parser, "--search", old=old_spellings, dest="search", metavar="DIR_OR_URL",
+               help=f"{what}: a tantivy directory or http(s)://HOST:PORT/INDEX of an OpenSearch/"
+                    f"Elasticsearch cluster (env {ENV_LOCATION})")
     parser.add_argument("--search-flavor", choices=FLAVORS, help=f"cluster client (env {ENV_FLAVOR}; default opensearch)")
     parser.add_argument("--search-api-key", metavar="KEY", help=f"cluster API key (prefer env {ENV_API_KEY}: "
                         "a flag's value shows in the process list)")

@@ -7,6 +7,8 @@
     the KB store (SQLite)        --kb DB                   --db
     NLPCC questions held out     --nlpcc-holdout FRACTION  --holdout-nlpcc
     tokens per sequence          --max-length N            --max-len
+    a BM25 index (tantivy folder --search DIR_OR_URL       --index (evaluate, serve, index bm25-search);
+      or cluster URL)                                      --url/--index-name/--flavor (retrieval/cli.py)
     a command's config           --config NAME|FILE  plus  --set a.b=value (repeatable: a dotted key
                                  reaches a nested field, the value is read as YAML; keys are checked
                                  against the config's dataclass, an unknown one is an error naming
@@ -27,8 +29,9 @@ from collections.abc import Mapping, Sequence
 
 OUTPUT, KB, NLPCC_HOLDOUT, CONFIG, SET = "--output", "--kb", "--nlpcc-holdout", "--config", "--set"
 
-# Old spelling -> the one that replaced it; tests/test_cli_conventions.py fails on any flag of any
-# command spelled like a key here, unless it is registered as deprecated (`add_option(old=...)`).
+# Old spelling -> the one that replaced it everywhere; tests/test_cli_conventions.py fails on any
+# flag of any command spelled like a key here, unless it is registered as deprecated
+# (`add_option(old=...)`). `--index` is not here: `index search --index` is a faiss index.
 RENAMED_FLAGS = {"--out": OUTPUT, "--output-dir": OUTPUT, "--db": KB, "--holdout-nlpcc": NLPCC_HOLDOUT,
                  "--max-len": "--max-length"}
 
