@@ -104,5 +104,13 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Prepare
     `--set` overrides (dotted keys reach `corpora.N.*`, `strategies.*`, `augment.*`, ...)."""
     from wenzhi.model.config_files import apply_overrides, read_config
 
+    from dataclasses import fields
+
+    from wenzhi.model.augment import AugmentConfig
+    from wenzhi.model.uktp import UKTPConfig
+
     raw, base_dir = read_config(path)
-    return PrepareConfig.from_dict(apply_overrides(raw, overrides or [], PrepareConfig), base_dir=base_dir)
+    mappings = {"strategies": set(TEXT_STRATEGIES), "augment": {f.name for f in fields(AugmentConfig)},
+                "uktp": {f.name for f in fields(UKTPConfig)}}
+    return PrepareConfig.from_dict(apply_overrides(raw, overrides or [], PrepareConfig, dict_keys=mappings),
+                                   base_dir=base_dir)
