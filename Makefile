@@ -53,10 +53,10 @@ demo: setup
 		--unfreeze --max-steps 900 --lr 2e-3 --threads 2
 	$(WENZHI) --data-dir $(DATA) fit-fusion --kb $(DEMO)/kb.sqlite --model $(DEMO)/qa --limit 500 --threads 2
 	$(WENZHI) evaluate --questions $(DATA)/kgclue/dev.json --kb $(DEMO)/kb.sqlite --model $(DEMO)/qa \
-		--index $(DEMO)/bm25-entities --mode fused,pipeline,gen --distractor-relations 0,30 \
+		--search $(DEMO)/bm25-entities --mode fused,pipeline,gen --distractor-relations 0,30 \
 		--errors $(DEMO)/errors-dev.jsonl --threads 2 | tee $(DEMO)/eval-dev.jsonl
 	$(PY) -m wenzhi.qa_service.eval_summary $(DEMO)/eval-dev.jsonl
-	$(PY) -m wenzhi.qa_service.demo --model $(DEMO)/qa --kb $(DEMO)/kb.sqlite --index $(DEMO)/bm25-entities
+	$(PY) -m wenzhi.qa_service.demo --model $(DEMO)/qa --kb $(DEMO)/kb.sqlite --search $(DEMO)/bm25-entities
 
 clean:
 	rm -rf $(DEMO)
