@@ -10,6 +10,7 @@ import pytest
 
 from wenzhi.cli import build_parser, main
 from wenzhi.cli_conventions import KB, OUTPUT, RENAMED_COMMANDS, RENAMED_FLAGS
+from wenzhi.cli_conventions import replace_renamed_commands as replace_renamed
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -198,3 +199,17 @@ def test_makefile_and_readme_use_only_the_new_spellings(name):
         assert not re.search(rf"(?<![\w-]){re.escape(old)}(?![\w-])", text), f"{name} uses {old}"
     for old in RENAMED_COMMANDS:
         assert " ".join(old) not in text, f"{name} uses `{' '.join(old)}`"
+
+
+def test_every_wenzhi_command_of_the_makefile_parses_without_a_warning(capsys):
+    """`make demo`'s command lines, parsed (not run): the flags exist and none is deprecated."""
+    import shlex
+
+    text = (REPO / "Makefile").read_text(encoding="utf-8").replace("\\\n", " ")
+    lines = [line.split(" | ")[0] for line in text.splitlines() if "$(WENZHI)" in line]
+    assert len(lines) >= 10
+    for line in lines:
+        line = re.sub(r"\$\(abspath ([^)]*)\)", r"\1", line)
+        argv = shlex.split(re.sub(r"\$\(\w+\)", "x", line.split("$(WENZHI)", 1)[1]))
+        build_parser().parse_args(replace_renamed(argv))
+        assert "DeprecationWarning" not in capsys.readouterr().err, line
