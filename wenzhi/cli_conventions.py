@@ -106,9 +106,9 @@ def add_nlpcc_holdout(parser, *, help: str, old: Sequence[str] = (), **kwargs) -
     return add_option(parser, NLPCC_HOLDOUT, old=old, type=float, metavar="FRACTION", help=help, **kwargs)
 
 
-def add_config(parser, what: str, example: str, *, required: bool = True) -> None:
+def add_config(parser, what: str, example: str, *, required: bool = True, metavar: str = "NAME|FILE") -> None:
     """`--config NAME|FILE` and `--set a.b=value` (model/config_files.py reads and checks both)."""
-    parser.add_argument(CONFIG, required=required, metavar="NAME|FILE", help=what)
+    parser.add_argument(CONFIG, required=required, metavar=metavar, help=what)
     parser.add_argument(SET, action="append", default=[], metavar="KEY=VALUE", dest="set",
                         help=f"override a config field, e.g. {example}; a dotted key reaches a nested field, "
                              "the value is read as YAML; repeatable")
