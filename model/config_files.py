@@ -59,10 +59,10 @@ def config_fields(schema: type, config: str | Path | None, overrides: list[str],
 def apply_overrides(raw: dict, overrides: list[str], schema: type, *, extra_keys: tuple[str, ...] = (),
                     dict_keys: dict[str, set[str]] | None = None) -> dict:
     """`raw` with each `--set a.b.c=value` applied (the value read as YAML: numbers, booleans,
-    lists). Each key is checked against `schema`, the config's dataclass: a field of the dataclass (or one of `extra_keys`, shorthands its from_dict accepts), then,
-    along a dotted key, a field of a nested dataclass, an index of a list of them, or a key of a
-    mapping field (checked against `dict_keys[field]` where given). An unknown key is a ValueError
-    naming the valid ones."""
+    lists). Each key is checked against `schema`, the config's dataclass: a field of it (or one of
+    `extra_keys`, shorthands its from_dict accepts), then along a dotted key a field of a nested
+    dataclass, an index of a list of them, or a key of a mapping field (checked against
+    `dict_keys[field]` where given). An unknown key is a ValueError naming the valid ones."""
     import yaml
 
     for item in overrides:

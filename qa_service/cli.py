@@ -118,7 +118,8 @@ def _register_serve(sub) -> None:
                          "'*' for any; default: --host, localhost, 127.0.0.1, [::1]")
     sv.add_argument("--no-gen", action="store_true", help="leave the GEN head out (lower latency)")
     sv.add_argument("--timeout", type=float, default=defaults["timeout_s"], help="seconds to answer a question")
-    sv.add_argument("--max-batch", type=int, default=defaults["max_batch"], help="questions answered in one pass at most")
+    sv.add_argument("--max-batch", type=int, default=defaults["max_batch"],
+                    help="questions answered in one pass at most")
     sv.add_argument("--max-wait-ms", type=float, default=defaults["max_wait_ms"],
                     help="how long a batch waits for company (0: batch what queued while the pipeline was busy)")
     sv.add_argument("--threads", type=int, default=1,  # not ServiceSettings' None (torch's choice): see the help

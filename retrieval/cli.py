@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from wenzhi.cli_conventions import add_kb, add_output
+from wenzhi.cli_conventions import add_kb, add_output, warn_deprecated
 from wenzhi.retrieval.bm25 import add_search_arguments
 
 
@@ -41,7 +41,8 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("-k", type=int, default=10, help="hits to show")
     p.set_defaults(handler=_search)
 
-    p = idx_sub.add_parser("bm25", help="build a BM25 index: tantivy at --output DIR, or a cluster index (--search URL/INDEX)")
+    p = idx_sub.add_parser("bm25", help="build a BM25 index: tantivy at --output DIR, or a cluster index "
+                                        "(--search URL/INDEX)")
     add_source(p)
     add_output(p, "the tantivy index folder to write (built aside, swapped in at the end)", old=["--out"],
                required=False, metavar="DIR")
@@ -121,8 +122,7 @@ def _setting(args, command: str, location: str | None = None):
     from wenzhi.retrieval.bm25 import DEFAULT_INDEX, search_from_args
 
     if args.url or args.index_name or args.flavor:
-        print(f"wenzhi {command}: --url, --index-name and --flavor are old spellings of "
-              "--search URL/INDEX and --search-flavor", file=sys.stderr)
+        warn_deprecated("--url, --index-name and --flavor", "--search URL/INDEX and --search-flavor")
         if args.url and (location or args.search):
             raise ValueError("give --search (or --output) or the old --url, not both")
         if args.url:

@@ -29,13 +29,12 @@ from collections.abc import Mapping, Sequence
 
 OUTPUT, KB, NLPCC_HOLDOUT, CONFIG, SET = "--output", "--kb", "--nlpcc-holdout", "--config", "--set"
 
-# Old spelling -> the one that replaced it everywhere; tests/test_cli_conventions.py fails on any
-# flag of any command spelled like a key here, unless it is registered as deprecated
-# (`add_option(old=...)`). `--index` is not here: `index search --index` is a faiss index.
+# Old spelling -> the one that replaced it everywhere (but `fit-fusion --out`, now --model, see
+# above); tests/test_cli_conventions.py fails on any flag of any command spelled like a key here,
+# unless it is registered as deprecated (`add_option(old=...)`). `--index` is not here: `index
+# search --index` is a faiss index.
 RENAMED_FLAGS = {"--out": OUTPUT, "--output-dir": OUTPUT, "--db": KB, "--holdout-nlpcc": NLPCC_HOLDOUT,
                  "--max-len": "--max-length"}
-
-# (`fit-fusion --out` is the one old spelling that maps elsewhere: to --model, see above.)
 
 # Old command words -> the command that replaced them (checked right after the global options).
 RENAMED_COMMANDS = {("finetune", "fusion"): ("fit-fusion",)}
@@ -48,8 +47,8 @@ def warn_deprecated(old: str, new: str) -> None:
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Each help line ends with its default where there is one to show (not for a switch, a
-    required option, None or an empty list: such a flag's help says what its absence means). A deprecated
-    spelling is left out of the option list and named at the end of the help."""
+    required option, None or an empty list: such a flag's help says what its absence means). A
+    deprecated spelling is left out of the option list and named at the end of the help."""
 
     def _get_help_string(self, action):
         text = action.help or ""
