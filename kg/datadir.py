@@ -17,7 +17,7 @@ def data_dir() -> Path:
     """The configured data directory (it may not exist; `data_path` says what is missing)."""
     configured = os.environ.get("WENZHI_DATA")
     if configured:
-        return Path(configured).expanduser()
+        return Path(configured).expanduser().resolve()
     return (Path.cwd() / DEFAULT_DATA_DIR).resolve()
 
 

@@ -21,6 +21,7 @@ config file and existing there):
     #  - {until: 1.0, seq_len: 128, strategies: {word: 1, entity: 1, uktp: 1}}
     uktp: {relation: 0.5, triple_entity: 0.25, sentence_entity: 0.25}
     augment: {max_tokens: 96, min_tokens: 8}
+    retrieval_index: null            # BM25 passages for augmentation: a tantivy dir or https://HOST:9200/INDEX
     partition_items: 4096            # items per partition (the unit of parallel work)
     segmenter: rjieba                # or jieba (the slower Python original)
 
@@ -53,6 +54,7 @@ from wenzhi.model.prepare_examples import KIND_KNOWLEDGE, KIND_PLAIN, KIND_RETRI
 from wenzhi.model.prepare_job import (build_curriculum, finished, merge, open_staging, preload, release,
                                       run_partition, stage_seconds)
 from wenzhi.model.prepare_plan import index_corpus, plan_partitions
+from wenzhi.retrieval.bm25 import add_search_arguments, search_from_args
 
 ENGINES = ("local", "dask")
 
@@ -162,6 +164,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--partition-items", type=int, help="override the config's partition_items")
     parser.add_argument("--no-resume", action="store_true", help="start over instead of keeping an interrupted run's partitions")
     parser.add_argument("--no-progress", action="store_true")
+    add_search_arguments(parser, what="BM25 passage index for retrieval augmentation (default: the config's "
+                         "retrieval_index, else $WENZHI_SEARCH); workers read credentials from the environment")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -173,6 +177,15 @@ def main(args: argparse.Namespace) -> int:
     for key in ("output", "seed", "kb", "partition_items"):
         if getattr(args, key, None) is not None:
             setattr(cfg, key, getattr(args, key))
+    try:
+        # the flag, else the config's key, else WENZHI_SEARCH; what the config keeps (and the
+        # workers get) is the public form: credentials go to the environment
+        search = search_from_args(args, args.search or cfg.retrieval_index)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if search is not None and (args.search or search.is_cluster or not cfg.retrieval_index):
+        cfg.retrieval_index = search.public
     try:
         meta = prepare(cfg, show_progress=not args.no_progress, workers=args.workers, engine=args.engine,
                        scheduler=args.scheduler, resume=not args.no_resume)

@@ -42,8 +42,10 @@ class PrepareConfig:
     augment: dict = field(default_factory=dict)
     rows_per_shard: int = 65536
     max_linked_pairs: int = 2  # UKTP examples per text chunk from linking
-    # a tantivy BM25 index (`wenzhi index bm25 --kind passages --out DIR`) whose passages can
-    # serve as the knowledge segment (augment.sources says in which order of preference)
+    # a BM25 index of passages that can serve as the knowledge segment (augment.sources says in
+    # which order of preference): a tantivy directory (`wenzhi index bm25 --kind passages --out
+    # DIR`) or a cluster index URL, never with a login in it (retrieval/bm25.py). On the command
+    # line `--search` overrides it, and WENZHI_SEARCH stands in when it is not set.
     retrieval_index: str | None = None
     # Items (documents, pairs, dialogues) per partition: the unit a worker prepares, packs and
     # writes on its own. The output depends on it (rows never mix partitions), never on how many

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from wenzhi.kg.cli import DefaultsHelpFormatter
+from wenzhi.retrieval.bm25 import add_search_arguments
 
 
 def register(sub: "argparse._SubParsersAction") -> None:
@@ -49,7 +50,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     ev.add_argument("--nlpcc-holdout", type=float, metavar="FRACTION",
                     help="score only the held-out share of an NLPCC file (as `finetune --holdout-nlpcc`)")
     ev.add_argument("--errors", metavar="FILE", help="write wrong answers as JSON lines")
-    ev.add_argument("--index", metavar="DIR", help="BM25 entity index (fuzzy fallback)")
+    add_search_arguments(ev, "--index", what="BM25 entity index (fuzzy fallback)")
     ev.add_argument("--no-gen", action="store_true", help="leave the GEN head out")
     ev.add_argument("--batch-size", type=int, default=16)
     ev.add_argument("--threads", type=int)
@@ -60,7 +61,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
                         formatter_class=DefaultsHelpFormatter)
     sv.add_argument("--model", required=True, metavar="DIR", help="model directory (from `wenzhi finetune`)")
     sv.add_argument("--kb", required=True, metavar="DB", help="triple store (from `wenzhi kg import`)")
-    sv.add_argument("--index", metavar="DIR", help="BM25 entity index (fuzzy fallback)")
+    add_search_arguments(sv, "--index", what="BM25 entity index (fuzzy fallback)")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on")
     sv.add_argument("--port", type=int, default=8000, help="port to listen on")
     sv.add_argument("--trusted-hosts", metavar="NAMES",
@@ -123,11 +124,30 @@ def _finetune(args) -> int:
 def _evaluate(args) -> int:
     from wenzhi.qa_service.evaluate import evaluate
 
+    index, error = _bm25_index(args)
+    if error:
+        print(f"wenzhi evaluate: {error}", file=sys.stderr)
+        return 2
     result = evaluate(args.questions, args.kb, args.model, limit=args.limit, errors=args.errors,
-                      index=args.index, use_gen=not args.no_gen, batch_size=args.batch_size,
+                      index=index, use_gen=not args.no_gen, batch_size=args.batch_size,
                       threads=args.threads, nlpcc_holdout=args.nlpcc_holdout)
     print(json.dumps(result, ensure_ascii=False))
     return 0
+
+
+def _bm25_index(args) -> tuple[str | None, str | None]:
+    """(the fuzzy fallback's BM25 index in its public form, None), the index checked now; or
+    (None, why it cannot be opened). The worker process reads credentials from the environment."""
+    from wenzhi.retrieval.search_cluster import SearchClusterError
+    from wenzhi.retrieval.bm25 import open_bm25, search_from_args
+
+    try:
+        setting = search_from_args(args)
+        if setting is not None:
+            open_bm25(setting)
+    except (ValueError, FileNotFoundError, SearchClusterError) as exc:
+        return None, str(exc)
+    return (setting.public if setting is not None else None), None
 
 
 def _trusted_hosts(value: str | None, bound: str) -> tuple[str, ...]:
@@ -151,7 +171,11 @@ def _serve(args) -> int:
     if args.host in ("0.0.0.0", "::") and not args.trusted_hosts:
         print(f"wenzhi serve: listening on all interfaces, but only Host headers {', '.join(hosts)} are answered; "
               "pass --trusted-hosts with the names clients use", file=sys.stderr)
-    settings = ServiceSettings(model=args.model, kb=args.kb, index=args.index, use_gen=not args.no_gen,
+    index, error = _bm25_index(args)
+    if error:
+        print(f"wenzhi serve: {error}", file=sys.stderr)
+        return 2
+    settings = ServiceSettings(model=args.model, kb=args.kb, index=index, use_gen=not args.no_gen,
                                timeout_s=args.timeout, max_batch=args.max_batch,
                                max_wait_ms=args.max_wait_ms, threads=args.threads,
                                manage_gc=True, worker_process=not args.in_process,

@@ -165,10 +165,10 @@ class QAPipeline:
             self.gen = WenzhiForPrefixLM.from_pretrained(self.model_dir / "gen").eval()
             self.trie = ensure_trie(self.model_dir / "gen", self.store, self.tokenizer)
         self.retriever = None
-        if index is not None:
-            from wenzhi.retrieval.tantivy_backend import TantivyRetriever
+        if index is not None:  # a tantivy directory or a cluster URL (retrieval/bm25.py)
+            from wenzhi.retrieval.bm25 import open_bm25
 
-            self.retriever = TantivyRetriever(index)
+            self.retriever = open_bm25(index)
         self._lock = threading.Lock()  # torch modules and the sqlite handle: one batch at a time
 
     # -- steps ------------------------------------------------------------------------------

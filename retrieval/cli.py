@@ -5,6 +5,8 @@ import argparse
 import json
 import sys
 
+from wenzhi.retrieval.bm25 import add_search_arguments
+
 
 def register(sub: "argparse._SubParsersAction") -> None:
     """Add this package's sub-commands to the `wenzhi` parser."""
@@ -36,26 +38,28 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("-k", type=int, default=10)
     p.set_defaults(handler=_search)
 
-    p = idx_sub.add_parser("bm25", help="build a BM25 index: tantivy at --out, or a cluster index with --url")
+    p = idx_sub.add_parser("bm25", help="build a BM25 index: tantivy at --out DIR, or a cluster index (--search URL/INDEX)")
     add_source(p)
     p.add_argument("--out", metavar="DIR", help="tantivy index directory (built aside, swapped in at the end)")
     p.add_argument("--analyzer", default="bigrams", choices=["bigrams", "jieba"], help="tantivy only")
-    _cluster_args(p)
+    add_search_arguments(p, what="where to build (instead of --out)")
+    _old_cluster_args(p)
     p.set_defaults(handler=_bm25)
 
-    p = idx_sub.add_parser("bm25-search", help="search a BM25 index (tantivy --index DIR, or --url)")
+    p = idx_sub.add_parser("bm25-search", help="search a BM25 index (tantivy or a cluster: --search)")
     p.add_argument("query")
-    p.add_argument("--index", metavar="DIR")
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--filter-kind", choices=["entity", "triple", "passage"])
-    _cluster_args(p)
+    add_search_arguments(p, "--index")
+    _old_cluster_args(p)
     p.set_defaults(handler=_bm25_search)
 
 
-def _cluster_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--url", help="Elasticsearch/OpenSearch URL instead of tantivy")
-    p.add_argument("--flavor", default="opensearch", choices=["opensearch", "elasticsearch"])
-    p.add_argument("--index-name", default="wenzhi-retrieval")
+def _old_cluster_args(p: argparse.ArgumentParser) -> None:
+    """The spellings before --search, kept for one release."""
+    p.add_argument("--url", help="old spelling: use --search URL/INDEX")
+    p.add_argument("--index-name", help="old spelling: the last part of --search URL/INDEX")
+    p.add_argument("--flavor", choices=["opensearch", "elasticsearch"], help="old spelling of --search-flavor")
 
 
 def _documents(args):
@@ -106,70 +110,58 @@ def _search(args) -> int:
     return 0
 
 
-def _cluster(args):
-    import logging
+def _setting(args, command: str, location: str | None = None):
+    """The BM25 setting of a `wenzhi index bm25*` command; old spellings (--url, --index-name,
+    --flavor) still work, with a warning."""
+    from wenzhi.retrieval.bm25 import DEFAULT_INDEX, search_from_args
 
-    from wenzhi.retrieval.search_cluster import SearchClusterRetriever, connect
-
-    if logging.getLogger().level > logging.DEBUG:  # the clients log each failed try with a traceback
-        for name in ("opensearch", "elastic_transport"):
-            logging.getLogger(name).setLevel(logging.ERROR)
-    return SearchClusterRetriever(connect(args.url, args.flavor), args.index_name)
-
-
-def _cluster_error():
-    """The exception a cluster call raises for a refused connection or an error status."""
-    from wenzhi.retrieval.search_cluster import SearchClusterError
-
-    return SearchClusterError
+    if args.url or args.index_name or args.flavor:
+        print(f"wenzhi {command}: --url, --index-name and --flavor are old spellings of "
+              "--search URL/INDEX and --search-flavor", file=sys.stderr)
+        if args.url and (location or args.search):
+            raise ValueError("give --search (or --out) or the old --url, not both")
+        if args.url:
+            location = f"{args.url.rstrip('/')}/{args.index_name or DEFAULT_INDEX}"
+        args.search_flavor = args.search_flavor or args.flavor
+    elif location and args.search:
+        raise ValueError("give one of --out DIR (tantivy) or --search DIR_OR_URL")
+    return search_from_args(args, location)
 
 
 def _bm25(args) -> int:
     import time
 
+    from wenzhi.retrieval.search_cluster import SearchClusterError
+    from wenzhi.retrieval.bm25 import ENV_LOCATION, open_bm25
     from wenzhi.retrieval.tantivy_backend import TantivyRetriever
 
-    if bool(args.out) == bool(args.url):
-        print("wenzhi index bm25: give exactly one of --out DIR (tantivy) or --url URL (cluster)", file=sys.stderr)
-        return 2
     started = time.perf_counter()
     try:
-        if args.url:
-            retriever = _cluster(args)
+        setting = _setting(args, "index bm25", args.out)
+        if setting is None:
+            raise ValueError(f"give --out DIR (tantivy) or --search DIR_OR_URL, or set {ENV_LOCATION}")
+        if setting.is_cluster:
+            retriever = open_bm25(setting, must_exist=False)
             retriever.create_index(recreate=True)
             n = retriever.index(_documents(args), progress=True)
         else:
-            n = TantivyRetriever.build(args.out, _documents(args), analyzer=args.analyzer).count()
-    except (ValueError, FileNotFoundError) as exc:
+            n = TantivyRetriever.build(setting.location, _documents(args), analyzer=args.analyzer).count()
+    except (ValueError, FileNotFoundError, SearchClusterError) as exc:
         print(f"wenzhi index bm25: {exc}", file=sys.stderr)
         return 2
-    except _cluster_error() as exc:
-        print(f"wenzhi index bm25: {args.url}: {exc}", file=sys.stderr)
-        return 2
-    print(f"indexed {n} {args.kind} in {time.perf_counter() - started:.1f} s -> {args.url or args.out}")
+    print(f"indexed {n} {args.kind} in {time.perf_counter() - started:.1f} s -> {setting.public}")
     return 0
 
 
 def _bm25_search(args) -> int:
-    from pathlib import Path
+    from wenzhi.retrieval.search_cluster import SearchClusterError
+    from wenzhi.retrieval.bm25 import open_bm25
 
-    from wenzhi.retrieval.analysis import QueryError
-    from wenzhi.retrieval.tantivy_backend import META_FILE, TantivyRetriever
-
-    if bool(args.index) == bool(args.url):
-        print("wenzhi index bm25-search: give exactly one of --index DIR or --url URL", file=sys.stderr)
-        return 2
-    if args.index and not (Path(args.index) / META_FILE).exists():
-        print(f"wenzhi index bm25-search: no BM25 index at {args.index} (build one with `wenzhi index bm25`)", file=sys.stderr)
-        return 2
-    retriever = _cluster(args) if args.url else TantivyRetriever(args.index)
     try:
+        retriever = open_bm25(_setting(args, "index bm25-search"))
         hits = retriever.search(args.query, args.k, {"kind": args.filter_kind} if args.filter_kind else None)
-    except QueryError as exc:
+    except (ValueError, FileNotFoundError, SearchClusterError) as exc:  # QueryError is a ValueError
         print(f"wenzhi index bm25-search: {exc}", file=sys.stderr)
-        return 2
-    except _cluster_error() as exc:
-        print(f"wenzhi index bm25-search: {args.url}: {exc}", file=sys.stderr)
         return 2
     _print_hits(hits)
     return 0
