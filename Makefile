@@ -51,7 +51,9 @@ demo: setup
 	# GEN: copies from the question, spells base name, relation, then disambiguation; one epoch
 	$(WENZHI) --data-dir $(DATA) finetune gen --kb $(DEMO)/kb.sqlite --output $(DEMO)/qa --init $(DEMO)/pretrain \
 		--unfreeze --max-steps 900 --lr 2e-3 --threads 2
-	$(WENZHI) --data-dir $(DATA) fit-fusion --kb $(DEMO)/kb.sqlite --model $(DEMO)/qa --limit 500 --threads 2
+	# fusion weights that must hold both when only the KB's relations compete and with 30 distractors
+	$(WENZHI) --data-dir $(DATA) fit-fusion --kb $(DEMO)/kb.sqlite --model $(DEMO)/qa --limit 500 \
+		--distractor-relations 0,30 --threads 2
 	$(WENZHI) evaluate --questions $(DATA)/kgclue/dev.json --kb $(DEMO)/kb.sqlite --model $(DEMO)/qa \
 		--search $(DEMO)/bm25-entities --mode fused,pipeline,gen --distractor-relations 0,30 \
 		--errors $(DEMO)/errors-dev.jsonl --threads 2 | tee $(DEMO)/eval-dev.jsonl
