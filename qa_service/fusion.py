@@ -29,6 +29,7 @@ def fit_fusion(model_dir: str | Path, kb: str | Path, questions: str | Path, lim
     examples = read_qa(questions, limit=limit, skip=skip)
     base = PipelineConfig.load(Path(model_dir), use_gen=use_gen, threads=threads, mode="fused")
     base.w_lex = base.w_lex or 1e-6  # so that the candidates carry their lexical evidence
+    base.w_gen = base.w_gen or 1e-6  # and GEN's (the pipeline skips decoding at weight 0)
     pipe = QAPipeline(model_dir, kb, base)
     per_q = []
     for k in distractor_relations:

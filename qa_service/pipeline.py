@@ -296,7 +296,10 @@ class QAPipeline:
             enc = encode(self.sim, q_ids, self.tokenizer.pad_token_id)
             spans = self._ner(enc, enc_tok["offset_mapping"])
             t1 = time.perf_counter()
-            gen_hits = self._gen(q_ids) if cfg.mode != "pipeline" else [{} for _ in questions]
+            # GEN decoding is ~95% of a fused answer's cost (bench/RESULTS.md, issue 12): skip it
+            # where its evidence weighs nothing (a fusion fit may give it weight 0)
+            gen_counts = cfg.mode == "gen" or (cfg.mode == "fused" and (cfg.w_gen or cfg.w_gen_head))
+            gen_hits = self._gen(q_ids) if gen_counts else [{} for _ in questions]
             gen_heads = [{} for _ in questions]  # head id -> GEN's share over all its pairs
             for hits, heads in zip(gen_hits, gen_heads):
                 for (head_id, _), p in hits.items():
