@@ -80,7 +80,7 @@ def main() -> None:
     args = ap.parse_args()
     index = Path(args.store + ".aliases")
     if not index.exists():
-        raise SystemExit(f"no alias index at {index}: run `wenzhi kg link TEXT --db {args.store}` first")
+        raise SystemExit(f"no alias index at {index}: run `wenzhi kg link TEXT --kb {args.store}` first")
     out = {"store": args.store, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     for name in args.only or CONTENDERS:
         print(f"[alias_matchers] {name}", file=sys.stderr, flush=True)

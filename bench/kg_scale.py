@@ -231,7 +231,7 @@ import hashlib, json, sys, time
 sys.path.insert(0, sys.argv[6]); sys.path.insert(0, sys.argv[7])
 from kg_scale import corpus_texts, _runner
 which, db, context, batch, chars, ref_index = sys.argv[1], sys.argv[2], sys.argv[3] == "1", int(sys.argv[4]), int(sys.argv[5]), sys.argv[8]
-if which == "reference_link":
+if which.startswith("reference"):
     from wenzhi_ref.kg.alias_index import AliasIndex
     from wenzhi_ref.kg.linker import EntityLinker, LinkerConfig
     from wenzhi_ref.kg.names import normalize
@@ -284,8 +284,11 @@ def compare_reference(db: Path, link_chars: int, commit: str, batch: int, refere
     bench_dir = str(Path(__file__).resolve().parent)
     out = {"commit": commit, "batch": batch, "rounds": rounds}
     chars = sum(map(len, corpus_texts(link_chars)))
+    # a reference from before link_many (3969159) has `link` only
+    has_many = "def link_many" in (Path(ref_path) / "wenzhi_ref" / "kg" / "linker.py").read_text(encoding="utf-8")
+    names = ["reference_link"] + (["reference_link_many"] if has_many else []) + ["link", "link_many"]
     for label, context in (("context", "1"), ("prior_only", "0")):
-        runs: dict[str, list[dict]] = {"reference_link": [], "link": [], "link_many": []}
+        runs: dict[str, list[dict]] = {name: [] for name in names}
         for _ in range(rounds):
             for name in runs:
                 result, _, _ = child(CONTENDER_CODE, name, str(db), context, str(batch), str(link_chars),

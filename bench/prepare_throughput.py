@@ -134,8 +134,12 @@ def main() -> None:
     print(f"| this tree | {statistics.median(our_rate):,.0f} | {', '.join(f'{x:,.0f}' for x in our_rate)} |")
     print(f"\nratio (CPU time): median {statistics.median(ratios):.2f}, per round {', '.join(f'{x:.2f}' for x in ratios)}")
     print(f"stage CPU seconds (ours, last round): {json.dumps(rows[-1]['ours'].get('stage_cpu_seconds'))}")
+    print(f"stage CPU seconds (reference, last round): {json.dumps(rows[-1]['reference'].get('stage_cpu_seconds'))}")
     same = rows[0]["ours"]["rows"], rows[0]["ours"]["examples"], rows[0]["reference"]["rows"], rows[0]["reference"]["examples"]
     print(f"rows / examples: ours {same[0]:,} / {same[1]:,}, reference {same[2]:,} / {same[3]:,}")
+    # job.json is the resume record: it fingerprints the config, whose KB path differs per version
+    identical = _digest(work / "ours-0", skip={"job.json"}) == _digest(work / "reference-0", skip={"job.json"})
+    print(f"shards and meta.json byte-identical to the reference's (round 0): {identical}")
 
     if args.workers:
         scaled = slice_config(args.config, args.kb.resolve(), args.scaling_fraction, work)
@@ -154,12 +158,12 @@ def main() -> None:
         shutil.rmtree(work)
 
 
-def _digest(root: Path) -> str:
+def _digest(root: Path, skip: frozenset | set = frozenset()) -> str:
     import hashlib
 
     h = hashlib.sha256()
     for p in sorted(root.rglob("*")):
-        if p.is_file():
+        if p.is_file() and p.name not in skip:
             h.update(str(p.relative_to(root)).encode())
             h.update(p.read_bytes())
     return h.hexdigest()

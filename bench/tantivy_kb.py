@@ -3,7 +3,7 @@ the gold head for KgCLUE dev questions (the fuzzy fallback for entity linking), 
 OpenSearch path (osmem-server) side by side on the same entity documents.
 
     .venv/bin/python bench/tantivy_kb.py                       # imports the KB to /tmp if needed
-    .venv/bin/python bench/tantivy_kb.py --db /tmp/kb.sqlite --backends tantivy
+    .venv/bin/python bench/tantivy_kb.py --kb /tmp/kb.sqlite --backends tantivy
 
 Entities: one document per KB head (name, aliases, disambiguation, description); triples: one
 per KB triple (`head relation tail`). Latency: every KgCLUE dev question searched once (k=20),
@@ -50,7 +50,7 @@ def recall(titles: list[list[str]], gold: list[str]) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--db", default="/tmp/wenzhi_bench/kb.sqlite", help="KB store (imported here if missing)")
+    p.add_argument("--kb", default="/tmp/wenzhi_bench/kb.sqlite", help="KB store (imported here if missing)")
     p.add_argument("--backends", default="tantivy,opensearch")
     p.add_argument("--questions", type=int, help="only the first N KgCLUE dev questions")
     args = p.parse_args(argv)
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     from wenzhi.retrieval.documents import entity_documents, triple_documents
     from wenzhi.retrieval.tantivy_backend import TantivyRetriever
 
-    db = Path(args.db)
+    db = Path(args.kb)
     if not db.exists():
         db.parent.mkdir(parents=True, exist_ok=True)
         print(f"importing the KB into {db}", file=sys.stderr)

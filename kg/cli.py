@@ -5,17 +5,9 @@ import argparse
 import json
 import sys
 
+from wenzhi.cli_conventions import add_kb
+
 DEFAULT_MAX_REJECTED_SHARE = 0.1  # kg.importer's (not imported here: `wenzhi kg` starts fast)
-
-
-class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Defaults in the help where there is one to show (not for flags, required options or None).
-    The lowest package's, so that every package's commands can use it."""
-
-    def _get_help_string(self, action):
-        if action.default in (None, False) or action.required:
-            return action.help
-        return super()._get_help_string(action)
 
 
 def register(sub: "argparse._SubParsersAction") -> None:
@@ -23,10 +15,9 @@ def register(sub: "argparse._SubParsersAction") -> None:
     kg = sub.add_parser("kg", help="knowledge graph: import triples, look up and link entities")
     kg_sub = kg.add_subparsers(dest="kg_command", required=True, metavar="KG_COMMAND")
 
-    p = kg_sub.add_parser("import", help="import triple files into a store (atomically)",
-                          formatter_class=DefaultsHelpFormatter)
+    p = kg_sub.add_parser("import", help="import triple files into a store (atomically)")
     p.add_argument("files", nargs="+", metavar="FILE", help="KgCLUE TSV, NLPCC ' ||| ' or CSV triple files")
-    p.add_argument("--db", required=True, help="store file to create or replace")
+    add_kb(p, help="the KB store to create or replace", old=["--db"])
     p.add_argument("--format", default="auto", choices=["auto", "kgclue", "nlpcc", "csv"],
                    help="input format (auto: from the extension and the first line)")
     p.add_argument("--alias-relations",
@@ -41,25 +32,25 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.set_defaults(handler=_import)
 
     p = kg_sub.add_parser("stats", help="counts and the last import's summary")
-    p.add_argument("--db", required=True)
+    add_kb(p, old=["--db"])
     p.set_defaults(handler=_stats)
 
     p = kg_sub.add_parser("entity", help="an entity by full name, or all homonyms of a base name")
-    p.add_argument("name")
-    p.add_argument("--db", required=True)
+    p.add_argument("name", help="a full name (名称（消歧）) for that entity, or a base name for all its homonyms")
+    add_kb(p, old=["--db"])
     p.add_argument("--limit", type=int, default=50, help="triples shown per entity")
     p.set_defaults(handler=_entity)
 
     p = kg_sub.add_parser("link", help="link entity mentions in TEXT (one JSON object per mention)")
-    p.add_argument("text")
-    p.add_argument("--db", required=True)
+    p.add_argument("text", help="the text to link")
+    add_kb(p, old=["--db"])
     p.add_argument("--no-context", action="store_true", help="prior only, no context evidence")
     p.set_defaults(handler=_link, weights=None)
 
     p = kg_sub.add_parser("eval-linking", help="topic-entity accuracy on KBQA questions")
-    p.add_argument("--db", required=True)
+    add_kb(p, old=["--db"])
     p.add_argument("--questions", required=True, help="KgCLUE/NLPCC JSON lines")
-    p.add_argument("--limit", type=int)
+    p.add_argument("--limit", type=int, help="the first N questions (default: all)")
     p.add_argument("--no-context", action="store_true",
                    help="only the baseline: longest match + most frequent homonym")
     p.add_argument("--baseline", action="store_true",
@@ -69,9 +60,9 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.set_defaults(handler=_eval_linking)
 
     p = kg_sub.add_parser("fit-linker", help="fit the linker's feature weights on KBQA questions")
-    p.add_argument("--db", required=True)
+    add_kb(p, old=["--db"])
     p.add_argument("--questions", required=True, help="KgCLUE/NLPCC JSON lines (use a train split)")
-    p.add_argument("--limit", type=int)
+    p.add_argument("--limit", type=int, help="the first N questions (default: all)")
     p.set_defaults(handler=_fit_linker, no_context=False, weights=None)
 
 
@@ -87,7 +78,7 @@ def _import(args) -> int:
 
     try:
         summary = import_files(
-            args.files, args.db, fmt=args.format,
+            args.files, args.kb, fmt=args.format,
             alias_relations=_split(args.alias_relations) or DEFAULT_ALIAS_RELATIONS,
             description_relations=_split(args.description_relations) or DEFAULT_DESCRIPTION_RELATIONS,
             progress=not args.no_progress, max_rejected_share=args.max_rejected_share,
@@ -118,7 +109,7 @@ def _dump(obj) -> None:
 
 
 def _stats(args) -> int:
-    store = _open(args.db)
+    store = _open(args.kb)
     if store is None:
         return 2
     stats = store.stats()
@@ -130,14 +121,14 @@ def _stats(args) -> int:
 def _entity(args) -> int:
     from dataclasses import asdict
 
-    store = _open(args.db)
+    store = _open(args.kb)
     if store is None:
         return 2
     # A full name with a disambiguation means that entity; a bare name means all homonyms.
     exact = store.entity_by_name(args.name)
     entities = [exact] if exact and exact.disambiguation else store.entities_by_base(args.name)
     if not entities:
-        print(f"wenzhi: no entity named {args.name!r} in {args.db}", file=sys.stderr)
+        print(f"wenzhi: no entity named {args.name!r} in {args.kb}", file=sys.stderr)
         return 1
     out = []
     for e in entities:
@@ -152,7 +143,7 @@ def _entity(args) -> int:
 def _linker(args):
     from wenzhi.kg.linker import EntityLinker, LinkerConfig
 
-    store = _open(args.db)
+    store = _open(args.kb)
     if store is None:
         return None
     config = LinkerConfig(context=not args.no_context)

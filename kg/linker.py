@@ -24,7 +24,7 @@ import itertools
 import math
 import operator
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import NamedTuple, Sequence
 
@@ -45,7 +45,16 @@ class Mention:
     end: int
     entity: Entity | None  # None = NIL
     score: float
-    candidates: list[tuple[Entity, float]] = field(default_factory=list)  # ranked, best first
+    # (entity, posterior), best first: one tuple shared by the mentions with the same outcome.
+    # A corpus links to a hundred thousand Mentions per million characters, and each object
+    # they hold is one more for the garbage collector to walk: with a list and a tuple of their
+    # own, its full collections took half of linking's time (bench/RESULTS.md, issue 14).
+    ranked: tuple[tuple[Entity, float], ...] = ()
+
+    @property
+    def candidates(self) -> list[tuple[Entity, float]]:
+        """`ranked` as a list (a new one each time)."""
+        return list(self.ranked)
 
     def to_dict(self) -> dict:
         return {
@@ -60,7 +69,7 @@ class Mention:
 
 
 # One weight per FEATURES entry, fitted on the 18,000 KgCLUE *train* questions against the
-# merged KB: `wenzhi kg fit-linker --db kb.sqlite --questions kgclue/train.json`.
+# merged KB: `wenzhi kg fit-linker --kb kb.sqlite --questions kgclue/train.json`.
 DEFAULT_WEIGHTS = (2.623, 1.246, 1.854, -0.252, 0.244, -0.003, -0.242, 0.0, 3.123, -0.679, -0.018, -0.009,
                    -0.905, -1.405)
 
@@ -78,7 +87,6 @@ class LinkerConfig:
 
 _CACHE_SIZE = 200_000
 _FIRST = operator.itemgetter(0)
-_AMBIGUOUS = object()
 _SECOND = operator.itemgetter(1)
 _MISSING = object()
 
@@ -122,7 +130,7 @@ class EntityLinker:
         self._prepared: _Cache = _Cache()  # key id -> _Alias: its candidates' context-free score terms
         # (key id, raw scores) -> (ranked, best, score); with the prior only, key id -> the same
         self._outcomes: _Cache = _Cache()
-        self._unambiguous: _Cache = _Cache()  # key id -> the Entity of an alias with one candidate
+        self._unambiguous: _Cache = _Cache()  # key id -> ((its one candidate's Entity, 1.0),)
         self._key_entities: _Cache = _Cache()  # key id -> (its candidates' entities, all in the store)
         self._mention_features = lru_cache(maxsize=_CACHE_SIZE)(self._compute_mention_features)
         self._candidates = lru_cache(maxsize=_CACHE_SIZE)(self._compute_candidates)
@@ -143,11 +151,9 @@ class EntityLinker:
         norm, offmap = normalize_with_offsets(text)
         found = self._spans_from_ner(text, norm, offmap, spans)
         self._prefetch({key_id for _, _, key_id in found if key_id >= 0})
-        text_chars = frozenset(norm + "\x00")
         if offmap is None:  # nothing dropped: offsets into `norm` are offsets into `text`
-            return [self._disambiguate(text, norm, s, e, key_id, s, e, text_chars) for s, e, key_id in found]
-        return [self._disambiguate(text, norm, s, e, key_id, offmap[s], offmap[e - 1] + 1, text_chars)
-                for s, e, key_id in found]
+            return [self._disambiguate(text, norm, s, e, key_id, s, e) for s, e, key_id in found]
+        return [self._disambiguate(text, norm, s, e, key_id, offmap[s], offmap[e - 1] + 1) for s, e, key_id in found]
 
     def link_many(self, texts: Sequence[str]) -> list[list[Mention]]:
         """`link(text)` of each text, the same mentions, at batch speed: one normalisation, one
@@ -162,22 +168,20 @@ class EntityLinker:
             return out
         self._prefetch({key_id for _, _, key_id in found})
         ends = list(itertools.accumulate(len(norm) + 1 for norm, _ in normalized))
-        t, base, text, norm, offmap, text_chars = -1, 0, "", "", None, None
+        t, base, text, norm, offmap = -1, 0, "", "", None
         unambiguous = self._unambiguous
         for s, e, key_id in found:
             if t < 0 or s >= ends[t]:
                 t = next(i for i in range(t + 1, len(ends)) if s < ends[i])
                 base = ends[t - 1] if t else 0
-                text, (norm, offmap), text_chars = texts[t], normalized[t], None
+                text, (norm, offmap) = texts[t], normalized[t]
             s, e = s - base, e - base
             o_start, o_end = (s, e) if offmap is None else (offmap[s], offmap[e - 1] + 1)
-            entity = unambiguous.get(key_id, _AMBIGUOUS)
-            if entity is not _AMBIGUOUS:  # the common case in running text: nothing to weigh
-                out[t].append(Mention(text[o_start:o_end], o_start, o_end, entity, 1.0, [(entity, 1.0)]))
+            ranked = unambiguous.get(key_id)
+            if ranked is not None:  # the common case in running text: nothing to weigh
+                out[t].append(Mention(text[o_start:o_end], o_start, o_end, ranked[0][0], 1.0, ranked))
                 continue
-            if text_chars is None:
-                text_chars = frozenset(norm + "\x00")  # every context's characters are among these
-            out[t].append(self._ambiguous(text[o_start:o_end], o_start, o_end, norm, s, e, key_id, text_chars))
+            out[t].append(self._ambiguous(text[o_start:o_end], o_start, o_end, norm, s, e, key_id))
         return out
 
     def rank(self, text: str, k: int = 5) -> list[tuple[Entity, float, Mention]]:
@@ -190,7 +194,6 @@ class EntityLinker:
             return []
         cfg = self.config
         norm, offmap = normalize_with_offsets(text)
-        text_chars = frozenset(norm + "\x00")  # every context's characters are among these
         found = set(self.index.matches(norm, single_chars=True))
         if cfg.context:  # one store read for the candidates of aliases not scored before
             prepared = self._prepared
@@ -198,7 +201,7 @@ class EntityLinker:
         occurrences = []
         for s, e, key_id in found:
             if cfg.context:
-                cands = zip(map(_FIRST, self._candidates(key_id)), self._occurrence_scores(norm, s, e, key_id, text_chars))
+                cands = zip(map(_FIRST, self._candidates(key_id)), self._occurrence_scores(norm, s, e, key_id))
             else:  # the baseline: longest match first, then the most frequent homonym
                 cands = [(eid, 100.0 * (e - s) + math.log(max(p, 1e-9))) for eid, p in self._candidates(key_id)]
             if offmap is None:
@@ -214,7 +217,7 @@ class EntityLinker:
                 continue
             seen.add(eid)
             entity = self._entity(eid)
-            mention = Mention(text[o_start:o_end], o_start, o_end, entity, score, [(entity, score)])
+            mention = Mention(text[o_start:o_end], o_start, o_end, entity, score, ((entity, score),))
             out.append((entity, score, mention))
             if len(out) == k:
                 break
@@ -287,7 +290,7 @@ class EntityLinker:
                 single.append(key_id)
         entities = self._entities_of(ids)
         for key_id in single:
-            self._unambiguous.put(key_id, entities[self._candidates(key_id)[0][0]])
+            self._unambiguous.put(key_id, ((entities[self._candidates(key_id)[0][0]], 1.0),))
         if self.config.context:
             self._features_of(ambiguous)
 
@@ -336,22 +339,22 @@ class EntityLinker:
         return self._features.get(entity_id) or self._features_of([entity_id])[entity_id]
 
     # -- disambiguation -------------------------------------------------------------------
-    def _disambiguate(self, text, norm, s, e, key_id, o_start, o_end, text_chars=None) -> Mention:
+    def _disambiguate(self, text, norm, s, e, key_id, o_start, o_end) -> Mention:
         surface = text[o_start:o_end]
         cands = self._candidates(key_id) if key_id >= 0 else ()
         if not cands:
-            return Mention(surface, o_start, o_end, None, 0.0, [])
+            return Mention(surface, o_start, o_end, None, 0.0, ())
         if len(cands) == 1:  # the common case in running text: nothing to weigh
             entity = self._entity(cands[0][0])
-            return Mention(surface, o_start, o_end, entity, 1.0, [(entity, 1.0)])
-        return self._ambiguous(surface, o_start, o_end, norm, s, e, key_id, text_chars)
+            return Mention(surface, o_start, o_end, entity, 1.0, ((entity, 1.0),))
+        return self._ambiguous(surface, o_start, o_end, norm, s, e, key_id)
 
-    def _ambiguous(self, surface, o_start, o_end, norm, s, e, key_id, text_chars) -> Mention:
+    def _ambiguous(self, surface, o_start, o_end, norm, s, e, key_id) -> Mention:
         """The mention of an alias with several candidates at norm[s:e] (text[o_start:o_end])."""
         if self.config.context:
             # the same scores give the same outcome: half the ambiguous occurrences in running
             # text repeat an earlier one's (no context evidence, or the same evidence)
-            raw = self._occurrence_scores(norm, s, e, key_id, text_chars)
+            raw = self._occurrence_scores(norm, s, e, key_id)
             outcome = self._outcomes.get((key_id, raw))
             if outcome is None:
                 outcome = self._outcomes.put((key_id, raw), self._outcome(key_id, raw))
@@ -361,18 +364,18 @@ class EntityLinker:
                 raw = [math.log(max(p, 1e-9)) for _, p in self._candidates(key_id)]
                 outcome = self._outcomes.put(key_id, self._outcome(key_id, raw))
         ranked, best, score = outcome
-        return Mention(surface, o_start, o_end, best, score, list(ranked))
+        return Mention(surface, o_start, o_end, best, score, ranked)
 
-    def _outcome(self, key_id: int, raw: Sequence[float]) -> tuple[list[tuple[Entity, float]], Entity | None, float]:
+    def _outcome(self, key_id: int, raw: Sequence[float]) -> tuple[tuple[tuple[Entity, float], ...], Entity | None, float]:
         """Posteriors (a softmax of the raw scores), best first, and the choice they make."""
         entities, complete = self._candidate_entities(key_id)
         top = max(raw)
         exp = [math.exp(r - top) for r in raw]
         z = sum(exp)
         # best first; equal posteriors keep candidate order (a stable sort, reversed or not)
-        ranked = sorted(zip(entities, [x / z for x in exp]), key=_SECOND, reverse=True)
+        ranked = tuple(sorted(zip(entities, [x / z for x in exp]), key=_SECOND, reverse=True))
         if not complete:
-            ranked = [(ent, p) for ent, p in ranked if ent is not None]
+            ranked = tuple((ent, p) for ent, p in ranked if ent is not None)
         best, score = ranked[0]
         return ranked, (best if score >= self.config.nil_threshold else None), score
 
@@ -386,26 +389,19 @@ class EntityLinker:
             found = self._key_entities.put(key_id, (entities, None not in entities))
         return found
 
-    def _occurrence_scores(self, norm: str, s: int, e: int, key_id: int,
-                           text_chars: frozenset | None = None) -> tuple[float, ...]:
+    def _occurrence_scores(self, norm: str, s: int, e: int, key_id: int) -> tuple[float, ...]:
         """The linear score of each candidate of the alias occurrence norm[s:e], in candidate
-        order: the same floats as w . `_feature_vector`, summed in the same order.
-        `text_chars`: the characters of all of `norm` and the separator, if at hand."""
+        order: the same floats as w . `_feature_vector`, summed in the same order."""
         alias = self._prepared.get(key_id)
         if alias is None:
             alias = self._prepared.put(key_id, self._prepare_alias(norm[s:e], key_id))
         # Most candidates (3 in 4 on KgCLUE questions, mostly 1-character entries) share no
         # character with the text around the mention: their context features are all 0, and
         # adding 0.0 terms changes no float, so the score is the precomputed context-free sum.
-        if text_chars is None:
-            text_chars = frozenset(norm + "\x00")
-        in_text = alias.chars & text_chars  # set & set: no character hashed again
-        if not in_text and not alias.described:
-            return alias.fixed_scores
         cw = self.config.context_window
         window = norm[max(0, s - cw) : s] + "\x00" + norm[e : e + cw]  # the text of `_context`
-        # the candidates' characters the context holds (a substring test each, a C loop)
-        near = frozenset(filter(window.__contains__, in_text))
+        # the candidates' characters the context holds: one set lookup per window character
+        near = alias.chars.intersection(window)
         if not near and not alias.described:
             return alias.fixed_scores
         ctx, terms_of = None, self._terms

@@ -74,7 +74,7 @@ class TripleStore:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(
-                f"no triple store at {self.path}: create one with `wenzhi kg import FILE --db {self.path}`"
+                f"no triple store at {self.path}: create one with `wenzhi kg import FILE --kb {self.path}`"
             )
         self._conn = sqlite3.connect(
             f"file:{self.path.resolve()}?mode=ro", uri=True, check_same_thread=False

@@ -8,7 +8,6 @@ mixin's decoder-only cache and mask utilities do not model; the search itself is
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .modeling import AttentionLayout, GenerationResult
 
@@ -31,6 +30,7 @@ def _left_pad(input_ids, attention_mask, token_type_ids, pad_id):
 def prefix_lm_generate(
     model, input_ids, attention_mask, token_type_ids, max_new_tokens, num_beams,
     num_return_sequences, allowed_tokens_fn, eos_token_id, target_token_type, length_penalty,
+    renormalize: bool = False,
 ) -> GenerationResult:
     if num_return_sequences > num_beams:
         raise ValueError(f"num_return_sequences ({num_return_sequences}) must be <= num_beams ({num_beams})")
@@ -48,14 +48,16 @@ def prefix_lm_generate(
     src, types, valid, lengths = (t.repeat_interleave(K, 0) for t in (src, types, valid, lengths))
     base = model.wenzhi
     caches = [dict() for _ in range(len(base.universal_layers) + len(base.nlg_layers))]
-    weight = base.embeddings.word.weight
 
     # Step 0: encode the sources (bidirectional among themselves), fill the cache.
     doc = torch.where(valid, 0, -1)
     positions = (torch.arange(S, device=device)[None] - (S - lengths)[:, None]).clamp(min=0)
     mask = (doc[:, :, None] == doc[:, None, :])[:, None]
     layout = AttentionLayout(mask, positions, doc, prefix_lm=True)
-    hidden = base.nlg(base.universal(src, types, layout=layout, caches=caches), caches=caches)[:, -1]
+    encoded = base.nlg(base.universal(src, types, layout=layout, caches=caches), caches=caches)
+    hidden = encoded[:, -1]
+    # a copying model points into the source at every step (its beams share their row's source)
+    source = model.source_states(encoded, src, torch.full_like(lengths, S), valid) if model.copies else None
 
     beam_scores = torch.full((B, K), float("-inf"), device=device)
     beam_scores[:, 0] = 0.0  # all beams start identical: expand only the first
@@ -65,16 +67,22 @@ def prefix_lm_generate(
     key_valid = valid
 
     for step in range(max_new_tokens):
-        logprobs = F.log_softmax(model.lm_head(hidden, weight).float(), dim=-1).view(B, K, -1)
+        logprobs = model.next_token_logprobs(hidden, source).view(B, K, -1)
         if allowed_tokens_fn is not None:
-            allowed_mask = torch.zeros_like(logprobs, dtype=torch.bool)
+            rows: list[int] = []  # (beam row, token) of every allowed continuation, set in one go
+            cols: list[int] = []
+            live = beam_scores.tolist()
             for b in range(B):
                 for k in range(K):
-                    if not done[b] and beam_scores[b, k] > float("-inf"):
+                    if not done[b] and live[b][k] > float("-inf"):
                         allowed = allowed_tokens_fn(b, list(beam_tokens[b][k]))
-                        if allowed:
-                            allowed_mask[b, k, torch.as_tensor(list(allowed), device=device)] = True
-            logprobs = logprobs.masked_fill(~allowed_mask, float("-inf"))
+                        rows.extend([b * K + k] * len(allowed))
+                        cols.extend(allowed)
+            allowed_mask = torch.zeros(B * K, logprobs.shape[-1], dtype=torch.bool, device=device)
+            allowed_mask[torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)] = True
+            logprobs = logprobs.masked_fill(~allowed_mask.view(B, K, -1), float("-inf"))
+            if renormalize:  # a distribution over the allowed tokens: a forced token costs nothing
+                logprobs = torch.log_softmax(logprobs, dim=-1).nan_to_num(float("-inf"))
         candidates = (beam_scores[:, :, None] + logprobs).view(B, -1)
         top_scores, top_index = candidates.topk(min(2 * K, candidates.shape[1]), dim=1)
         V = logprobs.shape[-1]

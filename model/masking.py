@@ -303,16 +303,35 @@ class Encoded:
 
 
 def encode_texts(tokenizer, texts: list[str]) -> list[Encoded]:
-    """Tokenise many texts in one call of the Rust tokenizer (the transformers wrapper's per-call
-    overhead was a third of the tokenising time)."""
+    """Tokenise many texts at once, as the Rust tokenizer's `encode_batch` does (the transformers
+    wrapper's per-call overhead was a third of the tokenising time): through the code-point table
+    of model/tokenizer.py (`CharTableEncoder`, the same ids and offsets about 10x faster) for
+    the BERT-style tokenizers it supports."""
     if not texts:
         return []
+    fast = _fast_encoder(tokenizer)
+    if fast is not None:
+        return [Encoded(ids, offsets) for ids, offsets in fast.encode_batch(texts)]
     out = []
     for enc in tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False):
         ids = np.array(enc.ids, dtype=np.int32)
         offsets = np.array(enc.offsets, dtype=np.int64).reshape(-1, 2)
         out.append(Encoded(ids, offsets))
     return out
+
+
+_FAST_ENCODERS: dict[int, tuple] = {}  # per tokenizer (kept with it, so its id() is not reused)
+
+
+def _fast_encoder(tokenizer):
+    key = id(tokenizer)
+    if key not in _FAST_ENCODERS:
+        from wenzhi.model.tokenizer import CharTableEncoder
+
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        fast = CharTableEncoder(backend) if backend is not None and CharTableEncoder.supports(backend) else None
+        _FAST_ENCODERS[key] = (tokenizer, fast)
+    return _FAST_ENCODERS[key][1]
 
 
 def encode_example(tokenizer, text: str, **hints) -> MaskingExample:

@@ -17,8 +17,9 @@ future through the shared layers.
 representation). Heads fine-tuned with `freeze_universal()` from one checkpoint keep bit-identical
 universal weights and can therefore share that pass.
 
-This file, configuration.py, conventions.py and generation.py import nothing from wenzhi (only
-each other, relatively): `save_pretrained` copies them beside the weights, and config.json's
+This file, configuration.py, conventions.py, generation.py, copying.py and relation_matching.py
+import nothing from wenzhi (only each other, relatively): `save_pretrained` copies them beside the
+weights, and config.json's
 `auto_map` names them, so a checkpoint loads with `trust_remote_code=True` where wenzhi is not
 installed. hub.py registers the same classes with transformers' Auto classes on `import wenzhi`.
 """
@@ -44,10 +45,12 @@ from transformers.modeling_outputs import (
 
 from .configuration import WenzhiConfig
 from .conventions import IGNORE_INDEX
+from .copying import CopyHead, SourceStates
 from .outputs import GenerationResult, PrefixLMOutput, UniversalOutput, WenzhiPretrainingOutput
 
 # The self-contained modeling code that `save_pretrained` writes beside the weights.
-HUB_FILES = ("configuration.py", "conventions.py", "outputs.py", "modeling.py", "generation.py")
+HUB_FILES = ("configuration.py", "conventions.py", "outputs.py", "modeling.py", "generation.py", "copying.py",
+             "relation_matching.py")
 
 # re-exported: callers import these from here too
 __all__ = ["IGNORE_INDEX", "GenerationResult", "PrefixLMOutput", "UniversalOutput", "WenzhiConfig",
@@ -366,6 +369,53 @@ class WenzhiModel(WenzhiPreTrainedModel):
             x = block(x, cos, sin, universal_output.layout.mask, caches[offset + i] if caches is not None else None)
         return self.nlg_norm(x)
 
+    # -- inference from cached keys/values: a prefix (a question) encoded once, segments (relation
+    # names) run against it. The serving routes of qa_service compose these; tests/qa/test_qa_packing.py
+    # checks them against one pass over the joined rows.
+    def encode_prefix(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+                      layout: AttentionLayout | None = None) -> tuple[UniversalOutput, list[dict]]:
+        """The universal pass over `input_ids` [B, L] and each universal layer's keys/values, which
+        `extend` lets later tokens attend to without running the prefix again."""
+        caches = [dict() for _ in self.universal_layers]
+        return self.universal(input_ids, token_type_ids, layout=layout, caches=caches), caches
+
+    def extend(self, input_ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, caches: list[dict],
+               token_type_ids: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Universal states [N, L, H] of new tokens `input_ids` [N, L] at `positions`, attending to the
+        cached keys/values of a prefix (row `rows[i]` of each cache for new row i; default row i) and
+        to each other, as `mask` [N, 1, L, cached + L] allows. The caches are left as they were."""
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        x = self.embeddings(input_ids, token_type_ids.long(), positions)
+        cos, sin = self.rotary(positions, x.dtype)
+        for block, cache in zip(self.universal_layers, caches):
+            x = block(x, cos, sin, mask, _cache_rows(cache, rows))
+        return x
+
+    def nlu_prefix_cache(self, universal_output: UniversalOutput) -> list[dict]:
+        """Each NLU layer's keys/values over a prefix's universal states: what segments' NLU layers
+        attend to (`nlu_extend`)."""
+        x = universal_output.hidden_states
+        cos, sin = universal_output.rotary or (None, None)
+        caches = []
+        for block in self.nlu_layers:
+            cache: dict = {}
+            x = block(x, cos, sin, universal_output.layout.mask, cache)
+            caches.append(cache)
+        return caches
+
+    def nlu_extend(self, hidden: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, caches: list[dict],
+                   rows: torch.Tensor | None = None, last_queries: torch.Tensor | None = None) -> torch.Tensor:
+        """NLU states of segment tokens whose universal states are `hidden` [N, L, H], at `positions`,
+        attending to a prefix's cached NLU keys/values (`rows` as in `extend`) and to each other as
+        `mask` allows; normalised as `nlu` is. With `last_queries` (indices into L) the last layer
+        computes only those tokens (a pair classifier reads one): [N, len(last_queries), H]."""
+        cos, sin = self.rotary(positions, hidden.dtype)
+        last = len(self.nlu_layers) - 1
+        for i, (block, cache) in enumerate(zip(self.nlu_layers, caches)):
+            hidden = block(hidden, cos, sin, mask, _cache_rows(cache, rows), queries=last_queries if i == last else None)
+        return self.nlu_norm(hidden)
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -390,6 +440,14 @@ class WenzhiModel(WenzhiPreTrainedModel):
         result = BaseModelOutput(last_hidden_state=hidden,
                                  hidden_states=tuple(out.hidden_states_per_layer) if want_states and branch == "nlu" else None)
         return result if return_dict is not False else result.to_tuple()
+
+
+def _cache_rows(cache: dict, rows: torch.Tensor | None) -> dict:
+    """A fresh cache dict over `rows` of a layer's cached keys/values (attention appends to the dict
+    it is given, so the prefix's own cache must not be handed over)."""
+    if rows is None:
+        return {"k": cache["k"], "v": cache["v"]}
+    return {"k": cache["k"].index_select(0, rows), "v": cache["v"].index_select(0, rows)}
 
 
 def _masked_lm_targets(labels: torch.Tensor) -> torch.Tensor:
@@ -558,10 +616,12 @@ class WenzhiForSequencePairClassification(WenzhiPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
+    def pair_logits(self, cls_states: torch.Tensor) -> torch.Tensor:
+        """Logits [N, num_labels] from the NLU module's states [N, H] at each pair's [CLS]."""
+        return self.classifier(self.dropout(torch.tanh(self.pooler(cls_states))))
+
     def from_universal(self, universal_output: UniversalOutput, labels: torch.Tensor | None = None):
-        hidden = self.wenzhi.nlu(universal_output)
-        pooled = torch.tanh(self.pooler(hidden[:, 0]))
-        logits = self.classifier(self.dropout(pooled))
+        logits = self.pair_logits(self.wenzhi.nlu(universal_output)[:, 0])
         loss = None
         if labels is not None:
             if self.num_labels == 1:
@@ -590,7 +650,9 @@ class WenzhiForSequencePairClassification(WenzhiPreTrainedModel):
 
 class WenzhiForPrefixLM(WenzhiPreTrainedModel):
     """Seq2seq in one stack (UniLM): `[CLS] source [SEP] target [SEP]`, bidirectional over the
-    source prefix, causal over the target; the loss is next-token prediction over the target."""
+    source prefix, causal over the target; the loss is next-token prediction over the target.
+    With `config.copy_source` (a config key this class reads; default off) a `CopyHead` mixes a
+    pointer over the source tokens into the next-token distribution."""
 
     _keys_to_ignore_on_load_unexpected = [r"^mlm_head\."]
 
@@ -598,20 +660,72 @@ class WenzhiForPrefixLM(WenzhiPreTrainedModel):
         super().__init__(config)
         self.wenzhi = WenzhiModel(config)
         self.lm_head = PredictionHead(config)  # same name as in WenzhiForPretraining: loads from it
+        # used when `config.copy_source` is set; always built, so a checkpoint of either kind loads
+        # and the flag can be set on a config that does not declare it (fine-tuning does)
+        self.copy_head = CopyHead(config)
         self.post_init()
 
-    def from_universal(self, universal_output: UniversalOutput, labels: torch.Tensor | None = None):
+    @property
+    def copies(self) -> bool:
+        return bool(getattr(self.config, "copy_source", False))
+
+    def source_states(self, hidden: torch.Tensor, input_ids: torch.Tensor, prefix_lengths: torch.Tensor,
+                      attention_mask: torch.Tensor | None = None) -> SourceStates:
+        """The copyable source tokens of rows laid out `[CLS] source [SEP] ...` (prefix first)."""
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        copyable = (positions[None] < prefix_lengths.to(input_ids.device)[:, None]) & (
+            input_ids != self.config.cls_token_id) & (input_ids != self.config.sep_token_id) & (
+            input_ids != self.config.pad_token_id)
+        if attention_mask is not None:
+            copyable &= attention_mask.bool()
+        return SourceStates(hidden, input_ids, copyable)
+
+    def next_token_logprobs(self, hidden: torch.Tensor, source: SourceStates | None = None,
+                            rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Log-probabilities [N, V] of the next token from NLG states `hidden` [N, H]; a copying model
+        also reads `source` (row `rows[i]` of it for hidden i; default: row i)."""
+        logits = self.lm_head(hidden, self.wenzhi.embeddings.word.weight)
+        if not self.copies:
+            return F.log_softmax(logits.float(), dim=-1)
+        if source is None:
+            raise ValueError("a copying generator (config.copy_source) needs the source states")
+        pick = (lambda t: t) if rows is None else (lambda t: t[rows])
+        return self.copy_head(hidden, logits, pick(source.hidden_states), pick(source.input_ids),
+                              pick(source.copyable))
+
+    def from_universal(self, universal_output: UniversalOutput, labels: torch.Tensor | None = None,
+                       input_ids: torch.Tensor | None = None, prefix_lengths: torch.Tensor | None = None):
+        """A copying model also needs the rows' `input_ids` and `prefix_lengths` (what it may copy);
+        its `logits` are log-probabilities, and with `labels` in training mode None (the loss needs the
+        gold tokens' probabilities only)."""
         hidden = self.wenzhi.nlg(universal_output)
-        weight = self.wenzhi.embeddings.word.weight
+        source = None
+        if self.copies:
+            if input_ids is None or prefix_lengths is None:
+                raise ValueError("a copying generator (config.copy_source) needs input_ids and prefix_lengths")
+            source = self.source_states(hidden, input_ids, prefix_lengths, universal_output.layout.document_ids >= 0)
         loss = logits = None
         if labels is not None:  # project only where a next token is predicted
             doc = universal_output.layout.document_ids
             shifted = labels[:, 1:]
             keep = (shifted != IGNORE_INDEX) & (doc[:, 1:] == doc[:, :-1])
-            logits = self.lm_head(hidden[:, :-1][keep], weight)
-            loss = F.cross_entropy(logits.float(), shifted[keep].long()) if keep.any() else logits.sum() * 0.0
+            if not self.copies:
+                logits = self.lm_head(hidden[:, :-1][keep], self.wenzhi.embeddings.word.weight)
+                loss = F.cross_entropy(logits.float(), shifted[keep].long()) if keep.any() else logits.sum() * 0.0
+            else:  # the loss from the gold tokens' probabilities; the full mixture only outside training
+                rows, gold, target = keep.nonzero()[:, 0], shifted[keep].long(), hidden[:, :-1][keep]
+                vocab = self.lm_head(target, self.wenzhi.embeddings.word.weight)
+                picked = [t[rows] for t in (source.hidden_states, source.input_ids, source.copyable)]
+                gold_logprob = self.copy_head.token_logprob(target, vocab, *picked, gold)
+                loss = -gold_logprob.mean() if keep.any() else vocab.sum() * 0.0
+                if not self.training:
+                    logits = self.copy_head(target, vocab, *picked)
+        elif not self.copies:
+            logits = self.lm_head(hidden, self.wenzhi.embeddings.word.weight)
         else:
-            logits = self.lm_head(hidden, weight)
+            B, L, _ = hidden.shape
+            rows = torch.arange(B, device=hidden.device).repeat_interleave(L)
+            logits = self.next_token_logprobs(hidden.reshape(B * L, -1), source, rows).view(B, L, -1)
         return PrefixLMOutput(loss=loss, logits=logits)
 
     def forward(self, input_ids, prefix_lengths, token_type_ids=None, attention_mask=None, labels=None):
@@ -621,8 +735,7 @@ class WenzhiForPrefixLM(WenzhiPreTrainedModel):
         out = self.wenzhi.universal(
             input_ids, token_type_ids, attention_mask=attention_mask, prefix_lengths=prefix_lengths
         )
-        return self.from_universal(out, labels)
-
+        return self.from_universal(out, labels, input_ids, prefix_lengths)
 
     @torch.no_grad()
     def generate(
@@ -637,18 +750,21 @@ class WenzhiForPrefixLM(WenzhiPreTrainedModel):
         eos_token_id: int | None = None,
         target_token_type: int = 0,
         length_penalty: float = 1.0,
+        renormalize: bool = False,
     ) -> GenerationResult:
         """Greedy (num_beams=1) or beam search from source rows `input_ids` (each `[CLS] source [SEP]`,
         any padding side given `attention_mask`). `allowed_tokens_fn(batch_idx, prefix_ids)` gets the
         row index and the target tokens generated so far and returns the token ids allowed next (a
-        KB prefix trie); an empty list ends that hypothesis. Uses a key/value cache: the source is
-        encoded once, each step runs one token through the layers."""
+        KB prefix trie); an empty list ends that hypothesis. With `renormalize` the log-probabilities
+        are renormalised over the allowed tokens, so a hypothesis scores as a path among the allowed
+        ones (a forced token costs nothing). Uses a key/value cache: the source is encoded once,
+        each step runs one token through the layers."""
         from .generation import prefix_lm_generate
 
         return prefix_lm_generate(
             self, input_ids, attention_mask, token_type_ids, max_new_tokens, num_beams,
             num_return_sequences, allowed_tokens_fn,
             self.config.sep_token_id if eos_token_id is None else eos_token_id,
-            target_token_type, length_penalty,
+            target_token_type, length_penalty, renormalize,
         )
 

@@ -21,6 +21,7 @@ config file and existing there):
     #  - {until: 1.0, seq_len: 128, strategies: {word: 1, entity: 1, uktp: 1}}
     uktp: {relation: 0.5, triple_entity: 0.25, sentence_entity: 0.25}
     augment: {max_tokens: 96, min_tokens: 8}
+    retrieval_index: null            # BM25 passages for augmentation: a tantivy dir or https://HOST:9200/INDEX
     partition_items: 4096            # items per partition (the unit of parallel work)
     segmenter: rjieba                # or jieba (the slower Python original)
 
@@ -53,6 +54,7 @@ from wenzhi.model.prepare_examples import KIND_KNOWLEDGE, KIND_PLAIN, KIND_RETRI
 from wenzhi.model.prepare_job import (build_curriculum, finished, merge, open_staging, preload, release,
                                       run_partition, stage_seconds)
 from wenzhi.model.prepare_plan import index_corpus, plan_partitions
+from wenzhi.retrieval.bm25 import add_search_arguments, search_from_args
 
 ENGINES = ("local", "dask")
 
@@ -149,30 +151,51 @@ def _cpu_seconds() -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="YAML or JSON prepare config (see model/configs/prepare_tiny.yaml)")
-    parser.add_argument("--output", help="override the config's output directory")
-    parser.add_argument("--seed", type=int, help="override the config's seed")
-    parser.add_argument("--kb", help="override the config's KB store")
+    from wenzhi.cli_conventions import add_config, add_kb, add_output
+
+    add_config(parser, "prepare config: JSON or YAML, or a shipped one by name (see model/configs/prepare_tiny.yaml)",
+               "seq_len=256 or corpora.0.limit=1000")
+    add_output(parser, "the shard folder to write; shorthand for --set output=PATH (default: the config's output)",
+               required=False)
+    add_kb(parser, required=False, help="the KB store for entity masking and UKTP; shorthand for --set kb=DB "
+                                        "(default: the config's kb)")
+    parser.add_argument("--seed", type=int, help="shorthand for --set seed=N (default: the config's seed)")
+    parser.add_argument("--partition-items", type=int,
+                        help="shorthand for --set partition_items=N (default: the config's partition_items)")
     parser.add_argument("--workers", type=int, default=1,
                         help="worker processes (local engine) or local Dask workers; the output does not depend on it")
     parser.add_argument("--engine", choices=ENGINES, default="local",
                         help="local: this machine's processes; dask: a Dask cluster (pip install 'wenzhi[distributed]')")
     parser.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://HOST:8786); "
                         "without it --engine dask starts a local cluster of --workers processes")
-    parser.add_argument("--partition-items", type=int, help="override the config's partition_items")
     parser.add_argument("--no-resume", action="store_true", help="start over instead of keeping an interrupted run's partitions")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_search_arguments(parser, what="BM25 passage index for retrieval augmentation (default: the config's "
+                         "retrieval_index, else $WENZHI_SEARCH); workers read credentials from the environment")
+
+
+# the shorthand flags: each sets one config field, through --set's path (and its checks)
+_SHORTHANDS = {"output": "output", "kb": "kb", "seed": "seed", "partition_items": "partition_items"}
 
 
 def main(args: argparse.Namespace) -> int:
+    # values JSON-quoted: YAML would read a path like `no` or `1e3` as a boolean or a number
+    overrides = list(args.set) + [f"{field}={json.dumps(getattr(args, flag))}" for flag, field in _SHORTHANDS.items()
+                                  if getattr(args, flag) is not None]
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(args.config, overrides)
     except (OSError, ValueError, TypeError) as exc:
         print(f"error: {args.config}: {exc}", file=sys.stderr)
         return 2
-    for key in ("output", "seed", "kb", "partition_items"):
-        if getattr(args, key, None) is not None:
-            setattr(cfg, key, getattr(args, key))
+    try:
+        # the flag, else the config's key, else WENZHI_SEARCH; what the config keeps (and the
+        # workers get) is the public form: credentials go to the environment
+        search = search_from_args(args, args.search or cfg.retrieval_index)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if search is not None and (args.search or search.is_cluster or not cfg.retrieval_index):
+        cfg.retrieval_index = search.public
     try:
         meta = prepare(cfg, show_progress=not args.no_progress, workers=args.workers, engine=args.engine,
                        scheduler=args.scheduler, resume=not args.no_resume)

@@ -2,7 +2,6 @@
 into partitions. See model/prepare.py for the keys with an example."""
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -42,8 +41,10 @@ class PrepareConfig:
     augment: dict = field(default_factory=dict)
     rows_per_shard: int = 65536
     max_linked_pairs: int = 2  # UKTP examples per text chunk from linking
-    # a tantivy BM25 index (`wenzhi index bm25 --kind passages --out DIR`) whose passages can
-    # serve as the knowledge segment (augment.sources says in which order of preference)
+    # a BM25 index of passages that can serve as the knowledge segment (augment.sources says in
+    # which order of preference): a tantivy directory (`wenzhi index bm25 --kind passages
+    # --output DIR`) or a cluster index URL, never with a login in it (retrieval/bm25.py). On the command
+    # line `--search` overrides it, and WENZHI_SEARCH stands in when it is not set.
     retrieval_index: str | None = None
     # Items (documents, pairs, dialogues) per partition: the unit a worker prepares, packs and
     # writes on its own. The output depends on it (rows never mix partitions), never on how many
@@ -98,16 +99,18 @@ class PrepareConfig:
         return asdict(self)
 
 
-def load_config(path: str | Path) -> PrepareConfig:
-    """A config file, or a shipped one by name (`prepare_tiny`: model/config_files.py)."""
-    from wenzhi.model.config_files import find_config
+def load_config(path: str | Path, overrides: list[str] | None = None) -> PrepareConfig:
+    """A config file, or a shipped one by name (`prepare_tiny`: model/config_files.py), with
+    `--set` overrides (dotted keys reach `corpora.N.*`, `strategies.*`, `augment.*`, ...)."""
+    from wenzhi.model.config_files import apply_overrides, read_config
 
-    path, base_dir = find_config(path)
-    text = path.read_text(encoding="utf-8")
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
+    from dataclasses import fields
 
-        raw = yaml.safe_load(text)
-    else:
-        raw = json.loads(text)
-    return PrepareConfig.from_dict(raw, base_dir=base_dir)
+    from wenzhi.model.augment import AugmentConfig
+    from wenzhi.model.uktp import UKTPConfig
+
+    raw, base_dir = read_config(path)
+    mappings = {"strategies": set(TEXT_STRATEGIES), "augment": {f.name for f in fields(AugmentConfig)},
+                "uktp": {f.name for f in fields(UKTPConfig)}}
+    return PrepareConfig.from_dict(apply_overrides(raw, overrides or [], PrepareConfig, dict_keys=mappings),
+                                   base_dir=base_dir)

@@ -77,6 +77,24 @@ def build_curriculum(cfg: PrepareConfig):
     return curriculum
 
 
+def retrieval_setting(cfg: PrepareConfig):
+    """The config's BM25 index for retrieval augmentation: a tantivy directory (resolved like every
+    path) or a cluster URL, whose credentials each process reads from its environment: a URL
+    holding one is refused, since the config is sent to workers and saved with the shards."""
+    from urllib.parse import urlsplit
+
+    from wenzhi.retrieval.bm25 import ENV_PASSWORD, ENV_USER, is_cluster_url, search_setting
+
+    if not cfg.retrieval_index:
+        return None
+    if not is_cluster_url(cfg.retrieval_index):
+        return search_setting(str(cfg.resolve(cfg.retrieval_index)))
+    if urlsplit(cfg.retrieval_index).username is not None:
+        raise ValueError(f"retrieval_index: a URL with credentials in it is saved with the shards; "
+                         f"give them in {ENV_USER} and {ENV_PASSWORD} (or --search-user/--search-password)")
+    return search_setting(cfg.retrieval_index)
+
+
 class Resources:
     """Tokenizer, KB store, linker, maskers and augmenter of one process."""
 
@@ -97,9 +115,9 @@ class Resources:
             self.store = TripleStore(cfg.resolve(cfg.kb))
             self.linker = EntityLinker(self.store)
         if retriever is None and cfg.retrieval_index:
-            from wenzhi.retrieval import TantivyRetriever
+            from wenzhi.retrieval.bm25 import open_bm25
 
-            retriever = TantivyRetriever(cfg.resolve(cfg.retrieval_index))
+            retriever = open_bm25(retrieval_setting(cfg))  # this process's own client or reader
         frac = cfg.heldout_fraction
         self.is_heldout = lambda h, r, t: heldout_triple(h, r, t, frac)
         self.augmenter = (KnowledgeAugmenter(self.store, self.tokenizer, retriever, AugmentConfig(**cfg.augment),
@@ -241,8 +259,20 @@ def fingerprint(cfg: PrepareConfig, paths: list[Path]) -> str:
         tokenizer = data_path(DEFAULT_VOCAB)
     parts = {"format": FORMAT, "config": raw, "corpora": [identity(p) for p in paths],
              "kb": identity(cfg.resolve(cfg.kb)) if cfg.kb else None, "tokenizer": identity(Path(tokenizer)),
-             "retrieval_index": identity(cfg.resolve(cfg.retrieval_index)) if cfg.retrieval_index else None}
+             "retrieval_index": retrieval_identity(retrieval_setting(cfg), identity)}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def retrieval_identity(search, path_identity):
+    """A tantivy index's files, or a cluster index's uuid and size (asked now: an unreachable
+    cluster stops the job before any worker starts)."""
+    if search is None:
+        return None
+    if not search.is_cluster:
+        return path_identity(Path(search.location))
+    from wenzhi.retrieval.bm25 import open_bm25
+
+    return {"search": search.public, **open_bm25(search).identity()}
 
 
 def open_staging(cfg: PrepareConfig, paths: list[Path], resume: bool, index_corpora) -> tuple[Job, bool]:

@@ -28,7 +28,7 @@ class InitError(ValueError):
 
 def resolve_model_dir(path: str | Path) -> Path:
     """The model folder of `path`: itself when it holds config.json, else `path/model` (what
-    `wenzhi pretrain run --output-dir` leaves)."""
+    `wenzhi pretrain run --output` leaves)."""
     path = Path(path)
     for candidate in (path, path / "model"):
         if (candidate / "config.json").is_file():

@@ -209,17 +209,21 @@ def select(items: list[ProbeItem], split: str, limit: int, seed: int) -> list[Pr
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from wenzhi.cli_conventions import add_kb, add_option
+
     parser.add_argument("--checkpoint", required=True, help="a saved WenzhiForPretraining (or any *ForMaskedLM) directory")
     parser.add_argument("--tokenizer", help="vocab.txt or directory (default: the checkpoint's own)")
     parser.add_argument("--sources", default="agrikg,kdconv", help="comma-separated: agrikg, kdconv, kb")
-    parser.add_argument("--kb", help="TripleStore for --sources kb")
+    add_kb(parser, required=False, help="the KB store for --sources kb")
     parser.add_argument("--shards", help="prepared shard dir: take heldout_fraction from its meta.json")
-    parser.add_argument("--heldout-fraction", type=float, default=0.1)
-    parser.add_argument("--split", choices=["seen", "heldout", "both"], default="both")
+    parser.add_argument("--heldout-fraction", type=float, default=0.1,
+                        help="share of triples held out of pretraining (as the prepare config's heldout_fraction)")
+    parser.add_argument("--split", choices=["seen", "heldout", "both"], default="both",
+                        help="probe triples pretraining saw, held-out ones, or both (one score each)")
     parser.add_argument("--items", type=int, default=200, help="items per split")
-    parser.add_argument("--candidates", type=int, default=20)
-    parser.add_argument("--max-len", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--candidates", type=int, default=20, help="answers ranked per item (the gold one included)")
+    add_option(parser, "--max-length", old=["--max-len"], type=int, default=128, help="tokens per probe sentence")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the item sample and the candidates")
 
 
 def load_model(path: str):
@@ -254,7 +258,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else checkpoint_tokenizer(args.checkpoint)
     model = load_model(args.checkpoint)
-    result = evaluate(model, tokenizer, items, args.max_len, show_progress=True)
+    result = evaluate(model, tokenizer, items, args.max_length, show_progress=True)
     result["candidates"] = args.candidates
     result["heldout_fraction"] = fraction
     print(json.dumps(result, ensure_ascii=False))

@@ -61,10 +61,13 @@ class Phase:
     order: str = "auto"
 
 
+SINGLE_PHASE_KEYS = ("shards", "steps", "batch_size")  # shorthand for phases: [{shards, steps, batch_size}]
+
+
 @dataclass
 class TrainConfig:
     output_dir: str
-    phases: list = field(default_factory=list)
+    phases: list[Phase] = field(default_factory=list)
     model: dict = field(default_factory=dict)
     init_from: str | None = None
     gradient_accumulation_steps: int = 1
@@ -97,10 +100,10 @@ class TrainConfig:
             raise ValueError("init_from_bert is now init_from (or --init): it takes a wenzhi checkpoint or a "
                              "BERT/ERNIE folder and imports it exactly")
         known = {f.name for f in fields(cls)}
-        single = {k: raw.pop(k) for k in ("shards", "steps", "batch_size") if k in raw}
+        single = {k: raw.pop(k) for k in SINGLE_PHASE_KEYS if k in raw}
         unknown = sorted(set(raw) - known)
         if unknown:
-            raise ValueError(f"unknown config keys {unknown}; known: {sorted(known | {'shards', 'steps', 'batch_size'})}")
+            raise ValueError(f"unknown config keys {unknown}; known: {sorted(known | set(SINGLE_PHASE_KEYS))}")
         if "output_dir" not in raw:
             raise ValueError("config needs output_dir")
         if single:
@@ -143,27 +146,26 @@ def _resolve(path: str, base_dir: Path, must_exist: bool = True) -> Path:
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
-    """A config file, or a shipped one by name (`tiny`: model/config_files.py)."""
-    from wenzhi.model.config_files import find_config
+    """A config file, or a shipped one by name (`tiny`: model/config_files.py), with `--set`
+    overrides (dotted keys reach `model.*` and `phases.N.*`)."""
+    from wenzhi.model.config_files import apply_overrides, read_config
 
-    path, base_dir = find_config(path)
-    text = path.read_text(encoding="utf-8")
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
-
-        raw = yaml.safe_load(text)
-    else:
-        raw = json.loads(text)
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
-    for item in overrides or []:  # --set key=value (value parsed as YAML: numbers, bools, lists)
-        import yaml
-
-        key, _, value = item.partition("=")
-        if not _:
-            raise ValueError(f"--set expects key=value, got {item!r}")
-        raw[key.strip()] = yaml.safe_load(value)
+    raw, base_dir = read_config(path)
+    raw = apply_overrides(raw, overrides or [], TrainConfig, extra_keys=SINGLE_PHASE_KEYS,
+                          dict_keys={"model": _model_config_keys()})
     return TrainConfig.from_dict(raw, base_dir)
+
+
+def _model_config_keys() -> set[str]:
+    """What `model:` may set: WenzhiConfig's own arguments and PretrainedConfig's common ones."""
+    import inspect
+
+    from transformers import PretrainedConfig
+
+    from wenzhi.model.configuration import WenzhiConfig
+
+    keys = set(inspect.signature(WenzhiConfig.__init__).parameters) | set(PretrainedConfig().to_dict())
+    return keys - {"self", "kwargs"}
 
 
 # ----------------------------------------------------------------------------- data position
@@ -361,7 +363,7 @@ def _train(cfg: TrainConfig, resume: bool, show_progress: bool, overwrite: bool)
     if not resume and (complete_checkpoints(ckpt_root) or (out / "model").exists()):
         if not overwrite:
             raise OutputDirInUse(f"{out} holds an earlier run (checkpoints/ or model/): resume it (leave out "
-                                 "--no-resume), choose another --output-dir, or add --overwrite to delete it")
+                                 "--no-resume), choose another --output, or add --overwrite to delete it")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -407,7 +409,7 @@ def _train(cfg: TrainConfig, resume: bool, show_progress: bool, overwrite: bool)
         path, saved, skipped = resume_newest_intact(accelerator, ckpt_root, warn)
         if path is None and found:
             raise CheckpointError(f"no usable checkpoint in {ckpt_root}: " + "; ".join(skipped)
-                               + " (start over with --no-resume --overwrite, or into another --output-dir)")
+                               + " (start over with --no-resume --overwrite, or into another --output)")
         if path is not None:
             resumed_from = str(path)
             state = {"step": int(saved["step"]), "tokens": int(saved["tokens"])}
@@ -550,16 +552,19 @@ def save_final(model, target: Path, tokenizer, state_dict: dict | None = None) -
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="training config, JSON or YAML, or a shipped one by name (tiny, small, base)")
-    parser.add_argument("--output-dir", help="override the config's output_dir")
+    from wenzhi.cli_conventions import add_config, add_output
+
+    add_config(parser, "training config: JSON or YAML, or a shipped one by name (tiny, small, base)",
+               "steps=200 or model.num_hidden_layers=2")
+    add_output(parser, "the run's folder (checkpoints, model/, curves); shorthand for --set output_dir=PATH "
+               "(default: the config's output_dir)", old=["--output-dir"], required=False)
     parser.add_argument("--init", metavar="CHECKPOINT",
-                        help="start from a wenzhi checkpoint or a Hugging Face BERT/ERNIE folder (sets init_from)")
+                        help="start from a wenzhi checkpoint or a Hugging Face BERT/ERNIE folder; shorthand for "
+                             "--set init_from=CHECKPOINT")
     parser.add_argument("--no-resume", action="store_true",
                         help="start a fresh run; refused where output_dir holds an earlier run, unless --overwrite")
     parser.add_argument("--overwrite", action="store_true",
                         help="with --no-resume: delete the earlier run's checkpoints, model and curves first")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a top-level config key (value parsed as YAML), repeatable")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -569,10 +574,10 @@ def main(args: argparse.Namespace) -> int:
     from wenzhi.model.pretrained import InitError
 
     overrides = list(args.set)
-    if args.output_dir:
-        overrides.append(f"output_dir={args.output_dir}")
+    if args.output:
+        overrides.append(f"output_dir={json.dumps(args.output)}")  # quoted: a path stays a string in YAML
     if args.init:
-        overrides.append(f"init_from={args.init}")
+        overrides.append(f"init_from={json.dumps(args.init)}")
     try:
         cfg = load_config(args.config, overrides)
     except (ValueError, FileNotFoundError) as exc:

@@ -1,4 +1,5 @@
-"""`wenzhi finetune ner|sim|gen`, `wenzhi evaluate`, `wenzhi serve`: the KBQA service's commands."""
+"""`wenzhi finetune ner|sim|gen`, `wenzhi fit-fusion`, `wenzhi evaluate`, `wenzhi serve`: the KBQA
+service's commands (conventions: wenzhi/cli_conventions.py)."""
 from __future__ import annotations
 
 import argparse
@@ -6,85 +7,136 @@ import json
 import sys
 from pathlib import Path
 
-from wenzhi.kg.cli import DefaultsHelpFormatter
+from wenzhi.cli_conventions import (NLPCC_HOLDOUT, add_config, add_field, add_kb, add_nlpcc_holdout, add_option,
+                                    add_output, dataclass_defaults, given_fields)
+from wenzhi.retrieval.bm25 import add_search_arguments
+
+
+# `wenzhi fit-fusion`'s question sample: KgCLUE train holds 18,000 questions; skipping the first
+# 17,000 fits on its tail, training questions (dev, which is reported, is never fitted on) that a
+# quick `finetune --limit` run reads last; 500 of them give a few thousand candidate triples,
+# enough for a coarse grid over seven weights and a fit of minutes on CPU.
+FUSION_SKIP, FUSION_LIMIT = 17_000, 500
 
 
 def register(sub: "argparse._SubParsersAction") -> None:
     """Add this package's sub-commands to the `wenzhi` parser."""
+    from wenzhi.qa_service.finetune import TASKS, FinetuneConfig
+
+    defaults = dataclass_defaults(FinetuneConfig)
     ft = sub.add_parser("finetune", help="fine-tune the NER, SIM (relation) or GEN (KB-constrained) head")
-    ft.add_argument("task", choices=["ner", "sim", "gen", "fusion"],
-                    help="a head, or `fusion`: fit the pipeline's fusion weights on training questions")
-    ft.add_argument("--kb", required=True, metavar="DB", help="triple store (from `wenzhi kg import`)")
-    ft.add_argument("--out", required=True, metavar="DIR", help="model directory; the head goes to DIR/<task>")
-    ft.add_argument("--init", metavar="DIR", help="`wenzhi pretrain` checkpoint (default: a fresh tiny model)")
-    ft.add_argument("--size", choices=["tiny", "small"], default="tiny",
-                    help="fresh model size when --init is not given")
-    ft.add_argument("--questions", nargs="+", metavar="FILE",
-                    help="KBQA JSON lines (default: kgclue/train.json and nlpcc2016/train.json of the data dir)")
-    ft.add_argument("--holdout-nlpcc", type=float, default=0.2,
-                    help="share of NLPCC questions never trained on (evaluated by `wenzhi evaluate --nlpcc-holdout`)")
-    ft.add_argument("--limit", type=int, help="train on the first N (shuffled) questions (fusion: default 500)")
-    ft.add_argument("--skip", type=int, default=17_000,
-                    help="fusion only: questions skipped at the start of the file (default: all but KgCLUE train's tail)")
-    ft.add_argument("--no-gen", action="store_true", help="fusion only: leave the GEN head out")
-    ft.add_argument("--epochs", type=float, default=1.0)
-    ft.add_argument("--max-steps", type=int)
-    ft.add_argument("--batch-size", type=int, default=32)
-    ft.add_argument("--lr", type=float, default=5e-4)
-    ft.add_argument("--negatives", type=int, default=5, help="SIM negatives per question")
-    ft.add_argument("--interaction", choices=["late", "full"], default="late",
-                    help="SIM only: relations meet the question in the NLU layers (late: relation states are "
-                         "computed once per name and cached by the service) or in every layer (full)")
-    ft.add_argument("--unfreeze", action="store_true",
-                    help="train the universal module too (heads then no longer share one pass)")
-    ft.add_argument("--threads", type=int, help="torch threads")
-    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("task", choices=TASKS, help="the head to fine-tune")
+    add_kb(ft)
+    add_output(ft, "the QA model folder; the head goes to DIR/<task>", old=["--out"], dest="out", metavar="DIR")
+    add_config(ft, "fine-tuning config (FinetuneConfig's fields, qa_service/finetune.py): JSON or YAML; "
+               "the flags below override it", "lr=1e-3 or negatives=30", required=False, metavar="FILE")
+    add_field(ft, "--init", defaults, metavar="DIR", help="`wenzhi pretrain` checkpoint (none: a fresh --size model)")
+    add_field(ft, "--size", defaults, choices=["tiny", "small"], help="fresh model size when --init is not given")
+    add_field(ft, "--questions", defaults, nargs="+", metavar="FILE",
+              help="KBQA JSON lines (none: kgclue/train.json and nlpcc2016/train.json of the data dir)")
+    add_field(ft, NLPCC_HOLDOUT, defaults, "holdout_nlpcc", old=["--holdout-nlpcc"], type=float, metavar="FRACTION",
+              help="share of NLPCC questions never trained on (scored by `wenzhi evaluate --nlpcc-holdout`)")
+    add_field(ft, "--limit", defaults, type=int, help="train on the first N (shuffled) questions (none: all)")
+    add_field(ft, "--epochs", defaults, type=float, help="passes over the questions (--max-steps caps them)")
+    add_field(ft, "--max-steps", defaults, type=int, help="optimizer steps at most (none: as --epochs make)")
+    add_field(ft, "--batch-size", defaults, type=int, help="questions per optimizer step")
+    add_field(ft, "--lr", defaults, type=float, help="peak learning rate (linear warm-up, then decay)")
+    add_field(ft, "--negatives", defaults, type=int,
+              help="SIM negatives per question (drawn as evaluation draws candidates, see qa_service/data.py)")
+    add_field(ft, "--sim-loss", defaults, choices=["listwise", "pointwise"],
+              help="SIM only: softmax cross-entropy over each question's candidates, or BCE per pair")
+    add_field(ft, "--interaction", defaults, choices=["match", "late", "full"],
+              help="SIM only: match = token-level late interaction (each relation token's best match "
+                   "in the question, model/relation_matching.py); a pair head whose relations meet the "
+                   "question in the NLU layers (late) or in every layer (full). match and late relation "
+                   "states are computed once per name and cached by the service")
+    add_field(ft, "--nlu-layers", defaults, type=int, metavar="N",
+              help="NLU layers of the head (none: the checkpoint's; layers beyond it start fresh)")
+    add_field(ft, "--no-copy", defaults, "copy_source", action="store_const", const=False,
+              help="GEN only: no pointer over the question's tokens mixed into the next-token distribution")
+    add_field(ft, "--target-layout", defaults, choices=["relation-first", "head-relation"],
+              help="GEN only: relation-first = `base [unused1] relation [unused2] disambiguation [SEP]`, "
+                   "head-relation = `head [unused1] relation [SEP]` (qa_service/trie.py)")
+    add_field(ft, "--unfreeze", defaults, "freeze_universal", action="store_const", const=False,
+              help="train the universal module too (heads then no longer share one pass)")
+    add_field(ft, "--threads", defaults, type=int, help="torch threads (none: torch's choice)")
+    add_field(ft, "--seed", defaults, type=int, help="seed of the question order, negatives and initialisation")
     ft.set_defaults(handler=_finetune)
 
+    ff = sub.add_parser("fit-fusion", help="fit the pipeline's fusion weights (heads fixed) on training questions; "
+                                           "they are written into the model folder")
+    add_kb(ff)
+    add_option(ff, "--model", old=["--out"], required=True, metavar="DIR",
+               help="the QA model folder (from `wenzhi finetune`) whose fusion weights are fitted and saved")
+    ff.add_argument("--questions", metavar="FILE", help="KBQA JSON lines (none: kgclue/train.json of the data dir)")
+    ff.add_argument("--skip", type=int, default=FUSION_SKIP,
+                    help="questions skipped at the start of the file: KgCLUE train's 18,000 less its tail")
+    ff.add_argument("--limit", type=int, default=FUSION_LIMIT,
+                    help="questions fitted on: a few thousand candidate triples for seven weights")
+    ff.add_argument("--no-gen", action="store_true", help="leave the GEN head out")
+    ff.add_argument("--distractor-relations", type=_counts, default=[0], metavar="K[,K...]",
+                    help="fit the weights over these settings of `wenzhi evaluate --distractor-relations` "
+                         "together (each question once per setting)")
+    ff.add_argument("--threads", type=int, help="torch threads (none: torch's choice)")
+    ff.set_defaults(handler=_fit_fusion)
+
     ev = sub.add_parser("evaluate", help="KgCLUE metric (EM/F1 on S, P, O, All; Score) on KBQA questions")
-    ev.add_argument("--questions", required=True, metavar="FILE")
-    ev.add_argument("--kb", required=True, metavar="DB")
-    ev.add_argument("--model", required=True, metavar="DIR")
-    ev.add_argument("--limit", type=int)
-    ev.add_argument("--nlpcc-holdout", type=float, metavar="FRACTION",
-                    help="score only the held-out share of an NLPCC file (as `finetune --holdout-nlpcc`)")
+    ev.add_argument("--questions", required=True, metavar="FILE", help="KBQA JSON lines (KgCLUE or NLPCC)")
+    add_kb(ev)
+    ev.add_argument("--model", required=True, metavar="DIR", help="the QA model folder (from `wenzhi finetune`)")
+    ev.add_argument("--limit", type=int, help="score the first N questions (none: all)")
+    add_nlpcc_holdout(ev, help="score only the held-out share of an NLPCC file (as `finetune --nlpcc-holdout`)")
     ev.add_argument("--errors", metavar="FILE", help="write wrong answers as JSON lines")
-    ev.add_argument("--index", metavar="DIR", help="BM25 entity index (fuzzy fallback)")
-    ev.add_argument("--no-gen", action="store_true", help="leave the GEN head out")
-    ev.add_argument("--batch-size", type=int, default=16)
-    ev.add_argument("--threads", type=int)
-    ev.add_argument("--relation-selection", action="store_true", default=True, help=argparse.SUPPRESS)
+    add_search_arguments(ev, "--index", what="BM25 entity index (fuzzy fallback)")
+    ev.add_argument("--no-gen", action="store_true", help="leave the GEN head out (as --mode pipeline)")
+    ev.add_argument("--mode", type=_modes, default=["fused"], metavar="MODE[,MODE...]",
+                    help="answering path scored: fused (both), pipeline (linker + NER + SIM alone) or gen "
+                         "(GEN alone); several, comma-separated, are scored with one loaded model, one JSON line each")
+    ev.add_argument("--distractor-relations", type=_counts, default=[0], metavar="K[,K...]",
+                    help="every entity also offers the KB's K most frequent relations with unknown tails "
+                         "(choosing one scores as wrong), for both paths: the relation decides; several: "
+                         "each with every --mode")
+    ev.add_argument("--batch-size", type=int, default=16, help="questions answered in one pass")
+    ev.add_argument("--threads", type=int, help="torch threads (none: torch's choice)")
     ev.set_defaults(handler=_evaluate)
 
-    sv = sub.add_parser("serve", help="the KBQA REST service (FastAPI)",
-                        formatter_class=DefaultsHelpFormatter)
+    _register_serve(sub)
+
+
+def _register_serve(sub) -> None:
+    from wenzhi.qa_service.settings import ServiceSettings
+
+    defaults = dataclass_defaults(ServiceSettings)
+    sv = sub.add_parser("serve", help="the KBQA REST service (FastAPI)")
     sv.add_argument("--model", required=True, metavar="DIR", help="model directory (from `wenzhi finetune`)")
-    sv.add_argument("--kb", required=True, metavar="DB", help="triple store (from `wenzhi kg import`)")
-    sv.add_argument("--index", metavar="DIR", help="BM25 entity index (fuzzy fallback)")
+    add_kb(sv)
+    add_search_arguments(sv, "--index", what="BM25 entity index (fuzzy fallback)")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on")
     sv.add_argument("--port", type=int, default=8000, help="port to listen on")
     sv.add_argument("--trusted-hosts", metavar="NAMES",
                     help="comma-separated Host header values answered (others get a 400: no DNS rebinding); "
                          "'*' for any; default: --host, localhost, 127.0.0.1, [::1]")
     sv.add_argument("--no-gen", action="store_true", help="leave the GEN head out (lower latency)")
-    sv.add_argument("--timeout", type=float, default=10.0, help="seconds to answer a question")
-    sv.add_argument("--max-batch", type=int, default=32, help="questions answered in one pass at most")
-    sv.add_argument("--max-wait-ms", type=float, default=0.0,
+    sv.add_argument("--timeout", type=float, default=defaults["timeout_s"], help="seconds to answer a question")
+    sv.add_argument("--max-batch", type=int, default=defaults["max_batch"],
+                    help="questions answered in one pass at most")
+    sv.add_argument("--max-wait-ms", type=float, default=defaults["max_wait_ms"],
                     help="how long a batch waits for company (0: batch what queued while the pipeline was busy)")
-    sv.add_argument("--threads", type=int, default=1,
+    sv.add_argument("--threads", type=int, default=1,  # not ServiceSettings' None (torch's choice): see the help
                     help="torch threads of the pipeline (1: the event loop keeps the other core)")
     sv.add_argument("--in-process", action="store_true",
                     help="run the pipeline in the service's process instead of a worker process of its own")
-    sv.add_argument("--restart-attempts", type=int, default=5,
+    sv.add_argument("--restart-attempts", type=int, default=defaults["restart_attempts"],
                     help="failed loads of the pipeline in a row (a worker killed while loading counts) before "
                          "giving up: /healthz then fails and the command exits with status 3")
-    sv.add_argument("--restart-backoff", type=float, default=1.0, metavar="SECONDS",
-                    help="wait before the second load attempt, doubled for each next one (at most 16 s)")
-    sv.add_argument("--max-body-bytes", type=int, default=64 * 1024,
+    sv.add_argument("--restart-backoff", type=float, default=defaults["restart_backoff_s"], metavar="SECONDS",
+                    help=f"wait before the second load attempt, doubled for each next one (at most "
+                         f"{defaults['restart_backoff_max_s']:g} s)")
+    sv.add_argument("--max-body-bytes", type=int, default=defaults["max_body_bytes"],
                     help="larger request bodies get a 413 (the largest valid request is about 12 KB)")
     sv.add_argument("--header-timeout", type=float, default=10.0, metavar="SECONDS",
                     help="a request's line and headers must arrive within this (else 408, connection closed)")
-    sv.add_argument("--body-timeout", type=float, default=10.0, metavar="SECONDS",
+    sv.add_argument("--body-timeout", type=float, default=defaults["body_timeout_s"], metavar="SECONDS",
                     help="a request's body must arrive within this once its headers are in (else 408)")
     sv.add_argument("--keep-alive-timeout", type=float, default=5.0, metavar="SECONDS",
                     help="an idle connection is closed after this")
@@ -93,41 +145,97 @@ def register(sub: "argparse._SubParsersAction") -> None:
     sv.set_defaults(handler=_serve)
 
 
-def _finetune(args) -> int:
+def finetune_config(args: argparse.Namespace):
+    """The FinetuneConfig a `wenzhi finetune` command line means: the dataclass's defaults, then
+    --config's file, then --set, then the flags given."""
     from wenzhi.kg.datadir import data_path
+    from wenzhi.model.config_files import config_fields
 
-    from wenzhi.qa_service.finetune import FinetuneConfig, finetune
+    from wenzhi.qa_service.finetune import FinetuneConfig
 
-    if args.task == "fusion":
-        from wenzhi.qa_service.fusion import fit_fusion
+    raw = config_fields(FinetuneConfig, args.config, args.set, given_fields(args, FinetuneConfig))
+    raw["questions"] = [Path(q) for q in raw.get("questions") or [data_path("kgclue/train.json"),
+                                                                   data_path("nlpcc2016/train.json")]]
+    for key in ("out", "kb", "init"):
+        raw[key] = Path(raw[key]) if raw.get(key) else None
+    return FinetuneConfig(**raw)
 
-        questions = args.questions[0] if args.questions else data_path("kgclue/train.json")
-        report = fit_fusion(args.out, args.kb, questions, limit=args.limit or 500, skip=args.skip,
-                            use_gen=not args.no_gen, threads=args.threads)
-        print(json.dumps(report, ensure_ascii=False))
-        return 0
-    questions = [Path(q) for q in args.questions] if args.questions else [
-        data_path("kgclue/train.json"), data_path("nlpcc2016/train.json")]
-    cfg = FinetuneConfig(task=args.task, out=Path(args.out), kb=Path(args.kb), questions=questions,
-                         init=Path(args.init) if args.init else None, holdout_nlpcc=args.holdout_nlpcc,
-                         limit=args.limit, epochs=args.epochs, max_steps=args.max_steps,
-                         batch_size=args.batch_size, lr=args.lr, negatives=args.negatives,
-                         freeze_universal=not args.unfreeze, size=args.size, seed=args.seed, threads=args.threads,
-                         interaction=args.interaction)
+
+def _finetune(args) -> int:
+    from wenzhi.qa_service.finetune import finetune
+
+    try:
+        cfg = finetune_config(args)
+    except (OSError, ValueError, TypeError) as exc:
+        print(f"wenzhi finetune: {exc}", file=sys.stderr)
+        return 2
     report = finetune(cfg)
     report.pop("config", None)
     print(json.dumps(report, ensure_ascii=False))
     return 0
 
 
-def _evaluate(args) -> int:
-    from wenzhi.qa_service.evaluate import evaluate
+def _fit_fusion(args) -> int:
+    from wenzhi.kg.datadir import data_path
 
-    result = evaluate(args.questions, args.kb, args.model, limit=args.limit, errors=args.errors,
-                      index=args.index, use_gen=not args.no_gen, batch_size=args.batch_size,
-                      threads=args.threads, nlpcc_holdout=args.nlpcc_holdout)
-    print(json.dumps(result, ensure_ascii=False))
+    from wenzhi.qa_service.fusion import fit_fusion
+
+    report = fit_fusion(args.model, args.kb, args.questions or data_path("kgclue/train.json"), limit=args.limit,
+                        skip=args.skip, use_gen=not args.no_gen, threads=args.threads,
+                        distractor_relations=tuple(args.distractor_relations))
+    print(json.dumps(report, ensure_ascii=False))
     return 0
+
+
+def _modes(value: str) -> list[str]:
+    modes = [m.strip() for m in value.split(",") if m.strip()]
+    bad = [m for m in modes if m not in ("fused", "pipeline", "gen")]
+    if bad or not modes:
+        raise argparse.ArgumentTypeError(f"modes are fused, pipeline, gen (comma-separated), not {value!r}")
+    return modes
+
+
+def _counts(value: str) -> list[int]:
+    try:
+        counts = [int(k) for k in value.split(",") if k.strip()]
+    except ValueError:
+        counts = []
+    if not counts or any(k < 0 for k in counts):
+        raise argparse.ArgumentTypeError(f"expected counts >= 0 (comma-separated), not {value!r}")
+    return counts
+
+
+def _evaluate(args) -> int:
+    from wenzhi.qa_service.evaluate import evaluate_runs
+
+    if args.no_gen and any(m == "gen" for m in args.mode):
+        print("wenzhi evaluate: --mode gen needs the GEN head (drop --no-gen)", file=sys.stderr)
+        return 2
+    index, error = _bm25_index(args)
+    if error:
+        print(f"wenzhi evaluate: {error}", file=sys.stderr)
+        return 2
+    runs = [(mode, k) for k in args.distractor_relations for mode in args.mode]
+    for result in evaluate_runs(args.questions, args.kb, args.model, limit=args.limit, errors=args.errors,
+                                index=index, use_gen=not args.no_gen, batch_size=args.batch_size,
+                                threads=args.threads, nlpcc_holdout=args.nlpcc_holdout, runs=runs):
+        print(json.dumps(result, ensure_ascii=False), flush=True)
+    return 0
+
+
+def _bm25_index(args) -> tuple[str | None, str | None]:
+    """(the fuzzy fallback's BM25 index in its public form, None), the index checked now; or
+    (None, why it cannot be opened). The worker process reads credentials from the environment."""
+    from wenzhi.retrieval.search_cluster import SearchClusterError
+    from wenzhi.retrieval.bm25 import open_bm25, search_from_args
+
+    try:
+        setting = search_from_args(args)
+        if setting is not None:
+            open_bm25(setting)
+    except (ValueError, FileNotFoundError, SearchClusterError) as exc:
+        return None, str(exc)
+    return (setting.public if setting is not None else None), None
 
 
 def _trusted_hosts(value: str | None, bound: str) -> tuple[str, ...]:
@@ -151,7 +259,11 @@ def _serve(args) -> int:
     if args.host in ("0.0.0.0", "::") and not args.trusted_hosts:
         print(f"wenzhi serve: listening on all interfaces, but only Host headers {', '.join(hosts)} are answered; "
               "pass --trusted-hosts with the names clients use", file=sys.stderr)
-    settings = ServiceSettings(model=args.model, kb=args.kb, index=args.index, use_gen=not args.no_gen,
+    index, error = _bm25_index(args)
+    if error:
+        print(f"wenzhi serve: {error}", file=sys.stderr)
+        return 2
+    settings = ServiceSettings(model=args.model, kb=args.kb, index=index, use_gen=not args.no_gen,
                                timeout_s=args.timeout, max_batch=args.max_batch,
                                max_wait_ms=args.max_wait_ms, threads=args.threads,
                                manage_gc=True, worker_process=not args.in_process,

@@ -2,10 +2,10 @@
 
 - NER: the topic-entity mention = the question span matching the gold head's full name, base
   name or one of its aliases (longest first); questions where none occurs are counted, not guessed.
-- SIM: (question, relation, label) pairs; negatives are the entity's other relations first, then
-  relations of its homonyms, then frequent KB relations at random (the baseline used random ones
-  only, which never teaches the model to separate an entity's own relations).
-- GEN: (question, head, relation) whose target is `encode_target(head, relation)`, the trie key.
+- SIM: per question the gold relation and negatives drawn the way evaluation draws candidates
+  (`NegativeSampler`: the entity's and its homonyms' relations, relations sharing characters with
+  the question, the KB's most frequent relations, random ones).
+- GEN: (question, head, relation) whose target is `encode_target(head, relation, layout)`, the trie key.
 """
 from __future__ import annotations
 
@@ -118,26 +118,91 @@ def homonym_relations(store, head: str) -> tuple[list[str], list[str]]:
     return own, others
 
 
-def sim_pairs(examples: Sequence[QAExample], store, negatives: int = 5, seed: int = 0,
-              random_pool: Sequence[str] | None = None) -> list[tuple[str, str, int]]:
-    """(question, relation, 1|0): the gold relation and up to `negatives` wrong ones."""
-    rng = random.Random(seed)
-    pool = list(random_pool) if random_pool is not None else frequent_relations(store, 2000)
-    out: list[tuple[str, str, int]] = []
-    for ex in examples:
-        own, homonyms = homonym_relations(store, ex.head)
+class NegativeSampler:
+    """Wrong relations for a question, drawn the way evaluation draws candidates.
+
+    Evaluation offers the gold relation among the KB's most frequent relations, the entity's own
+    relations and its homonyms' (`wenzhi evaluate`'s relation selection; every candidate entity's
+    relations in the pipeline; the frequent ones again with `--distractor-relations`). So the
+    `n` negatives are, in this order: the entity's other relations, its homonyms', relations that
+    share characters with the question (the lexical rule's confusions: what a head that reads must
+    tell apart) and random ones among the 2,000 most frequent; then, beyond `n`, every one of the
+    KB's `frequent` most frequent relations. The baseline drew random relations only, which never
+    teaches the model to separate an entity's own relations.
+    """
+
+    def __init__(self, store, frequent: int = 30, seed: int = 0):
+        counts = store.relation_counts()
+        self.store = store
+        self.frequent = [r for r, _ in counts[:frequent]]
+        self.pool = [r for r, _ in counts[:2000]]
+        # characters x relations incidence, so the relations sharing most characters with a question
+        # are one sum of a few rows (a Python loop over every relation per question is too slow)
+        import numpy as np
+
+        self.relations = [r for r, _ in counts]
+        self.char_index: dict[str, int] = {}
+        cols: list[tuple[int, int]] = []
+        for j, rel in enumerate(self.relations):
+            for ch in set(rel.lower()) - {" "}:
+                cols.append((self.char_index.setdefault(ch, len(self.char_index)), j))
+        self.incidence = np.zeros((len(self.char_index), len(self.relations)), dtype=np.float32)
+        for i, j in cols:
+            self.incidence[i, j] = 1.0
+        self.rel_len = np.asarray([max(1, len(r)) for r in self.relations], dtype=np.float32)
+        self.rng = random.Random(seed)
+
+    def sharing_characters(self, text: str, exclude: set[str], k: int, shortlist: int = 40) -> list[str]:
+        """Up to `k` relations with the highest lexical score against `text`, among the `shortlist`
+        sharing the largest share of their characters with it."""
+        import numpy as np
+
+        from wenzhi.qa_service.lexical import lexical_score
+
+        rows = [self.char_index[ch] for ch in set(text.lower()) if ch in self.char_index]
+        if not rows or k <= 0:
+            return []
+        share = self.incidence[rows].sum(0) / self.rel_len
+        top = np.argpartition(-share, min(shortlist, len(share) - 1))[:shortlist]
+        found = [self.relations[j] for j in top if share[j] > 0 and self.relations[j] not in exclude]
+        ranked = sorted(found, key=lambda r: (-lexical_score(text, r), self.rng.random()))
+        return ranked[:k]
+
+    def negatives(self, ex: QAExample, n: int) -> list[str]:
+        from wenzhi.kg import parse_name
+
+        from wenzhi.qa_service.lexical import strip_mention
+
+        rng = self.rng
+        own, homonyms = homonym_relations(self.store, ex.head)
         chosen: list[str] = []
-        for group in (own, homonyms):
-            group = [r for r in group if r != ex.relation and r not in chosen]
-            rng.shuffle(group)
-            chosen.extend(group[: negatives - len(chosen)])
-        while len(chosen) < negatives and pool:
-            rel = rng.choice(pool)
-            if rel != ex.relation and rel not in chosen:
+        taken = {ex.relation}
+        own_group = [r for r in own + homonyms if r not in taken]
+        rng.shuffle(own_group)
+        text = strip_mention(ex.question, parse_name(ex.head)[0])
+        # up to half the entity's and its homonyms' own, then as many sharing characters with the
+        # question as make up half the rest; random ones fill up
+        for rel in own_group[: n // 2]:
+            chosen.append(rel)
+            taken.add(rel)
+        for rel in self.sharing_characters(text, taken, (n - len(chosen)) // 2):
+            chosen.append(rel)
+            taken.add(rel)
+        while len(chosen) < n and len(taken) < len(self.pool):
+            rel = rng.choice(self.pool)
+            if rel not in taken:
                 chosen.append(rel)
-        out.append((ex.question, ex.relation, 1))
-        out.extend((ex.question, rel, 0) for rel in chosen)
-    return out
+                taken.add(rel)
+        # and every one of the KB's most frequent relations: evaluation offers all of them to every
+        # question (and `--distractor-relations` to every entity)
+        return chosen + [r for r in self.frequent if r not in taken]
+
+
+def sim_groups(examples: Sequence[QAExample], store, negatives: int = 15, seed: int = 0
+               ) -> list[tuple[str, list[str]]]:
+    """(question, [gold relation, negative, ...]) per example (see `NegativeSampler`)."""
+    sampler = NegativeSampler(store, seed=seed)
+    return [(ex.question, [ex.relation, *sampler.negatives(ex, negatives)]) for ex in examples]
 
 
 def sim_features(tokenizer, pairs: Sequence[tuple[str, str]], max_length: int = 64):
@@ -148,13 +213,13 @@ def sim_features(tokenizer, pairs: Sequence[tuple[str, str]], max_length: int = 
 
 # -- GEN ------------------------------------------------------------------------------------
 def gen_features(tokenizer, examples: Sequence[QAExample], max_question: int = 48,
-                 max_target: int = 48):
-    """Prefix = `[CLS] question [SEP]`; target = `head [unused1] relation [SEP]` (the trie key)."""
+                 max_target: int = 48, layout: str = "head-relation"):
+    """Prefix = `[CLS] question [SEP]`; target = the (head, relation) in `layout` (the trie key)."""
     from wenzhi.qa_service.trie import encode_targets
 
     prefixes = tokenizer([ex.question for ex in examples], max_length=max_question,
                          truncation=True)["input_ids"]
-    targets = encode_targets(tokenizer, [(ex.head, ex.relation) for ex in examples])
+    targets = encode_targets(tokenizer, [(ex.head, ex.relation) for ex in examples], layout)
     keep = [i for i, t in enumerate(targets) if len(t) <= max_target]
     return {"prefix_ids": [prefixes[i] for i in keep], "target_ids": [targets[i] for i in keep],
             "dropped_too_long": len(examples) - len(keep)}

@@ -11,13 +11,14 @@ import subprocess
 import sys
 import time
 
+from wenzhi.cli_conventions import add_option
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True)
-    p.add_argument("--kb", required=True)
-    p.add_argument("--index", help="BM25 entity index")
+    p.add_argument("--model", required=True, metavar="DIR", help="the QA model folder (from `wenzhi finetune`)")
+    p.add_argument("--kb", required=True, metavar="DB", help="the KB store (from `wenzhi kg import`)")
+    add_option(p, "--search", old=["--index"], metavar="DIR_OR_URL", help="BM25 entity index (fuzzy fallback)")
     p.add_argument("--question", action="append",
                    help="question(s) to ask (default: two KgCLUE dev questions)")
     p.add_argument("--timeout", type=float, default=300, help="seconds to wait for readiness")
@@ -30,8 +31,8 @@ def main(argv: list[str] | None = None) -> int:
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "wenzhi", "serve", "--model", args.model, "--kb", args.kb,
            "--host", "127.0.0.1", "--port", str(port)]
-    if args.index:
-        cmd += ["--index", args.index]
+    if args.search:
+        cmd += ["--search", args.search]
     server = subprocess.Popen(cmd)
     base = f"http://127.0.0.1:{port}"
     try:

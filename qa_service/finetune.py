@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from wenzhi.model.conventions import IGNORE_INDEX
+from wenzhi.qa_service.heads import load_tokenizer_for, pad_rows, resolve_checkpoint, save_vocab
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +39,16 @@ class FinetuneConfig:
     batch_size: int = 32
     lr: float = 5e-4
     warmup: float = 0.06
-    negatives: int = 5
+    negatives: int = 15
     freeze_universal: bool = True
     seed: int = 0
     threads: int | None = None
     size: str = "tiny"  # fresh model size when there is no `init`: tiny (tests) or small
-    interaction: str = "late"  # SIM: pair_interaction of the head (see model.modeling.WenzhiConfig)
+    interaction: str = "match"  # SIM: "match" (model.relation_matching), or a pair head's pair_interaction
+    sim_loss: str = "listwise"  # SIM: softmax over each question's candidates, or per-pair BCE ("pointwise")
+    nlu_layers: int | None = None  # NLU layers of the head (None: the checkpoint's; added ones start fresh)
+    copy_source: bool = True  # GEN: a pointer over the question's tokens (model.copying.CopyHead)
+    target_layout: str = "relation-first"  # GEN: how a (head, relation) is spelt (qa_service.trie.LAYOUTS)
 
 
 SIZES = {
@@ -52,30 +57,6 @@ SIZES = {
     "small": dict(hidden_size=128, num_universal_layers=2, num_nlu_layers=1, num_nlg_layers=1,
                   num_attention_heads=2, intermediate_size=512),
 }
-
-
-def resolve_checkpoint(path: Path) -> Path:
-    """A directory with config.json, or the newest sub-directory of a run that has one."""
-    path = Path(path)
-    if (path / "config.json").exists():
-        return path
-    found = sorted((p for p in path.glob("**/config.json")), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise FileNotFoundError(f"no model checkpoint (config.json) under {path}")
-    return found[-1].parent
-
-
-def load_tokenizer_for(path: Path | None):
-    """The checkpoint's own tokenizer (model/pretrained.py); the BERT Chinese vocabulary without one."""
-    from wenzhi.model.pretrained import checkpoint_tokenizer
-    from wenzhi.model.tokenizer import load_tokenizer
-
-    return checkpoint_tokenizer(path) if path is not None else load_tokenizer(None)
-
-
-def save_vocab(tokenizer, out: Path) -> None:
-    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
-    (out / "vocab.txt").write_text("".join(f"{tok}\n" for tok, _ in vocab), encoding="utf-8")
 
 
 def training_questions(cfg: FinetuneConfig):
@@ -95,6 +76,8 @@ def training_questions(cfg: FinetuneConfig):
 def _model(cfg: FinetuneConfig, tokenizer, cls, **extra):
     from wenzhi.model.modeling import WenzhiConfig
 
+    if cfg.nlu_layers is not None:
+        extra["num_nlu_layers"] = cfg.nlu_layers
     if cfg.init is not None:  # a wenzhi checkpoint (e.g. NER from SIM: all but the classifier) or a BERT/ERNIE folder
         from wenzhi.model.pretrained import load_for_init
 
@@ -103,6 +86,8 @@ def _model(cfg: FinetuneConfig, tokenizer, cls, **extra):
         if extra.get("pair_interaction") == "late" and not model.config.position_independent_segments:
             raise ValueError(f"{cfg.init}: a late-interaction SIM head caches relation states, which needs rotary "
                              "positions and pre-LN blocks; this checkpoint is BERT-style: use --interaction full")
+        for key, value in extra.items():  # keys the config class does not declare (the GEN's copy_source)
+            setattr(model.config, key, value)
         return model
     config = WenzhiConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                           cls_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id,
@@ -111,16 +96,6 @@ def _model(cfg: FinetuneConfig, tokenizer, cls, **extra):
 
     torch.manual_seed(cfg.seed)
     return cls(config)
-
-
-def _pad(rows, value):
-    import torch
-
-    width = max(len(r) for r in rows)
-    out = torch.full((len(rows), width), value, dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.as_tensor(r, dtype=torch.long)
-    return out
 
 
 def _batches(n: int, batch_size: int, epochs: float, seed: int):
@@ -173,11 +148,120 @@ def _train(cfg: FinetuneConfig, model, n_items: int, step_fn) -> dict:
             "last_loss": round(sum(losses[-k:]) / k, 4)}
 
 
+def _ner_task(cfg: FinetuneConfig, tokenizer, examples, store, report: dict):
+    """(model, number of training items, step function) of the NER head."""
+    from wenzhi.model.modeling import WenzhiForTokenClassification
+
+    from wenzhi.qa_service import data
+
+    items, coverage = data.ner_examples(examples, store)
+    report["coverage"] = coverage
+    feats = data.ner_features(tokenizer, items)
+    model = _model(cfg, tokenizer, WenzhiForTokenClassification, num_labels=NER_LABELS)
+    pad = tokenizer.pad_token_id
+
+    def step(idx):
+        ids = pad_rows([feats["input_ids"][i] for i in idx], pad)
+        labels = pad_rows([feats["labels"][i] for i in idx], IGNORE_INDEX)
+        return model(ids, attention_mask=(ids != pad).long(), labels=labels).loss
+
+    return model, len(items), step
+
+
+def _sim_task(cfg: FinetuneConfig, tokenizer, examples, store, report: dict):
+    """The SIM head: each question with its gold relation among negatives drawn as evaluation draws
+    candidates (data.NegativeSampler), softmax cross-entropy over them (or BCE per pair)."""
+    import torch
+
+    from wenzhi.qa_service import data
+    from wenzhi.qa_service.packing import relation_segments
+
+    groups = data.sim_groups(examples, store, negatives=cfg.negatives, seed=cfg.seed)
+    rng = random.Random(cfg.seed)
+    for _, rels in groups:  # the gold relation must not always be the first segment
+        rng.shuffle(rels)
+    gold_at = [rels.index(ex.relation) for ex, (_, rels) in zip(examples, groups)]
+    report["candidates_per_question"] = round(sum(len(rels) for _, rels in groups) / max(1, len(groups)), 1)
+    pad = tokenizer.pad_token_id
+    if cfg.interaction == "match":
+        from wenzhi.model.relation_matching import WenzhiForRelationMatching
+
+        enc = tokenizer([g[0] for g in groups], max_length=48, truncation=True, return_offsets_mapping=True)
+        # the entity mention is left out of the match, as the pipeline leaves out what NER found
+        spans = [data.find_mention(ex.question, data.mention_names(ex.head, store)) for ex in examples]
+        keep = [[not (span and s < span[1] and e > span[0]) for s, e in offsets]
+                for span, offsets in zip(spans, enc["offset_mapping"])]
+        q_ids = enc["input_ids"]
+        model = _model(cfg, tokenizer, WenzhiForRelationMatching)
+
+        def step(idx):
+            names = list(dict.fromkeys(r for i in idx for r in groups[i][1]))
+            slot = {r: j for j, r in enumerate(names)}
+            rel_ids = pad_rows(relation_segments(tokenizer, names), pad)
+            candidates = pad_rows([[slot[r] for r in groups[i][1]] for i in idx], -1)
+            ids = pad_rows([q_ids[i] for i in idx], pad)
+            token_mask = pad_rows([keep[i] for i in idx], 0).bool()
+            return model(ids, relation_input_ids=rel_ids, candidates=candidates, token_mask=token_mask,
+                         labels=torch.as_tensor([gold_at[i] for i in idx])).loss
+
+        return model, len(groups), step
+
+    from wenzhi.model.modeling import WenzhiForSequencePairClassification
+
+    from wenzhi.qa_service.packing import packed_batch, sim_logits, universal_packed
+
+    q_ids = tokenizer([g[0] for g in groups], max_length=48, truncation=True)["input_ids"]
+    segs = [relation_segments(tokenizer, g[1]) for g in groups]
+    model = _model(cfg, tokenizer, WenzhiForSequencePairClassification, num_labels=1,
+                   pair_interaction=cfg.interaction)
+
+    def step(idx):
+        batch = packed_batch([q_ids[i] for i in idx], [segs[i] for i in idx], pad)
+        hidden = model.wenzhi.nlu(universal_packed(model, batch))
+        logits = sim_logits(model, hidden, batch.segment_starts).float()
+        sizes = [len(segs[i]) for i in idx]
+        owner = torch.repeat_interleave(torch.arange(len(idx)), torch.as_tensor(sizes))
+        col = torch.cat([torch.arange(n) for n in sizes])
+        gold = torch.as_tensor([gold_at[i] for i in idx])
+        if cfg.sim_loss == "pointwise":
+            return torch.nn.functional.binary_cross_entropy_with_logits(logits, (col == gold[owner]).float())
+        # listwise: softmax cross-entropy of the gold among its own question's candidates
+        per_q = logits.new_full((len(idx), max(sizes)), float("-inf"))
+        per_q[owner, col] = logits
+        return torch.nn.functional.cross_entropy(per_q, gold)
+
+    return model, len(groups), step
+
+
+def _gen_task(cfg: FinetuneConfig, tokenizer, examples, store, report: dict):
+    """The GEN head: `[CLS] question [SEP]` -> the trie key `head [unused1] relation [SEP]`."""
+    import torch
+    from wenzhi.model.modeling import WenzhiForPrefixLM
+
+    from wenzhi.qa_service import data
+
+    feats = data.gen_features(tokenizer, examples, layout=cfg.target_layout)
+    report["dropped_too_long"] = feats["dropped_too_long"]
+    prefixes, targets = feats["prefix_ids"], feats["target_ids"]
+    # both recorded in the head's config: serving reads them from there
+    model = _model(cfg, tokenizer, WenzhiForPrefixLM, copy_source=cfg.copy_source, target_layout=cfg.target_layout)
+    pad = tokenizer.pad_token_id
+
+    def step(idx):
+        ids = pad_rows([prefixes[i] + targets[i] for i in idx], pad)
+        labels = pad_rows([[IGNORE_INDEX] * len(prefixes[i]) + targets[i] for i in idx], IGNORE_INDEX)
+        prefix_lengths = torch.as_tensor([len(prefixes[i]) for i in idx])
+        return model(ids, prefix_lengths, attention_mask=(ids != pad).long(), labels=labels).loss
+
+    return model, len(prefixes), step
+
+
+TASK_SETUP = {"ner": _ner_task, "sim": _sim_task, "gen": _gen_task}
+
+
 def finetune(cfg: FinetuneConfig) -> dict:
     import torch
     from wenzhi.kg import TripleStore
-
-    from wenzhi.qa_service import data
 
     if cfg.task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, not {cfg.task!r}")
@@ -189,69 +273,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
         raise ValueError("no training questions")
     store = TripleStore(cfg.kb)
     report: dict = {"task": cfg.task, "questions": len(examples)}
-    pad = tokenizer.pad_token_id
-    if cfg.task == "ner":
-        from wenzhi.model.modeling import WenzhiForTokenClassification
-
-        items, coverage = data.ner_examples(examples, store)
-        report["coverage"] = coverage
-        feats = data.ner_features(tokenizer, items)
-        model = _model(cfg, tokenizer, WenzhiForTokenClassification, num_labels=NER_LABELS)
-
-        def step(idx):
-            ids = _pad([feats["input_ids"][i] for i in idx], pad)
-            labels = _pad([feats["labels"][i] for i in idx], IGNORE_INDEX)
-            return model(ids, attention_mask=(ids != pad).long(), labels=labels).loss
-
-        report.update(_train(cfg, model, len(items), step))
-    elif cfg.task == "sim":
-        from wenzhi.model.modeling import WenzhiForSequencePairClassification
-
-        from wenzhi.qa_service.packing import packed_batch, relation_segments, sim_logits, universal_packed
-
-        pairs = data.sim_pairs(examples, store, negatives=cfg.negatives, seed=cfg.seed)
-        groups: list[tuple[str, list[str], list[int]]] = []
-        for q, rel, label in pairs:  # one row per question: gold relation + its negatives
-            if label == 1:
-                groups.append((q, [], []))
-            groups[-1][1].append(rel)
-            groups[-1][2].append(label)
-        rng = random.Random(cfg.seed)
-        for _, rels, labels in groups:  # the gold relation must not always be the first segment
-            order = list(range(len(rels)))
-            rng.shuffle(order)
-            rels[:] = [rels[i] for i in order]
-            labels[:] = [labels[i] for i in order]
-        q_ids = tokenizer([g[0] for g in groups], max_length=48, truncation=True)["input_ids"]
-        segs = [relation_segments(tokenizer, g[1]) for g in groups]
-        report["pairs"] = len(pairs)
-        model = _model(cfg, tokenizer, WenzhiForSequencePairClassification, num_labels=1,
-                       pair_interaction=cfg.interaction)
-
-        def step(idx):
-            batch = packed_batch([q_ids[i] for i in idx], [segs[i] for i in idx], pad)
-            hidden = model.wenzhi.nlu(universal_packed(model, batch))
-            logits = sim_logits(model, hidden, batch.segment_starts)
-            labels = torch.as_tensor([l for i in idx for l in groups[i][2]], dtype=torch.float)
-            return torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), labels)
-
-        report.update(_train(cfg, model, len(groups), step))
-    else:
-        from wenzhi.model.modeling import WenzhiForPrefixLM
-
-        feats = data.gen_features(tokenizer, examples)
-        report["dropped_too_long"] = feats["dropped_too_long"]
-        prefixes, targets = feats["prefix_ids"], feats["target_ids"]
-        model = _model(cfg, tokenizer, WenzhiForPrefixLM)
-
-        def step(idx):
-            rows = [prefixes[i] + targets[i] for i in idx]
-            ids = _pad(rows, pad)
-            labels = _pad([[IGNORE_INDEX] * len(prefixes[i]) + targets[i] for i in idx], IGNORE_INDEX)
-            prefix_lengths = torch.as_tensor([len(prefixes[i]) for i in idx])
-            return model(ids, prefix_lengths, attention_mask=(ids != pad).long(), labels=labels).loss
-
-        report.update(_train(cfg, model, len(prefixes), step))
+    model, n_items, step = TASK_SETUP[cfg.task](cfg, tokenizer, examples, store, report)
+    report.update(_train(cfg, model, n_items, step))
     from wenzhi.model.tokenizer import save_tokenizer
     from wenzhi.retrieval.atomic import atomic_directory
 
@@ -264,9 +287,9 @@ def finetune(cfg: FinetuneConfig) -> dict:
                             if k not in ("questions",)} | {"questions": [str(q) for q in cfg.questions]}
         (tmp / "finetune.json").write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
         if cfg.task == "gen":  # the trie is the GEN head's vocabulary of answers: build it with it
-            from wenzhi.qa_service.pipeline import ensure_trie
+            from wenzhi.qa_service.trie import ensure_trie
 
-            report["trie"] = ensure_trie(tmp, store, tokenizer).meta
+            report["trie"] = ensure_trie(tmp, store, tokenizer, cfg.target_layout).meta
     store.close()
     log.info("finetune %s: %s", cfg.task, json.dumps({k: v for k, v in report.items() if k != "config"}, ensure_ascii=False))
     return report

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from wenzhi.model.modeling import AttentionLayout, UniversalOutput
+from wenzhi.qa_service.heads import pad_rows
 
 QUESTION_TYPE, RELATION_TYPE = 0, 1
 
@@ -55,14 +56,6 @@ class PackedBatch:
     question_lengths: list[int]
 
 
-def _pad(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
-    width = max((len(r) for r in rows), default=1) or 1
-    out = torch.full((len(rows), width), value, dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.as_tensor(list(r), dtype=torch.long)
-    return out
-
-
 _SEGMENT_CACHE: dict[tuple[int, str], list[int]] = {}
 
 
@@ -92,7 +85,7 @@ def packed_batch(question_ids: Sequence[Sequence[int]], segments: Sequence[Seque
             row_docs += [d] * len(seg)
             row_pos += list(range(len(q), len(q) + len(seg)))
         ids.append(row_ids); types.append(row_types); docs.append(row_docs); pos.append(row_pos); starts.append(row_starts)
-    return PackedBatch(_pad(ids, pad_id), _pad(types, 0), _pad(docs, -1), _pad(pos, 0), starts,
+    return PackedBatch(pad_rows(ids, pad_id), pad_rows(types, 0), pad_rows(docs, -1), pad_rows(pos, 0), starts,
                        [len(q) for q in question_ids])
 
 
@@ -117,8 +110,7 @@ def gather_segment_cls(hidden: torch.Tensor, starts: Sequence[Sequence[int]]) ->
 
 def sim_logits(sim_model, nlu_hidden: torch.Tensor, starts) -> torch.Tensor:
     """One logit per relation segment, from the SIM head's own pooler and classifier."""
-    pooled = torch.tanh(sim_model.pooler(gather_segment_cls(nlu_hidden, starts)))
-    return sim_model.classifier(sim_model.dropout(pooled)).squeeze(-1)
+    return sim_model.pair_logits(gather_segment_cls(nlu_hidden, starts)).squeeze(-1)
 
 
 # -- serving route: question once, then relation segments against its cached keys/values ------
@@ -182,7 +174,7 @@ def encode_questions_packed(model, question_ids: Sequence[Sequence[int]], pad_id
     out = base.universal(ids, torch.zeros_like(ids), layout=layout_for(docs, positions, see_question=False))
     packed = PackedQuestions(out, rows, cols)
     # the padded view that the rest of the pipeline reads
-    padded_ids = _pad(question_ids, pad_id)
+    padded_ids = pad_rows(question_ids, pad_id)
     padded_docs = torch.where(torch.arange(padded_ids.shape[1]) < torch.as_tensor(lengths)[:, None], 0, -1)
     padded_pos = torch.arange(padded_ids.shape[1]).expand_as(padded_ids)
     hidden = packed.unpack(out.hidden_states, lengths)
@@ -192,15 +184,13 @@ def encode_questions_packed(model, question_ids: Sequence[Sequence[int]], pad_id
 
 
 def encode_questions(model, question_ids: Sequence[Sequence[int]], pad_id: int = 0) -> QuestionEncoding:
-    ids = _pad(question_ids, pad_id)
+    ids = pad_rows(question_ids, pad_id)
     lengths = [len(q) for q in question_ids]
     docs = torch.full_like(ids, -1)
     for i, n in enumerate(lengths):
         docs[i, :n] = 0
     positions = torch.arange(ids.shape[1]).expand_as(ids).clone()
-    base = model.wenzhi
-    caches = [dict() for _ in base.universal_layers]
-    out = base.universal(ids, torch.zeros_like(ids), caches=caches, layout=layout_for(docs, positions))
+    out, caches = model.wenzhi.encode_prefix(ids, torch.zeros_like(ids), layout_for(docs, positions))
     return QuestionEncoding(out, caches, ids, docs, lengths)
 
 
@@ -217,15 +207,11 @@ def extend_with_relations(model, enc: QuestionEncoding, segments: Sequence[Seque
             r_docs += [d] * len(seg)
             r_pos += list(range(q_len, q_len + len(seg)))
         rows.append(r_ids); docs.append(r_docs); pos.append(r_pos); starts.append(r_starts)
-    r_ids, r_docs, r_pos = _pad(rows, pad_id), _pad(docs, -1), _pad(pos, 0)
+    r_ids, r_docs, r_pos = pad_rows(rows, pad_id), pad_rows(docs, -1), pad_rows(pos, 0)
     key_docs = torch.cat([enc.document_ids, r_docs], dim=1)
     base = model.wenzhi
-    caches = [dict(c) for c in enc.caches]  # the cat inside attention makes new tensors: copies stay clean
-    layout = layout_for(r_docs, r_pos, key_docs)
-    x = base.embeddings(r_ids, torch.full_like(r_ids, RELATION_TYPE), r_pos)
-    cos, sin = base.rotary(r_pos, x.dtype)
-    for block, cache in zip(base.universal_layers, caches):
-        x = block(x, cos, sin, layout.mask, cache)
+    x = base.extend(r_ids, r_pos, layout_for(r_docs, r_pos, key_docs).mask, enc.caches,
+                    token_type_ids=torch.full_like(r_ids, RELATION_TYPE))
     hidden = torch.cat([enc.universal.hidden_states, x], dim=1)
     positions = torch.cat([enc.universal.layout.positions, r_pos], dim=1)
     full = layout_for(key_docs, positions)
@@ -240,26 +226,14 @@ def segment_width(n: int, beyond: int) -> int:
     return next((w for w in SEGMENT_WIDTHS if w >= n), beyond)
 
 
-def question_nlu_caches(model, enc: QuestionEncoding) -> list[dict]:
-    """The question's keys/values in every NLU layer: what each relation segment's NLU layers attend to."""
-    hidden, (cos, sin) = enc.universal.hidden_states, enc.universal.rotary
-    caches = []
-    for block in model.wenzhi.nlu_layers:
-        cache: dict = {}
-        hidden = block(hidden, cos, sin, enc.universal.layout.mask, cache)
-        caches.append(cache)
-    return caches
-
-
-def segment_rows(model, q_len: torch.Tensor, seg_len: torch.Tensor, q_width: int, width: int, dtype):
-    """Mask [n, 1, 1, Lq + width] and rotary tables of rows holding one relation segment each,
+def segment_rows(q_len: torch.Tensor, seg_len: torch.Tensor, q_width: int, width: int):
+    """Mask [n, 1, 1, Lq + width] and positions [n, width] of rows holding one relation segment each,
     attending to its question's cached keys (first `q_len` of `q_width`) and to itself: every query
     (padding too, so no row of the mask is empty) sees the question and the segment; positions
     continue after the question, as in a `[CLS] q [SEP] r [SEP]` pair."""
     positions = q_len[:, None] + torch.arange(width)
     visible = torch.cat([torch.arange(q_width) < q_len[:, None], torch.arange(width) < seg_len[:, None]], 1)
-    cos, sin = model.wenzhi.rotary(positions, dtype)
-    return visible[:, None, None, :], cos, sin
+    return visible[:, None, None, :], positions
 
 
 def score_relations(model, enc: QuestionEncoding, segments: Sequence[Sequence[Sequence[int]]],
@@ -286,20 +260,18 @@ def score_relations(model, enc: QuestionEncoding, segments: Sequence[Sequence[Se
     owner_all = [b for b, segs in enumerate(segments) for _ in segs]
     flat = [seg for segs in segments for seg in segs]
     q_len_all = torch.as_tensor(enc.lengths, dtype=torch.long)
-    nlu_caches = question_nlu_caches(model, enc)
+    nlu_caches = base.nlu_prefix_cache(enc.universal)
     out = torch.empty(len(flat))
     buckets: dict[int, list[int]] = {}
     for i, n in enumerate(lengths):
         buckets.setdefault(segment_width(n, max(lengths)), []).append(i)
+    cls_only = torch.zeros(1, dtype=torch.long)
     for rows in buckets.values():
         owner = torch.as_tensor([owner_all[i] for i in rows], dtype=torch.long)
-        ids = _pad([flat[i] for i in rows], pad_id)  # [n, width]
-        mask, cos, sin = segment_rows(model, q_len_all[owner], torch.as_tensor([lengths[i] for i in rows]),
-                                      enc.input_ids.shape[1], ids.shape[1], enc.universal.hidden_states.dtype)
-        positions = q_len_all[owner][:, None] + torch.arange(ids.shape[1])  # as in segment_rows
-        x = base.embeddings(ids, torch.full_like(ids, RELATION_TYPE), positions)
-        for block, cache in zip([*base.universal_layers, *base.nlu_layers], [*enc.caches, *nlu_caches]):
-            x = block(x, cos, sin, mask, {"k": cache["k"].index_select(0, owner), "v": cache["v"].index_select(0, owner)})
-        pooled = torch.tanh(model.pooler(base.nlu_norm(x[:, 0])))
-        out[torch.as_tensor(rows)] = model.classifier(model.dropout(pooled)).squeeze(-1).float()
+        ids = pad_rows([flat[i] for i in rows], pad_id)  # [n, width]
+        mask, positions = segment_rows(q_len_all[owner], torch.as_tensor([lengths[i] for i in rows]),
+                                       enc.input_ids.shape[1], ids.shape[1])
+        x = base.extend(ids, positions, mask, enc.caches, torch.full_like(ids, RELATION_TYPE), rows=owner)
+        x = base.nlu_extend(x, positions, mask, nlu_caches, rows=owner, last_queries=cls_only)
+        out[torch.as_tensor(rows)] = model.pair_logits(x[:, 0]).squeeze(-1).float()
     return out

@@ -7,7 +7,15 @@
                                  └─ + relation segments (cached question) -> SIM head -> score
     question ──GEN head, beam search constrained by the KB trie──> (head, relation) hits
     fusion: score = w_link·log p_link(entity) + w_ner·[in an NER mention] + w_sim·logit
-                    + w_gen·p_gen(head, relation); confidence = softmax over the candidates.
+                    + w_gen·p_gen(head, relation) + w_gen_head·p_gen(head)
+                    + w_lex·lexical(question − mention, relation)
+            confidence = softmax over the candidates.
+
+`mode` picks the answering path: "fused" (both, the default), "pipeline" (linker + NER + SIM, no
+GEN) or "gen" (GEN alone: the best trie-constrained (head, relation) and its tail), so each path's
+share of the fused result is measured (`wenzhi evaluate --mode`). `distractor_relations` K makes
+every entity also offer the KB's K most frequent relations with unknown tails (an empty tail, so
+choosing one scores as wrong), for both paths: the official KB's many relations per head, here.
 """
 from __future__ import annotations
 
@@ -22,6 +30,10 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
+MODES = ("fused", "pipeline", "gen")
+GEN_MEMO_SIZE = 50_000  # questions whose GEN hits are kept
+
+
 @dataclass
 class PipelineConfig:
     max_entities: int = 8  # candidate entities per question from the linker
@@ -29,11 +41,17 @@ class PipelineConfig:
     max_question_tokens: int = 64
     use_gen: bool = True
     gen_beams: int = 3
+    gen_memo: int = GEN_MEMO_SIZE  # questions whose GEN hits are kept (0: decode every time)
     w_link: float = 1.0
     w_ner: float = 1.0
     w_sim: float = 1.0
     w_gen: float = 2.0
+    w_gen_head: float = 0.0  # GEN's share of the head alone: its copy of the name stays right where a
+    # relation it picks does not (among distractor relations, bench/RESULTS.md issue 12)
     w_len: float = 0.0  # per character of the entity's mention (a question's subject is usually long)
+    w_lex: float = 0.0  # lexical rule (qa_service/lexical.py) of the candidate's relation
+    mode: str = "fused"  # fused | pipeline | gen: which answering path decides
+    distractor_relations: int = 0  # evaluation: every entity also offers the K most frequent relations
     no_answer_threshold: float = 0.0  # confidence under this -> no answer
     threads: int | None = None
 
@@ -59,14 +77,19 @@ class Candidate:
     disambiguation: str | None = None
     confidence: float = 0.0  # softmax share of `score` among all candidates of the question
     ner: float = 0.0
+    lex: float = 0.0
+    gen_head: float = 0.0
 
 
 def fused_score(c: Candidate, cfg: PipelineConfig) -> float:
     """The fusion: a linear score over the evidence of each candidate triple (weights in
-    PipelineConfig, fitted by `wenzhi finetune fusion` on training questions)."""
+    PipelineConfig, fitted by `wenzhi fit-fusion` on training questions)."""
     mention_chars = (c.mention[1] - c.mention[0]) if c.mention else 0
-    return (cfg.w_link * c.link + cfg.w_ner * c.ner + cfg.w_gen * c.gen + cfg.w_len * mention_chars
-            + (cfg.w_sim * c.sim if c.sim is not None else -10.0))
+    if cfg.mode == "gen":
+        return c.gen
+    return (cfg.w_link * c.link + cfg.w_ner * c.ner + cfg.w_gen * c.gen + cfg.w_gen_head * c.gen_head
+            + cfg.w_len * mention_chars
+            + cfg.w_lex * c.lex + (cfg.w_sim * c.sim if c.sim is not None else -10.0))
 
 
 @dataclass
@@ -107,20 +130,6 @@ def _decode_bio(tags, offsets) -> list[tuple[int, int]]:
     return [tuple(x) for x in spans]
 
 
-def ensure_trie(gen_dir: Path, store, tokenizer):
-    """The KB trie for this store, built beside the GEN head on first use (keyed by fingerprint)."""
-    from wenzhi.qa_service.trie import KBTrie
-
-    from wenzhi.qa_service.trie import FORMAT
-
-    path = Path(gen_dir) / f"trie-{store.fingerprint[:16]}"
-    meta = path / "meta.json"
-    if not meta.exists() or json.loads(meta.read_text()).get("format") != FORMAT:
-        log.info("building the KB trie at %s", path)
-        KBTrie.build_from_store(store, tokenizer, path, progress=True)
-    return KBTrie(path, tokenizer)
-
-
 class QAPipeline:
     def __init__(self, model_dir: str | Path, kb: str | Path, config: PipelineConfig | None = None,
                  index: str | Path | None = None):
@@ -129,23 +138,27 @@ class QAPipeline:
         from wenzhi.model.modeling import (WenzhiForPrefixLM, WenzhiForSequencePairClassification,
                                     WenzhiForTokenClassification)
 
-        from wenzhi.qa_service.finetune import load_tokenizer_for
+        from wenzhi.qa_service.heads import load_sim_head, load_tokenizer_for
+        from wenzhi.qa_service.trie import ensure_trie, gen_layout
         from wenzhi.qa_service.packing import is_late
 
         self.model_dir = Path(model_dir)
         self.config = config or PipelineConfig.load(self.model_dir)
+        if self.config.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, not {self.config.mode!r}")
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
         for needed in ("sim", "ner"):
             if not (self.model_dir / needed / "config.json").exists():
                 raise FileNotFoundError(f"{self.model_dir / needed}: fine-tuned {needed} head missing "
-                                        f"(run `wenzhi finetune {needed} --out {self.model_dir}`)")
+                                        f"(run `wenzhi finetune {needed} --output {self.model_dir}`)")
         self.tokenizer = load_tokenizer_for(self.model_dir / "sim")
-        self.sim = WenzhiForSequencePairClassification.from_pretrained(self.model_dir / "sim").eval()
+        self.sim = load_sim_head(self.model_dir / "sim")
         self.ner = WenzhiForTokenClassification.from_pretrained(self.model_dir / "ner").eval()
         self.shared_universal = _same_universal(self.sim, self.ner)
         self.relation_states = None  # late SIM heads: what each relation contributes, computed once
-        if is_late(self.sim):
+        self.matching = not isinstance(self.sim, WenzhiForSequencePairClassification)
+        if self.matching or is_late(self.sim):
             from wenzhi.qa_service.relation_states import relation_scorer
 
             self.relation_states = relation_scorer(self.sim, self.tokenizer)
@@ -160,15 +173,21 @@ class QAPipeline:
                     self.relation_states.warm(names)
                     log.info("relation states for %d relations in %.1f s", len(names), time.perf_counter() - t0)
         self.linker = EntityLinker(self.store)
-        self.gen = self.trie = None
-        if self.config.use_gen and (self.model_dir / "gen" / "config.json").exists():
+        self.gen = self.kb_trie = None
+        self._gen_memo: dict = {}
+        wants_gen = self.config.use_gen and self.config.mode != "pipeline"
+        if self.config.mode == "gen" and not (self.config.use_gen and (self.model_dir / "gen" / "config.json").exists()):
+            raise FileNotFoundError(f"{self.model_dir / 'gen'}: mode 'gen' needs the GEN head "
+                                    f"(run `wenzhi finetune gen --output {self.model_dir}`)")
+        if wants_gen and (self.model_dir / "gen" / "config.json").exists():
             self.gen = WenzhiForPrefixLM.from_pretrained(self.model_dir / "gen").eval()
-            self.trie = ensure_trie(self.model_dir / "gen", self.store, self.tokenizer)
+            self.kb_trie = ensure_trie(self.model_dir / "gen", self.store, self.tokenizer, gen_layout(self.gen))
+        self.reconfigure()
         self.retriever = None
-        if index is not None:
-            from wenzhi.retrieval.tantivy_backend import TantivyRetriever
+        if index is not None:  # a tantivy directory or a cluster URL (retrieval/bm25.py)
+            from wenzhi.retrieval.bm25 import open_bm25
 
-            self.retriever = TantivyRetriever(index)
+            self.retriever = open_bm25(index)
         self._lock = threading.Lock()  # torch modules and the sqlite handle: one batch at a time
 
     # -- steps ------------------------------------------------------------------------------
@@ -176,11 +195,11 @@ class QAPipeline:
         from wenzhi.qa_service.packing import encode_questions
 
         if self.shared_universal and enc.packed is not None:  # the NLU layer over the packed rows too
-            logits = enc.packed.unpack(self.ner.classifier(self.ner.wenzhi.nlu(enc.packed.universal)), enc.lengths)
+            logits = enc.packed.unpack(self.ner.from_universal(enc.packed.universal).logits, enc.lengths)
         else:
             universal = enc.universal if self.shared_universal else encode_questions(
                 self.ner, [ids[:n] for ids, n in zip(enc.input_ids.tolist(), enc.lengths)]).universal
-            logits = self.ner.classifier(self.ner.wenzhi.nlu(universal))
+            logits = self.ner.from_universal(universal).logits
         tags = logits.argmax(-1).tolist()
         return [_decode_bio(t[: len(o)], o) for t, o in zip(tags, offsets)]
 
@@ -219,16 +238,28 @@ class QAPipeline:
         The GEN head's `generate` encodes the source itself (it takes token ids, not a
         UniversalOutput), so this is the one place the question passes the universal layers a
         second time; GEN is fine-tuned with the universal module unfrozen for that reason."""
-        import torch
-
         if self.gen is None:
             return [{} for _ in q_ids]
-        from wenzhi.qa_service.packing import _pad
+        # decoding is the pipeline's costliest step: a question asked again (or scored again in
+        # another mode by `wenzhi evaluate`) reuses its hits
+        keys = [(tuple(ids), self.config.distractor_relations, self.config.gen_beams) for ids in q_ids]
+        todo = [i for i, key in enumerate(keys) if key not in self._gen_memo]
+        fresh = dict(zip(todo, self._decode([q_ids[i] for i in todo]))) if todo else {}
+        for i, hits in fresh.items():
+            self._gen_memo[keys[i]] = hits
+        while len(self._gen_memo) > self.config.gen_memo:
+            self._gen_memo.pop(next(iter(self._gen_memo)))
+        return [dict(fresh[i]) if i in fresh else dict(self._gen_memo[key]) for i, key in enumerate(keys)]
 
-        ids = _pad(q_ids, self.tokenizer.pad_token_id)
+    def _decode(self, q_ids) -> list[dict[tuple[int, str], float]]:
+        import torch
+
+        from wenzhi.qa_service.heads import pad_rows
+
+        ids = pad_rows(q_ids, self.tokenizer.pad_token_id)
         k = self.config.gen_beams
         result = self.gen.generate(ids, attention_mask=(ids != self.tokenizer.pad_token_id).long(),
-                                   max_new_tokens=64, num_beams=k, num_return_sequences=k,
+                                   max_new_tokens=64, num_beams=k, num_return_sequences=k, renormalize=True,
                                    allowed_tokens_fn=lambda b, prefix: self.trie.allowed_next(prefix))
         out = []
         for seqs, scores in zip(result.sequences.tolist(), result.scores):
@@ -249,6 +280,7 @@ class QAPipeline:
 
         top_k = max(1, top_k)
 
+        from wenzhi.qa_service.lexical import lexical_score, strip_mention
         from wenzhi.qa_service.packing import encode_questions, encode_questions_packed, relation_segments, score_relations
 
         cfg = self.config
@@ -264,7 +296,14 @@ class QAPipeline:
             enc = encode(self.sim, q_ids, self.tokenizer.pad_token_id)
             spans = self._ner(enc, enc_tok["offset_mapping"])
             t1 = time.perf_counter()
-            gen_hits = self._gen(q_ids)
+            # GEN decoding is ~95% of a fused answer's cost (bench/RESULTS.md, issue 12): skip it
+            # where its evidence weighs nothing (a fusion fit may give it weight 0)
+            gen_counts = cfg.mode == "gen" or (cfg.mode == "fused" and (cfg.w_gen or cfg.w_gen_head))
+            gen_hits = self._gen(q_ids) if gen_counts else [{} for _ in questions]
+            gen_heads = [{} for _ in questions]  # head id -> GEN's share over all its pairs
+            for hits, heads in zip(gen_hits, gen_heads):
+                for (head_id, _), p in hits.items():
+                    heads[head_id] = heads.get(head_id, 0.0) + p
             t2 = time.perf_counter()
             per_q = []
             for qi, question in enumerate(questions):
@@ -278,11 +317,20 @@ class QAPipeline:
                 for c in ents.values():
                     triples.extend((c, t) for t in self.store.triples(c["entity"].id))
                 relations = list(dict.fromkeys(t.relation for _, t in triples))[: cfg.max_relations]
+                if self.distractors:
+                    triples += self._distractor_triples(ents.values())
+                    relations += [r for r in self.distractors if r not in relations]
+                if cfg.mode == "gen":  # GEN alone decides: no relation needs a SIM score
+                    relations = []
                 per_q.append((ents, triples, relations))
             t3 = time.perf_counter()
             sims: list[dict[str, float]] = [{} for _ in questions]
             if any(rels for _, _, rels in per_q):
-                if self.relation_states is not None:
+                if self.matching:  # the entity's name is not the relation's words: leave its mention out
+                    mentions = [topic_mention(ents) or list(spans[qi]) for qi, (ents, _, _) in enumerate(per_q)]
+                    logits = self.relation_states.score(enc, [rels for _, _, rels in per_q],
+                                                        outside_spans(enc_tok["offset_mapping"], mentions)).tolist()
+                elif self.relation_states is not None:
                     logits = self.relation_states.score(enc, [rels for _, _, rels in per_q]).tolist()
                 else:
                     segments = [relation_segments(self.tokenizer, rels) for _, _, rels in per_q]
@@ -300,8 +348,13 @@ class QAPipeline:
                 for c, t in triples:
                     sim = sims[qi].get(t.relation)
                     gen = gen_hits[qi].get((c["entity"].id, t.relation), 0.0)
+                    gen_head = gen_heads[qi].get(c["entity"].id, 0.0)
+                    if cfg.mode == "gen" and gen == 0.0:
+                        continue
                     cand = Candidate(t.head, t.relation, t.tail, c["entity"].id, 0.0, c["link"], sim, gen,
-                                     c["mention"], c["entity"].disambiguation, ner=c["ner"])
+                                     c["mention"], c["entity"].disambiguation, ner=c["ner"], gen_head=gen_head)
+                    if cfg.w_lex and cfg.mode != "gen":
+                        cand.lex = lexical_score(strip_mention(question, c["mention"]), t.relation)
                     cand.score = fused_score(cand, cfg)
                     cands.append(cand)
                 cands.sort(key=lambda c: -c.score)
@@ -311,6 +364,34 @@ class QAPipeline:
             for a in answers:
                 a.timings_ms = {k: round(v, 2) for k, v in timings.items()}
             return answers
+
+    def reconfigure(self, **changes) -> None:
+        """Change answering settings of a loaded pipeline (`wenzhi evaluate` scores several modes and
+        distractor settings with one): the mode, weights, the distractor relations and their trie."""
+        from dataclasses import replace
+
+        self.config = replace(self.config, **changes)
+        if self.config.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, not {self.config.mode!r}")
+        if self.config.mode == "gen" and self.gen is None:
+            raise ValueError("mode 'gen' needs the GEN head, which this pipeline did not load")
+        self.distractors = [r for r, _ in self.store.relation_counts()[: self.config.distractor_relations]]
+        self.trie = self.kb_trie
+        if self.kb_trie is not None and self.distractors:
+            from wenzhi.qa_service.trie import TrieWithDistractors
+
+            self.trie = TrieWithDistractors(self.kb_trie, self.tokenizer, self.distractors)
+
+    def _distractor_triples(self, entities) -> list:
+        """(candidate, Triple with an empty tail) for each distractor relation an entity lacks."""
+        from wenzhi.kg.store import Triple
+
+        out = []
+        for c in entities:
+            entity = c["entity"]
+            held = {t.relation for t in self.store.triples(entity.id)}
+            out.extend((c, Triple(entity.name, r, "", entity.id)) for r in self.distractors if r not in held)
+        return out
 
     def _answer(self, question, cands, ents, spans, top_k) -> Answer:
         if not cands:
@@ -335,17 +416,29 @@ class QAPipeline:
         return self.answer_batch([question], top_k)[0]
 
     # -- relation selection on its own -------------------------------------------------------
-    def relation_scores(self, questions: list[str], relations: list[list[str]]) -> list[list[float]]:
+    def relation_scores(self, questions: list[str], relations: list[list[str]],
+                        mentions: list[tuple[int, int] | None] | None = None) -> list[list[float]]:
+        """SIM logits of each question's relations; a matching head leaves each question's entity
+        `mentions` (character spans, e.g. the gold head's in evaluation) out of the match."""
         import torch
 
-        from wenzhi.qa_service.packing import packed_batch, relation_segments, sim_logits, universal_packed
+        from wenzhi.qa_service.packing import (encode_questions, packed_batch, relation_segments, sim_logits,
+                                               universal_packed)
 
         with self._lock, torch.inference_mode():
-            q_ids = self.tokenizer(questions, max_length=self.config.max_question_tokens, truncation=True)["input_ids"]
-            batch = packed_batch(q_ids, [relation_segments(self.tokenizer, r) for r in relations],
-                                 self.tokenizer.pad_token_id)
-            logits = sim_logits(self.sim, self.sim.wenzhi.nlu(universal_packed(self.sim, batch)),
-                                batch.segment_starts).tolist()
+            enc_tok = self.tokenizer(questions, max_length=self.config.max_question_tokens, truncation=True,
+                                     return_offsets_mapping=True)
+            q_ids = enc_tok["input_ids"]
+            if self.matching:
+                spans = [[m] if m else [] for m in (mentions or [None] * len(questions))]
+                enc = encode_questions(self.sim, q_ids, self.tokenizer.pad_token_id)
+                logits = self.relation_states.score(enc, relations, outside_spans(enc_tok["offset_mapping"], spans))
+            else:
+                batch = packed_batch(q_ids, [relation_segments(self.tokenizer, r) for r in relations],
+                                     self.tokenizer.pad_token_id)
+                logits = sim_logits(self.sim, self.sim.wenzhi.nlu(universal_packed(self.sim, batch)),
+                                    batch.segment_starts)
+            logits = logits.tolist()
         out, i = [], 0
         for rels in relations:
             out.append(logits[i : i + len(rels)])
@@ -354,6 +447,25 @@ class QAPipeline:
 
     def close(self) -> None:
         self.store.close()
+
+
+def topic_mention(entities: dict) -> list[tuple[int, int]]:
+    """The mention of the best-linked candidate entity (the linker's exact alias occurrence), if any."""
+    linked = [c for c in entities.values() if c["mention"] is not None]
+    return [tuple(max(linked, key=lambda c: c["link"])["mention"])] if linked else []
+
+
+def outside_spans(offsets, spans):
+    """bool [B, L]: True for tokens (by their character offsets) outside every span of their question."""
+    import torch
+
+    width = max((len(o) for o in offsets), default=1)
+    mask = torch.ones(len(offsets), width, dtype=torch.bool)
+    for b, (row, row_spans) in enumerate(zip(offsets, spans)):
+        for i, (s, e) in enumerate(row):
+            if any(s < span_e and e > span_s for span_s, span_e in row_spans):
+                mask[b, i] = False
+    return mask
 
 
 def _same_universal(a, b) -> bool:

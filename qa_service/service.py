@@ -26,7 +26,6 @@ import math
 import queue
 import threading
 import time
-from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import FastAPI, HTTPException, Path as PathParam, Request
@@ -40,28 +39,9 @@ from wenzhi.qa_service.backend import LocalPipeline, PipelineProcess, WorkerGone
 from wenzhi.qa_service.http_limits import BodyDeadline, escape_for_log
 from wenzhi.qa_service.schemas import (BAD_REQUEST, MAX_NAME_CHARS, NOT_READY, CleanText, EntityResponse, ErrorOut,
                                 LinkRequest, LinkResponse, QARequest, QAResponse, ReadinessOut, with_latency)
+from wenzhi.qa_service.settings import ServiceSettings
 
 log = logging.getLogger("wenzhi.service")
-
-
-@dataclass
-class ServiceSettings:
-    model: str
-    kb: str
-    index: str | None = None
-    use_gen: bool = True
-    timeout_s: float = 10.0
-    max_batch: int = 32
-    max_wait_ms: float = 0.0
-    threads: int | None = None
-    manage_gc: bool = False  # `wenzhi serve`: the process is the service's own (see backend.quiet_gc)
-    worker_process: bool = False  # `wenzhi serve`: the pipeline in a process of its own (see backend.py)
-    restart_attempts: int = 5  # failed loads in a row before giving up (then /healthz fails)
-    restart_backoff_s: float = 1.0  # wait before the 2nd attempt, doubled for each next one ...
-    restart_backoff_max_s: float = 16.0  # ... up to this
-    trusted_hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "[::1]")  # Host headers answered; "*": any
-    max_body_bytes: int = 64 * 1024  # the largest valid request is ~12 KB (2,000 characters, \\u-escaped)
-    body_timeout_s: float = 10.0  # the whole request body must arrive within this
 
 
 class Batcher:

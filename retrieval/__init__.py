@@ -1,6 +1,7 @@
 """Retrieval: BM25 (tantivy embedded, or an OpenSearch/Elasticsearch cluster), dense faiss
 indexes, and their fusion. Every backend speaks `Retriever`: `index(docs)`, `search(query, k,
-filters) -> list[Hit]`.
+filters) -> list[Hit]`. `open_bm25(setting)` opens the BM25 index that a directory or a cluster
+URL names (bm25.py), for every user of BM25.
 
 Names are imported lazily so `wenzhi` starts without loading faiss, torch or tantivy.
 """
@@ -13,7 +14,8 @@ _EXPORTS = {
     "Hit": "protocol", "Retriever": "protocol",
     "QueryError": "analysis",
     "TantivyRetriever": "tantivy_backend",
-    "SearchClusterRetriever": "search_cluster", "connect": "search_cluster",
+    "SearchClusterRetriever": "search_cluster", "connect": "search_cluster", "SearchClusterError": "search_cluster",
+    "open_bm25": "bm25", "search_setting": "bm25", "SearchSetting": "bm25",
     "reciprocal_rank_fusion": "hybrid", "HybridRetriever": "hybrid",
     "Encoder": "encoder", "TransformersEncoder": "encoder",
     "build_faiss_index": "faiss_index", "FaissIndex": "faiss_index", "DenseRetriever": "faiss_index",

@@ -5,6 +5,9 @@ import argparse
 import json
 import sys
 
+from wenzhi.cli_conventions import add_kb, add_output, warn_deprecated
+from wenzhi.retrieval.bm25 import add_search_arguments
+
 
 def register(sub: "argparse._SubParsersAction") -> None:
     """Add this package's sub-commands to the `wenzhi` parser."""
@@ -12,50 +15,57 @@ def register(sub: "argparse._SubParsersAction") -> None:
     idx_sub = idx.add_subparsers(dest="index_command", required=True, metavar="INDEX_COMMAND")
 
     def add_source(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--kind", required=True, choices=["entities", "triples", "passages"])
-        p.add_argument("--db", help="KB store (from `wenzhi kg import`) for entities and triples")
+        p.add_argument("--kind", required=True, choices=["entities", "triples", "passages"],
+                       help="what one document is: an entity (name, aliases, description), a triple, or a passage")
+        add_kb(p, required=False, help="the KB store (from `wenzhi kg import`) for entities and triples",
+               old=["--db"])
         p.add_argument("--source", action="append", metavar="JSON",
                        help="SQuAD-format file(s) for passages (default: the data directory's cmrc2018/*.json)")
-        p.add_argument("--limit", type=int, help="index only the first N documents")
+        p.add_argument("--limit", type=int, help="index only the first N documents (default: all)")
 
     p = idx_sub.add_parser("build", help="encode documents and build a faiss index (atomically)")
     add_source(p)
     p.add_argument("--encoder", required=True, metavar="DIR", help="a transformers model directory")
     p.add_argument("--index-type", metavar="STRING", help="faiss factory string, e.g. Flat, HNSW32, IVF4096,PQ64 "
                    "(default: by corpus size: Flat up to 100k, HNSW32 up to 3M, IVF-PQ beyond)")
-    p.add_argument("--out", required=True, metavar="DIR")
+    add_output(p, "the index folder to write (built aside, swapped in at the end)", old=["--out"], metavar="DIR")
     p.add_argument("--gpu", action="store_true", help="encode and build on the GPU when there is one")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="documents encoded per batch")
     p.add_argument("--max-length", type=int, default=128, help="encoder tokens per document")
     p.set_defaults(handler=_build)
 
     p = idx_sub.add_parser("search", help="search a faiss index")
-    p.add_argument("query")
-    p.add_argument("--index", required=True, metavar="DIR")
+    p.add_argument("query", help="the query text")
+    p.add_argument("--index", required=True, metavar="DIR", help="a faiss index folder (from `wenzhi index build`)")
     p.add_argument("--encoder", metavar="DIR", help="default: the encoder the index was built with")
-    p.add_argument("-k", type=int, default=10)
+    p.add_argument("-k", type=int, default=10, help="hits to show")
     p.set_defaults(handler=_search)
 
-    p = idx_sub.add_parser("bm25", help="build a BM25 index: tantivy at --out, or a cluster index with --url")
+    p = idx_sub.add_parser("bm25", help="build a BM25 index: tantivy at --output DIR, or a cluster index "
+                                        "(--search URL/INDEX)")
     add_source(p)
-    p.add_argument("--out", metavar="DIR", help="tantivy index directory (built aside, swapped in at the end)")
-    p.add_argument("--analyzer", default="bigrams", choices=["bigrams", "jieba"], help="tantivy only")
-    _cluster_args(p)
+    add_output(p, "the tantivy index folder to write (built aside, swapped in at the end)", old=["--out"],
+               required=False, metavar="DIR")
+    p.add_argument("--analyzer", default="bigrams", choices=["bigrams", "jieba"],
+                   help="tantivy only: how Chinese text is cut into terms (character bigrams or jieba words)")
+    add_search_arguments(p, what="where to build (instead of --output)")
+    _old_cluster_args(p)
     p.set_defaults(handler=_bm25)
 
-    p = idx_sub.add_parser("bm25-search", help="search a BM25 index (tantivy --index DIR, or --url)")
-    p.add_argument("query")
-    p.add_argument("--index", metavar="DIR")
-    p.add_argument("-k", type=int, default=10)
-    p.add_argument("--filter-kind", choices=["entity", "triple", "passage"])
-    _cluster_args(p)
+    p = idx_sub.add_parser("bm25-search", help="search a BM25 index (tantivy or a cluster: --search)")
+    p.add_argument("query", help="the query text")
+    p.add_argument("-k", type=int, default=10, help="hits to show")
+    p.add_argument("--filter-kind", choices=["entity", "triple", "passage"], help="only hits of this kind")
+    add_search_arguments(p, "--index")
+    _old_cluster_args(p)
     p.set_defaults(handler=_bm25_search)
 
 
-def _cluster_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--url", help="Elasticsearch/OpenSearch URL instead of tantivy")
-    p.add_argument("--flavor", default="opensearch", choices=["opensearch", "elasticsearch"])
-    p.add_argument("--index-name", default="wenzhi-retrieval")
+def _old_cluster_args(p: argparse.ArgumentParser) -> None:
+    """The spellings before --search, kept for one release."""
+    p.add_argument("--url", help="old spelling: use --search URL/INDEX")
+    p.add_argument("--index-name", help="old spelling: the last part of --search URL/INDEX")
+    p.add_argument("--flavor", choices=["opensearch", "elasticsearch"], help="old spelling of --search-flavor")
 
 
 def _documents(args):
@@ -63,7 +73,7 @@ def _documents(args):
 
     from wenzhi.retrieval.documents import documents_for
 
-    docs = documents_for(args.kind, db=args.db, sources=args.source)
+    docs = documents_for(args.kind, db=args.kb, sources=args.source)
     return islice(docs, args.limit) if args.limit else docs
 
 
@@ -82,12 +92,12 @@ def _build(args) -> int:
     device = None if args.gpu else "cpu"
     encoder = TransformersEncoder(args.encoder, max_length=args.max_length, batch_size=args.batch_size, device=device)
     try:
-        m = build_faiss_index(_documents(args), encoder, args.out, args.index_type, kind=KIND_BY_PLURAL[args.kind],
+        m = build_faiss_index(_documents(args), encoder, args.output, args.index_type, kind=KIND_BY_PLURAL[args.kind],
                               batch_size=args.batch_size, gpu=args.gpu, encoder_path=args.encoder)
     except (ValueError, FileNotFoundError) as exc:
         print(f"wenzhi index build: {exc}", file=sys.stderr)
         return 2
-    print(f"built {m.index_string} over {m.count} {args.kind} (dim {m.dim}, {m.metric}) in {m.build_seconds:.1f} s -> {args.out}")
+    print(f"built {m.index_string} over {m.count} {args.kind} (dim {m.dim}, {m.metric}) in {m.build_seconds:.1f} s -> {args.output}")
     return 0
 
 
@@ -106,70 +116,57 @@ def _search(args) -> int:
     return 0
 
 
-def _cluster(args):
-    import logging
+def _setting(args, command: str, location: str | None = None):
+    """The BM25 setting of a `wenzhi index bm25*` command; old spellings (--url, --index-name,
+    --flavor) still work, with a warning."""
+    from wenzhi.retrieval.bm25 import DEFAULT_INDEX, search_from_args
 
-    from wenzhi.retrieval.search_cluster import SearchClusterRetriever, connect
-
-    if logging.getLogger().level > logging.DEBUG:  # the clients log each failed try with a traceback
-        for name in ("opensearch", "elastic_transport"):
-            logging.getLogger(name).setLevel(logging.ERROR)
-    return SearchClusterRetriever(connect(args.url, args.flavor), args.index_name)
-
-
-def _cluster_error():
-    """The exception a cluster call raises for a refused connection or an error status."""
-    from wenzhi.retrieval.search_cluster import SearchClusterError
-
-    return SearchClusterError
+    if args.url or args.index_name or args.flavor:
+        warn_deprecated("--url, --index-name and --flavor", "--search URL/INDEX and --search-flavor")
+        if args.url and (location or args.search):
+            raise ValueError("give --search (or --output) or the old --url, not both")
+        if args.url:
+            location = f"{args.url.rstrip('/')}/{args.index_name or DEFAULT_INDEX}"
+        args.search_flavor = args.search_flavor or args.flavor
+    elif location and args.search:
+        raise ValueError("give one of --output DIR (tantivy) or --search DIR_OR_URL")
+    return search_from_args(args, location)
 
 
 def _bm25(args) -> int:
     import time
 
+    from wenzhi.retrieval.search_cluster import SearchClusterError
+    from wenzhi.retrieval.bm25 import ENV_LOCATION, open_bm25
     from wenzhi.retrieval.tantivy_backend import TantivyRetriever
 
-    if bool(args.out) == bool(args.url):
-        print("wenzhi index bm25: give exactly one of --out DIR (tantivy) or --url URL (cluster)", file=sys.stderr)
-        return 2
     started = time.perf_counter()
     try:
-        if args.url:
-            retriever = _cluster(args)
+        setting = _setting(args, "index bm25", args.output)
+        if setting is None:
+            raise ValueError(f"give --output DIR (tantivy) or --search DIR_OR_URL, or set {ENV_LOCATION}")
+        if setting.is_cluster:
+            retriever = open_bm25(setting, must_exist=False)
             retriever.create_index(recreate=True)
             n = retriever.index(_documents(args), progress=True)
         else:
-            n = TantivyRetriever.build(args.out, _documents(args), analyzer=args.analyzer).count()
-    except (ValueError, FileNotFoundError) as exc:
+            n = TantivyRetriever.build(setting.location, _documents(args), analyzer=args.analyzer).count()
+    except (ValueError, FileNotFoundError, SearchClusterError) as exc:
         print(f"wenzhi index bm25: {exc}", file=sys.stderr)
         return 2
-    except _cluster_error() as exc:
-        print(f"wenzhi index bm25: {args.url}: {exc}", file=sys.stderr)
-        return 2
-    print(f"indexed {n} {args.kind} in {time.perf_counter() - started:.1f} s -> {args.url or args.out}")
+    print(f"indexed {n} {args.kind} in {time.perf_counter() - started:.1f} s -> {setting.public}")
     return 0
 
 
 def _bm25_search(args) -> int:
-    from pathlib import Path
+    from wenzhi.retrieval.search_cluster import SearchClusterError
+    from wenzhi.retrieval.bm25 import open_bm25
 
-    from wenzhi.retrieval.analysis import QueryError
-    from wenzhi.retrieval.tantivy_backend import META_FILE, TantivyRetriever
-
-    if bool(args.index) == bool(args.url):
-        print("wenzhi index bm25-search: give exactly one of --index DIR or --url URL", file=sys.stderr)
-        return 2
-    if args.index and not (Path(args.index) / META_FILE).exists():
-        print(f"wenzhi index bm25-search: no BM25 index at {args.index} (build one with `wenzhi index bm25`)", file=sys.stderr)
-        return 2
-    retriever = _cluster(args) if args.url else TantivyRetriever(args.index)
     try:
+        retriever = open_bm25(_setting(args, "index bm25-search"))
         hits = retriever.search(args.query, args.k, {"kind": args.filter_kind} if args.filter_kind else None)
-    except QueryError as exc:
+    except (ValueError, FileNotFoundError, SearchClusterError) as exc:  # QueryError is a ValueError
         print(f"wenzhi index bm25-search: {exc}", file=sys.stderr)
-        return 2
-    except _cluster_error() as exc:
-        print(f"wenzhi index bm25-search: {args.url}: {exc}", file=sys.stderr)
         return 2
     _print_hits(hits)
     return 0

@@ -107,9 +107,9 @@ def documents_for(kind: str, db: str | Path | None = None, sources: Iterable[str
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}: choose entities, triples or passages")
     if db is None:
-        raise ValueError(f"documents of kind {kind!r} come from a KB store: give --db (made by `wenzhi kg import`)")
+        raise ValueError(f"documents of kind {kind!r} come from a KB store: give --kb (made by `wenzhi kg import`)")
     if not Path(db).exists():
-        raise FileNotFoundError(f"no KB store at {db}: run `wenzhi kg import KNOWLEDGE.txt --db {db}` first")
+        raise FileNotFoundError(f"no KB store at {db}: run `wenzhi kg import KNOWLEDGE.txt --kb {db}` first")
     from wenzhi.kg import TripleStore
 
     store = TripleStore(db)

@@ -226,7 +226,7 @@ class FaissIndex:
             raise StaleIndexError(
                 f"stale dense index at {self.path}: built with encoder {m.encoder_fingerprint} (dim {m.dim}, "
                 f"from {m.encoder_path or 'unknown'}) but the encoder given is {encoder.fingerprint} (dim {encoder.dim}). "
-                f"Rebuild it: wenzhi index build --encoder DIR --kind {(m.kind or 'KIND') + 's'} --out {self.path}"
+                f"Rebuild it: wenzhi index build --encoder DIR --kind {(m.kind or 'KIND') + 's'} --output {self.path}"
             )
 
     def __len__(self) -> int:

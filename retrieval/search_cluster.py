@@ -18,11 +18,10 @@ from tqdm import tqdm
 from . import analysis
 from .documents import Document
 from .protocol import Hit, filter_kinds
+from .bm25 import DEFAULT_INDEX, ENV_API_KEY, ENV_PASSWORD, ENV_USER, FLAVORS
 from .tantivy_backend import EXACT_NAME_BOOST, FIELD_BOOSTS
 
 log = logging.getLogger(__name__)
-
-FLAVORS = ("opensearch", "elasticsearch")
 
 
 class BulkIndexError(RuntimeError):
@@ -36,6 +35,10 @@ class BulkIndexError(RuntimeError):
 
 class SearchClusterError(RuntimeError):
     """The cluster could not be reached, or refused a call (after the transport's retries)."""
+
+
+#: What a refused login means to the user: the credentials come from these (bm25.py).
+CREDENTIALS_HINT = f"check {ENV_API_KEY}, or {ENV_USER} and {ENV_PASSWORD}"
 
 
 def index_body(shards: int | None = None, replicas: int | None = None) -> dict:
@@ -102,7 +105,7 @@ def _source(doc: Document) -> dict:
 class _Calls:
     """The calls whose keyword arguments differ between the two clients."""
 
-    def __init__(self, client):
+    def __init__(self, client, redact: Iterable[str] = (), where: str = "the cluster"):
         package = type(client).__module__.split(".")[0]
         if package == "opensearchpy":
             self.flavor = "opensearch"
@@ -111,6 +114,8 @@ class _Calls:
         else:
             raise TypeError(f"unsupported client {type(client).__name__}: use opensearchpy.OpenSearch or elasticsearch.Elasticsearch")
         self.client = client
+        self.redact = tuple(r for r in redact if r)
+        self.where = where
         self.helpers = importlib.import_module(f"{package}.helpers")
         if self.flavor == "opensearch":
             self.errors: tuple = (importlib.import_module("opensearchpy.exceptions").OpenSearchException,)
@@ -120,11 +125,28 @@ class _Calls:
 
     @contextmanager
     def reported(self, doing: str):
-        """The client's errors (a refused connection, an HTTP error status) as one SearchClusterError."""
+        """The client's errors (a refused connection, an HTTP error status) as one SearchClusterError,
+        with any credential this client was given blanked out of the message."""
         try:
             yield
         except self.errors as exc:
-            raise SearchClusterError(f"{doing} failed: {str(exc)[:300]}") from exc
+            message = f"{doing} at {self.where} failed: {self._explain(exc)}"
+            for secret in self.redact:
+                message = message.replace(secret, "***")
+            raise SearchClusterError(message) from None  # the client's chain holds no more than this
+
+    def _explain(self, exc) -> str:
+        status = getattr(exc, "status_code", None)
+        if not isinstance(status, int):
+            status = getattr(getattr(exc, "meta", None), "status", None)
+        if status in (401, 403):
+            return f"the cluster refused the credentials (HTTP {status}): {CREDENTIALS_HINT}"
+        if isinstance(status, int):
+            return f"HTTP {status}: {str(exc)[:300]}"
+        # no HTTP status: the connection itself failed (refused, TLS, name lookup, timeout);
+        # opensearch-py's errors are (status, message, cause), elasticsearch's just the message
+        text = exc.args[1] if self.flavor == "opensearch" and len(exc.args) > 1 else exc
+        return f"cannot connect: {str(text)[:300]}"
 
     def create_index(self, name: str, body: dict) -> None:
         if self.flavor == "opensearch":
@@ -138,26 +160,43 @@ class _Calls:
         return self.client.search(index=name, **body)
 
 
-def connect(url: str, flavor: str = "opensearch", timeout: float = 30.0, **kwargs):
-    """A client for `url` that retries timeouts and overload statuses at the transport level."""
+def connect(url: str, flavor: str = "opensearch", timeout: float = 30.0, *, api_key: str | None = None,
+            basic_auth: tuple[str, str] | None = None, ca_certs: str | None = None, verify_certs: bool = True,
+            **kwargs):
+    """A client for `url` (no credentials in it) that retries timeouts and overload statuses at
+    the transport level. `api_key` is the encoded key the cluster handed out (sent as
+    `Authorization: ApiKey KEY`); `ca_certs` a CA bundle for https; `verify_certs=False` accepts
+    any certificate (a test cluster's self-signed one)."""
     retry = dict(retry_on_timeout=True, max_retries=3, retry_on_status=(429, 502, 503, 504))
+    tls = dict(verify_certs=verify_certs, ssl_show_warn=verify_certs, **({"ca_certs": ca_certs} if ca_certs else {}))
     if flavor == "opensearch":
         from opensearchpy import OpenSearch
 
-        return OpenSearch(hosts=[url], timeout=timeout, **retry, **kwargs)
+        if api_key:  # opensearch-py has no api_key argument; the header is what the cluster reads
+            kwargs["headers"] = {**kwargs.get("headers", {}), "Authorization": f"ApiKey {api_key}"}
+        if basic_auth:
+            kwargs["http_auth"] = basic_auth
+        return OpenSearch(hosts=[url], timeout=timeout, **tls, **retry, **kwargs)
     if flavor == "elasticsearch":
         from elasticsearch import Elasticsearch
 
-        return Elasticsearch(url, request_timeout=timeout, **retry, **kwargs)
+        if api_key:
+            kwargs["api_key"] = api_key
+        if basic_auth:
+            kwargs["basic_auth"] = basic_auth
+        return Elasticsearch(url, request_timeout=timeout, **tls, **retry, **kwargs)
     raise ValueError(f"flavor {flavor!r}: choose one of {FLAVORS}")
 
 
 class SearchClusterRetriever:
     """BM25 over one index of an Elasticsearch/OpenSearch cluster."""
 
-    def __init__(self, client, index_name: str = "wenzhi-retrieval", chunk_size: int = 500,
-                 max_retries: int = 5, initial_backoff: float = 1.0, max_backoff: float = 60.0):
-        self.calls = _Calls(client)
+    def __init__(self, client, index_name: str = DEFAULT_INDEX, chunk_size: int = 500,
+                 max_retries: int = 5, initial_backoff: float = 1.0, max_backoff: float = 60.0,
+                 redact: Iterable[str] = (), where: str = "the cluster"):
+        """`redact`: strings (the credentials the client was given) never to appear in an error;
+        `where`: the cluster as errors name it (its URL without credentials)."""
+        self.calls = _Calls(client, redact, where)
         self.client = client
         self.index_name = index_name
         self.chunk_size = chunk_size
@@ -203,6 +242,21 @@ class SearchClusterRetriever:
     def count(self) -> int:
         with self.calls.reported(f"counting {self.index_name!r}"):
             return int(self.client.count(index=self.index_name)["count"])
+
+    def require_index(self) -> None:
+        """Reach the cluster now and check the index is there (a clear error at start-up, not
+        at the first search)."""
+        with self.calls.reported(f"looking up index {self.index_name!r}"):
+            exists = self.client.indices.exists(index=self.index_name)
+        if not exists:
+            raise SearchClusterError(f"no index {self.index_name!r} at {self.calls.where} "
+                                     "(build it with `wenzhi index bm25 --search URL/INDEX`)")
+
+    def identity(self) -> dict:
+        """What changes when the index is rebuilt or refilled: its cluster-assigned uuid and size."""
+        with self.calls.reported(f"describing index {self.index_name!r}"):
+            settings = self.client.indices.get(index=self.index_name)[self.index_name]["settings"]["index"]
+        return {"index": self.index_name, "uuid": settings.get("uuid"), "documents": self.count()}
 
     def search(self, query: str, k: int = 10, filters: Mapping[str, Any] | None = None) -> list[Hit]:
         query = analysis.prepare_query(query)

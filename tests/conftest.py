@@ -6,6 +6,7 @@ Slow and GPU checks are skipped visibly (reason shown by `pytest -rs`) unless as
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,36 @@ def kb_store(kb_db):
     store = TripleStore(kb_db)
     yield store
     store.close()
+
+
+@pytest.fixture(scope="session")
+def opensearch_url():
+    """osmem-server (in-memory OpenSearch API) on 127.0.0.1, a free port, stopped at the end."""
+    from opensearchpy import OpenSearch
+    from osmem_server import OsmemServer
+
+    server = OsmemServer.start(japanese=False, addr="127.0.0.1:0")
+    try:
+        client = OpenSearch(hosts=[server.url])
+        deadline = time.monotonic() + 30
+        while not client.ping():
+            if time.monotonic() > deadline:
+                pytest.fail(f"osmem-server at {server.url} did not answer within 30 s")
+            time.sleep(0.1)
+        yield server.url
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def secured_cluster(opensearch_url, tmp_path_factory):
+    """osmem-server behind TLS and a login (tests/search_gateway.py): (gateway, CA bundle)."""
+    from search_gateway import CLUSTER_API_KEY, CLUSTER_PASSWORD, CLUSTER_USER, SearchGateway, self_signed_certificate
+
+    try:
+        cert, key = self_signed_certificate(tmp_path_factory.mktemp("tls"))
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    gateway = SearchGateway(opensearch_url, cert, key, CLUSTER_API_KEY, CLUSTER_USER, CLUSTER_PASSWORD)
+    yield gateway, cert
+    gateway.close()

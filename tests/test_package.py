@@ -71,7 +71,7 @@ def test_wheel_in_a_fresh_virtualenv_runs_a_shipped_config_anywhere(wheel, tmp_p
         out = run(*cmd)
         assert out.returncode == 0 and "pretrain" in out.stdout, out.stderr[-2000:]
     # no data directory configured and no ../shared/data here: a clear error, not a traceback
-    missing = run(wenzhi, "index", "bm25", "--kind", "passages", "--out", "bm25")  # reads cmrc2018/ by default
+    missing = run(wenzhi, "index", "bm25", "--kind", "passages", "--output", "bm25")  # reads cmrc2018/ by default
     assert missing.returncode != 0 and "data directory" in missing.stdout + missing.stderr
     assert "Traceback" not in missing.stderr
     # a shipped config by name, its relative paths from the working directory
@@ -80,7 +80,7 @@ def test_wheel_in_a_fresh_virtualenv_runs_a_shipped_config_anywhere(wheel, tmp_p
     tok = bert_chinese_tokenizer()
     write_text_shards(outside / "shards", tokenize_lines(read_corpus_lines("people_daily", limit=30), tok, 64), 64, tok)
     trained = run(wenzhi, "pretrain", "run", "--config", "tiny", "--set", "shards=shards", "--set", "steps=2",
-                  "--set", "batch_size=2", "--output-dir", "run", "--no-progress", WENZHI_DATA=str(data_dir))
+                  "--set", "batch_size=2", "--output", "run", "--no-progress", WENZHI_DATA=str(data_dir))
     assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr[-2000:]
     assert {"tokenizer.json", "vocab.txt", "modeling.py", "model.safetensors"} <= {p.name for p in (outside / "run" / "model").iterdir()}
 

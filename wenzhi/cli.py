@@ -1,7 +1,8 @@
 """The `wenzhi` command: one entry point, one sub-command group per package.
 
 Each package exposes `register(subparsers)` in its `cli` module and imports its heavy
-dependencies (torch, faiss, tantivy) inside the handlers, so `wenzhi kg ...` starts fast.
+dependencies (torch, faiss, tantivy) inside the handlers, so `wenzhi kg ...` starts fast. Flag
+names, config overrides, help defaults and deprecated spellings follow wenzhi/cli_conventions.py.
 """
 from __future__ import annotations
 
@@ -12,14 +13,14 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from wenzhi.cli_conventions import ArgumentParser
     from wenzhi.kg import cli as kg_cli
     from wenzhi.model import cli as model_cli
     from wenzhi.qa_service import cli as qa_cli
     from wenzhi.retrieval import cli as retrieval_cli
 
-    parser = argparse.ArgumentParser(
-        prog="wenzhi", description="文知: knowledge-enhanced pretraining and KBQA"
-    )
+    parser = ArgumentParser(prog="wenzhi", description="文知: knowledge-enhanced pretraining and KBQA "
+                            "(conventions: wenzhi/cli_conventions.py)")
     parser.add_argument(
         "--data-dir",
         help="directory holding the shared data (default: $WENZHI_DATA or ../shared/data)",
@@ -32,8 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from wenzhi.cli_conventions import replace_renamed_commands
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(replace_renamed_commands(list(sys.argv[1:] if argv is None else argv)))
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -45,7 +45,7 @@ def test_planted_pickle_is_not_run(tmp_path, capsys):
     assert [m.entity.name for m in linker.link("龙编站的坐标")] == ["龙编站"]
     assert not marker.exists()
     planted.write_bytes(pickle.dumps(_Payload(marker)))
-    assert wenzhi.main(["kg", "link", "龙编站的坐标", "--db", str(store.path)]) == 0
+    assert wenzhi.main(["kg", "link", "龙编站的坐标", "--kb", str(store.path)]) == 0
     assert "龙编站" in capsys.readouterr().out
     assert not marker.exists()
     # the planted file was replaced by a real index, which loads as such

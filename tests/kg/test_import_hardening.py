@@ -31,7 +31,7 @@ def test_an_import_that_stores_nothing_fails_and_keeps_the_store(good_store, tmp
     bad = tmp_path / "x.txt"
     bad.write_text("a b c\n", encoding="utf-8")
     size = db.stat().st_size
-    assert wenzhi.main(["kg", "import", str(bad), "--format", "kgclue", "--db", str(db), "--no-progress"]) != 0
+    assert wenzhi.main(["kg", "import", str(bad), "--format", "kgclue", "--kb", str(db), "--no-progress"]) != 0
     err = capsys.readouterr().err
     assert "no triple" in err and "left as it was" in err
     assert db.stat().st_size == size and _fingerprint(db) == (before["fingerprint"], before["triples"])
@@ -44,11 +44,11 @@ def test_too_many_rejected_lines_fail_unless_allowed(good_store, tmp_path, kb_sl
         good = [next(fh) for _ in range(100)]
     mixed = tmp_path / "mixed.txt"
     mixed.write_text("".join(good) + "only two\tfields\n" * 40, encoding="utf-8")  # 29% rejected
-    assert wenzhi.main(["kg", "import", str(mixed), "--db", str(db), "--no-progress"]) == 1
+    assert wenzhi.main(["kg", "import", str(mixed), "--kb", str(db), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "40 of 140 lines rejected" in err and "--max-rejected-share" in err
     assert _fingerprint(db) == (before["fingerprint"], before["triples"])
-    assert wenzhi.main(["kg", "import", str(mixed), "--db", str(db), "--no-progress",
+    assert wenzhi.main(["kg", "import", str(mixed), "--kb", str(db), "--no-progress",
                         "--max-rejected-share", "0.5"]) == 0
     assert _fingerprint(db)[1] == 100
 
@@ -111,14 +111,14 @@ def test_bad_paths_are_messages_not_tracebacks(case, tmp_path, kb_slice_path, ca
     else:
         db = tmp_path / "dbdir"
         db.mkdir()
-    code = wenzhi.main(["kg", "import", str(src), "--db", str(db), "--no-progress"])
+    code = wenzhi.main(["kg", "import", str(src), "--kb", str(db), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("wenzhi kg import: ") and str(src if case != "db is a directory" else db) in err
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
 
 
 def test_a_refused_connection_to_a_search_cluster_is_a_message(kb_db):
-    for argv in (["index", "bm25", "--kind", "entities", "--db", str(kb_db), "--limit", "10"],
+    for argv in (["index", "bm25", "--kind", "entities", "--kb", str(kb_db), "--limit", "10"],
                  ["index", "bm25-search", "龙编站"]):
         proc = subprocess.run([sys.executable, "-m", "wenzhi", *argv, "--url", "http://127.0.0.1:9"],
                               capture_output=True, text=True, timeout=60)

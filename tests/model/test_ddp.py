@@ -70,7 +70,7 @@ def _launch(launcher: str, run_config: Path, out: Path, *extra: str) -> list[str
                 str(ROOT / "model" / "configs" / "accelerate" / "ddp.yaml"), "--main_process_port", port]
     else:  # accelerate's CPU launcher: one process, whatever --num_processes says
         head = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2"]
-    return head + ["-m", "wenzhi", "pretrain", "run", "--config", str(run_config), "--output-dir", str(out),
+    return head + ["-m", "wenzhi", "pretrain", "run", "--config", str(run_config), "--output", str(out),
                    "--set", "batch_size=8", "--no-progress", *extra]
 
 

@@ -61,7 +61,7 @@ def _accelerate(config_file: str, run_config: Path, out: Path, *extra: str) -> s
         port = str(s.getsockname()[1])
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "accelerate" / config_file),
            "--num_processes", "1", "--main_process_port", port, "-m", "wenzhi", "pretrain", "run",
-           "--config", str(run_config), "--output-dir", str(out), "--no-progress", *extra]
+           "--config", str(run_config), "--output", str(out), "--no-progress", *extra]
     return subprocess.run(cmd, cwd=ROOT, env=os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
                           capture_output=True, text=True, timeout=400)
 

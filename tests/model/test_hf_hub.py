@@ -147,8 +147,8 @@ def test_registration_is_lazy_and_index_build_takes_a_wenzhi_checkpoint(checkpoi
                           capture_output=True, text=True, timeout=120)
     assert lazy.stdout.strip() == "[]", lazy.stderr[-2000:]
     out = tmp_path / "dense"
-    done = subprocess.run([sys.executable, "-m", "wenzhi", "index", "build", "--kind", "entities", "--db", str(kb_db),
-                           "--limit", "50", "--encoder", str(checkpoints["scratch"]), "--out", str(out)],
+    done = subprocess.run([sys.executable, "-m", "wenzhi", "index", "build", "--kind", "entities", "--kb", str(kb_db),
+                           "--limit", "50", "--encoder", str(checkpoints["scratch"]), "--output", str(out)],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert json.loads((out / "manifest.json").read_text())["count"] == 50

@@ -156,7 +156,7 @@ def test_pretraining_continues_from_an_imported_bert(tmp_path, monkeypatch, caps
     monkeypatch.chdir(tmp_path / "shards")  # anywhere but the repository
     args = ["pretrain", "run", "--config", "tiny", "--init", str(folder), "--set", f"shards={tmp_path / 'shards'}",
             "--set", "steps=1", "--set", "learning_rate=0.0", "--set", "batch_size=2", "--set", "num_threads=1",
-            "--output-dir", str(tmp_path / "out"), "--no-progress"]
+            "--output", str(tmp_path / "out"), "--no-progress"]
     assert wenzhi_main(args) == 0, capsys.readouterr().out[-2000:]
     model_dir = tmp_path / "out" / "model"
     assert {"tokenizer.json", "vocab.txt", "modeling.py"} <= {p.name for p in model_dir.iterdir()}

@@ -1,6 +1,6 @@
 """Fine-tuning data derived from real KgCLUE questions and the KB slice."""
 from wenzhi.qa_service.data import (holdout_split, homonym_relations, ner_examples, ner_features, read_qa,
-                             sim_pairs)
+                                    sim_groups)
 
 
 def _examples(kgclue_dev, n):
@@ -34,26 +34,26 @@ def test_ner_labels_are_bio_on_the_mention_tokens(kgclue_dev, kb_store):
     assert labels[:5] == [-100, 1, 2, 2, 0] and labels[-1] == -100
 
 
-def test_sim_negatives_come_from_the_entity_then_its_homonyms(kgclue_dev, kb_store):
+def test_sim_negatives_are_drawn_as_evaluation_draws_candidates(kgclue_dev, kb_store):
     examples = _examples(kgclue_dev, 300)
-    pairs = sim_pairs(examples, kb_store, negatives=5, seed=0)
-    assert len(pairs) == 6 * len(examples)
-    checked_own = checked_homonym = 0
-    for i, ex in enumerate(examples):
-        group = pairs[6 * i : 6 * i + 6]
-        assert group[0] == (ex.question, ex.relation, 1)
-        negs = [rel for _, rel, label in group[1:]]
-        assert all(label == 0 for _, _, label in group[1:]) and ex.relation not in negs
+    groups = sim_groups(examples, kb_store, negatives=15, seed=0)
+    frequent = {r for r, _ in kb_store.relation_counts()[:30]}
+    kinds = {"own": 0, "sharing": 0}
+    for ex, (question, rels) in zip(examples, groups):
+        assert question == ex.question and rels[0] == ex.relation
+        negs = rels[1:]
+        assert len(negs) == len(set(negs)) and ex.relation not in negs
+        assert frequent - {ex.relation} <= set(negs)  # every frequent relation, as evaluation offers them all
+        drawn = negs[: len(negs) - len(frequent - {ex.relation} - set(negs[:15]))]
+        assert len(drawn) == 15
         own, homonyms = homonym_relations(kb_store, ex.head)
-        own = [r for r in own if r != ex.relation]
-        n_own = min(len(own), 5)
-        assert set(negs[:n_own]) <= set(own)  # the entity's own relations first
-        checked_own += n_own > 0
-        rest = [r for r in homonyms if r != ex.relation and r not in own]
-        n_hom = min(len(rest), 5 - n_own)
-        assert set(negs[n_own : n_own + n_hom]) <= set(rest)  # then its homonyms'
-        checked_homonym += n_hom > 0
-    assert checked_own >= 5 and checked_homonym >= 5  # both kinds are exercised on this slice
+        others = [r for r in own + homonyms if r != ex.relation]
+        assert set(others[:7]) <= set(drawn) if len(others) <= 7 else len(set(drawn) & set(others)) == 7
+        kinds["own"] += bool(set(drawn) & set(others))
+        text = ex.question.replace(ex.head.split("（")[0], " ")
+        kinds["sharing"] += any(set(r) & set(text) for r in drawn if r not in others and r not in frequent)
+    # both kinds are drawn on this slice: the entity's own relations, relations sharing characters
+    assert kinds["own"] >= 5 and kinds["sharing"] >= 250, kinds
 
 
 def test_holdout_split_is_disjoint_and_repeatable(data_dir):

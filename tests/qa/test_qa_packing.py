@@ -78,8 +78,7 @@ def late_sim(models):
 
 def test_late_route_equals_packed_rows(models, late_sim):
     """A late SIM head: cached relation states + NLU (last layer at [CLS] only) give the packed scores."""
-    from wenzhi.qa_service.relation_states import (RelationStates, RelationSummaries, score_relations_late,
-                                            score_relations_summarised)
+    from wenzhi.qa_service.relation_states import RelationStates, score_relations_late
 
     tok, sim, _ = models
     q_ids = tok(QUESTIONS)["input_ids"]
@@ -92,11 +91,6 @@ def test_late_route_equals_packed_rows(models, late_sim):
         enc = encode_questions(late_sim, q_ids)
         late = score_relations_late(late_sim, enc, RELATIONS, states)
         again = score_relations_late(late_sim, enc, RELATIONS, states)  # from the cache this time
-        summaries = RelationSummaries(late_sim, tok)
-        summarised = score_relations_summarised(late_sim, enc, RELATIONS, summaries)
-        summarised_empty = score_relations_summarised(
-            late_sim, encode_questions(late_sim, [q_ids[0], tok("谁？")["input_ids"], q_ids[1]]),
-            [RELATIONS[0], [], RELATIONS[1]], summaries)
         with_empty = score_relations_late(late_sim, encode_questions(late_sim, [q_ids[0], tok("谁？")["input_ids"], q_ids[1]]),
                                           [RELATIONS[0], [], RELATIONS[1]], states)
         # the HF-style forward of `[CLS] q [SEP] r [SEP]` pairs (segments by token type): the question's
@@ -111,8 +105,6 @@ def test_late_route_equals_packed_rows(models, late_sim):
     assert len(states) == len({r for rels in RELATIONS for r in rels})
     assert torch.allclose(packed, late, atol=1e-5)
     assert torch.equal(late, again)
-    assert torch.allclose(packed, summarised, atol=1e-5)
-    assert torch.allclose(packed, summarised_empty, atol=1e-5)
     assert torch.allclose(packed, with_empty, atol=1e-5)
     assert torch.allclose(seen[0][0, :n_q], seen[0][1, :n_q], atol=1e-6)
     assert not torch.allclose(logits[0], logits[1], atol=1e-4)
@@ -141,7 +133,7 @@ def test_packed_questions_equal_padded(models, late_sim):
     """Questions packed end to end (no padding work) give the padded route's states, NER logits and
     late relation scores."""
     from wenzhi.qa_service.packing import encode_questions_packed
-    from wenzhi.qa_service.relation_states import RelationSummaries, score_relations_summarised
+    from wenzhi.qa_service.relation_states import RelationStates, score_relations_late
 
     tok, _, ner = models
     questions = QUESTIONS + ["谁？", "中华人民共和国的首都在哪个城市，它的面积有多大？"]
@@ -154,11 +146,48 @@ def test_packed_questions_equal_padded(models, late_sim):
         for i, ids in enumerate(q_ids):
             assert torch.allclose(padded.universal.hidden_states[i, : len(ids)],
                                   packed.universal.hidden_states[i, : len(ids)], atol=1e-5)
-        ner_padded = ner.classifier(ner.wenzhi.nlu(padded.universal))
-        ner_packed = packed.packed.unpack(ner.classifier(ner.wenzhi.nlu(packed.packed.universal)), packed.lengths)
+        ner_padded = ner.from_universal(padded.universal).logits
+        ner_packed = packed.packed.unpack(ner.from_universal(packed.packed.universal).logits, packed.lengths)
         for i, ids in enumerate(q_ids):
             assert torch.allclose(ner_padded[i, : len(ids)], ner_packed[i, : len(ids)], atol=1e-5)
-        summaries = RelationSummaries(late_sim, tok)
-        a = score_relations_summarised(late_sim, padded, rels, summaries)
-        b = score_relations_summarised(late_sim, packed, rels, summaries)
+        states = RelationStates(late_sim, tok)
+        a = score_relations_late(late_sim, padded, rels, states)
+        b = score_relations_late(late_sim, packed, rels, states)
     assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_relation_matching_serving_route_equals_its_forward(models):
+    """The relation-matching head: the table of relation states (computed once per name) scored
+    against the shared question pass, padded or packed, gives the logits of the head's own forward
+    (its training route); a question's masked mention changes only what it should."""
+    from wenzhi.model.relation_matching import WenzhiForRelationMatching
+
+    from wenzhi.qa_service.heads import pad_rows
+    from wenzhi.qa_service.packing import encode_questions_packed
+    from wenzhi.qa_service.pipeline import outside_spans
+    from wenzhi.qa_service.relation_states import relation_scorer
+
+    tok, sim, _ = models
+    torch.manual_seed(1)
+    match = WenzhiForRelationMatching(sim.config.__class__(**{**sim.config.to_dict(), "num_labels": 1})).eval()
+    questions = QUESTIONS + ["谁？", "中华人民共和国的首都在哪个城市，它的面积有多大？"]
+    rels = RELATIONS + [["国籍"], ["首都", "面积", "主讲课程"]]
+    enc_tok = tok(questions, return_offsets_mapping=True)
+    q_ids = enc_tok["input_ids"]
+    mentions = outside_spans(enc_tok["offset_mapping"], [[(0, 3)], [(4, 7)], [], [(0, 7)]])
+    names = list(dict.fromkeys(r for rs in rels for r in rs))
+    with torch.no_grad():
+        table = relation_scorer(match, tok)
+        padded = table.score(encode_questions(match, q_ids), rels, mentions)
+        packed = table.score(encode_questions_packed(match, q_ids, row_width=40), rels, mentions)
+        candidates = pad_rows([[names.index(r) for r in rs] for rs in rels], -1)
+        forward = match(pad_rows(q_ids, tok.pad_token_id), relation_input_ids=pad_rows(
+            relation_segments(tok, names), tok.pad_token_id), candidates=candidates, token_mask=mentions).logits
+        unmasked = table.score(encode_questions(match, q_ids), rels)
+    assert len(table) == len(names)
+    assert torch.allclose(padded, forward[candidates >= 0], atol=1e-5)
+    assert torch.allclose(packed, padded, atol=1e-5)
+    assert padded.std() > 1e-3
+    first, third = slice(0, len(rels[0])), len(rels[0]) + len(rels[1])  # question 2 ("谁？") has no mention
+    assert not torch.allclose(unmasked[first], padded[first], atol=1e-4)  # question 0's mention was left out
+    assert torch.allclose(unmasked[third], padded[third], atol=1e-6)

@@ -14,11 +14,11 @@ def tokenizer():
     return load_tokenizer(None)
 
 
-@pytest.fixture(scope="module")
-def trie(kb_store, tokenizer, tmp_path_factory):
+@pytest.fixture(scope="module", params=["relation-first", "head-relation"])
+def trie(request, kb_store, tokenizer, tmp_path_factory):
     out = tmp_path_factory.mktemp("trie") / "trie"
-    summary = KBTrie.build_from_store(kb_store, tokenizer, out)
-    assert summary["num_sequences"] > 1000
+    summary = KBTrie.build_from_store(kb_store, tokenizer, out, layout=request.param)
+    assert summary["num_sequences"] > 1000 and summary["layout"] == request.param
     return KBTrie(out, tokenizer)
 
 
@@ -52,7 +52,7 @@ def test_random_walks_never_leave_the_kb(trie, kb_store):
 def test_a_real_head_with_a_relation_it_lacks_is_unreachable(trie, kb_store, tokenizer):
     entity = kb_store.entity_by_name("龙编站")
     assert entity is not None
-    ids = encode_target(tokenizer, entity.name, "主讲课程")
+    ids = encode_target(tokenizer, entity.name, "主讲课程", trie.layout)
     assert trie.lookup(ids) == []
     walked = []
     for token in ids:
@@ -60,7 +60,7 @@ def test_a_real_head_with_a_relation_it_lacks_is_unreachable(trie, kb_store, tok
             break
         walked.append(token)
     assert len(walked) < len(ids)  # the walk is cut off before the end
-    good = encode_target(tokenizer, entity.name, "坐标")
+    good = encode_target(tokenizer, entity.name, "坐标", trie.layout)
     assert [(h.head_id, h.relation) for h in trie.lookup(good)] == [(entity.id, "坐标")]
 
 
@@ -98,3 +98,60 @@ def test_constrained_generation_with_an_untrained_model_only_yields_kb_pairs(tri
 
 def test_trie_is_compact(trie):
     assert trie.meta["bytes"] / len(trie) < 64  # bytes per (head, relation) on disk
+
+
+def test_distractor_relations_reach_every_head_and_nothing_else(trie, kb_store, tokenizer):
+    from wenzhi.qa_service.trie import TrieWithDistractors
+
+    distractors = [r for r, _ in kb_store.relation_counts()[:5]]
+    extended = TrieWithDistractors(trie, tokenizer, distractors)
+    entity = kb_store.entity_by_name("龙编站")
+    lacking = next(r for r in distractors if not kb_store.triples(entity.id, r))
+    ids = encode_target(tokenizer, entity.name, lacking, trie.layout)
+    assert trie.lookup(ids) == []  # not a KB pair ...
+    walked = []
+    for token in ids:
+        assert token in extended.allowed_next(walked)  # ... but every step of it is allowed now
+        walked.append(token)
+    assert extended.allowed_next(walked) == []
+    assert [(h.head_id, h.relation) for h in extended.lookup(ids)] == [(entity.id, lacking)]
+    # the head's own relations stay reachable, a relation that is neither stays out
+    own = encode_target(tokenizer, entity.name, "坐标", trie.layout)
+    assert [(h.head_id, h.relation) for h in extended.lookup(own)] == [(entity.id, "坐标")]
+    assert extended.lookup(encode_target(tokenizer, entity.name, "主讲课程", trie.layout)) == []
+    rng = random.Random(1)
+    for _ in range(200):  # random walks end on a KB pair or a head with a distractor relation
+        prefix = []
+        while allowed := extended.allowed_next(prefix):
+            prefix.append(rng.choice(allowed))
+        hits = extended.lookup(prefix)
+        assert hits and all(_is_kb_pair(kb_store, h) or h.relation in distractors for h in hits)
+
+
+def test_relation_first_spells_the_base_name_then_the_relation_then_the_disambiguation(tokenizer):
+    ids = encode_target(tokenizer, "刘晓华（广东工业大学教授）", "主讲课程", "relation-first")
+    assert tokenizer.convert_ids_to_tokens(ids) == [
+        "刘", "晓", "华", "[unused1]", "主", "讲", "课", "程", "[unused2]", "广", "东", "工", "业", "大", "学", "教", "授",
+        "[SEP]"]
+    assert tokenizer.convert_ids_to_tokens(encode_target(tokenizer, "龙编站", "坐标", "relation-first")) == [
+        "龙", "编", "站", "[unused1]", "坐", "标", "[SEP]"]
+
+
+def test_distractors_reach_each_homonym_in_the_relation_first_layout(trie, kb_store, tokenizer):
+    from wenzhi.kg import parse_name
+
+    from wenzhi.qa_service.trie import TrieWithDistractors
+
+    distractors = [r for r, _ in kb_store.relation_counts()[:5]]
+    extended = TrieWithDistractors(trie, tokenizer, distractors)
+    checked = 0
+    for entity in kb_store.entities_by_base("刘晓华"):  # homonyms: every one of them offers every distractor
+        for rel in distractors:
+            ids = encode_target(tokenizer, entity.name, rel, trie.layout)
+            walked = []
+            for token in ids:
+                assert token in extended.allowed_next(walked), (entity.name, rel)
+                walked.append(token)
+            assert (entity.id, rel) in {(h.head_id, h.relation) for h in extended.lookup(ids)}
+            checked += 1
+    assert checked >= 10 and len({parse_name(e.name)[1] for e in kb_store.entities_by_base("刘晓华")}) >= 2

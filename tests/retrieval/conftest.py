@@ -1,9 +1,8 @@
 """Fixtures for the retrieval tests: real CMRC 2018 passages, a tiny real BERT encoder saved to
-disk (random weights, the Chinese vocabulary), and an osmem-server on a free local port."""
+disk (random weights, the Chinese vocabulary). The osmem-server fixtures are in tests/conftest.py."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -53,22 +52,3 @@ def tiny_encoder_dirs(data_dir, tmp_path_factory) -> tuple[Path, Path]:
     vocab = data_dir / "vocab" / "bert_chinese_vocab.txt"
     root = tmp_path_factory.mktemp("encoders")
     return save_tiny_bert(root / "enc_a", vocab, 0), save_tiny_bert(root / "enc_b", vocab, 1)
-
-
-@pytest.fixture(scope="session")
-def opensearch_url():
-    """osmem-server (in-memory OpenSearch API) on 127.0.0.1, a free port, stopped at the end."""
-    from opensearchpy import OpenSearch
-    from osmem_server import OsmemServer
-
-    server = OsmemServer.start(japanese=False, addr="127.0.0.1:0")
-    try:
-        client = OpenSearch(hosts=[server.url])
-        deadline = time.monotonic() + 30
-        while not client.ping():
-            if time.monotonic() > deadline:
-                pytest.fail(f"osmem-server at {server.url} did not answer within 30 s")
-            time.sleep(0.1)
-        yield server.url
-    finally:
-        server.close()

@@ -122,7 +122,7 @@ def test_retrieval_index_cli_build_and_search(tiny_encoder_dirs, data_dir, tmp_p
     out = tmp_path / "cli-index"
     source = str(data_dir / "cmrc2018" / "cmrc2018_trial.json")
     rc = wenzhi.main(["index", "build", "--encoder", str(a_dir), "--kind", "passages", "--source", source,
-                      "--limit", "50", "--index-type", "HNSW8", "--out", str(out), "--batch-size", "16"])
+                      "--limit", "50", "--index-type", "HNSW8", "--output", str(out), "--batch-size", "16"])
     assert rc == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["count"] == 50 and manifest["index_string"] == "HNSW8" and manifest["kind"] == "passage"
@@ -134,5 +134,5 @@ def test_retrieval_index_cli_build_and_search(tiny_encoder_dirs, data_dir, tmp_p
     assert "stale dense index" in capsys.readouterr().err
     assert wenzhi.main(["index", "search", "--index", str(out), "   "]) == 2
     assert "empty query" in capsys.readouterr().err
-    assert wenzhi.main(["index", "build", "--encoder", str(a_dir), "--kind", "entities", "--out", str(tmp_path / "x")]) == 2
-    assert "--db" in capsys.readouterr().err
+    assert wenzhi.main(["index", "build", "--encoder", str(a_dir), "--kind", "entities", "--output", str(tmp_path / "x")]) == 2
+    assert "--kb" in capsys.readouterr().err
