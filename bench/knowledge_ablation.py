@@ -1,6 +1,6 @@
 """Does knowledge masking beat plain masked language modelling? An equal-compute ablation (issue 15).
 
-    WENZHI_DATA=../shared/data nice -n 5 .venv/bin/python bench/knowledge_ablation.py --size cpu --seeds 3 --jobs 2
+    WENZHI_DATA=../shared/data nice -n 19 .venv/bin/python bench/knowledge_ablation.py --size cpu --seeds 3 --jobs 2
     WENZHI_DATA=../shared/data .venv/bin/python bench/knowledge_ablation.py --quick      # CI: tiny, one seed
     ... --variants A,FA,FE   # any subset; finished pieces in --work are reused
 
