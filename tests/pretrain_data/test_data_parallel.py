@@ -99,26 +99,42 @@ def test_two_workers_give_the_same_bytes(one_worker, tmp_path, kb_db):
     assert _files(out) == _files(tmp_path / "two")
 
 
+# `python -m wenzhi ...` that SIGKILLs itself as its third partition starts. Polling for a finished
+# partition and then killing raced the job itself: prepare's small test job now finishes in well
+# under a second, sometimes between two polls.
+KILLED_AT_THIRD_PARTITION = """
+import os, signal, sys
+import wenzhi.model.prepare as prepare
+from wenzhi.cli import main
+finished = []
+real = prepare.run_partition
+def run_partition(*args, **kwargs):
+    if len(finished) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    finished.append(real(*args, **kwargs))
+    return finished[-1]
+prepare.run_partition = run_partition
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_resume_after_a_kill_gives_the_same_bytes(one_worker, tmp_path, kb_db):
-    """A run killed (SIGKILL) after its first partitions, started again, equals one that was not."""
+    """A run killed (SIGKILL) after its first two partitions, started again, equals one that was not."""
     out, _ = one_worker
     config = tmp_path / "prep.json"
     config.write_text(json.dumps(_config(tmp_path, kb_db, "resumed", partition_items=45)))
-    command = [sys.executable, "-m", "wenzhi", "pretrain", "prepare", "--config", str(config), "--no-progress"]
+    args = ["pretrain", "prepare", "--config", str(config), "--no-progress"]
     env = dict(os.environ, WENZHI_DATA=str(Path(os.environ.get("WENZHI_DATA", "../shared/data")).resolve()))
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    staging = tmp_path / "resumed.partial"
-    deadline = time.monotonic() + 120
-    while not (staging / "part-00001" / "meta.json").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    killed = subprocess.run([sys.executable, "-c", KILLED_AT_THIRD_PARTITION, *args], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert (tmp_path / "resumed.partial" / "part-00001" / "meta.json").exists()
     assert not (tmp_path / "resumed").exists()
-    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    again = subprocess.run([sys.executable, "-m", "wenzhi", *args], env=env, capture_output=True, text=True,
+                           timeout=300)
     assert again.returncode == 0, again.stderr
     summary = json.loads(again.stdout.strip().splitlines()[-1])
-    assert 2 <= summary["resumed_partitions"] < summary["partitions"] == 4
+    assert summary["resumed_partitions"] == 2 and summary["partitions"] == 4
     assert _files(out) == _files(tmp_path / "resumed")
 
 
