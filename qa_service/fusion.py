@@ -27,9 +27,9 @@ def fit_fusion(model_dir: str | Path, kb: str | Path, questions: str | Path, lim
     from wenzhi.qa_service.pipeline import PipelineConfig, QAPipeline
 
     examples = read_qa(questions, limit=limit, skip=skip)
-    base = PipelineConfig.load(Path(model_dir), use_gen=use_gen, threads=threads, mode="fused")
-    base.w_lex = base.w_lex or 1e-6  # so that the candidates carry their lexical evidence
-    base.w_gen = base.w_gen or 1e-6  # and GEN's (the pipeline skips decoding at weight 0)
+    # all_evidence: the candidates carry GEN's and the lexical rule's evidence even where the
+    # current weights give them 0 (the pipeline skips both there)
+    base = PipelineConfig.load(Path(model_dir), use_gen=use_gen, threads=threads, mode="fused", all_evidence=True)
     pipe = QAPipeline(model_dir, kb, base)
     per_q = []
     for k in distractor_relations:
@@ -79,7 +79,7 @@ def fit_fusion(model_dir: str | Path, kb: str | Path, questions: str | Path, lim
     weights = {k: getattr(best_cfg, k) for k in grid}
     # the answering weights only: mode, distractors, threads are choices of whoever runs it
     saved = {k: v for k, v in asdict(best_cfg).items()
-             if k not in ("threads", "use_gen", "mode", "distractor_relations", "gen_memo")}
+             if k not in ("threads", "use_gen", "mode", "distractor_relations", "gen_memo", "all_evidence")}
     path = Path(model_dir) / "pipeline.json"
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(saved, indent=1), encoding="utf-8")

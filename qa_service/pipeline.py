@@ -51,6 +51,7 @@ class PipelineConfig:
     w_len: float = 0.0  # per character of the entity's mention (a question's subject is usually long)
     w_lex: float = 0.0  # lexical rule (qa_service/lexical.py) of the candidate's relation
     mode: str = "fused"  # fused | pipeline | gen: which answering path decides
+    all_evidence: bool = False  # every evidence term even at weight 0 (the fusion fit reads them all)
     distractor_relations: int = 0  # evaluation: every entity also offers the K most frequent relations
     no_answer_threshold: float = 0.0  # confidence under this -> no answer
     threads: int | None = None
@@ -298,7 +299,7 @@ class QAPipeline:
             t1 = time.perf_counter()
             # GEN decoding is ~95% of a fused answer's cost (bench/RESULTS.md, issue 12): skip it
             # where its evidence weighs nothing (a fusion fit may give it weight 0)
-            gen_counts = cfg.mode == "gen" or (cfg.mode == "fused" and (cfg.w_gen or cfg.w_gen_head))
+            gen_counts = cfg.mode == "gen" or (cfg.mode == "fused" and (cfg.all_evidence or cfg.w_gen or cfg.w_gen_head))
             gen_hits = self._gen(q_ids) if gen_counts else [{} for _ in questions]
             gen_heads = [{} for _ in questions]  # head id -> GEN's share over all its pairs
             for hits, heads in zip(gen_hits, gen_heads):
@@ -353,7 +354,7 @@ class QAPipeline:
                         continue
                     cand = Candidate(t.head, t.relation, t.tail, c["entity"].id, 0.0, c["link"], sim, gen,
                                      c["mention"], c["entity"].disambiguation, ner=c["ner"], gen_head=gen_head)
-                    if cfg.w_lex and cfg.mode != "gen":
+                    if (cfg.w_lex or cfg.all_evidence) and cfg.mode != "gen":
                         cand.lex = lexical_score(strip_mention(question, c["mention"]), t.relation)
                     cand.score = fused_score(cand, cfg)
                     cands.append(cand)
