@@ -62,7 +62,7 @@ class Groups:
         self.groups: tuple[frozenset, ...] = tuple(groups)
         self.bigrams = bigrams  # relation names: the distinct bigrams of each, in group order
         self.sizes: tuple[int, ...] = tuple(map(len, self.groups))  # distinct characters per group
-        self.chars: frozenset = frozenset().union(*self.groups)  # every group's characters
+        self.chars: frozenset = union(self.groups)  # every group's characters
         self.indexed = len(self.groups) > INDEX_MIN_GROUPS
         self._index: dict | None = None
 
@@ -151,6 +151,27 @@ class Context:
         return self._grams
 
 
+# Every character of every feature set is one shared string object. Iterating a str makes a new
+# object for each CJK character, so `frozenset(text)` gave each entity's sets their own copies
+# (76 bytes a character, most of a cached entity's memory: issue 12's serving RSS). The table
+# holds the KB's distinct characters, a few thousand.
+_CHARS: dict[str, str] = {}
+
+
+def char_set(text: str) -> frozenset:
+    """frozenset(text), its characters the shared objects of `_CHARS`."""
+    return frozenset(map(_CHARS.setdefault, text, text))
+
+
+def union(sets) -> frozenset:
+    """The union of frozensets, reusing the largest when it holds all the others (no copy)."""
+    sets = [x for x in sets if x]
+    if not sets:
+        return frozenset()
+    largest = max(sets, key=len)
+    return largest if all(x <= largest for x in sets) else frozenset().union(*sets)
+
+
 def bigrams(text: str) -> set[str]:
     return set(map(operator.add, text, text[1:]))  # text[i] + text[i + 1], at C speed
 
@@ -160,44 +181,48 @@ class ProfileTable:
     per distinct set of relation names (entities of a kind share theirs) or of short tails."""
 
     def __init__(self, max_profiles: int = 200_000):
-        self._profiles: dict[tuple, Profile] = {}
-        self._relations: dict[frozenset, Groups] = {}
-        self._tails: dict[frozenset, Groups] = {}
+        self._profiles: dict[str, Profile] = {}  # keyed by content (see `features`)
+        self._relations: dict[str, Groups] = {}
+        self._tails: dict[str, Groups] = {}
         self._max = max_profiles
 
     def features(self, entity, rows: list[tuple[str, str]]) -> EntityFeatures:
         """`rows`: (relation, tail) of the entity's first max_triples triples."""
         lo, hi = SHORT_TAIL
         description = entity.description[:500] if entity.description else None
-        key = (frozenset({r for r, _ in rows}), frozenset({t for _, t in rows if lo <= len(t) <= hi}),
-               entity.disambiguation, description)
+        relations = frozenset({r for r, _ in rows})
+        tails = frozenset({t for _, t in rows if lo <= len(t) <= hi})
+        # the content as one string (repr of sorted lists: equal strings = equal sets), not two
+        # sets holding every tail string of every entity seen
+        key = repr((sorted(relations), sorted(tails), entity.disambiguation, description))
         profile = self._profiles.get(key)
         if profile is None:
             if len(self._profiles) >= self._max:
                 self._profiles.clear()
                 self._relations.clear()
                 self._tails.clear()
-            profile = self._profiles[key] = self._profile(*key)
+            profile = self._profiles[key] = self._profile(relations, tails, entity.disambiguation, description)
         return EntityFeatures(profile, normalize(entity.base), normalize(entity.name), math.log1p(entity.n_triples))
 
     def _profile(self, relations: frozenset, tails: frozenset, disambiguation: str | None,
                  description: str | None) -> Profile:
-        relation_groups = self._relations.get(relations)
+        relation_key, tail_key = repr(sorted(relations)), repr(sorted(tails))
+        relation_groups = self._relations.get(relation_key)
         if relation_groups is None:
             # (a name or tail that normalises to nothing, e.g. spaces, can match no context)
             parts = [p for p in map(_relation_parts, {_normalized_relation(r) for r in relations}) if p[0]]
-            relation_groups = self._relations[relations] = Groups.of([chars for chars, _ in parts],
+            relation_groups = self._relations[relation_key] = Groups.of([chars for chars, _ in parts],
                                                                      tuple(grams for _, grams in parts))
-        tail_groups = self._tails.get(tails)
+        tail_groups = self._tails.get(tail_key)
         if tail_groups is None:
-            tail_groups = self._tails[tails] = Groups.of(list({frozenset(normalize(t)) for t in tails} - {frozenset()}))
-        dis = frozenset(normalize(disambiguation)) if disambiguation else frozenset()
+            tail_groups = self._tails[tail_key] = Groups.of(list({char_set(normalize(t)) for t in tails} - {frozenset()}))
+        dis = char_set(normalize(disambiguation)) if disambiguation else frozenset()
         return Profile(
             relations=relation_groups,
             tails=tail_groups,
             disambiguation=dis,
             description=frozenset(bigrams(normalize(description))) if description else frozenset(),
-            chars=relation_groups.chars | tail_groups.chars | dis,
+            chars=union((relation_groups.chars, tail_groups.chars, dis)),
         )
 
 
@@ -210,7 +235,7 @@ def _normalized_relation(relation: str) -> str:
 @lru_cache(maxsize=500_000)
 def _relation_parts(normalized_relation: str) -> tuple[frozenset, tuple[str, ...]]:
     """A relation name's characters and distinct bigrams: made once, shared by its entities."""
-    return frozenset(normalized_relation), tuple(bigrams(normalized_relation))
+    return char_set(normalized_relation), tuple(bigrams(normalized_relation))
 
 
 def relation_overlap(relations: Groups, shared: frozenset) -> tuple[float, float, tuple]:

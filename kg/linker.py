@@ -31,7 +31,7 @@ from typing import NamedTuple, Sequence
 from wenzhi.kg.alias_index import SEPARATOR, AliasIndex
 from wenzhi.kg.entity_features import (FEATURES, N_CONTEXT_FEATURES, Context, EntityFeatures, Profile,
                                        ProfileTable, context_features, description_cover, disambiguation_cover,
-                                       relation_overlap, tail_overlap)
+                                       relation_overlap, tail_overlap, union)
 from wenzhi.kg.names import normalize_many, normalize_with_offsets
 from wenzhi.kg.store import Entity, TripleStore
 
@@ -86,9 +86,13 @@ class LinkerConfig:
 
 
 _CACHE_SIZE = 200_000
+# `link_many` finds a mention's context characters from a set of its text's characters when the
+# text is short (most are a sentence or a question); a longer text's windows are searched alone.
+_WHOLE_TEXT_CHARS = 256
 _FIRST = operator.itemgetter(0)
 _SECOND = operator.itemgetter(1)
 _MISSING = object()
+_NUL = frozenset("\x00")  # the character `_context` puts between the two sides of a mention
 
 
 class _Cache(dict):
@@ -175,13 +179,16 @@ class EntityLinker:
                 t = next(i for i in range(t + 1, len(ends)) if s < ends[i])
                 base = ends[t - 1] if t else 0
                 text, (norm, offmap) = texts[t], normalized[t]
+                chars = None  # the text's characters, made for its first ambiguous mention
             s, e = s - base, e - base
             o_start, o_end = (s, e) if offmap is None else (offmap[s], offmap[e - 1] + 1)
             ranked = unambiguous.get(key_id)
             if ranked is not None:  # the common case in running text: nothing to weigh
                 out[t].append(Mention(text[o_start:o_end], o_start, o_end, ranked[0][0], 1.0, ranked))
                 continue
-            out[t].append(self._ambiguous(text[o_start:o_end], o_start, o_end, norm, s, e, key_id))
+            if chars is None and len(norm) <= _WHOLE_TEXT_CHARS:
+                chars = frozenset(norm)
+            out[t].append(self._ambiguous(text[o_start:o_end], o_start, o_end, norm, s, e, key_id, chars))
         return out
 
     def rank(self, text: str, k: int = 5) -> list[tuple[Entity, float, Mention]]:
@@ -349,12 +356,13 @@ class EntityLinker:
             return Mention(surface, o_start, o_end, entity, 1.0, ((entity, 1.0),))
         return self._ambiguous(surface, o_start, o_end, norm, s, e, key_id)
 
-    def _ambiguous(self, surface, o_start, o_end, norm, s, e, key_id) -> Mention:
-        """The mention of an alias with several candidates at norm[s:e] (text[o_start:o_end])."""
+    def _ambiguous(self, surface, o_start, o_end, norm, s, e, key_id, text_chars=None) -> Mention:
+        """The mention of an alias with several candidates at norm[s:e] (text[o_start:o_end]);
+        `text_chars`: frozenset(norm), when the caller has it."""
         if self.config.context:
             # the same scores give the same outcome: half the ambiguous occurrences in running
             # text repeat an earlier one's (no context evidence, or the same evidence)
-            raw = self._occurrence_scores(norm, s, e, key_id)
+            raw = self._occurrence_scores(norm, s, e, key_id, text_chars)
             outcome = self._outcomes.get((key_id, raw))
             if outcome is None:
                 outcome = self._outcomes.put((key_id, raw), self._outcome(key_id, raw))
@@ -389,9 +397,11 @@ class EntityLinker:
             found = self._key_entities.put(key_id, (entities, None not in entities))
         return found
 
-    def _occurrence_scores(self, norm: str, s: int, e: int, key_id: int) -> tuple[float, ...]:
+    def _occurrence_scores(self, norm: str, s: int, e: int, key_id: int,
+                           text_chars: frozenset | None = None) -> tuple[float, ...]:
         """The linear score of each candidate of the alias occurrence norm[s:e], in candidate
-        order: the same floats as w . `_feature_vector`, summed in the same order."""
+        order: the same floats as w . `_feature_vector`, summed in the same order.
+        `text_chars`: frozenset(norm) if the caller has it (see `_near`)."""
         alias = self._prepared.get(key_id)
         if alias is None:
             alias = self._prepared.put(key_id, self._prepare_alias(norm[s:e], key_id))
@@ -399,11 +409,15 @@ class EntityLinker:
         # character with the text around the mention: their context features are all 0, and
         # adding 0.0 terms changes no float, so the score is the precomputed context-free sum.
         cw = self.config.context_window
-        window = norm[max(0, s - cw) : s] + "\x00" + norm[e : e + cw]  # the text of `_context`
-        # the candidates' characters the context holds: one set lookup per window character
-        near = alias.chars.intersection(window)
+        lo, hi = max(0, s - cw), e + cw
+        if text_chars is None:
+            # the candidates' characters the context holds: one set lookup per window character
+            near = alias.chars.intersection(norm[lo:s] + "\x00" + norm[e:hi])
+        else:
+            near = _near(alias.chars, text_chars, norm, lo, s, e, hi)
         if not near and not alias.described:
             return alias.fixed_scores
+        window = norm[lo:s] + "\x00" + norm[e:hi]  # the text of `_context`
         ctx, terms_of = None, self._terms
         scores = []
         memo: dict[Profile, tuple] = {}  # homonyms with the same profile: features computed once
@@ -472,7 +486,7 @@ class EntityLinker:
             f = features[eid]
             fixed = tuple(map(operator.mul, fixed_weights, self._fixed_features(mention, key_id, f, prior)))
             rows.append((f.profile, fixed, sum(fixed)))
-        return _Alias(tuple(rows), frozenset().union(*(p.chars for p, _, _ in rows)),
+        return _Alias(tuple(rows), union(p.chars for p, _, _ in rows),
                       any(p.description for p, _, _ in rows), tuple(fixed_score for _, _, fixed_score in rows))
 
     def _compute_candidates(self, key_id: int) -> tuple[tuple[int, float], ...]:
@@ -482,6 +496,19 @@ class EntityLinker:
         """The features of the mention alone (same for every candidate and occurrence)."""
         return (min(len(mention), 12) / 12.0, float(len(mention) == 1), float(not _has_word_char(mention)),
                 math.log1p(self.index.text_frequency[key_id]))
+
+
+def _near(chars: frozenset, text_chars: frozenset, norm: str, lo: int, s: int, e: int, hi: int) -> frozenset:
+    """`chars.intersection(norm[lo:s] + "\\x00" + norm[e:hi])`, the characters of `chars` in a
+    context window, given `text_chars`, the set of norm's characters. That set is made once for
+    all of a text's ambiguous mentions, where the window's characters were made once per mention
+    (each CJK character a new string object); most candidate sets share a character or two with
+    the text, each then looked for in the window by a C search."""
+    found = chars & text_chars
+    if found:
+        find = norm.find
+        found = frozenset(c for c in found if find(c, lo, s) >= 0 or find(c, e, hi) >= 0)
+    return found | _NUL if "\x00" in chars else found
 
 
 def _has_word_char(text: str) -> bool:

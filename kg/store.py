@@ -178,8 +178,17 @@ class TripleStore:
         return out
 
     def _read_head_triples(self, entity_id: int) -> tuple[Triple, ...]:
-        rows = self._conn.execute(_TRIPLE_SELECT + "WHERE t.head_id = ?", (entity_id,))
-        return tuple(Triple(*r) for r in rows)
+        # The head's name read once and the relation names from `relation_names()`: cached
+        # triples share those string objects rather than holding a copy of each per row.
+        names = self.relation_names()
+        rows = self._conn.execute("SELECT rel_id, tail FROM triples WHERE head_id = ? ORDER BY rel_id, tail",
+                                  (entity_id,)).fetchall()
+        if not rows:
+            return ()
+        head = self._conn.execute("SELECT name FROM entities WHERE id = ?", (entity_id,)).fetchone()
+        if head is None:  # a triple whose head is missing: the join of `triples(id, relation)` drops it too
+            return ()
+        return tuple(Triple(head[0], names[rel_id], tail, entity_id) for rel_id, tail in rows)
 
     def triples_by_tail(self, tail: str) -> list[Triple]:
         rows = self._conn.execute(_TRIPLE_SELECT + "WHERE t.tail = ?", (tail.strip(),))
