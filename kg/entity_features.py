@@ -20,7 +20,7 @@ import operator
 from dataclasses import dataclass
 from functools import lru_cache
 
-from wenzhi.kg.names import normalize
+from wenzhi.kg.names import normalize, normalize_each
 
 FEATURES = (
     "relation_cover",     # max over relations: fraction of its characters in the context
@@ -181,41 +181,53 @@ class ProfileTable:
     per distinct set of relation names (entities of a kind share theirs) or of short tails."""
 
     def __init__(self, max_profiles: int = 200_000):
-        self._profiles: dict[str, Profile] = {}  # keyed by content (see `features`)
-        self._relations: dict[str, Groups] = {}
-        self._tails: dict[str, Groups] = {}
+        self._profiles: dict[tuple, Profile] = {}  # keyed by content (see `profile`)
+        self._relations: dict[frozenset, Groups] = {}  # by relation names
+        self._tails: dict[frozenset, Groups] = {}  # by short tails
         self._max = max_profiles
 
     def features(self, entity, rows: list[tuple[str, str]]) -> EntityFeatures:
         """`rows`: (relation, tail) of the entity's first max_triples triples."""
-        lo, hi = SHORT_TAIL
-        description = entity.description[:500] if entity.description else None
-        relations = frozenset({r for r, _ in rows})
-        tails = frozenset({t for _, t in rows if lo <= len(t) <= hi})
-        # the content as one string (repr of sorted lists: equal strings = equal sets), not two
-        # sets holding every tail string of every entity seen
-        key = repr((sorted(relations), sorted(tails), entity.disambiguation, description))
-        profile = self._profiles.get(key)
-        if profile is None:
-            if len(self._profiles) >= self._max:
-                self._profiles.clear()
-                self._relations.clear()
-                self._tails.clear()
-            profile = self._profiles[key] = self._profile(relations, tails, entity.disambiguation, description)
-        return EntityFeatures(profile, normalize(entity.base), normalize(entity.name), math.log1p(entity.n_triples))
+        return self.features_many([entity], {entity.id: rows})[0]
 
-    def _profile(self, relations: frozenset, tails: frozenset, disambiguation: str | None,
-                 description: str | None) -> Profile:
-        relation_key, tail_key = repr(sorted(relations)), repr(sorted(tails))
-        relation_groups = self._relations.get(relation_key)
+    def features_many(self, entities, rows: dict[int, list[tuple[str, str]]]) -> list[EntityFeatures]:
+        """`features` of each entity, `rows[entity.id]` its (relation, tail) rows (none when
+        absent), their names normalised in one pass."""
+        names = normalize_each([e.base for e in entities] + [e.name for e in entities])
+        n = len(entities)
+        return [EntityFeatures(self.profile(e, rows.get(e.id, ())), names[i], names[n + i], math.log1p(e.n_triples))
+                for i, e in enumerate(entities)]
+
+    def profile(self, entity, rows) -> Profile:
+        lo, hi = SHORT_TAIL
+        if len(self._profiles) >= self._max:
+            self._profiles.clear()
+            self._relations.clear()
+            self._tails.clear()
+        relations = frozenset([r for r, _ in rows])
+        relation_groups = self._relations.get(relations)
         if relation_groups is None:
             # (a name or tail that normalises to nothing, e.g. spaces, can match no context)
             parts = [p for p in map(_relation_parts, {_normalized_relation(r) for r in relations}) if p[0]]
-            relation_groups = self._relations[relation_key] = Groups.of([chars for chars, _ in parts],
+            relation_groups = self._relations[relations] = Groups.of([chars for chars, _ in parts],
                                                                      tuple(grams for _, grams in parts))
-        tail_groups = self._tails.get(tail_key)
+        tails = frozenset([t for _, t in rows if lo <= len(t) <= hi])
+        tail_groups = self._tails.get(tails)
         if tail_groups is None:
-            tail_groups = self._tails[tail_key] = Groups.of(list({char_set(normalize(t)) for t in tails} - {frozenset()}))
+            tail_groups = self._tails[tails] = Groups.of(list({char_set(t) for t in normalize_each(tails)} - {frozenset()}))
+        description = entity.description[:500] if entity.description else None
+        # Groups are interned by content, so they stand for it in the key (compared by identity):
+        # the key holds no copy of the entity's names or tails
+        key = (relation_groups, tail_groups, entity.disambiguation, description)
+        profile = self._profiles.get(key)
+        if profile is None:
+            profile = self._profiles[key] = self._profile(relation_groups, tail_groups, entity.disambiguation,
+                                                          description)
+        return profile
+
+    @staticmethod
+    def _profile(relation_groups: Groups, tail_groups: Groups, disambiguation: str | None,
+                 description: str | None) -> Profile:
         dis = char_set(normalize(disambiguation)) if disambiguation else frozenset()
         return Profile(
             relations=relation_groups,

@@ -86,13 +86,9 @@ class LinkerConfig:
 
 
 _CACHE_SIZE = 200_000
-# `link_many` finds a mention's context characters from a set of its text's characters when the
-# text is short (most are a sentence or a question); a longer text's windows are searched alone.
-_WHOLE_TEXT_CHARS = 256
 _FIRST = operator.itemgetter(0)
 _SECOND = operator.itemgetter(1)
 _MISSING = object()
-_NUL = frozenset("\x00")  # the character `_context` puts between the two sides of a mention
 
 
 class _Cache(dict):
@@ -179,16 +175,13 @@ class EntityLinker:
                 t = next(i for i in range(t + 1, len(ends)) if s < ends[i])
                 base = ends[t - 1] if t else 0
                 text, (norm, offmap) = texts[t], normalized[t]
-                chars = None  # the text's characters, made for its first ambiguous mention
             s, e = s - base, e - base
             o_start, o_end = (s, e) if offmap is None else (offmap[s], offmap[e - 1] + 1)
             ranked = unambiguous.get(key_id)
             if ranked is not None:  # the common case in running text: nothing to weigh
                 out[t].append(Mention(text[o_start:o_end], o_start, o_end, ranked[0][0], 1.0, ranked))
                 continue
-            if chars is None and len(norm) <= _WHOLE_TEXT_CHARS:
-                chars = frozenset(norm)
-            out[t].append(self._ambiguous(text[o_start:o_end], o_start, o_end, norm, s, e, key_id, chars))
+            out[t].append(self._ambiguous(text[o_start:o_end], o_start, o_end, norm, s, e, key_id))
         return out
 
     def rank(self, text: str, k: int = 5) -> list[tuple[Entity, float, Mention]]:
@@ -332,10 +325,10 @@ class EntityLinker:
         if missing:
             entities = self._entities_of(missing)
             rows = self.store.relations_and_tails(missing, self.config.max_triples)
-            for i in missing:
-                # an id the store lacks (only a foreign alias index has one) gets no evidence
-                entity = entities[i] or Entity(i, "", "", None, None, 0)
-                out[i] = cache.put(i, self._profiles.features(entity, rows.get(i, [])))
+            # an id the store lacks (only a foreign alias index has one) gets no evidence
+            made = self._profiles.features_many([entities[i] or Entity(i, "", "", None, None, 0) for i in missing], rows)
+            for i, features in zip(missing, made):
+                out[i] = cache.put(i, features)
         return out
 
     def _entity(self, entity_id: int) -> Entity | None:
@@ -356,13 +349,12 @@ class EntityLinker:
             return Mention(surface, o_start, o_end, entity, 1.0, ((entity, 1.0),))
         return self._ambiguous(surface, o_start, o_end, norm, s, e, key_id)
 
-    def _ambiguous(self, surface, o_start, o_end, norm, s, e, key_id, text_chars=None) -> Mention:
-        """The mention of an alias with several candidates at norm[s:e] (text[o_start:o_end]);
-        `text_chars`: frozenset(norm), when the caller has it."""
+    def _ambiguous(self, surface, o_start, o_end, norm, s, e, key_id) -> Mention:
+        """The mention of an alias with several candidates at norm[s:e] (text[o_start:o_end])."""
         if self.config.context:
             # the same scores give the same outcome: half the ambiguous occurrences in running
             # text repeat an earlier one's (no context evidence, or the same evidence)
-            raw = self._occurrence_scores(norm, s, e, key_id, text_chars)
+            raw = self._occurrence_scores(norm, s, e, key_id)
             outcome = self._outcomes.get((key_id, raw))
             if outcome is None:
                 outcome = self._outcomes.put((key_id, raw), self._outcome(key_id, raw))
@@ -397,11 +389,9 @@ class EntityLinker:
             found = self._key_entities.put(key_id, (entities, None not in entities))
         return found
 
-    def _occurrence_scores(self, norm: str, s: int, e: int, key_id: int,
-                           text_chars: frozenset | None = None) -> tuple[float, ...]:
+    def _occurrence_scores(self, norm: str, s: int, e: int, key_id: int) -> tuple[float, ...]:
         """The linear score of each candidate of the alias occurrence norm[s:e], in candidate
-        order: the same floats as w . `_feature_vector`, summed in the same order.
-        `text_chars`: frozenset(norm) if the caller has it (see `_near`)."""
+        order: the same floats as w . `_feature_vector`, summed in the same order."""
         alias = self._prepared.get(key_id)
         if alias is None:
             alias = self._prepared.put(key_id, self._prepare_alias(norm[s:e], key_id))
@@ -409,15 +399,11 @@ class EntityLinker:
         # character with the text around the mention: their context features are all 0, and
         # adding 0.0 terms changes no float, so the score is the precomputed context-free sum.
         cw = self.config.context_window
-        lo, hi = max(0, s - cw), e + cw
-        if text_chars is None:
-            # the candidates' characters the context holds: one set lookup per window character
-            near = alias.chars.intersection(norm[lo:s] + "\x00" + norm[e:hi])
-        else:
-            near = _near(alias.chars, text_chars, norm, lo, s, e, hi)
+        window = norm[max(0, s - cw) : s] + "\x00" + norm[e : e + cw]  # the text of `_context`
+        # the candidates' characters the context holds: one set lookup per window character
+        near = alias.chars.intersection(window)
         if not near and not alias.described:
             return alias.fixed_scores
-        window = norm[lo:s] + "\x00" + norm[e:hi]  # the text of `_context`
         ctx, terms_of = None, self._terms
         scores = []
         memo: dict[Profile, tuple] = {}  # homonyms with the same profile: features computed once
@@ -447,8 +433,11 @@ class EntityLinker:
         """`overlap(p, shared)` with its features times their weights (bigram checks as they
         are), from the overlaps of its relation names and of its tails, cached apart: entities
         share those more often than whole profiles."""
-        rel_cover, rel_hits, gram_checks = self._relation_overlap(p.relations, shared & p.relations.chars)
-        tail_cover = self._tail_overlap(p.tails, shared & p.tails.chars)
+        # (a context sharing no character with the names or tails: their overlaps are 0)
+        on_relations, on_tails = shared & p.relations.chars, shared & p.tails.chars
+        rel_cover, rel_hits, gram_checks = (self._relation_overlap(p.relations, on_relations) if on_relations
+                                            else (0.0, 0.0, ()))
+        tail_cover = self._tail_overlap(p.tails, on_tails) if on_tails else 0.0
         w = self.config.weights
         return (w[0] * rel_cover, w[1] * rel_hits, w[3] * tail_cover,
                 w[4] * disambiguation_cover(p.disambiguation, shared), gram_checks)
@@ -496,19 +485,6 @@ class EntityLinker:
         """The features of the mention alone (same for every candidate and occurrence)."""
         return (min(len(mention), 12) / 12.0, float(len(mention) == 1), float(not _has_word_char(mention)),
                 math.log1p(self.index.text_frequency[key_id]))
-
-
-def _near(chars: frozenset, text_chars: frozenset, norm: str, lo: int, s: int, e: int, hi: int) -> frozenset:
-    """`chars.intersection(norm[lo:s] + "\\x00" + norm[e:hi])`, the characters of `chars` in a
-    context window, given `text_chars`, the set of norm's characters. That set is made once for
-    all of a text's ambiguous mentions, where the window's characters were made once per mention
-    (each CJK character a new string object); most candidate sets share a character or two with
-    the text, each then looked for in the window by a C search."""
-    found = chars & text_chars
-    if found:
-        find = norm.find
-        found = frozenset(c for c in found if find(c, lo, s) >= 0 or find(c, e, hi) >= 0)
-    return found | _NUL if "\x00" in chars else found
 
 
 def _has_word_char(text: str) -> bool:

@@ -166,6 +166,20 @@ def normalize_many(texts: Sequence[str]) -> list[tuple[str, OffsetMap | None]]:
     return out
 
 
+def normalize_each(texts) -> list[str]:
+    """`normalize` of each text, folded in one pass over all of them (as `normalize_many`)."""
+    texts = list(texts)
+    joined = "".join(texts)
+    if _SIGMA in joined:
+        return [normalize(t) for t in texts]
+    folded = _fold(joined)
+    out, pos = [], 0
+    for text in texts:
+        out.append("".join(folded[pos : pos + len(text)].split()))
+        pos += len(text)
+    return out
+
+
 def _drop_spaces(folded: str) -> tuple[str, OffsetMap | None]:
     if not _SPACE_RE.search(folded):
         return folded, None
