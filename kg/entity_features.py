@@ -44,6 +44,7 @@ N_CONTEXT_FEATURES = FEATURES.index("log_prior")
 
 # Entities with more relations (or short tails) than this also get an inverted index.
 INDEX_MIN_GROUPS = 16
+_SECOND = operator.itemgetter(1)
 SHORT_TAIL = (2, 20)  # tails of this many characters count as evidence
 
 
@@ -182,36 +183,35 @@ class ProfileTable:
 
     def __init__(self, max_profiles: int = 200_000):
         self._profiles: dict[tuple, Profile] = {}  # keyed by content (see `profile`)
-        self._relations: dict[frozenset, Groups] = {}  # by relation names
+        self._relations: dict[frozenset, Groups] = {}  # by relation ids
         self._tails: dict[frozenset, Groups] = {}  # by short tails
         self._max = max_profiles
 
-    def features(self, entity, rows: list[tuple[str, str]]) -> EntityFeatures:
-        """`rows`: (relation, tail) of the entity's first max_triples triples."""
-        return self.features_many([entity], {entity.id: rows})[0]
-
-    def features_many(self, entities, rows: dict[int, list[tuple[str, str]]]) -> list[EntityFeatures]:
-        """`features` of each entity, `rows[entity.id]` its (relation, tail) rows (none when
-        absent), their names normalised in one pass."""
+    def features_many(self, entities, rows: dict[int, list[tuple[int, int, str]]],
+                      relation_names: dict[int, str]) -> list[EntityFeatures]:
+        """The EntityFeatures of each entity from `rows[entity.id]`, its (head id, relation id, tail)
+        rows (none when absent; see `TripleStore.triple_rows`), their names normalised in one pass."""
         names = normalize_each([e.base for e in entities] + [e.name for e in entities])
         n = len(entities)
-        return [EntityFeatures(self.profile(e, rows.get(e.id, ())), names[i], names[n + i], math.log1p(e.n_triples))
+        return [EntityFeatures(self._entity_profile(e, rows.get(e.id, ()), relation_names), names[i], names[n + i],
+                               math.log1p(e.n_triples))
                 for i, e in enumerate(entities)]
 
-    def profile(self, entity, rows) -> Profile:
+    def _entity_profile(self, entity, rows, relation_names: dict[int, str]) -> Profile:
         lo, hi = SHORT_TAIL
         if len(self._profiles) >= self._max:
             self._profiles.clear()
             self._relations.clear()
             self._tails.clear()
-        relations = frozenset([r for r, _ in rows])
+        relations = frozenset(map(_SECOND, rows))  # relation ids
         relation_groups = self._relations.get(relations)
         if relation_groups is None:
             # (a name or tail that normalises to nothing, e.g. spaces, can match no context)
-            parts = [p for p in map(_relation_parts, {_normalized_relation(r) for r in relations}) if p[0]]
+            parts = [p for p in map(_relation_parts, {_normalized_relation(relation_names[r]) for r in relations})
+                     if p[0]]
             relation_groups = self._relations[relations] = Groups.of([chars for chars, _ in parts],
                                                                      tuple(grams for _, grams in parts))
-        tails = frozenset([t for _, t in rows if lo <= len(t) <= hi])
+        tails = frozenset([t for _, _, t in rows if lo <= len(t) <= hi])
         tail_groups = self._tails.get(tails)
         if tail_groups is None:
             tail_groups = self._tails[tails] = Groups.of(list({char_set(t) for t in normalize_each(tails)} - {frozenset()}))

@@ -324,9 +324,10 @@ class EntityLinker:
                 out[i] = features
         if missing:
             entities = self._entities_of(missing)
-            rows = self.store.relations_and_tails(missing, self.config.max_triples)
+            rows = self.store.triple_rows(missing, self.config.max_triples)
             # an id the store lacks (only a foreign alias index has one) gets no evidence
-            made = self._profiles.features_many([entities[i] or Entity(i, "", "", None, None, 0) for i in missing], rows)
+            made = self._profiles.features_many([entities[i] or Entity(i, "", "", None, None, 0) for i in missing],
+                                                rows, self.store.relation_names())
             for i, features in zip(missing, made):
                 out[i] = cache.put(i, features)
         return out

@@ -165,16 +165,23 @@ class TripleStore:
 
     def relations_and_tails(self, entity_ids: Iterable[int], limit: int | None = None) -> dict[int, list[tuple[str, str]]]:
         """(relation, tail) of each head's first `limit` triples, in `triples()`'s order (relation
-        id, tail), for many heads in one query per `_BATCH`; heads without triples are left out.
-        Plain tuples, no Triple objects: what the linker's context features read."""
+        id, tail), for many heads in one query per `_BATCH`; heads without triples are left out."""
         names = self.relation_names()
-        out: dict[int, list[tuple[str, str]]] = {}
+        return {head: [(names[rel_id], tail) for _, rel_id, tail in rows]
+                for head, rows in self.triple_rows(entity_ids, limit).items()}
+
+    def triple_rows(self, entity_ids: Iterable[int], limit: int | None = None) -> dict[int, list[tuple[int, int, str]]]:
+        """(head id, relation id, tail) rows of each head's first `limit` triples, as
+        `relations_and_tails` orders and cuts them: the rows as SQLite gives them, no per-row
+        Python (what the linker's entity features read: relation ids map to names once per
+        distinct set, see `relation_names`)."""
+        out: dict[int, list[tuple[int, int, str]]] = {}
         for chunk, marks in _chunks(entity_ids):
             rows = self._conn.execute(
                 f"SELECT head_id, rel_id, tail FROM triples WHERE head_id IN ({marks}) ORDER BY head_id, rel_id, tail",
                 chunk)
             for head_id, group in itertools.groupby(rows, operator.itemgetter(0)):
-                out[head_id] = [(names[rel_id], tail) for _, rel_id, tail in itertools.islice(group, limit)]
+                out[head_id] = list(itertools.islice(group, limit))
         return out
 
     def _read_head_triples(self, entity_id: int) -> tuple[Triple, ...]:
