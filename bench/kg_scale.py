@@ -276,7 +276,7 @@ print(json.dumps({"cold_cpu_s": cold, "warm_cpu_s": warm, "mentions": sum(map(le
 
 
 def compare_reference(db: Path, link_chars: int, commit: str, batch: int, reference_index: str | None,
-                      rounds: int = 3) -> dict:
+                      rounds: int = 3, context_batch_only: bool = False) -> dict:
     """This linker against the one at `commit`: each contender in a fresh process per round,
     contenders alternating within each round, cold (fresh linker and store) then warm (the same
     texts again); the median CPU time of the rounds. Outputs are compared text by text."""
@@ -287,7 +287,11 @@ def compare_reference(db: Path, link_chars: int, commit: str, batch: int, refere
     # a reference from before link_many (3969159) has `link` only
     has_many = "def link_many" in (Path(ref_path) / "wenzhi_ref" / "kg" / "linker.py").read_text(encoding="utf-8")
     names = ["reference_link"] + (["reference_link_many"] if has_many else []) + ["link", "link_many"]
-    for label, context in (("context", "1"), ("prior_only", "0")):
+    modes = (("context", "1"), ("prior_only", "0"))
+    if context_batch_only:  # more rounds in the same time: the reference's link_many against ours, context on
+        names, modes = ["reference_link_many", "link_many"], modes[:1]
+    base = names[0]
+    for label, context in modes:
         runs: dict[str, list[dict]] = {name: [] for name in names}
         for _ in range(rounds):
             for name in runs:
@@ -297,10 +301,10 @@ def compare_reference(db: Path, link_chars: int, commit: str, batch: int, refere
         summary = {}
         for phase in ("cold", "warm"):
             median = {name: sorted(r[f"{phase}_cpu_s"] for r in rs)[rounds // 2] for name, rs in runs.items()}
-            summary[phase] = {name: {"chars_per_s_cpu": round(chars / t), "speedup": round(median["reference_link"] / t, 2),
+            summary[phase] = {name: {"chars_per_s_cpu": round(chars / t), "speedup": round(median[base] / t, 2),
                                      "cpu_s_rounds": [round(r[f"{phase}_cpu_s"], 2) for r in runs[name]]}
                               for name, t in median.items()}
-        ref_digest = runs["reference_link"][0]["digest"]
+        ref_digest = runs[base][0]["digest"]
         summary["texts_linked_differently"] = {name: sum(a != b for a, b in zip(ref_digest, rs[0]["digest"]))
                                                for name, rs in runs.items()}
         summary["mentions"] = {name: rs[0]["mentions"] for name, rs in runs.items()}
@@ -335,6 +339,8 @@ def main() -> None:
     ap.add_argument("--reference", metavar="COMMIT", help="also compare with the linker at this git commit")
     ap.add_argument("--reference-index", help="the reference's own alias index file (else built in memory)")
     ap.add_argument("--rounds", type=int, default=3, help="fresh processes per contender in --reference")
+    ap.add_argument("--context-batch-only", action="store_true",
+                    help="--reference compares link_many with context only (theirs and ours), no other contender")
     ap.add_argument("--profile", action="store_true",
                     help="add a cProfile of link_many (and of the reference's link), cold and warm")
     args = ap.parse_args()
@@ -401,7 +407,7 @@ def main() -> None:
     if args.reference:
         log(f"against the linker at {args.reference}, interleaved")
         result["reference"] = compare_reference(db, args.link_chars, args.reference, args.batch,
-                                                args.reference_index, args.rounds)
+                                                args.reference_index, args.rounds, args.context_batch_only)
     if args.profile:
         log("profiling link_many")
         result["profile"] = profile_linking(db, args.link_chars, args.batch, args.reference, args.reference_index)
