@@ -20,21 +20,17 @@ def _dev_questions(data_dir, n: int) -> list[str]:
         return [json.loads(line)["question"] for line, _ in zip(fh, range(n))]
 
 
-def _serve(linker: EntityLinker, store: TripleStore, question: str) -> None:
-    """What the QA pipeline asks of the KB per question: rank, the candidates' triples, link the top span."""
-    top = linker.rank(question, k=8)
-    for entity, _, _ in top:
-        store.triples(entity.id)
-    if top:
-        mention = top[0][2]
-        linker.link(question, spans=[(mention.start, mention.end)])
+def _fill(linker: EntityLinker, question: str) -> None:
+    """The linker's caches as the QA service fills them: rank (every alias occurrence), then link."""
+    linker.rank(question, k=8)
+    linker.link(question)
 
 
 def test_cached_features_share_character_objects(kb_db, data_dir):
     store = TripleStore(kb_db)
     linker = EntityLinker(store)
     for q in _dev_questions(data_dir, 300):
-        _serve(linker, store, q)
+        _fill(linker, q)
     profiles = {f.profile for f in linker._features.values()}
     assert len(profiles) > 100
     chars = [c for p in profiles for group in (*p.relations.groups, *p.tails.groups, p.disambiguation, p.chars)
