@@ -32,6 +32,12 @@ class FinetuneConfig:
     nlu_layers: int | None = None  # NLU layers of the head (None: the checkpoint's; added ones start fresh)
     copy_source: bool = True  # GEN: a pointer over the question's tokens (model.copying.CopyHead)
     target_layout: str = "relation-first"  # GEN: how a (head, relation) is spelt (qa_service.trie.LAYOUTS)
+    # the training run (model/training_loop.py); batch_size is per process, as in pretraining
+    gradient_accumulation_steps: int = 1
+    mixed_precision: str = "auto"  # bf16 on CUDA, no on CPU; or no | bf16 | fp16 (accelerate's autocast)
+    checkpoint_every: int = 200  # optimizer steps; a killed fine-tune resumes from the newest (0: none)
+    log_every: int = 20
+    report_to: str = "none"  # tensorboard | wandb | none: curves beside OUT/training/<task>/train_log.jsonl
 
 
 SIZES = {
