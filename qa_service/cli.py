@@ -61,6 +61,17 @@ def register(sub: "argparse._SubParsersAction") -> None:
               help="train the universal module too (heads then no longer share one pass)")
     add_field(ft, "--threads", defaults, type=int, help="torch threads (none: torch's choice)")
     add_field(ft, "--seed", defaults, type=int, help="seed of the question order, negatives and initialisation")
+    add_field(ft, "--mixed-precision", defaults, choices=["auto", "no", "bf16", "fp16"],
+              help="accelerate's autocast: auto = bf16 on CUDA, none on CPU")
+    add_field(ft, "--bf16", defaults, "mixed_precision", action="store_const", const="bf16",
+              help="shorthand for --mixed-precision bf16 (CPU too)")
+    add_field(ft, "--checkpoint-every", defaults, type=int, metavar="STEPS",
+              help="a checkpoint in DIR/training/<task>/ every STEPS optimizer steps (0: none); a killed run "
+                   "resumes from the newest intact one when run again with the same settings")
+    ft.add_argument("--no-resume", action="store_true",
+                    help="start afresh; refused where an interrupted run's checkpoints are, unless --overwrite")
+    ft.add_argument("--overwrite", action="store_true", help="with --no-resume: delete the interrupted run's checkpoints first")
+    ft.add_argument("--no-progress", action="store_true", help="no progress bar")
     ft.set_defaults(handler=_finetune)
 
     ff = sub.add_parser("fit-fusion", help="fit the pipeline's fusion weights (heads fixed) on training questions; "
@@ -162,6 +173,10 @@ def finetune_config(args: argparse.Namespace):
 
 
 def _finetune(args) -> int:
+    from wenzhi.model.checkpoint import CheckpointError
+    from wenzhi.model.distributed import LaunchError
+    from wenzhi.model.training_loop import OutputDirInUse
+
     from wenzhi.qa_service.finetune import finetune
 
     try:
@@ -169,7 +184,15 @@ def _finetune(args) -> int:
     except (OSError, ValueError, TypeError) as exc:
         print(f"wenzhi finetune: {exc}", file=sys.stderr)
         return 2
-    report = finetune(cfg)
+    if args.overwrite and not args.no_resume:
+        print("wenzhi finetune: --overwrite only goes with --no-resume (a resumed run keeps its checkpoints)",
+              file=sys.stderr)
+        return 2
+    try:
+        report = finetune(cfg, resume=not args.no_resume, overwrite=args.overwrite, show_progress=not args.no_progress)
+    except (OutputDirInUse, LaunchError, CheckpointError) as exc:
+        print(f"wenzhi finetune: {exc}", file=sys.stderr)
+        return 2
     report.pop("config", None)
     print(json.dumps(report, ensure_ascii=False))
     return 0
