@@ -74,6 +74,8 @@ def build_model(cfg: FinetuneConfig, tokenizer, cls, **extra):
 
     if cfg.nlu_layers is not None:
         extra["num_nlu_layers"] = cfg.nlu_layers
+    if cfg.dropout is not None:
+        extra |= {"hidden_dropout_prob": cfg.dropout, "attention_probs_dropout_prob": cfg.dropout}
     if cfg.init is not None:
         from wenzhi.model.pretrained import load_for_init
 

@@ -32,6 +32,7 @@ class FinetuneConfig:
     nlu_layers: int | None = None  # NLU layers of the head (None: the checkpoint's; added ones start fresh)
     copy_source: bool = True  # GEN: a pointer over the question's tokens (model.copying.CopyHead)
     target_layout: str = "relation-first"  # GEN: how a (head, relation) is spelt (qa_service.trie.LAYOUTS)
+    dropout: float | None = None  # hidden and attention dropout (None: the checkpoint's, or the config's 0.1)
     # the training run (model/training_loop.py); batch_size is per process, as in pretraining
     gradient_accumulation_steps: int = 1
     mixed_precision: str = "auto"  # bf16 on CUDA, no on CPU; or no | bf16 | fp16 (accelerate's autocast)
