@@ -14,7 +14,9 @@ seeded by its position in that stream; the loss is a sum over the global batch's
 one process trains at B, up to float rounding (tests/model/test_ddp.py), and a checkpoint needs
 only the step to resume the data exactly. Checkpoints (model/checkpoint.py) are atomic, hold no
 pickle of ours, are verified before use, and resuming falls back to the newest intact one.
-Curves go to train_log.jsonl and the trackers in `report_to` (model/tracking.py).
+Curves go to train_log.jsonl and the trackers in `report_to` (model/tracking.py). All of that
+(accelerator, checkpoints, resume, log, final save) is the training toolkit's, which fine-tuning
+shares (model/training_loop.py); this module holds pretraining's data position and losses.
 
 Config (JSON or YAML); see model/configs/*.yaml:
   output_dir            where checkpoints/, model/, tensorboard/ and train_log.jsonl go

@@ -13,7 +13,10 @@ share: one way to set a run up, step it, checkpoint it, resume it, log it and sa
                 run.backward(loss, accum)
         run.optimizer_step(model)
         run.end_step(state)                         # progress; a checkpoint when one is due
-    run.finish(summary, model, tokenizer, target)   # the final folder, swapped into place whole
+    weights = run.final_state_dict(model)           # every rank (it gathers FSDP / ZeRO-3 shards)
+    if run.is_main:                                 # the final folder, swapped into place whole
+        save_model_folder(unwrapped, target, tokenizer, weights)   # model/checkpoint.py
+    run.finish(summary)                             # the `done` record
 
 What stays with the caller is what its run computes: the data position (a pure function of the
 optimizer step, so a checkpoint needs only the step to resume the data exactly) and the losses.
@@ -44,7 +47,7 @@ class OutputDirInUse(RuntimeError):
 @dataclass
 class RunSettings:
     output_dir: Path  # checkpoints/, train_log.jsonl, tensorboard/ (and the final folder, if inside)
-    total_steps: int
+    total_steps: int  # may be set after TrainingRun(), before start() (fine-tuning knows it once its data is read)
     mixed_precision: str = "auto"  # "auto": bf16 on CUDA, no on CPU; or no | bf16 | fp16
     max_grad_norm: float = 1.0  # 0: no clipping
     checkpoint_every: int = 100  # optimizer steps; 0: none
