@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -194,7 +195,8 @@ def _finetune(args) -> int:
         print(f"wenzhi finetune: {exc}", file=sys.stderr)
         return 2
     report.pop("config", None)
-    print(json.dumps(report, ensure_ascii=False))
+    if os.environ.get("RANK", "0") == "0":  # one report for a multi-process run
+        print(json.dumps(report, ensure_ascii=False))
     return 0
 
 
