@@ -191,7 +191,7 @@ def _finetune(args) -> int:
         return 2
     try:
         report = finetune(cfg, resume=not args.no_resume, overwrite=args.overwrite, show_progress=not args.no_progress)
-    except (OutputDirInUse, LaunchError, CheckpointError) as exc:
+    except (OutputDirInUse, LaunchError, CheckpointError, ValueError) as exc:  # ValueError: no questions, ...
         print(f"wenzhi finetune: {exc}", file=sys.stderr)
         return 2
     report.pop("config", None)
