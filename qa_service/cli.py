@@ -176,6 +176,7 @@ def finetune_config(args: argparse.Namespace):
 def _finetune(args) -> int:
     from wenzhi.model.checkpoint import CheckpointError
     from wenzhi.model.distributed import LaunchError
+    from wenzhi.model.pretrained import InitError
     from wenzhi.model.training_loop import OutputDirInUse
 
     from wenzhi.qa_service.finetune import finetune
@@ -191,7 +192,7 @@ def _finetune(args) -> int:
         return 2
     try:
         report = finetune(cfg, resume=not args.no_resume, overwrite=args.overwrite, show_progress=not args.no_progress)
-    except (OutputDirInUse, LaunchError, CheckpointError, ValueError) as exc:  # ValueError: no questions, ...
+    except (OutputDirInUse, LaunchError, CheckpointError, InitError, ValueError) as exc:  # ValueError: no questions, ...
         print(f"wenzhi finetune: {exc}", file=sys.stderr)
         return 2
     report.pop("config", None)
