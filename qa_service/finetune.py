@@ -46,6 +46,7 @@ class FinetuneConfig:
     size: str = "tiny"  # fresh model size when there is no `init`: tiny (tests) or small
     interaction: str = "match"  # SIM: "match" (model.relation_matching), or a pair head's pair_interaction
     sim_loss: str = "listwise"  # SIM: softmax over each question's candidates, or per-pair BCE ("pointwise")
+    relation_prior: bool = True  # SIM (match): fit the learned relation prior (qa_service/relation_prior.py)
     nlu_layers: int | None = None  # NLU layers of the head (None: the checkpoint's; added ones start fresh)
     copy_source: bool = True  # GEN: a pointer over the question's tokens (model.copying.CopyHead)
     target_layout: str = "relation-first"  # GEN: how a (head, relation) is spelt (qa_service.trie.LAYOUTS)
@@ -282,6 +283,12 @@ def finetune(cfg: FinetuneConfig) -> dict:
         model.save_pretrained(tmp)
         save_tokenizer(tokenizer, tmp, model.config.max_position_embeddings)
         save_vocab(tokenizer, Path(cfg.out))
+        if cfg.task == "sim" and cfg.interaction == "match" and cfg.relation_prior:
+            from wenzhi.qa_service.relation_prior import RelationPrior
+
+            prior = RelationPrior.fit(examples, store)  # the questions the head trained on, nothing else
+            prior.save(tmp)
+            report["relation_prior"] = {"questions": prior.questions, "relations_asked": len(prior.asked)}
         report["train_seconds"] = round(time.time() - started, 1)
         report["config"] = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()
                             if k not in ("questions",)} | {"questions": [str(q) for q in cfg.questions]}

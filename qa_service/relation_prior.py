@@ -70,7 +70,7 @@ class RelationPrior:
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / FILE
-        path.write_text(json.dumps({"questions": self.questions, "mean_candidates": round(self.mean_candidates, 3),
+        path.write_text(json.dumps({"questions": self.questions, "mean_candidates": self.mean_candidates,
                                     "alpha": self.alpha, "weight": self.weight, "asked": self.asked,
                                     "offered": self.offered}, ensure_ascii=False), encoding="utf-8")
         return path
