@@ -10,6 +10,9 @@ Splits (written to --work once): KgCLUE train minus its last 1,000 questions and
 training part (`holdout_split(0.2)`'s first part) minus its last 1,000 are trained on; the two
 1,000-question tails are the hold-outs. NLPCC's 20% evaluation hold-out is never touched.
 `wenzhi finetune` runs as a child process; its CPU seconds (user + system) are the cost.
+`--score-only` scores a head trained before (e.g. one whose relation prior was fitted afterwards with
+`python -m wenzhi.qa_service.relation_prior --sim WORK/NAME/sim --kb KB --questions WORK/splits/kgclue_train.json
+WORK/splits/nlpcc_train.json`).
 
 SIM: relation selection accuracy@1 given the gold head (with the head's relation prior where it has one,
 and without it: `sim_without_prior`), among the KB's 30 most frequent relations
@@ -187,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", type=Path, default=None, help="default: $WENZHI_DATA or ../shared/data")
     p.add_argument("--gen-questions", type=int, default=300)
     p.add_argument("--threads", type=int, default=1, help="torch threads of the evaluation")
+    p.add_argument("--score-only", action="store_true",
+                   help="score WORK/NAME/<task> as it is, without training (train_cpu_s is then 0)")
     p.add_argument("finetune_args", nargs=argparse.REMAINDER, help="after --: arguments of `wenzhi finetune`")
     args = p.parse_args(argv)
     import torch
@@ -199,7 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     splits = write_splits(data, args.work / "splits")
     extra = [a for a in args.finetune_args if a != "--"]
     started = time.time()
-    report, cpu = train(args.task, args.kb, args.work / args.name, args.init, splits, extra)
+    if args.score_only:  # a head trained earlier (e.g. with a relation prior fitted onto it since)
+        report, cpu = json.loads((args.work / args.name / args.task / "finetune.json").read_text()), 0.0
+    else:
+        report, cpu = train(args.task, args.kb, args.work / args.name, args.init, splits, extra)
     head = args.work / args.name / args.task
     accuracy = (sim_accuracy(head, args.kb, splits) if args.task == "sim"
                 else gen_accuracy(head, args.kb, splits, args.gen_questions))
