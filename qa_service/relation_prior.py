@@ -83,12 +83,17 @@ class RelationPrior:
             return None
         raw = json.loads(path.read_text(encoding="utf-8"))
         try:
-            return cls(asked={str(k): int(v) for k, v in raw["asked"].items()},
-                       offered={str(k): int(v) for k, v in raw["offered"].items()},
-                       questions=int(raw["questions"]), mean_candidates=float(raw["mean_candidates"]),
-                       alpha=float(raw["alpha"]), weight=float(raw["weight"]))
+            prior = cls(asked={str(k): int(v) for k, v in raw["asked"].items()},
+                        offered={str(k): int(v) for k, v in raw["offered"].items()},
+                        questions=int(raw["questions"]), mean_candidates=float(raw["mean_candidates"]),
+                        alpha=float(raw["alpha"]), weight=float(raw["weight"]))
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ValueError(f"{path}: not a relation prior ({e})") from e
+        bad = [r for r, n in prior.asked.items() if n < 0 or n > prior.offered.get(r, 0)]
+        if bad or any(n < 0 for n in prior.offered.values()) or not (prior.alpha > 0 and prior.mean_candidates >= 1):
+            raise ValueError(f"{path}: not a relation prior (counts must satisfy 0 <= asked <= offered, "
+                             f"alpha > 0, mean_candidates >= 1; {len(bad)} relations do not)")
+        return prior
 
 
 def main(argv: list[str] | None = None) -> int:

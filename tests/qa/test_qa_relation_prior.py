@@ -46,9 +46,11 @@ def test_prior_counts_by_hand(tmp_path):
     again = RelationPrior.load(tmp_path)
     assert again == prior and again.bias(["国籍"]) == [pytest.approx(0.5 * got["国籍"])]
     assert RelationPrior.load(tmp_path / "elsewhere") is None
-    (tmp_path / "relation_prior.json").write_text('{"asked": []}', encoding="utf-8")
-    with pytest.raises(ValueError, match="not a relation prior"):
-        RelationPrior.load(tmp_path)
+    for broken in ('{"asked": []}', '{"questions": 1, "mean_candidates": 2, "alpha": 10, "weight": 1, '
+                   '"asked": {"国籍": 2}, "offered": {"国籍": 1}}'):
+        (tmp_path / "relation_prior.json").write_text(broken, encoding="utf-8")
+        with pytest.raises(ValueError, match="not a relation prior"):
+            RelationPrior.load(tmp_path)
 
 
 def test_prior_helps_the_sim_head_on_held_out_questions(model_dir, kb_db, kgclue_dev):
