@@ -51,6 +51,9 @@ def register(sub: "argparse._SubParsersAction") -> None:
                    "in the question, model/relation_matching.py); a pair head whose relations meet the "
                    "question in the NLU layers (late) or in every layer (full). match and late relation "
                    "states are computed once per name and cached by the service")
+    add_field(ft, "--no-relation-prior", defaults, "relation_prior", action="store_const", const=False,
+              help="SIM (match) only: no learned relation prior (how often each relation is asked when offered, "
+                   "counted on the training questions, qa_service/relation_prior.py)")
     add_field(ft, "--nlu-layers", defaults, type=int, metavar="N",
               help="NLU layers of the head (none: the checkpoint's; layers beyond it start fresh)")
     add_field(ft, "--no-copy", defaults, "copy_source", action="store_const", const=False,

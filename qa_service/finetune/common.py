@@ -220,9 +220,9 @@ def _finetune(cfg: FinetuneConfig, resume: bool, overwrite: bool, show_progress:
         save_vocab(tokenizer, out)
         report["train_seconds"] = round(time.time() - started, 1)
         report["config"] = record
-        (folder / "finetune.json").write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
-        if hasattr(module, "after_save"):  # what a task builds beside its weights (GEN: the trie)
+        if hasattr(module, "after_save"):  # what a task builds beside its weights (GEN: the trie, SIM: the prior)
             module.after_save(cfg, folder, tokenizer, store, report)
+        (folder / "finetune.json").write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
 
     if run.is_main:  # an interrupted save keeps the previous head
         save_model_folder(model, out / cfg.task, tokenizer, extra=write_report)

@@ -29,6 +29,7 @@ class FinetuneConfig:
     size: str = "tiny"  # fresh model size when there is no `init`: tiny (tests) or small
     interaction: str = "match"  # SIM: "match" (model.relation_matching), or a pair head's pair_interaction
     sim_loss: str = "listwise"  # SIM: softmax over each question's candidates, or per-pair BCE ("pointwise")
+    relation_prior: bool = True  # SIM (match): fit the learned relation prior (qa_service/relation_prior.py)
     nlu_layers: int | None = None  # NLU layers of the head (None: the checkpoint's; added ones start fresh)
     copy_source: bool = True  # GEN: a pointer over the question's tokens (model.copying.CopyHead)
     target_layout: str = "relation-first"  # GEN: how a (head, relation) is spelt (qa_service.trie.LAYOUTS)

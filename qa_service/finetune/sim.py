@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from wenzhi.qa_service.finetune.common import Task, build_model
+from wenzhi.qa_service.finetune.common import Task, build_model, training_questions
 from wenzhi.qa_service.finetune.config import FinetuneConfig
 from wenzhi.qa_service.heads import pad_rows
 
@@ -74,3 +74,15 @@ def setup(cfg: FinetuneConfig, tokenizer, examples, store, report: dict):
         return sum(len(segs[i]) for i in idx)
 
     return Task(model, len(groups), step, pairs if cfg.sim_loss == "pointwise" else len)
+
+
+def after_save(cfg: FinetuneConfig, folder, tokenizer, store, report: dict) -> None:
+    """A relation-matching head's relation prior (qa_service/relation_prior.py), counted on the very
+    questions the head trained on (`training_questions` gives the same list again), nothing else."""
+    if cfg.interaction != "match" or not cfg.relation_prior:
+        return
+    from wenzhi.qa_service.relation_prior import RelationPrior
+
+    prior = RelationPrior.fit(training_questions(cfg), store)
+    prior.save(folder)
+    report["relation_prior"] = {"questions": prior.questions, "relations_asked": len(prior.asked)}
