@@ -86,9 +86,11 @@ def main() -> int:
         for side, module in (("reference", reference), ("current", current)):
             out = root / side / name
             init = fields.get("init")
-            cfg = module.FinetuneConfig(**fields | dict(out=out, kb=kb, questions=[train], threads=1, lr=2e-3,
-                                                         max_steps=args.max_steps, batch_size=args.batch_size,
-                                                         epochs=2.0, init=root / side / init / "sim" if init else None))
+            # today's side also writes checkpoints mid-run: saving one must not move the weights
+            extra = {"checkpoint_every": 5} if side == "current" else {}
+            cfg = module.FinetuneConfig(**fields | extra | dict(
+                out=out, kb=kb, questions=[train], threads=1, lr=2e-3, max_steps=args.max_steps,
+                batch_size=args.batch_size, epochs=2.0, init=root / side / init / "sim" if init else None))
             reports[side] = module.finetune(cfg)
             outs[side] = out / fields["task"]
         diff = max_weight_diff(outs["reference"], outs["current"])

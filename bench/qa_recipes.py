@@ -10,10 +10,15 @@ Splits (written to --work once): KgCLUE train minus its last 1,000 questions and
 training part (`holdout_split(0.2)`'s first part) minus its last 1,000 are trained on; the two
 1,000-question tails are the hold-outs. NLPCC's 20% evaluation hold-out is never touched.
 `wenzhi finetune` runs as a child process; its CPU seconds (user + system) are the cost.
+`--score-only` scores a head trained before (e.g. one whose relation prior was fitted afterwards with
+`python -m wenzhi.qa_service.relation_prior --sim WORK/NAME/sim --kb KB --questions WORK/splits/kgclue_train.json
+WORK/splits/nlpcc_train.json`).
 
-SIM: relation selection accuracy@1 given the gold head, among the KB's 30 most frequent relations
+SIM: relation selection accuracy@1 given the gold head (with the head's relation prior where it has one,
+and without it: `sim_without_prior`), among the KB's 30 most frequent relations
 plus the head's and its homonyms' ("all", as `wenzhi evaluate` measures it) and among the head's
-and homonyms' relations only where there are two or more ("own"), beside the lexical rule.
+and homonyms' relations only where there are two or more ("own"), beside the lexical rule and
+"rarest" (the candidate with the fewest KB triples).
 GEN: the gold (head, relation) in the top trie-constrained beam and in any of 3 beams on the first
 `--gen-questions` KgCLUE hold-out questions, decoded plain and renormalised over the trie's
 allowed tokens (what the pipeline does). Last line: one JSON object.
@@ -76,19 +81,23 @@ def sim_accuracy(sim_dir: Path, kb: Path, splits) -> dict:
     from wenzhi.qa_service.packing import (encode_questions, packed_batch, relation_segments, sim_logits,
                                            universal_packed)
     from wenzhi.qa_service.pipeline import outside_spans
+    from wenzhi.qa_service.relation_prior import RelationPrior
     from wenzhi.qa_service.relation_states import relation_scorer
 
     store = TripleStore(kb)
     tok = load_tokenizer_for(sim_dir)
     sim = load_sim_head(sim_dir)
     matching = isinstance(sim, WenzhiForRelationMatching)
-    table = relation_scorer(sim, tok) if matching else None
+    prior = RelationPrior.load(sim_dir) if matching else None
+    table = relation_scorer(sim, tok, prior) if matching else None
+    bare = relation_scorer(sim, tok) if prior is not None else None  # the same head without its prior
+    counts = dict(store.relation_counts())
     frequent = [r for r, _ in store.relation_counts()[:30]]
     out = {}
     with torch.inference_mode():
         for name in ("kgclue_hold", "nlpcc_hold"):
             examples = read_qa(splits[name])
-            right = {kind: [0, 0, 0] for kind in ("all", "own")}  # n, SIM, lexical
+            right = {kind: [0, 0, 0, 0, 0] for kind in ("all", "own")}  # n, SIM, lexical, rarest, SIM w/o prior
             for i in range(0, len(examples), 32):
                 batch = examples[i : i + 32]
                 spans = [find_mention(ex.question, mention_names(ex.head, store)) for ex in batch]
@@ -104,11 +113,13 @@ def sim_accuracy(sim_dir: Path, kb: Path, splits) -> dict:
                         enc = encode_questions(sim, enc_tok["input_ids"], tok.pad_token_id)
                         mask = outside_spans(enc_tok["offset_mapping"], [[s] if s else [] for s in spans])
                         logits = table.score(enc, rels, mask).tolist()
+                        bare_logits = bare.score(enc, rels, mask).tolist() if bare is not None else logits
                     else:
                         packed = packed_batch(enc_tok["input_ids"], [relation_segments(tok, r) for r in rels],
                                               tok.pad_token_id)
                         logits = sim_logits(sim, sim.wenzhi.nlu(universal_packed(sim, packed)),
                                             packed.segment_starts).tolist()
+                        bare_logits = logits
                     j = 0
                     for ex, r, span in zip(batch, rels, spans):
                         scores, j = logits[j : j + len(r)], j + len(r)
@@ -118,8 +129,11 @@ def sim_accuracy(sim_dir: Path, kb: Path, splits) -> dict:
                         right[kind][0] += 1
                         right[kind][1] += r[max(range(len(r)), key=scores.__getitem__)] == ex.relation
                         right[kind][2] += r[max(range(len(r)), key=lex.__getitem__)] == ex.relation
-            out[name] = {kind: {"n": n, "sim": round(s / max(n, 1), 4), "lexical": round(l / max(n, 1), 4)}
-                         for kind, (n, s, l) in right.items()}
+                        right[kind][3] += min(r, key=lambda x: counts.get(x, 0)) == ex.relation
+                        right[kind][4] += r[max(range(len(r)), key=bare_logits[j - len(r) : j].__getitem__)] == ex.relation
+            out[name] = {kind: {"n": n, **{key: round(v / max(n, 1), 4) for key, v in
+                                           zip(("sim", "lexical", "rarest", "sim_without_prior"), counts_)}}
+                         for kind, (n, *counts_) in right.items()}
     store.close()
     return out
 
@@ -176,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", type=Path, default=None, help="default: $WENZHI_DATA or ../shared/data")
     p.add_argument("--gen-questions", type=int, default=300)
     p.add_argument("--threads", type=int, default=1, help="torch threads of the evaluation")
+    p.add_argument("--score-only", action="store_true",
+                   help="score WORK/NAME/<task> as it is, without training (train_cpu_s is then 0)")
     p.add_argument("finetune_args", nargs=argparse.REMAINDER, help="after --: arguments of `wenzhi finetune`")
     args = p.parse_args(argv)
     import torch
@@ -188,7 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     splits = write_splits(data, args.work / "splits")
     extra = [a for a in args.finetune_args if a != "--"]
     started = time.time()
-    report, cpu = train(args.task, args.kb, args.work / args.name, args.init, splits, extra)
+    if args.score_only:  # a head trained earlier (e.g. with a relation prior fitted onto it since)
+        report, cpu = json.loads((args.work / args.name / args.task / "finetune.json").read_text()), 0.0
+    else:
+        report, cpu = train(args.task, args.kb, args.work / args.name, args.init, splits, extra)
     head = args.work / args.name / args.task
     accuracy = (sim_accuracy(head, args.kb, splits) if args.task == "sim"
                 else gen_accuracy(head, args.kb, splits, args.gen_questions))

@@ -158,14 +158,17 @@ def resume_newest_intact(accelerator, ckpt_root: Path, warn) -> tuple[Path | Non
     return None, None, skipped
 
 
-def save_model_folder(model, target: Path, tokenizer, state_dict: dict | None = None) -> Path:
+def save_model_folder(model, target: Path, tokenizer, state_dict: dict | None = None, extra=None) -> Path:
     """A model folder as users receive one: `save_pretrained` (weights, config.json with its
     `auto_map`, the modeling code) plus the tokenizer it was trained with, written beside `target`
-    and swapped into place, so an interrupted save leaves the previous folder intact."""
+    and swapped into place, so an interrupted save leaves the previous folder intact.
+    `extra(folder)` writes whatever else belongs in it (a fine-tune's report) before the swap."""
     from wenzhi.model.tokenizer import save_tokenizer
     from wenzhi.retrieval.atomic import atomic_directory
 
     with atomic_directory(target) as tmp:
         model.save_pretrained(tmp, state_dict=state_dict)
         save_tokenizer(tokenizer, tmp, model.config.max_position_embeddings)
+        if extra is not None:
+            extra(tmp)
     return Path(target)

@@ -94,7 +94,7 @@ def fill_deepspeed_config(ds_config: dict, cfg: "TrainConfig", num_processes: in
     return ds_config
 
 
-def make_accelerator(cfg: "TrainConfig", mixed: str, out: Path, trackers: list[str]):
+def make_accelerator(mixed: str, out: Path, trackers: list[str], find_unused_parameters: bool = False):
     import torch
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
@@ -102,8 +102,9 @@ def make_accelerator(cfg: "TrainConfig", mixed: str, out: Path, trackers: list[s
     # Without CUDA, accelerate only forms a multi-process CPU (gloo) group when told it is on CPU;
     # otherwise torchrun's N processes each become a 1-process run. DeepSpeed needs cpu=False.
     cpu = not torch.cuda.is_available() and not _flag(os.environ, "ACCELERATE_USE_DEEPSPEED")
-    # Without the LM loss the NLG branch gets no gradient, which DDP must be told about.
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=cfg.lm_weight <= 0)
+    # Parameters that get no gradient on some steps (pretraining without the LM loss: the NLG
+    # branch) must be announced to DDP.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)
     accelerator = Accelerator(cpu=cpu, mixed_precision=mixed, kwargs_handlers=[ddp], log_with=trackers or None,
                               project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "tensorboard")))
     check_launch(accelerator.num_processes, accelerator.distributed_type.name, launcher_argv=_parent_argv())

@@ -14,7 +14,9 @@ seeded by its position in that stream; the loss is a sum over the global batch's
 one process trains at B, up to float rounding (tests/model/test_ddp.py), and a checkpoint needs
 only the step to resume the data exactly. Checkpoints (model/checkpoint.py) are atomic, hold no
 pickle of ours, are verified before use, and resuming falls back to the newest intact one.
-Curves go to train_log.jsonl and the trackers in `report_to` (model/tracking.py).
+Curves go to train_log.jsonl and the trackers in `report_to` (model/tracking.py). All of that
+(accelerator, checkpoints, resume, log, final save) is the training toolkit's, which fine-tuning
+shares (model/training_loop.py); this module holds pretraining's data position and losses.
 
 Config (JSON or YAML); see model/configs/*.yaml:
   output_dir            where checkpoints/, model/, tensorboard/ and train_log.jsonl go
@@ -39,15 +41,13 @@ Config (JSON or YAML); see model/configs/*.yaml:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from wenzhi.model.conventions import EXAMPLE_KINDS, IGNORE_INDEX
+from wenzhi.model.training_loop import OutputDirInUse
 
 
 @dataclass
@@ -301,22 +301,14 @@ def shards_tokenizer(reader):
 
 
 def build_optimizer(cfg: TrainConfig, model):
-    import torch
+    """AdamW or LAMB over BERT's two parameter groups (no decay on LayerNorm weights and biases)."""
+    from wenzhi.model.training_loop import adamw, parameter_groups
 
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if cfg.optimizer == "lamb":
         from wenzhi.model.optim import Lamb
 
-        return Lamb(groups, lr=cfg.learning_rate, betas=tuple(cfg.betas), eps=cfg.eps)
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=tuple(cfg.betas), eps=cfg.eps)
-
-
-class OutputDirInUse(RuntimeError):
-    """A fresh start asked for in a folder that holds an earlier run's checkpoints or model."""
+        return Lamb(parameter_groups(model, cfg.weight_decay), lr=cfg.learning_rate, betas=tuple(cfg.betas), eps=cfg.eps)
+    return adamw(model, cfg.learning_rate, cfg.weight_decay, cfg.betas, cfg.eps, decay_norms_and_biases=False)
 
 
 def train(cfg: TrainConfig, resume: bool = True, show_progress: bool = True, overwrite: bool = False) -> dict:
@@ -336,45 +328,29 @@ _SUMS = ["mlm_sum", "lm_sum", "correct", "masked", "lm_predicted", "tokens", "fl
 
 
 def _train(cfg: TrainConfig, resume: bool, show_progress: bool, overwrite: bool) -> dict:
+    """Pretraining's own part of the run: the data position, the MLM + LM loss over the global
+    batch and its figures; the rest (accelerator, checkpoints, resume, log, final save) is the
+    training toolkit's (model/training_loop.py)."""
     import numpy as np
     import torch
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
-    from transformers import get_scheduler
 
-    from wenzhi.model.checkpoint import CheckpointError, complete_checkpoints, resume_newest_intact, save_checkpoint
-    from wenzhi.model.distributed import fill_deepspeed_config, make_accelerator
+    from wenzhi.model.distributed import fill_deepspeed_config
     from wenzhi.model.flops import peak_flops_for, training_step_flops
     from wenzhi.model.shards import batch_to_tensors
-    from wenzhi.model.tracking import RunLog, available_trackers, parse_report_to
+    from wenzhi.model.training_loop import RunSettings, TrainingRun, lr_schedule
 
-    mixed = cfg.mixed_precision
-    if mixed == "auto":
-        mixed = "bf16" if torch.cuda.is_available() else "no"
     out = Path(cfg.output_dir)
-    ckpt_root = out / "checkpoints"
-    # Trackers whose package is missing are named (once, by the main process) and left out.
-    trackers = available_trackers(parse_report_to(cfg.report_to), warn=print if _is_main_env() else lambda m: None)
-    accelerator = make_accelerator(cfg, mixed, out, trackers)
-    if cfg.num_threads:  # after the Accelerator: a multi-CPU launch sets its own thread count
-        torch.set_num_threads(cfg.num_threads)
-    world, rank = accelerator.num_processes, accelerator.process_index
+    run = TrainingRun(RunSettings(
+        output_dir=out, total_steps=cfg.total_steps, mixed_precision=cfg.mixed_precision,
+        max_grad_norm=cfg.max_grad_norm, checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints,
+        log_every=cfg.log_every, num_threads=cfg.num_threads, report_to=cfg.report_to,
+        # without the LM loss the NLG branch gets no gradient
+        find_unused_parameters=cfg.lm_weight <= 0, project="pretrain", final_dir="model", desc="pretrain",
+    ), resume=resume, overwrite=overwrite, show_progress=show_progress)
+    accelerator, world, device = run.accelerator, run.world, run.device
     set_seed(cfg.seed)
-    if not resume and (complete_checkpoints(ckpt_root) or (out / "model").exists()):
-        if not overwrite:
-            raise OutputDirInUse(f"{out} holds an earlier run (checkpoints/ or model/): resume it (leave out "
-                                 "--no-resume), choose another --output, or add --overwrite to delete it")
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        if not resume:  # a fresh start that was allowed: no stale checkpoints, model, curves or log lines
-            for stale in (ckpt_root, out / "model", out / "tensorboard"):
-                shutil.rmtree(stale, ignore_errors=True)
-            (out / "train_log.jsonl").unlink(missing_ok=True)
-        for partial in ckpt_root.glob(".tmp-step-*"):  # left by a killed run; never complete
-            shutil.rmtree(partial, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    phases = [PhaseData(p, i, cfg.seed, rank, world, cfg.lm_target_fraction) for i, p in enumerate(cfg.phases)]
+    phases = [PhaseData(p, i, cfg.seed, run.rank, world, cfg.lm_target_fraction) for i, p in enumerate(cfg.phases)]
     meta = phases[0].reader.meta
     tokenizer = shards_tokenizer(phases[0].reader)
     if len(tokenizer) != int(meta["vocab_size"]):
@@ -384,60 +360,32 @@ def _train(cfg: TrainConfig, resume: bool, show_progress: bool, overwrite: bool)
         raise ValueError(f"model vocab {model.config.vocab_size} < shards' vocab {meta['vocab_size']}")
     optimizer = build_optimizer(cfg, model)
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(cfg.warmup_ratio * cfg.total_steps)
-    scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=cfg.total_steps)
-    deepspeed = accelerator.distributed_type.name == "DEEPSPEED"
-    if deepspeed:
+    scheduler = lr_schedule(cfg.lr_scheduler, optimizer, warmup, cfg.total_steps)
+    if run.deepspeed:
         fill_deepspeed_config(accelerator.state.deepspeed_plugin.deepspeed_config, cfg, world)
     if cfg.compile:
         model = torch.compile(model)
-    # The scheduler is stepped here once per optimizer step and saved as JSON, not handed to
-    # accelerate (which would step it once per process and pickle it).
-    model, optimizer = accelerator.prepare(model, optimizer)
     # The model was built from one seed on every rank (FSDP and ZeRO-3 shard each rank's copy);
     # dropout from here on draws per rank, so ranks do not drop the same units on different rows.
-    set_seed(cfg.seed, device_specific=True)
-    state = {"step": 0, "tokens": 0}
+    model, optimizer = run.prepare(model, optimizer, scheduler, reseed=cfg.seed)
+    saved = run.resume()
+    tokens = int(saved["tokens"]) if saved else 0
 
-    run_log = RunLog(accelerator, out, trackers, "pretrain")
-    resumed_from, skipped = None, []
-    if resume:
-        def warn(message):
-            if accelerator.is_main_process:
-                print(f"warning: {message}", flush=True)
-
-        found = complete_checkpoints(ckpt_root)
-        path, saved, skipped = resume_newest_intact(accelerator, ckpt_root, warn)
-        if path is None and found:
-            raise CheckpointError(f"no usable checkpoint in {ckpt_root}: " + "; ".join(skipped)
-                               + " (start over with --no-resume --overwrite, or into another --output)")
-        if path is not None:
-            resumed_from = str(path)
-            state = {"step": int(saved["step"]), "tokens": int(saved["tokens"])}
-            scheduler.load_state_dict(saved["scheduler"])
-
-    device = accelerator.device
-    peak = cfg.peak_flops or (peak_flops_for(torch.cuda.get_device_name()) if device.type == "cuda" and mixed == "bf16" else None)
+    peak = cfg.peak_flops or (peak_flops_for(torch.cuda.get_device_name())
+                              if device.type == "cuda" and run.mixed_precision == "bf16" else None)
     config = accelerator.unwrap_model(model).config
     cfg_record = asdict(cfg) | {"phases": [asdict(p) for p in cfg.phases]}
-    run_log.start(cfg_record)
-    run_log.log({"event": "start", "resumed_from": resumed_from, "skipped_checkpoints": skipped, "step": state["step"],
-                 "total_steps": cfg.total_steps, "device": str(device), "processes": world,
-                 "distributed": accelerator.distributed_type.name, "mixed_precision": mixed,
-                 "data_order": [d.order for d in phases], "report_to": run_log.trackers,
-                 "parameters": sum(p.numel() for p in model.parameters()), "config": cfg_record})
+    run.start(cfg_record, data_order=[d.order for d in phases])
 
     num_kinds = config.num_kinds
     window = np.zeros(len(_SUMS) + 2 * num_kinds)  # + kind loss sums, kind counts
     window_loss, window_steps = 0.0, 0
     first_loss = last_loss = None
-    start_step = state["step"]
-    bar = tqdm(total=cfg.total_steps, initial=state["step"], disable=not (show_progress and accelerator.is_main_process),
-               desc="pretrain", unit="step", dynamic_ncols=True)
     use_lm = cfg.lm_weight > 0
     model.train()
-    t_window = t_start = time.perf_counter()
-    while state["step"] < cfg.total_steps:
-        phase_index, phase_step = locate(cfg, state["step"])
+    t_window = time.perf_counter()
+    while run.step < cfg.total_steps:
+        phase_index, phase_step = locate(cfg, run.step)
         data, phase = phases[phase_index], cfg.phases[phase_index]
         accum = phase.gradient_accumulation_steps or cfg.gradient_accumulation_steps
         micro_batches = [data.batch(phase_step * accum + m) for m in range(accum)]
@@ -447,18 +395,13 @@ def _train(cfg: TrainConfig, resume: bool, show_progress: bool, overwrite: bool)
         # FSDP and DeepSpeed average gradients over ranks.
         local = [(int((b["labels"] != IGNORE_INDEX).sum()), lm_predicted(b["lm_targets"], b["document_ids"]) if use_lm else 0)
                  for b in micro_batches]
-        counts = accelerator.reduce(torch.tensor([sum(c[0] for c in local), sum(c[1] for c in local)],
-                                                 dtype=torch.float64, device=device), reduction="sum")
+        counts = run.reduce_sum([sum(c[0] for c in local), sum(c[1] for c in local)])
         global_masked, global_lm = max(float(counts[0]), 1.0), max(float(counts[1]), 1.0)
         step_sums = torch.zeros(len(_SUMS) + 2 * num_kinds, dtype=torch.float64, device=device)
         for micro, (np_batch, (masked, lm_count)) in enumerate(zip(micro_batches, local)):
             batch = {k: v.to(device, non_blocking=True) for k, v in batch_to_tensors(np_batch).items()}
-            if deepspeed:  # DeepSpeed accumulates by itself: accumulate() marks the boundary micro-batch
-                ctx = accelerator.accumulate(model)
-            else:
-                ctx = contextlib.nullcontext() if micro == accum - 1 else accelerator.no_sync(model)
             original = torch.where(batch["labels"] != IGNORE_INDEX, batch["labels"], batch["input_ids"])
-            with ctx:
+            with run.micro_batch(model, micro, accum):
                 output = model(
                     input_ids=batch["input_ids"], labels=batch["labels"], token_type_ids=batch["token_type_ids"],
                     document_ids=batch["document_ids"], kind=batch["kind"],
@@ -469,8 +412,7 @@ def _train(cfg: TrainConfig, resume: bool, show_progress: bool, overwrite: bool)
                 )
                 mlm_sum = output.mlm_loss * masked
                 lm_sum = output.lm_loss * lm_count if use_lm else torch.zeros((), device=device)
-                loss = (mlm_sum / global_masked + cfg.lm_weight * lm_sum / global_lm) * world
-                accelerator.backward(loss * accum if deepspeed else loss)  # DeepSpeed divides by accum
+                run.backward((mlm_sum / global_masked + cfg.lm_weight * lm_sum / global_lm) * world, accum)
             slots = batch["input_ids"].numel()
             flops = training_step_flops(config, slots, batch["input_ids"].shape[1], masked,
                                         slots if use_lm else 0, lm_count)
@@ -479,65 +421,47 @@ def _train(cfg: TrainConfig, resume: bool, show_progress: bool, overwrite: bool)
                 torch.tensor([int(output.mlm_correct), masked, lm_count, int((np_batch["document_ids"] >= 0).sum()), flops],
                              dtype=torch.float64, device=device),
                 output.kind_loss_sum.double(), output.kind_count.double()])
-        if cfg.max_grad_norm:
-            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        run.optimizer_step(model)
         step_sums = accelerator.reduce(step_sums, reduction="sum").cpu().numpy()
         step_loss = step_sums[0] / global_masked + cfg.lm_weight * step_sums[1] / global_lm
-        state["step"] += 1
-        state["tokens"] += int(step_sums[5])
+        tokens += int(step_sums[5])
         first_loss = step_loss if first_loss is None else first_loss
         last_loss = step_loss
         window += step_sums
         window_loss, window_steps = window_loss + step_loss, window_steps + 1
-        bar.update(1)
-        if state["step"] % cfg.log_every == 0 or state["step"] == cfg.total_steps:
+        run.end_step({"tokens": tokens})
+        if run.log_due():
             now = time.perf_counter()
             elapsed = now - t_window
             sums = dict(zip(_SUMS, window[: len(_SUMS)]))
             kind_sum = window[len(_SUMS) : len(_SUMS) + num_kinds]
             kind_count = window[len(_SUMS) + num_kinds : len(_SUMS) + 2 * num_kinds]
             record = {
-                "step": state["step"], "phase": phase_index, "seq_len": data.reader.seq_len,
+                "step": run.step, "phase": phase_index, "seq_len": data.reader.seq_len,
                 "loss": window_loss / window_steps,
                 "mlm_loss": sums["mlm_sum"] / max(sums["masked"], 1),
                 "lm_loss": sums["lm_sum"] / max(sums["lm_predicted"], 1),
                 "mlm_accuracy": sums["correct"] / max(sums["masked"], 1),
-                "lr": scheduler.get_last_lr()[0], "tokens_per_s": sums["tokens"] / elapsed,
+                "lr": run.lr, "tokens_per_s": sums["tokens"] / elapsed,
                 "kind_loss": {EXAMPLE_KINDS[k] if k < len(EXAMPLE_KINDS) else str(k): kind_sum[k] / kind_count[k]
                               for k in range(num_kinds) if kind_count[k]},
-                "elapsed_s": now - t_start,
+                "elapsed_s": run.elapsed(),
             }
             if peak:
                 record["mfu"] = sums["flops"] / elapsed / (peak * world)
-            run_log.log(record)
-            bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+            run.log(record)
+            run.bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
             window[:] = 0
             window_loss, window_steps, t_window = 0.0, 0, now
-        if state["step"] % cfg.checkpoint_every == 0 and state["step"] < cfg.total_steps:
-            path = save_checkpoint(accelerator, ckpt_root, state["step"], cfg.keep_checkpoints,
-                                   state | {"scheduler": scheduler.state_dict()})
-            run_log.log({"event": "checkpoint", "step": state["step"], "path": str(path)})
-    bar.close()
-    elapsed = time.perf_counter() - t_start
-    summary = {"event": "done", "steps": state["step"], "resumed_from": resumed_from,
-               "steps_this_run": state["step"] - start_step, "first_loss_this_run": first_loss,
-               "last_loss": last_loss, "tokens_total": state["tokens"], "elapsed_s": round(elapsed, 2),
+    summary = {"event": "done", "steps": run.step, "resumed_from": run.resumed_from,
+               "steps_this_run": run.step - run.start_step, "first_loss_this_run": first_loss,
+               "last_loss": last_loss, "tokens_total": tokens, "elapsed_s": round(run.elapsed(), 2),
                "processes": world, "output_dir": str(out)}
     if cfg.save_final:
-        full_state = accelerator.get_state_dict(model)  # gathers FSDP / ZeRO-3 shards: every rank calls it
-        if accelerator.is_main_process:
+        full_state = run.final_state_dict(model)  # every rank calls it
+        if run.is_main:
             summary["model_dir"] = str(save_final(accelerator.unwrap_model(model), out / "model", tokenizer, full_state))
-    accelerator.wait_for_everyone()
-    run_log.log(summary)
-    run_log.finish()
-    return summary
-
-
-def _is_main_env() -> bool:
-    return os.environ.get("RANK", "0") == "0"
+    return run.finish(summary)
 
 
 def save_final(model, target: Path, tokenizer, state_dict: dict | None = None) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -50,6 +51,9 @@ def register(sub: "argparse._SubParsersAction") -> None:
                    "in the question, model/relation_matching.py); a pair head whose relations meet the "
                    "question in the NLU layers (late) or in every layer (full). match and late relation "
                    "states are computed once per name and cached by the service")
+    add_field(ft, "--no-relation-prior", defaults, "relation_prior", action="store_const", const=False,
+              help="SIM (match) only: no learned relation prior (how often each relation is asked when offered, "
+                   "counted on the training questions, qa_service/relation_prior.py)")
     add_field(ft, "--nlu-layers", defaults, type=int, metavar="N",
               help="NLU layers of the head (none: the checkpoint's; layers beyond it start fresh)")
     add_field(ft, "--no-copy", defaults, "copy_source", action="store_const", const=False,
@@ -61,6 +65,17 @@ def register(sub: "argparse._SubParsersAction") -> None:
               help="train the universal module too (heads then no longer share one pass)")
     add_field(ft, "--threads", defaults, type=int, help="torch threads (none: torch's choice)")
     add_field(ft, "--seed", defaults, type=int, help="seed of the question order, negatives and initialisation")
+    add_field(ft, "--mixed-precision", defaults, choices=["auto", "no", "bf16", "fp16"],
+              help="accelerate's autocast: auto = bf16 on CUDA, none on CPU")
+    add_field(ft, "--bf16", defaults, "mixed_precision", action="store_const", const="bf16",
+              help="shorthand for --mixed-precision bf16 (CPU too)")
+    add_field(ft, "--checkpoint-every", defaults, type=int, metavar="STEPS",
+              help="a checkpoint in DIR/training/<task>/ every STEPS optimizer steps (0: none); a killed run "
+                   "resumes from the newest intact one when run again with the same settings")
+    ft.add_argument("--no-resume", action="store_true",
+                    help="start afresh; refused where an interrupted run's checkpoints are, unless --overwrite")
+    ft.add_argument("--overwrite", action="store_true", help="with --no-resume: delete the interrupted run's checkpoints first")
+    ft.add_argument("--no-progress", action="store_true", help="no progress bar")
     ft.set_defaults(handler=_finetune)
 
     ff = sub.add_parser("fit-fusion", help="fit the pipeline's fusion weights (heads fixed) on training questions; "
@@ -162,6 +177,11 @@ def finetune_config(args: argparse.Namespace):
 
 
 def _finetune(args) -> int:
+    from wenzhi.model.checkpoint import CheckpointError
+    from wenzhi.model.distributed import LaunchError
+    from wenzhi.model.pretrained import InitError
+    from wenzhi.model.training_loop import OutputDirInUse
+
     from wenzhi.qa_service.finetune import finetune
 
     try:
@@ -169,9 +189,18 @@ def _finetune(args) -> int:
     except (OSError, ValueError, TypeError) as exc:
         print(f"wenzhi finetune: {exc}", file=sys.stderr)
         return 2
-    report = finetune(cfg)
+    if args.overwrite and not args.no_resume:
+        print("wenzhi finetune: --overwrite only goes with --no-resume (a resumed run keeps its checkpoints)",
+              file=sys.stderr)
+        return 2
+    try:
+        report = finetune(cfg, resume=not args.no_resume, overwrite=args.overwrite, show_progress=not args.no_progress)
+    except (OutputDirInUse, LaunchError, CheckpointError, InitError, ValueError) as exc:  # ValueError: no questions, ...
+        print(f"wenzhi finetune: {exc}", file=sys.stderr)
+        return 2
     report.pop("config", None)
-    print(json.dumps(report, ensure_ascii=False))
+    if os.environ.get("RANK", "0") == "0":  # one report for a multi-process run
+        print(json.dumps(report, ensure_ascii=False))
     return 0
 
 

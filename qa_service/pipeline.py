@@ -160,9 +160,11 @@ class QAPipeline:
         self.relation_states = None  # late SIM heads: what each relation contributes, computed once
         self.matching = not isinstance(self.sim, WenzhiForSequencePairClassification)
         if self.matching or is_late(self.sim):
+            from wenzhi.qa_service.relation_prior import RelationPrior
             from wenzhi.qa_service.relation_states import relation_scorer
 
-            self.relation_states = relation_scorer(self.sim, self.tokenizer)
+            prior = RelationPrior.load(self.model_dir / "sim") if self.matching else None
+            self.relation_states = relation_scorer(self.sim, self.tokenizer, prior)
         if not self.shared_universal:
             log.warning("NER and SIM heads have different universal modules: running it per head")
         self.store = TripleStore(kb)

@@ -28,12 +28,15 @@ from wenzhi.qa_service.packing import (RELATION_TYPE, QuestionEncoding, layout_f
                                        segment_rows, segment_width)
 
 
-def relation_scorer(model, tokenizer) -> "RelationStates | RelationMatchTable":
-    """The cache that scores relations for a relation-matching head or a late pair head."""
+def relation_scorer(model, tokenizer, prior=None) -> "RelationStates | RelationMatchTable":
+    """The cache that scores relations for a relation-matching head (with its learned relation
+    `prior`, qa_service/relation_prior.py, if any) or a late pair head."""
     from wenzhi.model.relation_matching import WenzhiForRelationMatching
 
     if isinstance(model, WenzhiForRelationMatching):
-        return RelationMatchTable(model, tokenizer)
+        return RelationMatchTable(model, tokenizer, prior)
+    if prior is not None:
+        raise ValueError("a relation prior is fitted for relation-matching SIM heads only")
     if not model.config.position_independent_segments:
         raise ValueError("cached relation states need rotary positions and pre-LN blocks (a segment's states must not "
                          "depend on where it sits); this SIM head is BERT-style: fine-tune it with --interaction full")
@@ -114,10 +117,11 @@ def score_relations_late(model, enc: QuestionEncoding, relations: Sequence[Seque
 class RelationMatchTable:
     """For a relation-matching SIM head (model/relation_matching.py): every relation's token vectors
     and prior, computed once per name, as one table [relations, width, d]; per question only the
-    question's own states and the dot products with its candidates' rows remain."""
+    question's own states and the dot products with its candidates' rows remain. A `RelationPrior`
+    adds its bias to each relation's row once, as the model's own name-read prior is added."""
 
-    def __init__(self, model, tokenizer):
-        self.model, self.tokenizer = model, tokenizer
+    def __init__(self, model, tokenizer, prior=None):
+        self.model, self.tokenizer, self.prior = model, tokenizer, prior
         self.slot: dict[str, int] = {}
         self.table = None  # MatchStates over every slot
 
@@ -138,6 +142,8 @@ class RelationMatchTable:
 
         ids = pad_rows(relation_segments(self.tokenizer, names), self.tokenizer.pad_token_id)
         new = self.model.encode(ids)
+        if self.prior is not None:
+            new.prior = new.prior + torch.as_tensor(self.prior.bias(names), dtype=new.prior.dtype)
         if self.table is not None:  # one width for the whole table: pad the narrower part's tokens
             old, width = self.table, max(self.table.mask.shape[1], new.mask.shape[1])
             new = MatchStates(torch.cat([_widen(old.vectors, width), _widen(new.vectors, width)]),

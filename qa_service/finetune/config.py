@@ -29,9 +29,17 @@ class FinetuneConfig:
     size: str = "tiny"  # fresh model size when there is no `init`: tiny (tests) or small
     interaction: str = "match"  # SIM: "match" (model.relation_matching), or a pair head's pair_interaction
     sim_loss: str = "listwise"  # SIM: softmax over each question's candidates, or per-pair BCE ("pointwise")
+    relation_prior: bool = True  # SIM (match): fit the learned relation prior (qa_service/relation_prior.py)
     nlu_layers: int | None = None  # NLU layers of the head (None: the checkpoint's; added ones start fresh)
     copy_source: bool = True  # GEN: a pointer over the question's tokens (model.copying.CopyHead)
     target_layout: str = "relation-first"  # GEN: how a (head, relation) is spelt (qa_service.trie.LAYOUTS)
+    dropout: float | None = None  # hidden and attention dropout (None: the checkpoint's, or the config's 0.1)
+    # the training run (model/training_loop.py); batch_size is per process, as in pretraining
+    gradient_accumulation_steps: int = 1
+    mixed_precision: str = "auto"  # bf16 on CUDA, no on CPU; or no | bf16 | fp16 (accelerate's autocast)
+    checkpoint_every: int = 200  # optimizer steps; a killed fine-tune resumes from the newest (0: none)
+    log_every: int = 20
+    report_to: str = "none"  # tensorboard | wandb | none: curves beside OUT/training/<task>/train_log.jsonl
 
 
 SIZES = {

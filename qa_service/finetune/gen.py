@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 from wenzhi.model.conventions import IGNORE_INDEX
-from wenzhi.qa_service.finetune.common import build_model
+from wenzhi.qa_service.finetune.common import Task, build_model
 from wenzhi.qa_service.finetune.config import FinetuneConfig
 from wenzhi.qa_service.heads import pad_rows
 
 
 def setup(cfg: FinetuneConfig, tokenizer, examples, store, report: dict):
-    """(model, number of training items, step function) of the GEN head."""
+    """The GEN head: its mean loss is over each batch's target tokens."""
     import torch
     from wenzhi.model.modeling import WenzhiForPrefixLM
 
@@ -27,7 +27,10 @@ def setup(cfg: FinetuneConfig, tokenizer, examples, store, report: dict):
         prefix_lengths = torch.as_tensor([len(prefixes[i]) for i in idx])
         return model(ids, prefix_lengths, attention_mask=(ids != pad).long(), labels=labels).loss
 
-    return model, len(prefixes), step
+    def target_tokens(idx):
+        return sum(len(targets[i]) for i in idx)
+
+    return Task(model, len(prefixes), step, target_tokens)
 
 
 def after_save(cfg: FinetuneConfig, folder, tokenizer, store, report: dict) -> None:

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 from wenzhi.model.conventions import IGNORE_INDEX
-from wenzhi.qa_service.finetune.common import build_model
+from wenzhi.qa_service.finetune.common import Task, build_model
 from wenzhi.qa_service.finetune.config import NER_LABELS, FinetuneConfig
 from wenzhi.qa_service.heads import pad_rows
 
 
 def setup(cfg: FinetuneConfig, tokenizer, examples, store, report: dict):
-    """(model, number of training items, step function) of the NER head."""
+    """The NER head: its mean loss is over each batch's labelled tokens."""
     from wenzhi.model.modeling import WenzhiForTokenClassification
 
     from wenzhi.qa_service import data
@@ -24,4 +24,7 @@ def setup(cfg: FinetuneConfig, tokenizer, examples, store, report: dict):
         labels = pad_rows([feats["labels"][i] for i in idx], IGNORE_INDEX)
         return model(ids, attention_mask=(ids != pad).long(), labels=labels).loss
 
-    return model, len(items), step
+    def labelled_tokens(idx):
+        return sum(label != IGNORE_INDEX for i in idx for label in feats["labels"][i])
+
+    return Task(model, len(items), step, labelled_tokens)

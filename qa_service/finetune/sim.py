@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import random
 
-from wenzhi.qa_service.finetune.common import build_model
+from wenzhi.qa_service.finetune.common import Task, build_model, training_questions
 from wenzhi.qa_service.finetune.config import FinetuneConfig
 from wenzhi.qa_service.heads import pad_rows
 
 
 def setup(cfg: FinetuneConfig, tokenizer, examples, store, report: dict):
-    """(model, number of training items, step function) of the SIM head."""
+    """The SIM head: its mean loss is over each batch's questions (listwise) or candidate pairs (pointwise)."""
     import torch
 
     from wenzhi.qa_service import data
@@ -44,7 +44,7 @@ def setup(cfg: FinetuneConfig, tokenizer, examples, store, report: dict):
             return model(ids, relation_input_ids=rel_ids, candidates=candidates, token_mask=token_mask,
                          labels=torch.as_tensor([gold_at[i] for i in idx])).loss
 
-        return model, len(groups), step
+        return Task(model, len(groups), step)
 
     from wenzhi.model.modeling import WenzhiForSequencePairClassification
 
@@ -70,4 +70,19 @@ def setup(cfg: FinetuneConfig, tokenizer, examples, store, report: dict):
         per_q[owner, col] = logits
         return torch.nn.functional.cross_entropy(per_q, gold)
 
-    return model, len(groups), step
+    def pairs(idx):
+        return sum(len(segs[i]) for i in idx)
+
+    return Task(model, len(groups), step, pairs if cfg.sim_loss == "pointwise" else len)
+
+
+def after_save(cfg: FinetuneConfig, folder, tokenizer, store, report: dict) -> None:
+    """A relation-matching head's relation prior (qa_service/relation_prior.py), counted on the very
+    questions the head trained on (`training_questions` gives the same list again), nothing else."""
+    if cfg.interaction != "match" or not cfg.relation_prior:
+        return
+    from wenzhi.qa_service.relation_prior import RelationPrior
+
+    prior = RelationPrior.fit(training_questions(cfg), store)
+    prior.save(folder)
+    report["relation_prior"] = {"questions": prior.questions, "relations_asked": len(prior.asked)}

@@ -155,3 +155,16 @@ def test_distractors_reach_each_homonym_in_the_relation_first_layout(trie, kb_st
             assert (entity.id, rel) in {(h.head_id, h.relation) for h in extended.lookup(ids)}
             checked += 1
     assert checked >= 10 and len({parse_name(e.name)[1] for e in kb_store.entities_by_base("刘晓华")}) >= 2
+
+
+def test_token_ids_equal_the_tokenizers_own_even_after_a_truncating_call(tokenizer, kb_store):
+    """The trie's batch encoder (the tokenizer backend, directly) gives the wrapper's ids, and a
+    truncation left set on the shared tokenizer by an earlier call does not reach it."""
+    from wenzhi.qa_service.trie import token_ids
+
+    texts = [t.head for t in kb_store.iter_triples()][:2000] + ["", "  ", "Mixed Case ABC 123", "长" * 300]
+    tokenizer(["一二三四五六七八九十"], max_length=5, truncation=True)  # leaves truncation set on the backend
+    assert tokenizer.backend_tokenizer.truncation is not None
+    expected = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    assert token_ids(tokenizer, texts) == expected
+    assert len(expected[-1]) == 300
