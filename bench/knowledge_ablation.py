@@ -131,12 +131,15 @@ def consumed(plan: Plan, variant: str, seed: int) -> dict:
 
     size = plan.size
     config = WenzhiConfig(**size.model)
-    data = PhaseData(Phase(**plan.train_config(variant, seed)["phases"][0]), 0, seed, 0, 1)
-    if data.n < size.steps * size.batch_size:
-        raise ValueError(f"{plan.shards(variant)}: {data.n} rows, fewer than the {size.steps * size.batch_size} a run reads "
-                         "(equal compute without repeats needs more text: raise the corpus limits)")
+    batches = []  # (phase data, step within the phase) of every step, as the trainer takes them
+    for index, phase in enumerate(plan.train_config(variant, seed)["phases"]):
+        data = PhaseData(Phase(**phase), index, seed, 0, 1)
+        if data.n < phase["steps"] * size.batch_size:
+            raise ValueError(f"{phase['shards']}: {data.n} rows, fewer than the {phase['steps'] * size.batch_size} a run "
+                             "reads (equal compute without repeats needs more text: raise the corpus limits)")
+        batches += [(data, step) for step in range(phase["steps"])]
     tokens, masked, flops, per_kind, cumulative = 0, 0, 0.0, {}, []
-    for step in range(size.steps):
+    for data, step in batches:
         batch = data.batch(step)
         real = batch["document_ids"] >= 0
         n_masked = int((batch["labels"] != -100).sum())
@@ -222,6 +225,8 @@ def random_model(plan: Plan, out: Path, seed: int) -> Path:
     from wenzhi.model.modeling import WenzhiConfig, WenzhiForPretraining
     from wenzhi.model.tokenizer import load_tokenizer
 
+    if (out / "config.json").exists():  # made by an earlier command: the same seed gives the same init
+        return out
     tokenizer = load_tokenizer()
     set_seed(seed)
     model = WenzhiForPretraining(WenzhiConfig(vocab_size=len(tokenizer), **plan.size.model))
@@ -249,7 +254,7 @@ def run_one(plan: Plan, variant: str, seed: int) -> dict:
     size = plan.size
     torch.set_num_threads(size.threads)
     run_dir = plan.run_dir(variant, seed)
-    result: dict = {"variant": variant, "seed": seed, "cpu_seconds": {}, "seconds": {}}
+    result: dict = {"variant": variant, "seed": seed, "cpu_seconds": {}, "seconds": {}, "reused": []}
 
     def stage(name, fn):
         wall, cpu = time.perf_counter(), time.process_time()
@@ -257,6 +262,21 @@ def run_one(plan: Plan, variant: str, seed: int) -> dict:
         result["seconds"][name] = round(time.perf_counter() - wall, 1)
         result["cpu_seconds"][name] = round(time.process_time() - cpu, 1)
         return value
+
+    def evaluation(name, fn):
+        """An evaluation stage, kept in its own file keyed by its own settings (Plan.evaluation):
+        taken from there when an earlier command made it; its recorded cost is what it cost then."""
+        path = plan.evaluation(variant, seed, name)
+        if path.exists():
+            record = json.loads(path.read_text(encoding="utf-8"))
+            result["reused"].append(name)
+        else:
+            value = stage(name, fn)
+            record = {"value": value, "seconds": result["seconds"][name], "cpu_seconds": result["cpu_seconds"][name]}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _write_json(path, record)
+        result["seconds"][name], result["cpu_seconds"][name] = record["seconds"], record["cpu_seconds"]
+        return record["value"]
 
     no_compute = {"steps": 0, "token_slots": 0, "tokens": 0, "masked_tokens": 0, "flops": 0.0, "tokens_per_kind": {}}
     if VARIANTS[variant].from_bert:
@@ -269,7 +289,7 @@ def run_one(plan: Plan, variant: str, seed: int) -> dict:
         result["seconds"].setdefault("pretrain", 0.0)
         result["cpu_seconds"].setdefault("pretrain", 0.0)
         result["compute"] = no_compute
-        result["curve"] = stage("heldout_mlm", lambda: [{"step": 0, "tokens": 0, "loss": heldout_mlm_loss(
+        result["curve"] = evaluation("heldout_mlm", lambda: [{"step": 0, "tokens": 0, "loss": heldout_mlm_loss(
             WenzhiForPretraining.from_pretrained(model_dir), plan.heldout)}])
     else:
         result["compute"] = stage("accounting", lambda: consumed(plan, variant, seed))
@@ -277,11 +297,15 @@ def run_one(plan: Plan, variant: str, seed: int) -> dict:
         summary = stage("pretrain", lambda: pretrain(cfg))
         result["pretrain"] = {k: summary[k] for k in ("steps", "tokens_total", "first_loss_this_run", "last_loss")}
         model_dir = Path(cfg.output_dir) / "model"  # (a reused run's log may name the folder it was moved from)
-        result["curve"] = stage("heldout_mlm", lambda: loss_curve(Path(cfg.output_dir), plan.heldout,
-                                                                  result["compute"]["tokens_after_step"]))
-        if VARIANTS[variant].from_bert:  # where the continuation starts: the imported BERT
-            start = WenzhiForPretraining.from_pretrained(plan.bert / "as-wenzhi")
-            result["curve"].insert(0, {"step": 0, "tokens": 0, "loss": heldout_mlm_loss(start, plan.heldout)})
+
+        def curve():
+            points = loss_curve(Path(cfg.output_dir), plan.heldout, result["compute"]["tokens_after_step"])
+            if VARIANTS[variant].from_bert:  # where the continuation starts: the imported BERT
+                start = WenzhiForPretraining.from_pretrained(plan.bert / "as-wenzhi")
+                points.insert(0, {"step": 0, "tokens": 0, "loss": heldout_mlm_loss(start, plan.heldout)})
+            return points
+
+        result["curve"] = evaluation("heldout_mlm", curve)
         del result["compute"]["tokens_after_step"]
 
     def run_probe():
@@ -289,7 +313,7 @@ def run_one(plan: Plan, variant: str, seed: int) -> dict:
         tokenizer = load_tokenizer(model_dir)  # the checkpoint's vocab.txt
         return probe.evaluate(probe.load_model(str(model_dir)), tokenizer, items)["heldout"]
 
-    result["probe"] = stage("probe", run_probe)
+    result["probe"] = evaluation("probe", run_probe)
     qa, kb = run_dir / "qa", Path(plan.kb)
     kgclue = data_path("kgclue/train.json")
 
@@ -303,17 +327,19 @@ def run_one(plan: Plan, variant: str, seed: int) -> dict:
                           threads=size.threads, progress=False)
         return {**scores["relation_selection"], "kgclue_score": scores["score"], "questions": scores["n"]}
 
-    result["relation_selection"] = stage("sim", relation_selection)
+    result["relation_selection"] = evaluation("sim", relation_selection)
     for task in downstream.TASKS:
         dcfg = downstream.DownstreamConfig(task=task, init=str(model_dir), max_steps=size.downstream_steps, seed=seed,
                                            learning_rate=size.finetune_lr, freeze_universal=size.freeze_universal,
                                            train_limit=size.downstream_train, eval_limit=size.downstream_eval,
                                            threads=size.threads)
-        report = stage(task, lambda: downstream.run(dcfg))
-        result[task] = {k: v for k, v in report.items() if k != "config"}
+        result[task] = evaluation(task, lambda: {k: v for k, v in downstream.run(dcfg).items() if k != "config"})
     result["metrics"] = {
         "probe_acc_at_1": result["probe"]["acc@1"], "probe_mean_rank": result["probe"]["mean_rank"],
         "relation_selection_acc_at_1": result["relation_selection"]["accuracy_at_1"],
+        # the no-learning lexical rule on the same candidates (the same for every run): what a
+        # relation-selection head must beat before it can rank pretrainings
+        "relation_selection_lexical_acc_at_1": result["relation_selection"]["all"]["accuracy_at_1_lexical"],
         "cluener_f1": result["cluener"]["entity_f1"], "thucnews_acc": result["thucnews"]["accuracy"],
         "heldout_mlm_loss": round(result["curve"][-1]["loss"], 4)}
     return result
@@ -328,6 +354,38 @@ def build_bert_for(plan: Plan) -> dict:
                       s.bert_learning_rate, s.threads)
     _write_json(plan.bert.with_suffix(".json"), cost)  # beside the folder, with the task's log (as prepare's)
     return cost
+
+
+def adopt_evaluations(plan: Plan) -> int:
+    """File each evaluation of every earlier command's runs (work/plans/ holds their sizes) under
+    its own key (`Plan.evaluation`), so that a command whose evaluations differ in one stage
+    re-runs that stage only. Runs of another pretrained model are left alone. Returns the count."""
+    from knowledge_ablation_plan import EVALUATIONS
+
+    fields = {"heldout_mlm": "curve", "probe": "probe", "sim": "relation_selection", "cluener": "cluener",
+              "thucnews": "thucnews"}
+    adopted = 0
+    needed = {f for fields_, _ in EVALUATIONS.values() for f in fields_}
+    for record in sorted((plan.work / "plans").glob("*.json")):
+        size = json.loads(record.read_text())["size"]
+        if not needed <= set(size):  # an older command's, made before a setting existed: its default may not be what ran
+            continue
+        earlier = Plan(Size(**size), plan.work, plan.kb)
+        for variant in VARIANTS:
+            for result_file in sorted(earlier.run_dir(variant, 0).parent.glob("seed-*/result.json")):
+                seed = int(result_file.parent.name.removeprefix("seed-"))
+                if earlier.pretrain_dir(variant, seed) != plan.pretrain_dir(variant, seed):
+                    continue
+                result = json.loads(result_file.read_text(encoding="utf-8"))
+                for stage in EVALUATIONS:
+                    target = earlier.evaluation(variant, seed, stage)
+                    if not target.exists() and fields[stage] in result:
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        _write_json(target, {"value": result[fields[stage]], "seconds": result["seconds"][stage],
+                                             "cpu_seconds": result["cpu_seconds"][stage], "adopted_from": str(
+                                                 result_file.relative_to(plan.work))})
+                        adopted += 1
+    return adopted
 
 
 # -- orchestration ---------------------------------------------------------------------------------
@@ -437,11 +495,15 @@ def main() -> int:
     plan = Plan(size, work, str(kb))
     shared = build_data(plan)
     print(f"data: {shared['heldout_sentences']} held-out sentences; removed {shared['removed']}", flush=True)
+    if not args.report_only:
+        adopted = adopt_evaluations(plan)
+        if adopted:
+            print(f"evaluations: {adopted} filed from earlier runs (a changed evaluation re-runs alone)", flush=True)
     plan_file = work / "plans" / f"{key([asdict(size), str(kb)], work)}.json"
     plan_file.parent.mkdir(exist_ok=True)
     _write_json(plan_file, {"size": asdict(size), "kb": str(kb)})
     me = [sys.executable, str(Path(__file__).resolve()), "--work", str(work), "--plan", str(plan_file)]
-    maskings = sorted({VARIANTS[v].masking for v in variants if VARIANTS[v].masking}
+    maskings = sorted({m for v in variants for m in (VARIANTS[v].masking, VARIANTS[v].warmup) if m}
                       | ({"A"} if any(VARIANTS[v].from_bert for v in variants) else set()))  # the BERT reads A's
     prep_tasks = [(f"prepare {m}", plan.shards(m).with_suffix(".json"), me + ["--worker", "prepare", "--variant", m])
                   for m in maskings]
