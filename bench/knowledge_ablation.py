@@ -17,6 +17,8 @@ strategies; everything else in the prepare and training configs is the same):
     F0 an imported BERT-style checkpoint, not continued (knowledge_ablation_bert.py: no hub
        weights here, so a BertForMaskedLM of the same shape is trained on A's text first)
     FA..FE  A..E's shards, continued from that checkpoint through --init's import, equal steps
+    EC  remedy, a curriculum: A's shards for the first half of the steps, E's for the second
+    EL  remedy, E at a lower knowledge share (plain characters weighted up: MASKING["EL"])
 
 Equal compute: every run takes `steps` optimizer steps of `batch_size` packed rows of `seq_len`
 token slots, so all runs process the same token slots and (up to the MLM head's masked-token share)
@@ -33,14 +35,17 @@ once (plain random characters, fixed seed) and shared by all variants.
 
 Evaluation of every run, identical across variants, seeded by the run's seed: the KB cloze probe on
 held-out facts (`model/probe.py`: acc@1, mean rank); relation selection after the same SIM
-fine-tune (KgCLUE train -> dev, `qa_service.evaluate`: >= 30 candidates); CLUENER 2020 entity F1
+fine-tune (KgCLUE train -> dev, `qa_service.evaluate`: >= 30 candidates; issue 12's relation-matching
+head, with the no-learning lexical rule's accuracy on the same candidates beside it); CLUENER 2020 entity F1
 and THUCNews headline accuracy (`model/downstream.py`); held-out MLM loss at checkpoints (the curve)
 and at the end. Seeds vary initialisation, data order and fine-tuning; each variant's masking is
 drawn once (prepare seed 13). A difference "exceeds the seed spread" when |mean_v - mean_ref| >
 std_v + std_ref (the ±1 std bars do not overlap). Each run is a subprocess (`--jobs` at a time),
 its CPU time measured by wait4. Every piece (filtered corpora, shards, runs) lives in --work in a
 folder named by a hash of what made it, so a later command reuses whatever it asks for again (an
-attempt that changes one variant's masking retrains only that variant) and never a stale piece.
+attempt that changes one variant's masking retrains only that variant) and never a stale piece;
+each evaluation is kept apart under a hash of its own settings (`Plan.evaluation`), so a changed
+evaluation re-runs that evaluation alone, neither the pretraining nor the other evaluations.
 Prints a table and, last, one JSON line; draws the PNG.
 """
 from __future__ import annotations
@@ -61,7 +66,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 ROOT = Path(__file__).resolve().parents[1]
 
 from knowledge_ablation_plan import (  # noqa: E402  (bench/ is on sys.path)
-    HELDOUT_FRACTION, NAMES, SIZES, VARIANTS, Plan, Size, comparisons, key, parse_variants)
+    HELDOUT_FRACTION, NAMES, SIZES, VARIANTS, Plan, Size, adopt_evaluations, comparisons, key, parse_variants)
+from knowledge_ablation_plan import write_json as _write_json  # noqa: E402
 from knowledge_ablation_report import aggregate, plot, print_tables  # noqa: E402
 
 # -- data shared by all variants -------------------------------------------------------------------
@@ -356,46 +362,7 @@ def build_bert_for(plan: Plan) -> dict:
     return cost
 
 
-def adopt_evaluations(plan: Plan) -> int:
-    """File each evaluation of every earlier command's runs (work/plans/ holds their sizes) under
-    its own key (`Plan.evaluation`), so that a command whose evaluations differ in one stage
-    re-runs that stage only. Runs of another pretrained model are left alone. Returns the count."""
-    from knowledge_ablation_plan import EVALUATIONS
-
-    fields = {"heldout_mlm": "curve", "probe": "probe", "sim": "relation_selection", "cluener": "cluener",
-              "thucnews": "thucnews"}
-    adopted = 0
-    needed = {f for fields_, _ in EVALUATIONS.values() for f in fields_}
-    for record in sorted((plan.work / "plans").glob("*.json")):
-        size = json.loads(record.read_text())["size"]
-        if not needed <= set(size):  # an older command's, made before a setting existed: its default may not be what ran
-            continue
-        earlier = Plan(Size(**size), plan.work, plan.kb)
-        for variant in VARIANTS:
-            for result_file in sorted(earlier.run_dir(variant, 0).parent.glob("seed-*/result.json")):
-                seed = int(result_file.parent.name.removeprefix("seed-"))
-                if earlier.pretrain_dir(variant, seed) != plan.pretrain_dir(variant, seed):
-                    continue
-                result = json.loads(result_file.read_text(encoding="utf-8"))
-                for stage in EVALUATIONS:
-                    target = earlier.evaluation(variant, seed, stage)
-                    if not target.exists() and fields[stage] in result:
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        _write_json(target, {"value": result[fields[stage]], "seconds": result["seconds"][stage],
-                                             "cpu_seconds": result["cpu_seconds"][stage], "adopted_from": str(
-                                                 result_file.relative_to(plan.work))})
-                        adopted += 1
-    return adopted
-
-
 # -- orchestration ---------------------------------------------------------------------------------
-def _write_json(path: Path, value) -> None:
-    """Written beside and renamed: a killed run never leaves half a result."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, ensure_ascii=False, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def run_tasks(tasks: list[tuple[str, Path, list[str]]], jobs: int) -> dict[str, dict]:
     """Run (name, result file, argv) subprocesses, `jobs` at a time; a task whose result file
     exists is kept. Returns name -> {"cpu_seconds", "seconds"} from wait4 (the child's own CPU)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -262,3 +263,40 @@ class Plan:
         pretrained = self.pretrain_dir(variant, seed)
         return (self.work / "evaluations" / pretrained.parent.name / pretrained.name
                 / f"{stage}-{key(settings, self.work)}.json")
+
+
+def write_json(path: Path, value) -> None:
+    """Written beside and renamed: a killed run never leaves half a result."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, ensure_ascii=False, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def adopt_evaluations(plan: Plan) -> int:
+    """File each evaluation of every earlier command's runs (work/plans/ holds their sizes) under
+    its own key (`Plan.evaluation`), so that a command whose evaluations differ in one stage
+    re-runs that stage only. Runs of another pretrained model are left alone. Returns the count."""
+    fields = {"heldout_mlm": "curve", "probe": "probe", "sim": "relation_selection", "cluener": "cluener",
+              "thucnews": "thucnews"}
+    adopted = 0
+    needed = {f for fields_, _ in EVALUATIONS.values() for f in fields_}
+    for record in sorted((plan.work / "plans").glob("*.json")):
+        size = json.loads(record.read_text())["size"]
+        if not needed <= set(size):  # an older command's, made before a setting existed: its default may not be what ran
+            continue
+        earlier = Plan(Size(**size), plan.work, plan.kb)
+        for variant in VARIANTS:
+            for result_file in sorted(earlier.run_dir(variant, 0).parent.glob("seed-*/result.json")):
+                seed = int(result_file.parent.name.removeprefix("seed-"))
+                if earlier.pretrain_dir(variant, seed) != plan.pretrain_dir(variant, seed):
+                    continue
+                result = json.loads(result_file.read_text(encoding="utf-8"))
+                for stage in EVALUATIONS:
+                    target = earlier.evaluation(variant, seed, stage)
+                    if not target.exists() and fields[stage] in result:
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        write_json(target, {"value": result[fields[stage]], "seconds": result["seconds"][stage],
+                                             "cpu_seconds": result["cpu_seconds"][stage], "adopted_from": str(
+                                                 result_file.relative_to(plan.work))})
+                        adopted += 1
+    return adopted
