@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -39,22 +39,31 @@ def retrain_until(pretrained: Path, steps: int, scratch: Path) -> dict:
     config = dict(lines[0]["config"])
     config["output_dir"] = str(scratch)
     config["report_to"] = "none"
+    renamed = {}
+    if "init_from_bert" in config:  # the trainer's name for init_from until the import landed (same meaning)
+        config["init_from"] = config.pop("init_from_bert")
+        renamed["init_from_bert"] = "init_from"
     every = config["checkpoint_every"]
     stop = -(-steps // every) * every  # the first checkpoint at or after `steps`
     config_file = scratch.with_suffix(".json")
     config_file.write_text(json.dumps(config))
     # a child process (the CLI): stopped once the checkpoint is complete, as a user's Ctrl-C would
-    proc = subprocess.Popen([sys.executable, "-m", "wenzhi", "pretrain", "run", "--config", str(config_file)],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    log = open(scratch.with_suffix(".log"), "w")
+    proc = subprocess.Popen([sys.executable, "-m", "wenzhi", "pretrain", "run", "--config", str(config_file),
+                             "--no-progress"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
         while proc.poll() is None:
-            done = [c for c in complete_checkpoints(scratch / "checkpoints") if c.name.endswith(f"{stop:08d}")]
-            if done:
+            if any(c.name == f"step-{stop:08d}" for c in complete_checkpoints(scratch / "checkpoints")):
                 break
             time.sleep(2)
     finally:
         proc.terminate()
-        _, _, usage = os.wait4(proc.pid, 0)
+        proc.wait()
+        log.close()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if not (scratch / "checkpoints" / f"step-{stop:08d}").exists():
+        raise SystemExit(f"error: the retraining stopped before step {stop}:\n" + scratch.with_suffix(".log").read_text()[-2000:])
     ours = load_file(str(scratch / "checkpoints" / f"step-{stop:08d}" / "model.safetensors"))
     theirs = load_file(str(pretrained / "checkpoints" / f"step-{stop:08d}" / "model.safetensors"))
     diff = max(float((ours[k] - theirs[k]).abs().max()) for k in theirs)
@@ -63,10 +72,11 @@ def retrain_until(pretrained: Path, steps: int, scratch: Path) -> dict:
                 if "loss" in x and "event" not in x and x["step"] <= stop}
 
     old, new = logged(pretrained / "train_log.jsonl"), logged(scratch / "train_log.jsonl")
-    return {"steps": stop, "same_keys": sorted(ours) == sorted(theirs), "max_abs_weight_diff": diff,
+    return {"steps": stop, "config_keys_renamed": renamed, "same_keys": sorted(ours) == sorted(theirs), "max_abs_weight_diff": diff,
             "weights_identical": diff == 0.0 and sorted(ours) == sorted(theirs),
             "losses_recorded": {s: old[s] for s in sorted(old)}, "losses_now": {s: new.get(s) for s in sorted(old)},
-            "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1), "torch": torch.__version__}
+            "cpu_seconds": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1),
+            "torch": torch.__version__}
 
 
 def reevaluate(result_file: Path, pretrained: Path) -> dict:

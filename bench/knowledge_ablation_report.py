@@ -24,7 +24,7 @@ def aggregate(results: list[dict], variants: list[str], pairs: list[tuple[str, s
     table: dict = {}
     for v in variants:
         runs = [r for r in results if r["variant"] == v]
-        timed = [r for r in runs if not r["compute"]["steps"] or r["cpu_seconds"]["pretrain"] > 1] or runs
+        timed = [r for r in runs if not r["compute"]["steps"] or r["cpu_seconds"]["pretrain"] > 1]
         entry = {m: mean_std([r["metrics"][m] for r in runs]) for m in METRICS if all(m in r["metrics"] for r in runs)}
         entry.update({
             "tokens": round(statistics.fmean(r["compute"]["tokens"] for r in runs)),
@@ -33,10 +33,11 @@ def aggregate(results: list[dict], variants: list[str], pairs: list[tuple[str, s
             "tokens_per_kind": runs[0]["compute"]["tokens_per_kind"],
             # a run that found its pretraining done by an earlier command did not time it: means
             # over the runs that trained (timed_runs of them)
-            "seconds": round(statistics.fmean(r["seconds"]["pretrain"] for r in timed), 1),
-            "cpu_seconds": round(statistics.fmean(r["cpu_seconds"]["pretrain"] for r in timed), 1),
+            # (None: every pretraining was an earlier command's; its cost is in that command's report)
+            "seconds": round(statistics.fmean(r["seconds"]["pretrain"] for r in timed), 1) if timed else None,
+            "cpu_seconds": round(statistics.fmean(r["cpu_seconds"]["pretrain"] for r in timed), 1) if timed else None,
             # every stage's cost, a stage an earlier command made counted at what it cost then
-            "run_cpu_seconds": round(statistics.fmean(sum(r["cpu_seconds"].values()) for r in timed), 1),
+            "run_cpu_seconds": round(statistics.fmean(sum(r["cpu_seconds"].values()) for r in timed or runs), 1),
             "timed_runs": len(timed),
             "seeds": [r["seed"] for r in runs]})
         table[v] = entry
@@ -61,8 +62,10 @@ def print_tables(summary: dict, names: dict[str, str]) -> None:
     print("\n| variant | steps | token slots | tokens seen | FLOPs | pretrain CPU s | pretrain wall s | whole run CPU s |")
     print("|---" * 8 + "|")
     for v, e in table.items():
-        print(f"| {v} | {e['steps']} | {e['token_slots']:,} | {e['tokens']:,} | {e['flops']:.3g} | {e['cpu_seconds']:.0f} | "
-              f"{e['seconds']:.0f} | {e['run_cpu_seconds']:.0f} |")
+        pretrain = (f"{e['cpu_seconds']:.0f} | {e['seconds']:.0f}" if e["cpu_seconds"] is not None
+                    else "reused | reused")
+        print(f"| {v} | {e['steps']} | {e['token_slots']:,} | {e['tokens']:,} | {e['flops']:.3g} | {pretrain} | "
+              f"{e['run_cpu_seconds']:.0f} |")
     print("\n| difference | " + " | ".join(COMPARED) + " |")
     print("|---" * (len(COMPARED) + 1) + "|")
     for name, d in summary["differences"].items():
