@@ -28,7 +28,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     ft.add_argument("task", choices=TASKS, help="the head to fine-tune")
     add_kb(ft)
     add_output(ft, "the QA model folder; the head goes to DIR/<task>", old=["--out"], dest="out", metavar="DIR")
-    add_config(ft, "fine-tuning config (FinetuneConfig's fields, qa_service/finetune.py): JSON or YAML; "
+    add_config(ft, "fine-tuning config (FinetuneConfig's fields, qa_service/finetune/config.py): JSON or YAML; "
                "the flags below override it", "lr=1e-3 or negatives=30", required=False, metavar="FILE")
     add_field(ft, "--init", defaults, metavar="DIR", help="`wenzhi pretrain` checkpoint (none: a fresh --size model)")
     add_field(ft, "--size", defaults, choices=["tiny", "small"], help="fresh model size when --init is not given")
