@@ -217,7 +217,7 @@ def pretrain(cfg) -> dict:
     if (Path(cfg.output_dir) / "model" / "config.json").exists() and log.exists():
         done = json.loads(log.read_text(encoding="utf-8").splitlines()[-1])
         if done.get("event") == "done" and done.get("steps") == cfg.total_steps:
-            return done
+            return {**done, "reused": True}
     return train(cfg, resume=True, show_progress=False)
 
 
@@ -302,6 +302,7 @@ def run_one(plan: Plan, variant: str, seed: int) -> dict:
         cfg = TrainConfig.from_dict(plan.train_config(variant, seed), plan.work)
         summary = stage("pretrain", lambda: pretrain(cfg))
         result["pretrain"] = {k: summary[k] for k in ("steps", "tokens_total", "first_loss_this_run", "last_loss")}
+        result["pretrain_reused"] = bool(summary.get("reused"))
         model_dir = Path(cfg.output_dir) / "model"  # (a reused run's log may name the folder it was moved from)
 
         def curve():

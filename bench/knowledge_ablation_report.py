@@ -18,13 +18,22 @@ def mean_std(values: list[float]) -> dict:
             "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0}
 
 
+def _trained_here(run: dict) -> bool:
+    """Whether the run's pretraining ran in its own command (else an earlier command's was reused)."""
+    if not run["compute"]["steps"]:
+        return True
+    if "pretrain_reused" in run:
+        return not run["pretrain_reused"]
+    return run["cpu_seconds"]["pretrain"] > 1  # written before the flag: a reused pretraining took ~0 s
+
+
 def aggregate(results: list[dict], variants: list[str], pairs: list[tuple[str, str]]) -> dict:
     """Mean ± std of every metric per variant, compute per variant, and each (variant, reference)
     difference in `pairs` with whether it exceeds the seed spread (|Δ| > std + std)."""
     table: dict = {}
     for v in variants:
         runs = [r for r in results if r["variant"] == v]
-        timed = [r for r in runs if not r["compute"]["steps"] or r["cpu_seconds"]["pretrain"] > 1]
+        timed = [r for r in runs if _trained_here(r)]
         entry = {m: mean_std([r["metrics"][m] for r in runs]) for m in METRICS if all(m in r["metrics"] for r in runs)}
         entry.update({
             "tokens": round(statistics.fmean(r["compute"]["tokens"] for r in runs)),
