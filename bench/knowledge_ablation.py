@@ -17,6 +17,8 @@ strategies; everything else in the prepare and training configs is the same):
     F0 an imported BERT-style checkpoint, not continued (knowledge_ablation_bert.py: no hub
        weights here, so a BertForMaskedLM of the same shape is trained on A's text first)
     FA..FE  A..E's shards, continued from that checkpoint through --init's import, equal steps
+    EC  remedy, a curriculum: A's shards for the first half of the steps, E's for the second
+    EL  remedy, E at a lower knowledge share (plain characters weighted up: MASKING["EL"])
 
 Equal compute: every run takes `steps` optimizer steps of `batch_size` packed rows of `seq_len`
 token slots, so all runs process the same token slots and (up to the MLM head's masked-token share)
@@ -33,14 +35,17 @@ once (plain random characters, fixed seed) and shared by all variants.
 
 Evaluation of every run, identical across variants, seeded by the run's seed: the KB cloze probe on
 held-out facts (`model/probe.py`: acc@1, mean rank); relation selection after the same SIM
-fine-tune (KgCLUE train -> dev, `qa_service.evaluate`: >= 30 candidates); CLUENER 2020 entity F1
+fine-tune (KgCLUE train -> dev, `qa_service.evaluate`: >= 30 candidates; issue 12's relation-matching
+head, with the no-learning lexical rule's accuracy on the same candidates beside it); CLUENER 2020 entity F1
 and THUCNews headline accuracy (`model/downstream.py`); held-out MLM loss at checkpoints (the curve)
 and at the end. Seeds vary initialisation, data order and fine-tuning; each variant's masking is
 drawn once (prepare seed 13). A difference "exceeds the seed spread" when |mean_v - mean_ref| >
 std_v + std_ref (the ±1 std bars do not overlap). Each run is a subprocess (`--jobs` at a time),
 its CPU time measured by wait4. Every piece (filtered corpora, shards, runs) lives in --work in a
 folder named by a hash of what made it, so a later command reuses whatever it asks for again (an
-attempt that changes one variant's masking retrains only that variant) and never a stale piece.
+attempt that changes one variant's masking retrains only that variant) and never a stale piece;
+each evaluation is kept apart under a hash of its own settings (`Plan.evaluation`), so a changed
+evaluation re-runs that evaluation alone, neither the pretraining nor the other evaluations.
 Prints a table and, last, one JSON line; draws the PNG.
 """
 from __future__ import annotations
@@ -61,7 +66,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 ROOT = Path(__file__).resolve().parents[1]
 
 from knowledge_ablation_plan import (  # noqa: E402  (bench/ is on sys.path)
-    HELDOUT_FRACTION, NAMES, SIZES, VARIANTS, Plan, Size, comparisons, key, parse_variants)
+    HELDOUT_FRACTION, NAMES, SIZES, VARIANTS, Plan, Size, adopt_evaluations, comparisons, key, parse_variants)
+from knowledge_ablation_plan import write_json as _write_json  # noqa: E402
 from knowledge_ablation_report import aggregate, plot, print_tables  # noqa: E402
 
 # -- data shared by all variants -------------------------------------------------------------------
@@ -131,12 +137,15 @@ def consumed(plan: Plan, variant: str, seed: int) -> dict:
 
     size = plan.size
     config = WenzhiConfig(**size.model)
-    data = PhaseData(Phase(**plan.train_config(variant, seed)["phases"][0]), 0, seed, 0, 1)
-    if data.n < size.steps * size.batch_size:
-        raise ValueError(f"{plan.shards(variant)}: {data.n} rows, fewer than the {size.steps * size.batch_size} a run reads "
-                         "(equal compute without repeats needs more text: raise the corpus limits)")
+    batches = []  # (phase data, step within the phase) of every step, as the trainer takes them
+    for index, phase in enumerate(plan.train_config(variant, seed)["phases"]):
+        data = PhaseData(Phase(**phase), index, seed, 0, 1)
+        if data.n < phase["steps"] * size.batch_size:
+            raise ValueError(f"{phase['shards']}: {data.n} rows, fewer than the {phase['steps'] * size.batch_size} a run "
+                             "reads (equal compute without repeats needs more text: raise the corpus limits)")
+        batches += [(data, step) for step in range(phase["steps"])]
     tokens, masked, flops, per_kind, cumulative = 0, 0, 0.0, {}, []
-    for step in range(size.steps):
+    for data, step in batches:
         batch = data.batch(step)
         real = batch["document_ids"] >= 0
         n_masked = int((batch["labels"] != -100).sum())
@@ -208,7 +217,7 @@ def pretrain(cfg) -> dict:
     if (Path(cfg.output_dir) / "model" / "config.json").exists() and log.exists():
         done = json.loads(log.read_text(encoding="utf-8").splitlines()[-1])
         if done.get("event") == "done" and done.get("steps") == cfg.total_steps:
-            return done
+            return {**done, "reused": True}
     return train(cfg, resume=True, show_progress=False)
 
 
@@ -222,6 +231,8 @@ def random_model(plan: Plan, out: Path, seed: int) -> Path:
     from wenzhi.model.modeling import WenzhiConfig, WenzhiForPretraining
     from wenzhi.model.tokenizer import load_tokenizer
 
+    if (out / "config.json").exists():  # made by an earlier command: the same seed gives the same init
+        return out
     tokenizer = load_tokenizer()
     set_seed(seed)
     model = WenzhiForPretraining(WenzhiConfig(vocab_size=len(tokenizer), **plan.size.model))
@@ -249,7 +260,7 @@ def run_one(plan: Plan, variant: str, seed: int) -> dict:
     size = plan.size
     torch.set_num_threads(size.threads)
     run_dir = plan.run_dir(variant, seed)
-    result: dict = {"variant": variant, "seed": seed, "cpu_seconds": {}, "seconds": {}}
+    result: dict = {"variant": variant, "seed": seed, "cpu_seconds": {}, "seconds": {}, "reused": []}
 
     def stage(name, fn):
         wall, cpu = time.perf_counter(), time.process_time()
@@ -257,6 +268,21 @@ def run_one(plan: Plan, variant: str, seed: int) -> dict:
         result["seconds"][name] = round(time.perf_counter() - wall, 1)
         result["cpu_seconds"][name] = round(time.process_time() - cpu, 1)
         return value
+
+    def evaluation(name, fn):
+        """An evaluation stage, kept in its own file keyed by its own settings (Plan.evaluation):
+        taken from there when an earlier command made it; its recorded cost is what it cost then."""
+        path = plan.evaluation(variant, seed, name)
+        if path.exists():
+            record = json.loads(path.read_text(encoding="utf-8"))
+            result["reused"].append(name)
+        else:
+            value = stage(name, fn)
+            record = {"value": value, "seconds": result["seconds"][name], "cpu_seconds": result["cpu_seconds"][name]}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _write_json(path, record)
+        result["seconds"][name], result["cpu_seconds"][name] = record["seconds"], record["cpu_seconds"]
+        return record["value"]
 
     no_compute = {"steps": 0, "token_slots": 0, "tokens": 0, "masked_tokens": 0, "flops": 0.0, "tokens_per_kind": {}}
     if VARIANTS[variant].from_bert:
@@ -269,19 +295,24 @@ def run_one(plan: Plan, variant: str, seed: int) -> dict:
         result["seconds"].setdefault("pretrain", 0.0)
         result["cpu_seconds"].setdefault("pretrain", 0.0)
         result["compute"] = no_compute
-        result["curve"] = stage("heldout_mlm", lambda: [{"step": 0, "tokens": 0, "loss": heldout_mlm_loss(
+        result["curve"] = evaluation("heldout_mlm", lambda: [{"step": 0, "tokens": 0, "loss": heldout_mlm_loss(
             WenzhiForPretraining.from_pretrained(model_dir), plan.heldout)}])
     else:
         result["compute"] = stage("accounting", lambda: consumed(plan, variant, seed))
         cfg = TrainConfig.from_dict(plan.train_config(variant, seed), plan.work)
         summary = stage("pretrain", lambda: pretrain(cfg))
         result["pretrain"] = {k: summary[k] for k in ("steps", "tokens_total", "first_loss_this_run", "last_loss")}
+        result["pretrain_reused"] = bool(summary.get("reused"))
         model_dir = Path(cfg.output_dir) / "model"  # (a reused run's log may name the folder it was moved from)
-        result["curve"] = stage("heldout_mlm", lambda: loss_curve(Path(cfg.output_dir), plan.heldout,
-                                                                  result["compute"]["tokens_after_step"]))
-        if VARIANTS[variant].from_bert:  # where the continuation starts: the imported BERT
-            start = WenzhiForPretraining.from_pretrained(plan.bert / "as-wenzhi")
-            result["curve"].insert(0, {"step": 0, "tokens": 0, "loss": heldout_mlm_loss(start, plan.heldout)})
+
+        def curve():
+            points = loss_curve(Path(cfg.output_dir), plan.heldout, result["compute"]["tokens_after_step"])
+            if VARIANTS[variant].from_bert:  # where the continuation starts: the imported BERT
+                start = WenzhiForPretraining.from_pretrained(plan.bert / "as-wenzhi")
+                points.insert(0, {"step": 0, "tokens": 0, "loss": heldout_mlm_loss(start, plan.heldout)})
+            return points
+
+        result["curve"] = evaluation("heldout_mlm", curve)
         del result["compute"]["tokens_after_step"]
 
     def run_probe():
@@ -289,7 +320,7 @@ def run_one(plan: Plan, variant: str, seed: int) -> dict:
         tokenizer = load_tokenizer(model_dir)  # the checkpoint's vocab.txt
         return probe.evaluate(probe.load_model(str(model_dir)), tokenizer, items)["heldout"]
 
-    result["probe"] = stage("probe", run_probe)
+    result["probe"] = evaluation("probe", run_probe)
     qa, kb = run_dir / "qa", Path(plan.kb)
     kgclue = data_path("kgclue/train.json")
 
@@ -303,17 +334,19 @@ def run_one(plan: Plan, variant: str, seed: int) -> dict:
                           threads=size.threads, progress=False)
         return {**scores["relation_selection"], "kgclue_score": scores["score"], "questions": scores["n"]}
 
-    result["relation_selection"] = stage("sim", relation_selection)
+    result["relation_selection"] = evaluation("sim", relation_selection)
     for task in downstream.TASKS:
         dcfg = downstream.DownstreamConfig(task=task, init=str(model_dir), max_steps=size.downstream_steps, seed=seed,
                                            learning_rate=size.finetune_lr, freeze_universal=size.freeze_universal,
                                            train_limit=size.downstream_train, eval_limit=size.downstream_eval,
                                            threads=size.threads)
-        report = stage(task, lambda: downstream.run(dcfg))
-        result[task] = {k: v for k, v in report.items() if k != "config"}
+        result[task] = evaluation(task, lambda: {k: v for k, v in downstream.run(dcfg).items() if k != "config"})
     result["metrics"] = {
         "probe_acc_at_1": result["probe"]["acc@1"], "probe_mean_rank": result["probe"]["mean_rank"],
         "relation_selection_acc_at_1": result["relation_selection"]["accuracy_at_1"],
+        # the no-learning lexical rule on the same candidates (the same for every run): what a
+        # relation-selection head must beat before it can rank pretrainings
+        "relation_selection_lexical_acc_at_1": result["relation_selection"]["all"]["accuracy_at_1_lexical"],
         "cluener_f1": result["cluener"]["entity_f1"], "thucnews_acc": result["thucnews"]["accuracy"],
         "heldout_mlm_loss": round(result["curve"][-1]["loss"], 4)}
     return result
@@ -331,13 +364,6 @@ def build_bert_for(plan: Plan) -> dict:
 
 
 # -- orchestration ---------------------------------------------------------------------------------
-def _write_json(path: Path, value) -> None:
-    """Written beside and renamed: a killed run never leaves half a result."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, ensure_ascii=False, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def run_tasks(tasks: list[tuple[str, Path, list[str]]], jobs: int) -> dict[str, dict]:
     """Run (name, result file, argv) subprocesses, `jobs` at a time; a task whose result file
     exists is kept. Returns name -> {"cpu_seconds", "seconds"} from wait4 (the child's own CPU)."""
@@ -390,7 +416,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="cpu")
     parser.add_argument("--quick", action="store_true", help="CI check: --size quick --seeds 1 --jobs 0")
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", default="3", help="N (seeds 0..N-1) or a list, e.g. 1,2 (runs split over commands)")
     parser.add_argument("--variants", default="R,A,B,C,D,E,F0,FA,FE",
                         help="R: no pretraining; F0: the imported BERT as is; FA..FE: A..E continued from it")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (0: in this process, one by one)")
@@ -408,7 +434,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
-        args.size, args.seeds, args.jobs = "quick", 1, 0
+        args.size, args.seeds, args.jobs = "quick", "1", 0
     work = Path(args.work or ROOT / "runs" / f"knowledge-ablation-{args.size}").resolve()
     if args.worker:  # a subprocess of the command below: one prepare or one run
         plan_record = json.loads(Path(args.plan).read_text())
@@ -423,7 +449,7 @@ def main() -> int:
 
     size = replace(SIZES[args.size], **_parse_sets(args.set))
     variants = parse_variants(args.variants)
-    seeds = list(range(args.seeds))
+    seeds = [int(x) for x in args.seeds.split(",")] if "," in args.seeds else list(range(int(args.seeds)))
     work.mkdir(parents=True, exist_ok=True)
     started, cpu0 = time.perf_counter(), time.process_time()
     print(f"knowledge ablation: size {args.size}, variants {','.join(variants)}, seeds {seeds}, "
@@ -437,11 +463,15 @@ def main() -> int:
     plan = Plan(size, work, str(kb))
     shared = build_data(plan)
     print(f"data: {shared['heldout_sentences']} held-out sentences; removed {shared['removed']}", flush=True)
+    if not args.report_only:
+        adopted = adopt_evaluations(plan)
+        if adopted:
+            print(f"evaluations: {adopted} filed from earlier runs (a changed evaluation re-runs alone)", flush=True)
     plan_file = work / "plans" / f"{key([asdict(size), str(kb)], work)}.json"
     plan_file.parent.mkdir(exist_ok=True)
     _write_json(plan_file, {"size": asdict(size), "kb": str(kb)})
     me = [sys.executable, str(Path(__file__).resolve()), "--work", str(work), "--plan", str(plan_file)]
-    maskings = sorted({VARIANTS[v].masking for v in variants if VARIANTS[v].masking}
+    maskings = sorted({m for v in variants for m in (VARIANTS[v].masking, VARIANTS[v].warmup) if m}
                       | ({"A"} if any(VARIANTS[v].from_bert for v in variants) else set()))  # the BERT reads A's
     prep_tasks = [(f"prepare {m}", plan.shards(m).with_suffix(".json"), me + ["--worker", "prepare", "--variant", m])
                   for m in maskings]

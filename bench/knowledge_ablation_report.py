@@ -5,14 +5,26 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-METRICS = ["probe_acc_at_1", "probe_mean_rank", "relation_selection_acc_at_1", "cluener_f1", "thucnews_acc",
-           "heldout_mlm_loss"]
+METRICS = ["probe_acc_at_1", "probe_mean_rank", "relation_selection_acc_at_1", "relation_selection_lexical_acc_at_1",
+           "cluener_f1", "thucnews_acc", "heldout_mlm_loss"]
 LOWER_IS_BETTER = {"probe_mean_rank", "heldout_mlm_loss"}
+# no-learning baselines shown beside a learned metric (the same for every run): no differences, no panel
+BASELINES = {"relation_selection_lexical_acc_at_1": "relation_selection_acc_at_1"}
+COMPARED = [m for m in METRICS if m not in BASELINES]
 
 
 def mean_std(values: list[float]) -> dict:
     return {"mean": round(statistics.fmean(values), 4),
             "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0}
+
+
+def _trained_here(run: dict) -> bool:
+    """Whether the run's pretraining ran in its own command (else an earlier command's was reused)."""
+    if not run["compute"]["steps"]:
+        return True
+    if "pretrain_reused" in run:
+        return not run["pretrain_reused"]
+    return run["cpu_seconds"]["pretrain"] > 1  # written before the flag: a reused pretraining took ~0 s
 
 
 def aggregate(results: list[dict], variants: list[str], pairs: list[tuple[str, str]]) -> dict:
@@ -21,8 +33,8 @@ def aggregate(results: list[dict], variants: list[str], pairs: list[tuple[str, s
     table: dict = {}
     for v in variants:
         runs = [r for r in results if r["variant"] == v]
-        timed = [r for r in runs if not r["compute"]["steps"] or r["cpu_seconds"]["pretrain"] > 1] or runs
-        entry = {m: mean_std([r["metrics"][m] for r in runs]) for m in METRICS}
+        timed = [r for r in runs if _trained_here(r)]
+        entry = {m: mean_std([r["metrics"][m] for r in runs]) for m in METRICS if all(m in r["metrics"] for r in runs)}
         entry.update({
             "tokens": round(statistics.fmean(r["compute"]["tokens"] for r in runs)),
             "token_slots": runs[0]["compute"]["token_slots"], "steps": runs[0]["compute"]["steps"],
@@ -30,16 +42,17 @@ def aggregate(results: list[dict], variants: list[str], pairs: list[tuple[str, s
             "tokens_per_kind": runs[0]["compute"]["tokens_per_kind"],
             # a run that found its pretraining done by an earlier command did not time it: means
             # over the runs that trained (timed_runs of them)
-            "seconds": round(statistics.fmean(r["seconds"]["pretrain"] for r in timed), 1),
-            "cpu_seconds": round(statistics.fmean(r["cpu_seconds"]["pretrain"] for r in timed), 1),
-            "run_cpu_seconds": round(statistics.fmean(r.get("run_cpu_seconds", sum(r["cpu_seconds"].values()))
-                                                      for r in timed), 1),
+            # (None: every pretraining was an earlier command's; its cost is in that command's report)
+            "seconds": round(statistics.fmean(r["seconds"]["pretrain"] for r in timed), 1) if timed else None,
+            "cpu_seconds": round(statistics.fmean(r["cpu_seconds"]["pretrain"] for r in timed), 1) if timed else None,
+            # every stage's cost, a stage an earlier command made counted at what it cost then
+            "run_cpu_seconds": round(statistics.fmean(sum(r["cpu_seconds"].values()) for r in timed or runs), 1),
             "timed_runs": len(timed),
             "seeds": [r["seed"] for r in runs]})
         table[v] = entry
     diffs: dict = {}
     for v, ref in pairs:
-        for m in METRICS:
+        for m in COMPARED:
             a, b = table[v][m], table[ref][m]
             delta = a["mean"] - b["mean"]
             diffs.setdefault(f"{v}-{ref}", {})[m] = {
@@ -53,17 +66,19 @@ def print_tables(summary: dict, names: dict[str, str]) -> None:
     print("\n| variant | " + " | ".join(METRICS) + " |")
     print("|---" * (len(METRICS) + 1) + "|")
     for v, e in table.items():
-        cells = [f"{e[m]['mean']:.4f} ± {e[m]['std']:.4f}" for m in METRICS]
+        cells = [f"{e[m]['mean']:.4f} ± {e[m]['std']:.4f}" if m in e else "–" for m in METRICS]
         print(f"| {v} {names[v]} | " + " | ".join(cells) + " |")
     print("\n| variant | steps | token slots | tokens seen | FLOPs | pretrain CPU s | pretrain wall s | whole run CPU s |")
     print("|---" * 8 + "|")
     for v, e in table.items():
-        print(f"| {v} | {e['steps']} | {e['token_slots']:,} | {e['tokens']:,} | {e['flops']:.3g} | {e['cpu_seconds']:.0f} | "
-              f"{e['seconds']:.0f} | {e['run_cpu_seconds']:.0f} |")
-    print("\n| difference | " + " | ".join(METRICS) + " |")
-    print("|---" * (len(METRICS) + 1) + "|")
+        pretrain = (f"{e['cpu_seconds']:.0f} | {e['seconds']:.0f}" if e["cpu_seconds"] is not None
+                    else "reused | reused")
+        print(f"| {v} | {e['steps']} | {e['token_slots']:,} | {e['tokens']:,} | {e['flops']:.3g} | {pretrain} | "
+              f"{e['run_cpu_seconds']:.0f} |")
+    print("\n| difference | " + " | ".join(COMPARED) + " |")
+    print("|---" * (len(COMPARED) + 1) + "|")
     for name, d in summary["differences"].items():
-        cells = [f"{d[m]['delta']:+.4f}{' *' if d[m]['exceeds_seed_spread'] else ''}" for m in METRICS]
+        cells = [f"{d[m]['delta']:+.4f}{' *' if d[m]['exceeds_seed_spread'] else ''}" for m in COMPARED]
         print(f"| {name} | " + " | ".join(cells) + " |")
     print("(* the difference exceeds the seed spread: |Δ| > std + std)")
 
@@ -96,14 +111,19 @@ def plot(summary: dict, results: list[dict], path: Path, names: dict[str, str]) 
     ax.set(xlabel="tokens seen (F: after the imported BERT's)", ylabel="held-out MLM loss (char masking)",
            title="held-out MLM loss")
     ax.legend(fontsize=7)
-    for ax, m in zip(axes.flat[1:], METRICS):
+    for ax, m in zip(axes.flat[1:], COMPARED):
         means = [summary["variants"][v][m]["mean"] for v in variants]
         stds = [summary["variants"][v][m]["std"] for v in variants]
         ax.bar(variants, means, yerr=stds, capsize=4, color=[colors[v] for v in variants])
         lo, hi = min(a - b for a, b in zip(means, stds)), max(a + b for a, b in zip(means, stds))
+        for baseline in (b for b, learned in BASELINES.items() if learned == m):
+            level = max(summary["variants"][v].get(baseline, {"mean": 0.0})["mean"] for v in variants)
+            ax.axhline(level, color="k", ls=":", lw=1.2, label=f"no-learning rule {level:.3f}")
+            ax.legend(fontsize=7, loc="lower right")
+            lo, hi = min(lo, level), max(hi, level)
         ax.set_ylim(lo - 0.15 * (hi - lo + 1e-9), hi + 0.15 * (hi - lo + 1e-9))
         ax.set_title(m + (" (lower is better)" if m in LOWER_IS_BETTER else ""))
-    ax = axes.flat[len(METRICS) + 1]
+    ax = axes.flat[len(COMPARED) + 1]
     bottom = np.zeros(len(variants))
     for kind, name in enumerate(["text", "knowledge-masked", "UKTP", "retrieval-augmented"]):
         counts = np.array([summary["variants"][v]["tokens_per_kind"].get(str(kind), 0) for v in variants], float)

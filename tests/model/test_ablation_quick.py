@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).parents[2]
-METRICS = ["probe_acc_at_1", "probe_mean_rank", "relation_selection_acc_at_1", "cluener_f1", "thucnews_acc",
-           "heldout_mlm_loss"]
+METRICS = ["probe_acc_at_1", "probe_mean_rank", "relation_selection_acc_at_1", "relation_selection_lexical_acc_at_1",
+           "cluener_f1", "thucnews_acc", "heldout_mlm_loss"]
 
 
 def _documents(shards: Path) -> list[tuple]:
@@ -84,3 +84,25 @@ def test_quick_ablation(tmp_path, kb_db, data_dir):
     # the probe's held-out facts were taken out of the text every variant trains on
     assert summary["data"]["removed"]["agrikg_rows"] > 0
     assert Path(summary["plot"]).stat().st_size > 10_000
+
+    # a changed evaluation re-runs that evaluation alone: the SIM fine-tune with other settings, the
+    # pretraining and the other evaluations kept; and the curriculum remedy (EC) reads A's shards
+    # for the first half of the same steps and E's for the second
+    pretrained = (work / "pretrain").glob("A-*/seed-0/train_log.jsonl")
+    log_before = next(pretrained).read_text()
+    again = subprocess.run([sys.executable, str(ROOT / "bench" / "knowledge_ablation.py"), "--quick", "--work", str(work),
+                            "--kb", str(kb_db), "--variants", "A,EC", "--set", "sim_steps=4"], capture_output=True,
+                           text=True, timeout=600, cwd=ROOT,
+                           env=os.environ | {"WENZHI_DATA": str(data_dir), "OMP_NUM_THREADS": "1"})
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert next((work / "pretrain").glob("A-*/seed-0/train_log.jsonl")).read_text() == log_before
+    results = [json.loads(p.read_text()) for p in (work / "runs").glob("A-*/seed-0/result.json")]
+    assert len(results) == 2  # the first command's and this one's (another SIM setting, its own folder)
+    rerun = next(r for r in results if r["reused"])
+    assert rerun["reused"] == ["heldout_mlm", "probe", "cluener", "thucnews"]  # all but the SIM
+    assert 0 < rerun["metrics"]["relation_selection_lexical_acc_at_1"] <= 1
+    ec = json.loads(again.stdout.strip().splitlines()[-1])["variants"]
+    assert (ec["EC"]["steps"], ec["EC"]["token_slots"]) == (ec["A"]["steps"], ec["A"]["token_slots"])
+    config = json.loads(next((work / "pretrain").glob("EC-*/seed-0/train_log.jsonl")).read_text().splitlines()[0])["config"]
+    assert [Path(p["shards"]) for p in config["phases"]] == [shards["A"], shards["E"]]
+    assert [p["steps"] for p in config["phases"]] == [6, 6]
