@@ -75,7 +75,7 @@ def sim_accuracy(sim_dir: Path, kb: Path, splits) -> dict:
     from wenzhi.kg import TripleStore, parse_name
     from wenzhi.model.relation_matching import WenzhiForRelationMatching
 
-    from wenzhi.qa_service.data import find_mention, homonym_relations, mention_names, read_qa
+    from wenzhi.qa_service.data import find_mention, mention_names, read_qa, selection_candidates
     from wenzhi.qa_service.heads import load_sim_head, load_tokenizer_for
     from wenzhi.qa_service.lexical import lexical_scores
     from wenzhi.qa_service.packing import (encode_questions, packed_batch, relation_segments, sim_logits,
@@ -106,9 +106,8 @@ def sim_accuracy(sim_dir: Path, kb: Path, splits) -> dict:
                 for kind in ("all", "own"):
                     rels = []
                     for ex in batch:
-                        own, homonyms = homonym_relations(store, ex.head)
-                        rels.append(list(dict.fromkeys([*(frequent if kind == "all" else []), *own, *homonyms,
-                                                        ex.relation])))
+                        with_top, own = selection_candidates(store, ex, frequent)
+                        rels.append(with_top if kind == "all" else own)
                     if matching:
                         enc = encode_questions(sim, enc_tok["input_ids"], tok.pad_token_id)
                         mask = outside_spans(enc_tok["offset_mapping"], [[s] if s else [] for s in spans])

@@ -118,6 +118,15 @@ def homonym_relations(store, head: str) -> tuple[list[str], list[str]]:
     return own, others
 
 
+
+def selection_candidates(store, ex: QAExample, top: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The relations relation selection offers for `ex`, deduplicated in order: (`top` — the KB's most
+    frequent relations — then the head's own, its homonyms' and the gold; the same without `top`).
+    One definition for `wenzhi evaluate`, the SIM relation prior's counts and the recipes bench."""
+    own, homonyms = homonym_relations(store, ex.head)
+    return (list(dict.fromkeys([*top, *own, *homonyms, ex.relation])),
+            list(dict.fromkeys([*own, *homonyms, ex.relation])))
+
 class NegativeSampler:
     """Wrong relations for a question, drawn the way evaluation draws candidates.
 

@@ -125,17 +125,15 @@ def relation_selection(pipe, examples, batch_size: int = 16, frequent: int = 30)
     """Accuracy@1 of the gold relation, given the gold head, by SIM and by the no-learning rules."""
     from wenzhi.kg import parse_name
 
-    from wenzhi.qa_service.data import find_mention, homonym_relations, mention_names
+    from wenzhi.qa_service.data import find_mention, mention_names, selection_candidates
     from wenzhi.qa_service.lexical import lexical_scores
 
     counts = dict(pipe.store.relation_counts())
     top = [r for r, _ in pipe.store.relation_counts()[:frequent]]
     rows = []  # (example, all candidates, own candidates)
     for ex in examples:
-        own, homonyms = homonym_relations(pipe.store, ex.head)
-        rows.append((ex, list(dict.fromkeys([*top, *own, *homonyms, ex.relation])),
-                     list(dict.fromkeys([*own, *homonyms, ex.relation])),
-                     find_mention(ex.question, mention_names(ex.head, pipe.store))))
+        with_top, own = selection_candidates(pipe.store, ex, top)
+        rows.append((ex, with_top, own, find_mention(ex.question, mention_names(ex.head, pipe.store))))
     out = {}
     for kind, col in (("all", 1), ("own", 2)):
         picked = [r for r in rows if kind == "all" or len(r[col]) > 1]

@@ -45,15 +45,14 @@ class RelationPrior:
     @classmethod
     def fit(cls, examples: Iterable, store, frequent: int = 30, **kwargs) -> "RelationPrior":
         """Counts over training `examples` (QAExample: head, relation) against `store`'s candidates."""
-        from wenzhi.qa_service.data import frequent_relations, homonym_relations
+        from wenzhi.qa_service.data import frequent_relations, selection_candidates
 
         top = frequent_relations(store, frequent)
         asked, offered = Counter(), Counter()
         n = total = 0
         for ex in examples:
-            own, homonyms = homonym_relations(store, ex.head)
-            candidates = dict.fromkeys([*top, *own, *homonyms, ex.relation])
-            offered.update(list(candidates))
+            candidates, _ = selection_candidates(store, ex, top)
+            offered.update(candidates)
             asked[ex.relation] += 1
             n += 1
             total += len(candidates)
