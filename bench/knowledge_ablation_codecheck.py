@@ -79,9 +79,10 @@ def retrain_until(pretrained: Path, steps: int, scratch: Path) -> dict:
             "torch": torch.__version__}
 
 
-def reevaluate(result_file: Path, pretrained: Path) -> dict:
-    """The probe and the downstream fine-tunes of the run's final model, at this code."""
+def reevaluate(result_file: Path, pretrained: Path, stages: list[str]) -> dict:
+    """The run's final model's evaluations named in `stages` (probe, cluener, thucnews, sim) at this code."""
     sys.path.insert(0, str(ROOT / "bench"))
+    from knowledge_ablation import relation_selection
     from knowledge_ablation_plan import Plan, Size
 
     from wenzhi.model import downstream, probe
@@ -95,34 +96,46 @@ def reevaluate(result_file: Path, pretrained: Path) -> dict:
     size, seed, model_dir = Size(**plan_record["size"]), result["seed"], pretrained / "model"
     items = probe.select(probe.add_candidates(probe.load_items(["agrikg", "kdconv"], 0.1, size.probe_items),
                                               size.probe_candidates, seed=0), "heldout", size.probe_items, seed=0)
-    now = {"probe_acc_at_1": probe.evaluate(probe.load_model(str(model_dir)), load_tokenizer(model_dir), items)["heldout"]["acc@1"]}
+    now, recorded = {}, {}
+    if "probe" in stages:
+        now["probe_acc_at_1"] = probe.evaluate(probe.load_model(str(model_dir)), load_tokenizer(model_dir), items)["heldout"]["acc@1"]
+        recorded["probe_acc_at_1"] = result["probe"]["acc@1"]
+    if "sim" in stages:
+        with tempfile.TemporaryDirectory(prefix="ablation-codecheck-sim-") as qa:
+            now["relation_selection_accuracy_at_1"] = relation_selection(
+                size, model_dir, Path(qa), Path(plan_record["kb"]), seed)["accuracy_at_1"]
+        recorded["relation_selection_accuracy_at_1"] = result["relation_selection"]["accuracy_at_1"]
     for task, metric in (("cluener", "entity_f1"), ("thucnews", "accuracy")):
+        if task not in stages:
+            continue
         cfg = downstream.DownstreamConfig(task=task, init=str(model_dir), max_steps=size.downstream_steps, seed=seed,
                                           learning_rate=size.finetune_lr, freeze_universal=size.freeze_universal,
                                           train_limit=size.downstream_train, eval_limit=size.downstream_eval, threads=1)
         now[f"{task}_{metric}"] = downstream.run(cfg)[metric]
-    recorded = {"probe_acc_at_1": result["probe"]["acc@1"], "cluener_entity_f1": result["cluener"]["entity_f1"],
-                "thucnews_accuracy": result["thucnews"]["accuracy"]}
+        recorded[f"{task}_{metric}"] = result[task][metric]
     return {"recorded": recorded, "now": now, "identical": recorded == now}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pretrained", required=True, help="a finished run's pretraining folder (train_log.jsonl, checkpoints/)")
-    parser.add_argument("--steps", type=int, default=100, help="retrain up to the first checkpoint at or after this step")
-    parser.add_argument("--result", help="that run's result.json: also re-run its probe and downstream evaluations")
+    parser.add_argument("--steps", type=int, default=100,
+                        help="retrain up to the first checkpoint at or after this step (0: do not retrain)")
+    parser.add_argument("--result", help="that run's result.json: also re-run its evaluations (--evaluations)")
+    parser.add_argument("--evaluations", default="probe,cluener,thucnews", help="which: probe, cluener, thucnews, sim")
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(1)
     pretrained = Path(args.pretrained).resolve()
-    with tempfile.TemporaryDirectory(prefix="ablation-codecheck-") as tmp:
-        out = {"commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                        text=True).stdout.strip(),
-               "pretraining": retrain_until(pretrained, args.steps, Path(tmp) / "run")}
+    out = {"commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                    text=True).stdout.strip()}
+    if args.steps > 0:  # --steps 0: the evaluations alone
+        with tempfile.TemporaryDirectory(prefix="ablation-codecheck-") as tmp:
+            out["pretraining"] = retrain_until(pretrained, args.steps, Path(tmp) / "run")
     if args.result:
         cpu = time.process_time()
-        out["evaluations"] = reevaluate(Path(args.result).resolve(), pretrained)
+        out["evaluations"] = reevaluate(Path(args.result).resolve(), pretrained, args.evaluations.split(","))
         out["evaluations"]["cpu_seconds"] = round(time.process_time() - cpu, 1)
     print(json.dumps(out))
     return 0
