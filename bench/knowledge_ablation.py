@@ -19,6 +19,7 @@ strategies; everything else in the prepare and training configs is the same):
     FA..FE  A..E's shards, continued from that checkpoint through --init's import, equal steps
     EC  remedy, a curriculum: A's shards for the first half of the steps, E's for the second
     EL  remedy, E at a lower knowledge share (plain characters weighted up: MASKING["EL"])
+    ES  remedy, E with a knowledge segment half as long (AUGMENT["ES"]: 32 tokens, not 64)
 
 Equal compute: every run takes `steps` optimizer steps of `batch_size` packed rows of `seq_len`
 token slots, so all runs process the same token slots and (up to the MLM head's masked-token share)

@@ -93,7 +93,8 @@ def plot(summary: dict, results: list[dict], path: Path, names: dict[str, str]) 
     import numpy as np
 
     variants = list(summary["variants"])
-    colors = dict(zip(variants, plt.cm.tab10.colors))
+    palette = plt.cm.tab10.colors + plt.cm.Dark2.colors  # 18: every variant its own colour
+    colors = {v: palette[i % len(palette)] for i, v in enumerate(variants)}
     fig, axes = plt.subplots(2, 4, figsize=(19, 8.5))
     ax = axes[0][0]
     trained = []  # the losses after some training set the scale (R's untrained 9.97 would flatten it)
