@@ -86,12 +86,13 @@ def test_quick_ablation(tmp_path, kb_db, data_dir):
     assert Path(summary["plot"]).stat().st_size > 10_000
 
     # a changed evaluation re-runs that evaluation alone: the SIM fine-tune with other settings, the
-    # pretraining and the other evaluations kept; and the curriculum remedy (EC) reads A's shards
-    # for the first half of the same steps and E's for the second
+    # pretraining and the other evaluations kept; the curriculum remedy (EC) reads A's shards
+    # for the first half of the same steps and E's for the second; the short-segment remedy (ES)
+    # trains on its own shards, whose knowledge segments are at most 32 tokens + [SEP]
     pretrained = (work / "pretrain").glob("A-*/seed-0/train_log.jsonl")
     log_before = next(pretrained).read_text()
     again = subprocess.run([sys.executable, str(ROOT / "bench" / "knowledge_ablation.py"), "--quick", "--work", str(work),
-                            "--kb", str(kb_db), "--variants", "A,EC", "--set", "sim_steps=4"], capture_output=True,
+                            "--kb", str(kb_db), "--variants", "A,EC,ES", "--set", "sim_steps=4"], capture_output=True,
                            text=True, timeout=600, cwd=ROOT,
                            env=os.environ | {"WENZHI_DATA": str(data_dir), "OMP_NUM_THREADS": "1"})
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
@@ -106,3 +107,37 @@ def test_quick_ablation(tmp_path, kb_db, data_dir):
     config = json.loads(next((work / "pretrain").glob("EC-*/seed-0/train_log.jsonl")).read_text().splitlines()[0])["config"]
     assert [Path(p["shards"]) for p in config["phases"]] == [shards["A"], shards["E"]]
     assert [p["steps"] for p in config["phases"]] == [6, 6]
+    assert (ec["ES"]["steps"], ec["ES"]["token_slots"]) == (ec["A"]["steps"], ec["A"]["token_slots"])
+    short = next(p for p in (work / "shards").glob("ES-*") if p.is_dir())
+    assert "3" in ec["ES"]["tokens_per_kind"]  # knowledge segments were appended
+    assert 0 < _longest_segment(short) <= 33
+
+
+def _longest_segment(shards: Path) -> int:
+    """The longest knowledge segment (token type 2) of any packed document in a shard folder."""
+    from wenzhi.model.shards import ShardReader
+
+    reader = ShardReader(shards)
+    rows = reader.batch(np.arange(len(reader)))
+    longest = 0
+    for r in range(len(reader)):
+        for d in np.unique(rows["document_ids"][r]):
+            if d >= 0:
+                in_doc = rows["document_ids"][r] == d
+                longest = max(longest, int((rows["token_type_ids"][r][in_doc] == 2).sum()))
+    return longest
+
+
+def test_short_segment_remedy_changes_only_the_segment():
+    """ES is E's prepare config with the knowledge segment halved; no other variant's folder moved."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from knowledge_ablation_plan import SIZES, Plan
+
+    plan = Plan(SIZES["cpu"], Path("/work"), "/work/kb.sqlite")
+    e, es = plan.prepare_config("E"), plan.prepare_config("ES")
+    assert (e.pop("augment"), es.pop("augment")) == ({"max_tokens": 64, "min_tokens": 8}, {"max_tokens": 32, "min_tokens": 8})
+    assert e == es
+    # the folders every finished CPU run lives in (bench/RESULTS.md) keep their names
+    assert plan.shards("E").name == "E-951ad77249" and plan.shards("EL").name == "EL-c8079409f4"
+    assert plan.pretrain_dir("E", 0).parent.name == "E-342a023323"
+    assert plan.run_dir("E", 0).parent.name == "E-184e08ad7b"
