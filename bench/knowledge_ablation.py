@@ -113,12 +113,12 @@ def build_data(plan: Plan) -> dict:
 
 
 # -- one variant's shards, one run -----------------------------------------------------------------
-def prepare_variant(plan: Plan, variant: str) -> dict:
+def prepare_variant(plan: Plan, masking: str, copy: int = 0) -> dict:
     from wenzhi.model.prepare import PrepareConfig, prepare
 
-    out = plan.shards(variant)
+    out = plan.shards(masking, copy=copy)
     if not (out / "meta.json").exists():
-        prepare(PrepareConfig.from_dict({"output": str(out), **plan.prepare_config(variant)}), show_progress=False)
+        prepare(PrepareConfig.from_dict({"output": str(out), **plan.prepare_config(masking, copy)}), show_progress=False)
     meta = json.loads((out / "meta.json").read_text())
     stats = meta["stats"]["prepare"]
     return {"shards": out.name, "rows": meta["num_sequences"], "tokens": stats["tokens"],
@@ -141,9 +141,10 @@ def consumed(plan: Plan, variant: str, seed: int) -> dict:
     batches = []  # (phase data, step within the phase) of every step, as the trainer takes them
     for index, phase in enumerate(plan.train_config(variant, seed)["phases"]):
         data = PhaseData(Phase(**phase), index, seed, 0, 1)
-        if data.n < phase["steps"] * size.batch_size:
+        if data.n * size.max_epochs < phase["steps"] * size.batch_size:
             raise ValueError(f"{phase['shards']}: {data.n} rows, fewer than the {phase['steps'] * size.batch_size} a run "
-                             "reads (equal compute without repeats needs more text: raise the corpus limits)")
+                             f"reads at most {size.max_epochs:g} times each (raise the corpus limits, mask_copies "
+                             "or max_epochs)")
         batches += [(data, step) for step in range(phase["steps"])]
     tokens, masked, flops, per_kind, cumulative = 0, 0, 0.0, {}, []
     for data, step in batches:
@@ -442,6 +443,7 @@ def main() -> int:
     parser.add_argument("--plan", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--copy", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
         args.size, args.seeds, args.jobs = "quick", "1", 0
@@ -450,7 +452,8 @@ def main() -> int:
         plan_record = json.loads(Path(args.plan).read_text())
         plan = Plan(Size(**plan_record["size"]), work, plan_record["kb"])
         if args.worker == "prepare":
-            _write_json(plan.shards(args.variant).with_suffix(".json"), prepare_variant(plan, args.variant))
+            _write_json(plan.shards(args.variant, copy=args.copy).with_suffix(".json"),
+                        prepare_variant(plan, args.variant, args.copy))
         elif args.worker == "bert":
             build_bert_for(plan)
         else:
@@ -483,8 +486,9 @@ def main() -> int:
     me = [sys.executable, str(Path(__file__).resolve()), "--work", str(work), "--plan", str(plan_file)]
     maskings = sorted({m for v in variants for m in (VARIANTS[v].masking, VARIANTS[v].warmup) if m}
                       | ({"A"} if any(VARIANTS[v].from_bert for v in variants) else set()))  # the BERT reads A's
-    prep_tasks = [(f"prepare {m}", plan.shards(m).with_suffix(".json"), me + ["--worker", "prepare", "--variant", m])
-                  for m in maskings]
+    prep_tasks = [(f"prepare {m}" + (f" copy {c}" if c else ""), plan.shards(m, copy=c).with_suffix(".json"),
+                   me + ["--worker", "prepare", "--variant", m, "--copy", str(c)])
+                  for m in maskings for c in range(size.mask_copies)]
     bert_tasks = [("BERT stand-in", plan.bert.with_suffix(".json"), me + ["--worker", "bert"])
                   ] if any(VARIANTS[v].from_bert for v in variants) else []
     run_tasks_ = [(f"run {v} seed {s}", plan.run_dir(v, s) / "result.json",
@@ -501,7 +505,7 @@ def main() -> int:
     else:  # in this process (quick mode): no interpreter start-up per task
         for name, out, argv in prep_tasks:
             if not out.exists():
-                _write_json(out, prepare_variant(plan, argv[argv.index("--variant") + 1]))
+                _write_json(out, prepare_variant(plan, argv[argv.index("--variant") + 1], int(argv[argv.index("--copy") + 1])))
         if bert_tasks:
             build_bert_for(plan)
         for name, out, argv in run_tasks_:

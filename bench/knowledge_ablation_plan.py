@@ -107,6 +107,11 @@ class Size:
         hidden_size=64, num_attention_heads=4, intermediate_size=256, num_universal_layers=2, num_nlu_layers=1,
         num_nlg_layers=1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
     mask_ratio: float = 0.15
+    # BERT's dupe_factor: the text masked this many times (prepare seeds 13, 14, ...); a run reads the
+    # copies one after another, an equal share of its steps each, so a run longer than the text
+    # repeats text under new masks rather than the same masks
+    mask_copies: int = 1
+    max_epochs: float = 1.0  # how often a run may read each copy's rows (1: no row twice); a guard only
     prepare_overrides: dict = field(default_factory=dict)  # e.g. {"curriculum": "default"} for an attempt
     # Fine-tuning, the same for every task: the whole model trained (BERT's and ERNIE 1.0's protocol;
     # with the universal module frozen, as the service does, every metric sat at chance at this
@@ -145,9 +150,12 @@ SIZES = {
     "cpu": Size(people_daily=18000, reviews=16000, agrikg_rows=None, kdconv_dialogues=None, heldout_people_daily=600,
                 heldout_reviews=300, steps=500, curve_points=5, sim_steps=300, relation_questions=1000,
                 downstream_steps=300, downstream_eval=3000, probe_items=300),
-    # a GPU: the small config's encoder on all the text, ten times the steps
+    # a GPU: the small config's encoder on all the text, 30x the steps at twice the batch (60x the
+    # token slots); the ~9M characters here fill ~40k rows, so the text is masked 10 times and each
+    # copy read 2-2.5 times (1,500 steps x 64 rows per copy)
     "gpu": Size(people_daily=17000, reviews=15000, agrikg_rows=None, kdconv_dialogues=None,
                 heldout_people_daily=1500, heldout_reviews=1500, batch_size=64, steps=15000, learning_rate=1e-3,
+                mask_copies=10, max_epochs=3.0,
                 model=dict(hidden_size=256, num_attention_heads=4, intermediate_size=1024, num_universal_layers=2,
                            num_nlu_layers=2, num_nlg_layers=1), threads=4),
 }
@@ -197,13 +205,14 @@ class Plan:
     def heldout(self) -> Path:  # the held-out MLM shards
         return self.work / f"heldout-{key(self.heldout_config(), self.work)}"
 
-    def prepare_config(self, masking: str) -> dict:
+    def prepare_config(self, masking: str, copy: int = 0) -> dict:
         """A masking's prepare config: the same corpora and settings, its own masking strategies.
-        D and E also read the triple corpora as triple-sentence pairs (what UKTP trains on)."""
+        D and E also read the triple corpora as triple-sentence pairs (what UKTP trains on).
+        `copy`: the text masked again (Size.mask_copies), with the next prepare seed."""
         s, strategies = self.size, MASKING[masking]
         knowledge = bool({"uktp", "retrieval"} & set(strategies))
         return {
-            "seq_len": s.seq_len, "seed": PREPARE_SEED, "mask_ratio": s.mask_ratio, "heldout_fraction": HELDOUT_FRACTION,
+            "seq_len": s.seq_len, "seed": PREPARE_SEED + copy, "mask_ratio": s.mask_ratio, "heldout_fraction": HELDOUT_FRACTION,
             "kb": self.kb if {"entity", "uktp", "retrieval"} & set(strategies) else None,
             "corpora": [
                 {"path": "corpus/people_daily_1998_pos.txt", "format": "people_daily", "limit": s.people_daily},
@@ -215,11 +224,11 @@ class Plan:
             **s.prepare_overrides,
         }
 
-    def shards(self, variant: str, warmup: bool = False) -> Path:
+    def shards(self, variant: str, warmup: bool = False, copy: int = 0) -> Path:
         """The shards a variant trains on (F's are its masking's: FA reads A's); `warmup`: those of
-        a curriculum's first half (EC's are A's)."""
+        a curriculum's first half (EC's are A's); `copy`: which masked copy of the text."""
         masking = VARIANTS[variant].warmup if warmup else VARIANTS[variant].masking
-        return self.work / "shards" / f"{masking}-{key(self.prepare_config(masking), self.work)}"
+        return self.work / "shards" / f"{masking}-{key(self.prepare_config(masking, copy), self.work)}"
 
     @property
     def bert(self) -> Path:
@@ -231,10 +240,15 @@ class Plan:
     def train_config(self, variant: str, seed: int) -> dict:
         s = self.size
         order = "sequential" if s.prepare_overrides.get("curriculum") else "shuffle"
-        phases = [{"shards": str(self.shards(variant)), "steps": s.steps, "batch_size": s.batch_size, "order": order}]
+        parts = [(False, s.steps)]
         if VARIANTS[variant].warmup:  # the curriculum: plain masking first, the same steps in all
-            phases = [{**phases[0], "shards": str(self.shards(variant, warmup=True)), "steps": s.steps // 2},
-                      {**phases[0], "steps": s.steps - s.steps // 2}]
+            parts = [(True, s.steps // 2), (False, s.steps - s.steps // 2)]
+        phases = []
+        for warmup, steps in parts:  # each part over the masked copies in turn, an equal share each
+            shares = [steps // s.mask_copies] * s.mask_copies
+            shares[-1] += steps - sum(shares)
+            phases += [{"shards": str(self.shards(variant, warmup, copy)), "steps": n, "batch_size": s.batch_size,
+                        "order": order} for copy, n in enumerate(shares)]
         return {"output_dir": str(self.pretrain_dir(variant, seed)), "phases": phases,
                 "model": dict(s.model), "optimizer": "adamw", "learning_rate": s.learning_rate, "warmup_ratio": 0.06,
                 "lr_scheduler": "linear", "lm_weight": 0.0, "seed": seed,
@@ -250,11 +264,14 @@ class Plan:
             record["init"] = self.bert.name
         if VARIANTS[variant].warmup:
             record["warmup"] = self.shards(variant, warmup=True).name
+        if self.size.mask_copies > 1:  # (copy 0 names the text; one copy keeps the folders of earlier runs)
+            record["mask_copies"] = self.size.mask_copies
         return self.work / "pretrain" / f"{variant}-{key(record, self.work)}" / f"seed-{seed}"
 
     def run_dir(self, variant: str, seed: int) -> Path:
         """The evaluations of one pretrained model: keyed by it and every evaluation setting."""
-        corpus = {"people_daily", "reviews", "agrikg_rows", "kdconv_dialogues", "prepare_overrides", "mask_ratio"}
+        corpus = {"people_daily", "reviews", "agrikg_rows", "kdconv_dialogues", "prepare_overrides", "mask_ratio",
+                  "mask_copies", "max_epochs"}
         evaluation = {k: v for k, v in asdict(self.size).items() if k not in corpus | set(TRAIN_FIELDS) | set(BERT_FIELDS)}
         record = {"pretrain": self.pretrain_dir(variant, seed).parent.name, "heldout": self.heldout.name,
                   "eval": evaluation}

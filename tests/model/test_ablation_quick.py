@@ -141,3 +141,20 @@ def test_short_segment_remedy_changes_only_the_segment():
     assert plan.shards("E").name == "E-951ad77249" and plan.shards("EL").name == "EL-c8079409f4"
     assert plan.pretrain_dir("E", 0).parent.name == "E-342a023323"
     assert plan.run_dir("E", 0).parent.name == "E-184e08ad7b"
+
+
+def test_gpu_size_masks_the_text_again_instead_of_repeating_it():
+    """--size gpu reads 60x the CPU size's token slots from the same ~9M characters: its runs go
+    through 10 masked copies of the text (prepare seeds 13-22), an equal share of the steps each."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from knowledge_ablation_plan import PREPARE_SEED, SIZES, Plan
+
+    plan = Plan(SIZES["gpu"], Path("/work"), "/work/kb.sqlite")
+    phases = plan.train_config("A", 0)["phases"]
+    assert [p["steps"] for p in phases] == [1500] * 10 and len({p["shards"] for p in phases}) == 10
+    assert [plan.prepare_config("A", c)["seed"] for c in range(10)] == list(range(PREPARE_SEED, PREPARE_SEED + 10))
+    assert phases[0]["shards"] == str(plan.shards("A"))  # copy 0 is the CPU size's masking of its text
+    curriculum = plan.train_config("EC", 0)["phases"]  # half the steps on A's copies, half on E's
+    assert [Path(p["shards"]).name[:2] for p in curriculum] == ["A-"] * 10 + ["E-"] * 10
+    assert sum(p["steps"] for p in curriculum) == SIZES["gpu"].steps
+    assert plan.pretrain_dir("A", 0) != Plan(SIZES["cpu"], Path("/work"), "/work/kb.sqlite").pretrain_dir("A", 0)
