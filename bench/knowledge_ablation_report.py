@@ -18,7 +18,7 @@ def mean_std(values: list[float]) -> dict:
             "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0}
 
 
-def _trained_here(run: dict) -> bool:
+def pretrained_here(run: dict) -> bool:
     """Whether the run's pretraining ran in its own command (else an earlier command's was reused)."""
     if not run["compute"]["steps"]:
         return True
@@ -33,7 +33,7 @@ def aggregate(results: list[dict], variants: list[str], pairs: list[tuple[str, s
     table: dict = {}
     for v in variants:
         runs = [r for r in results if r["variant"] == v]
-        timed = [r for r in runs if _trained_here(r)]
+        timed = [r for r in runs if pretrained_here(r)]
         entry = {m: mean_std([r["metrics"][m] for r in runs]) for m in METRICS if all(m in r["metrics"] for r in runs)}
         entry.update({
             "tokens": round(statistics.fmean(r["compute"]["tokens"] for r in runs)),

@@ -111,6 +111,14 @@ def test_quick_ablation(tmp_path, kb_db, data_dir):
     short = next(p for p in (work / "shards").glob("ES-*") if p.is_dir())
     assert "3" in ec["ES"]["tokens_per_kind"]  # knowledge segments were appended
     assert 0 < _longest_segment(short) <= 33
+    # the cost summed from the pieces' own clocks: every piece of the first command found and timed
+    cost = subprocess.run([sys.executable, str(ROOT / "bench" / "knowledge_ablation_cost.py"), "--work", str(work),
+                           "--size", "quick", "--seeds", "1"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert cost.returncode == 0, cost.stderr[-3000:]
+    cost = json.loads(cost.stdout.strip().splitlines()[-1])
+    assert cost["missing"] == [] and cost["total_cpu_seconds"] > 0
+    assert {r["variant"]: r["pretrainings_untimed"] for r in cost["variants"]} == dict.fromkeys(
+        ["R", "A", "B", "C", "D", "E", "F0", "FA", "FE"], 0)
 
 
 def _longest_segment(shards: Path) -> int:
