@@ -119,6 +119,12 @@ def test_quick_ablation(tmp_path, kb_db, data_dir):
     assert cost["missing"] == [] and cost["total_cpu_seconds"] > 0
     assert {r["variant"]: r["pretrainings_untimed"] for r in cost["variants"]} == dict.fromkeys(
         ["R", "A", "B", "C", "D", "E", "F0", "FA", "FE"], 0)
+    # the no-learning floor under the held-out MLM loss: between a perfect and a uniform guess
+    unigram = subprocess.run([sys.executable, str(ROOT / "bench" / "knowledge_ablation_unigram.py"), "--work", str(work),
+                              "--size", "quick"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert unigram.returncode == 0, unigram.stderr[-3000:]
+    unigram = json.loads(unigram.stdout.strip().splitlines()[-1])
+    assert 0 < unigram["unigram_heldout_mlm_loss"] < unigram["uniform_loss"] and unigram["masked_tokens"] > 0
 
 
 def _longest_segment(shards: Path) -> int:
