@@ -427,7 +427,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="cpu")
     parser.add_argument("--quick", action="store_true", help="CI check: --size quick --seeds 1 --jobs 0")
-    parser.add_argument("--seeds", default="3", help="N (seeds 0..N-1) or a list, e.g. 1,2 (runs split over commands)")
+    parser.add_argument("--seeds", default="3", help="N (seeds 0..N-1) or a list, e.g. 1,2 or 2, (runs split over commands)")
     parser.add_argument("--variants", default="R,A,B,C,D,E,F0,FA,FE",
                         help="R: no pretraining; F0: the imported BERT as is; FA..FE: A..E continued from it")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (0: in this process, one by one)")
@@ -462,7 +462,7 @@ def main() -> int:
 
     size = replace(SIZES[args.size], **_parse_sets(args.set))
     variants = parse_variants(args.variants)
-    seeds = [int(x) for x in args.seeds.split(",")] if "," in args.seeds else list(range(int(args.seeds)))
+    seeds = [int(x) for x in args.seeds.split(",") if x] if "," in args.seeds else list(range(int(args.seeds)))
     work.mkdir(parents=True, exist_ok=True)
     started, cpu0 = time.perf_counter(), time.process_time()
     print(f"knowledge ablation: size {args.size}, variants {','.join(variants)}, seeds {seeds}, "
