@@ -113,7 +113,8 @@ def test_quick_ablation(tmp_path, kb_db, data_dir):
     assert 0 < _longest_segment(short) <= 33
     # the cost summed from the pieces' own clocks: every piece of the first command found and timed
     cost = subprocess.run([sys.executable, str(ROOT / "bench" / "knowledge_ablation_cost.py"), "--work", str(work),
-                           "--size", "quick", "--seeds", "1"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+                           "--size", "quick", "--seeds", "1", "--kb", str(kb_db)], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
     assert cost.returncode == 0, cost.stderr[-3000:]
     cost = json.loads(cost.stdout.strip().splitlines()[-1])
     assert cost["missing"] == [] and cost["total_cpu_seconds"] > 0
