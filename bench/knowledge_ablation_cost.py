@@ -31,19 +31,19 @@ def pretraining_cpu(work: Path) -> dict[Path, float]:
     out = {}
     for record in sorted((work / "plans").glob("*.json")):
         plan_record = json.loads(record.read_text())
-        # names are hashed with the work folder the command ran in (its KB's folder; this one may be a copy)
-        then = Path(plan_record["kb"]).parent
-        try:
-            plan = Plan(Size(**plan_record["size"]), then, plan_record["kb"])
-        except TypeError:  # a size from before a field was renamed: its runs are read by later records
-            continue
-        for variant in VARIANTS:
-            if not VARIANTS[variant].masking:
-                continue
-            for result_file in (work / plan.run_dir(variant, 0).parent.relative_to(then)).glob("seed-*/result.json"):
-                result = json.loads(result_file.read_text(encoding="utf-8"))
-                if pretrained_here(result):
-                    out[work / plan.pretrain_dir(variant, result["seed"]).relative_to(then)] = result["cpu_seconds"]["pretrain"]
+        # names are hashed with the work folder the command ran in: this one, or (a copied folder)
+        # the one holding its KB; a name made with the wrong one matches no folder
+        for then in dict.fromkeys([work, Path(plan_record["kb"]).parent]):
+            try:
+                plan = Plan(Size(**plan_record["size"]), then, plan_record["kb"])
+            except TypeError:  # a size from before a field was renamed: its runs are read by later records
+                break
+            for variant in (v for v in VARIANTS if VARIANTS[v].masking):
+                for result_file in (work / plan.run_dir(variant, 0).parent.relative_to(then)).glob("seed-*/result.json"):
+                    result = json.loads(result_file.read_text(encoding="utf-8"))
+                    if pretrained_here(result):
+                        pretrained = work / plan.pretrain_dir(variant, result["seed"]).relative_to(then)
+                        out[pretrained] = result["cpu_seconds"]["pretrain"]
     return out
 
 
