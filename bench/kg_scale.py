@@ -341,6 +341,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="fresh processes per contender in --reference")
     ap.add_argument("--context-batch-only", action="store_true",
                     help="--reference compares link_many with context only (theirs and ours), no other contender")
+    ap.add_argument("--compare-only", action="store_true",
+                    help="with --store: skip the index build, lookups and single pass; only --reference / --profile")
     ap.add_argument("--profile", action="store_true",
                     help="add a cProfile of link_many (and of the reference's link), cold and warm")
     args = ap.parse_args()
@@ -379,6 +381,20 @@ def main() -> None:
                             "store_mb": round(db.stat().st_size / 2**20),
                             "input_mb": round(grown.stat().st_size / 2**20)}
         log(f"import: {result['import']}")
+
+    if args.compare_only:
+        if not args.store:
+            ap.error("--compare-only needs --store")
+        if args.reference:
+            log(f"against the linker at {args.reference}, interleaved")
+            result["reference"] = compare_reference(db, args.link_chars, args.reference, args.batch,
+                                                    args.reference_index, args.rounds, args.context_batch_only)
+        if args.profile:
+            log("profiling link_many")
+            result["profile"] = profile_linking(db, args.link_chars, args.batch, args.reference, args.reference_index)
+        result["loadavg_end"] = os.getloadavg()
+        print(json.dumps(result, ensure_ascii=False))
+        return
 
     log("alias index build (child process)")
     idx, wall, _ = child(INDEX_CODE, str(db))

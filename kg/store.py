@@ -133,6 +133,15 @@ class TripleStore:
     def n_entities(self) -> int:
         return self._conn.execute("SELECT COUNT(*) FROM entities").fetchone()[0]
 
+    def max_entity_id(self) -> int:
+        return self._conn.execute("SELECT COALESCE(MAX(id), 0) FROM entities").fetchone()[0]
+
+    def iter_entity_context(self, description_chars: int) -> Iterator[tuple[int, str | None, str | None]]:
+        """(id, disambiguation, the description's first `description_chars` characters) of every
+        entity, in id order (what the linker's feature table needs of it)."""
+        return iter(self._conn.execute("SELECT id, disambiguation, substr(description, 1, ?) FROM entities ORDER BY id",
+                                       (description_chars,)))
+
     def iter_entities(self) -> Iterator[Entity]:
         for row in self._conn.execute(f"SELECT {_ENTITY_COLUMNS} FROM entities ORDER BY id"):
             yield Entity(*row)
@@ -208,6 +217,11 @@ class TripleStore:
         )
         for head, rel_id, tail, head_id in cur:
             yield Triple(head, names[rel_id], tail, head_id)
+
+    def iter_triple_rows(self) -> Iterator[tuple[int, int, str]]:
+        """(head id, relation id, tail) of every triple, in `triples()`'s order head by head (the
+        table's clustering order: one sequential scan)."""
+        return iter(self._conn.execute("SELECT head_id, rel_id, tail FROM triples ORDER BY head_id, rel_id, tail"))
 
     def relation_names(self) -> dict[int, str]:
         if self._relation_names is None:
