@@ -41,7 +41,7 @@ class ContextScorer:
         self.clear()
         # load the compiled kernel now (from numba's cache, or compile it the first time ever),
         # not inside the first batch
-        self.score(np.zeros(0, dtype=np.uint32), (), (), (), (), ())
+        self.score(np.frombuffer(b"", dtype=np.uint32), (), (), (), (), ())  # read-only, as the batches' codes
 
     def clear(self) -> None:
         self.slots: dict[int, int] = {}  # key id -> slot
@@ -98,16 +98,31 @@ class ContextScorer:
 
 
 @numba.njit(cache=True)
-def _contains(sorted_values, n, value) -> bool:
-    """Binary search in sorted_values[:n]."""
-    lo, hi = 0, n
+def _contains(sorted_values, lo, hi, value) -> bool:
+    """Binary search in sorted_values[lo:hi]."""
+    end = hi
     while lo < hi:
         mid = (lo + hi) >> 1
         if sorted_values[mid] < value:
             lo = mid + 1
         else:
             hi = mid
-    return lo < n and sorted_values[lo] == value
+    return lo < end and sorted_values[lo] == value
+
+
+_EMPTY = -1  # a free slot of the window's bigram set (keys are >= 0)
+
+
+@numba.njit(cache=True)
+def _in_grams(table, key) -> bool:
+    """Is `key` in the open-addressing set `table` (size a power of two, over twice its keys)?"""
+    mask = len(table) - 1
+    i = (key * 0x9E3779B1) & mask
+    while table[i] != _EMPTY:
+        if table[i] == key:
+            return True
+        i = (i + 1) & mask
+    return False
 
 
 @numba.njit(cache=True)
@@ -132,9 +147,11 @@ def _python_sum(terms, n, neumaier) -> float:
 
 
 @numba.njit(cache=True)
-def _context_terms(p, present, grams, n_grams, weights, table, terms) -> bool:
+def _context_terms(p, present, grams, distinct, n_grams, weights, table, terms) -> bool:
     """The weighted context features of profile p into terms[:6]; False when the context gives
-    it no evidence (no character shared, no description): its score is then the fixed sum."""
+    it no evidence (no character shared, no description): its score is then the fixed sum.
+    `grams`: the window's bigrams as a set (see `_in_grams`), `distinct` the same in a list,
+    `n_grams` how many."""
     (profile_relations, profile_tails, dis_offsets, dis_chars, desc_offsets, desc_grams, rs_offsets, rs_values,
      rc_offsets, rc_values, rb_offsets, rb_values, ts_offsets, ts_values, tc_offsets, tc_values) = table
     shared = False
@@ -158,7 +175,7 @@ def _context_terms(p, present, grams, n_grams, weights, table, terms) -> bool:
             if n_relation_grams > 0:
                 found = 0
                 for q in range(rb_offsets[g], rb_offsets[g + 1]):
-                    if _contains(grams, n_grams, rb_values[q]):
+                    if _in_grams(grams, rb_values[q]):
                         found += 1
                 cover = found / n_relation_grams
                 if cover > gram_cover:
@@ -189,7 +206,7 @@ def _context_terms(p, present, grams, n_grams, weights, table, terms) -> bool:
     if n_desc > 0 and n_grams > 0:
         found = 0
         for i in range(n_grams):
-            if _contains(desc_grams[desc_offsets[p] :], n_desc, grams[i]):
+            if _contains(desc_grams, desc_offsets[p], desc_offsets[p + 1], distinct[i]):
                 found += 1
         description = found / n_grams
     if not shared and n_desc == 0:
@@ -208,7 +225,11 @@ def _score(codes, text_start, text_end, start, end, slots, window, slot_start, s
            fixed_score, weights, neumaier, present, table, offsets, out):
     """out[offsets[m] + j] = the score of candidate j of occurrence m (see `ContextScorer.score`)."""
     chars = np.empty(2 * window + 1, dtype=np.int64)
-    grams = np.empty(2 * window, dtype=np.int64)
+    distinct = np.empty(2 * window, dtype=np.int64)
+    size = 4
+    while size < 4 * window:
+        size *= 2
+    grams = np.full(size, _EMPTY, dtype=np.int64)
     most = 0
     for m in range(len(slots)):
         most = max(most, slot_count[slots[m]])
@@ -216,6 +237,7 @@ def _score(codes, text_start, text_end, start, end, slots, window, slot_start, s
     memo_terms = np.empty((most, 6), dtype=np.float64)
     memo_evidence = np.empty(most, dtype=np.bool_)
     terms = np.empty(6 + fixed.shape[1], dtype=np.float64)
+    mask = size - 1
     for m in range(len(slots)):
         # the text of `EntityLinker._context`: `window` characters each side, "\x00" between
         n = 0
@@ -229,15 +251,16 @@ def _score(codes, text_start, text_end, start, end, slots, window, slot_start, s
             n += 1
         for i in range(n):
             present[chars[i]] = 1
+        n_grams = 0  # the window's distinct bigrams, into the set and the list
         for i in range(n - 1):
-            grams[i] = chars[i] << 21 | chars[i + 1]
-        n_grams = n - 1
-        grams[:n_grams].sort()
-        distinct = 0  # the window's distinct bigrams, in place
-        for i in range(n_grams):
-            if distinct == 0 or grams[i] != grams[distinct - 1]:
-                grams[distinct] = grams[i]
-                distinct += 1
+            key = chars[i] << 21 | chars[i + 1]
+            h = (key * 0x9E3779B1) & mask
+            while grams[h] != _EMPTY and grams[h] != key:
+                h = (h + 1) & mask
+            if grams[h] == _EMPTY:
+                grams[h] = key
+                distinct[n_grams] = key
+                n_grams += 1
         n_memo = 0
         first = slot_start[slots[m]]
         for j in range(slot_count[slots[m]]):
@@ -248,7 +271,8 @@ def _score(codes, text_start, text_end, start, end, slots, window, slot_start, s
                 k += 1
             if k == n_memo:
                 memo_profile[k] = p
-                memo_evidence[k] = _context_terms(p, present, grams, distinct, weights, table, memo_terms[k])
+                memo_evidence[k] = _context_terms(p, present, grams, distinct, n_grams, weights, table,
+                                                  memo_terms[k])
                 n_memo += 1
             if not memo_evidence[k]:
                 out[offsets[m] + j] = fixed_score[c]
@@ -258,3 +282,9 @@ def _score(codes, text_start, text_end, start, end, slots, window, slot_start, s
             out[offsets[m] + j] = _python_sum(terms, len(terms), neumaier)
         for i in range(n):
             present[chars[i]] = 0
+        for i in range(n_grams):  # empty the set: clear exactly the slots used
+            key = distinct[i]
+            h = (key * 0x9E3779B1) & mask
+            while grams[h] != key:
+                h = (h + 1) & mask
+            grams[h] = _EMPTY

@@ -347,14 +347,15 @@ class EntityLinker:
         """`_prefetch` for `link_many` with the compiled scorer: the entities of aliases not seen
         before in one batched read, and each new ambiguous alias registered with the scorer
         (its candidates' context-free terms; their context features come from the table)."""
-        first: dict[int, tuple[int, int]] = {}
-        for s, e, key_id in found:
-            if key_id not in first:
-                first[key_id] = (s, e)
-        unambiguous = self._unambiguous
-        new = [key_id for key_id in first if key_id not in unambiguous and key_id not in scorer]
-        if not new:
+        unambiguous, slots = self._unambiguous, scorer.slots
+        new = {key_id for _, _, key_id in found} - unambiguous.keys() - slots.keys()
+        if not new:  # the common case once warm
             return
+        first: dict[int, tuple[int, int]] = {}  # where each new alias occurs first
+        for s, e, key_id in found:
+            if key_id in new and key_id not in first:
+                first[key_id] = (s, e)
+        new = list(first)  # (in text order)
         ids, single = set(), []
         for key_id in new:
             cands = self._candidates(key_id)
