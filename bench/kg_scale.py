@@ -119,11 +119,30 @@ del index
 t, c = time.perf_counter(), time.process_time()
 index = AliasIndex.load(path)
 load_s, load_cpu_s = time.perf_counter() - t, time.process_time() - c
+index_maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+# the linker's feature table, built after the index (as `EntityLinker` does), its own figures
+from wenzhi.kg.feature_table import EntityFeatureTable
+from wenzhi.kg.linker import LinkerConfig
+del index
+before_table = rss()
+t, c = time.perf_counter(), time.process_time()
+table = EntityFeatureTable.build(store, LinkerConfig().max_triples)
+table_build_s, table_build_cpu_s = time.perf_counter() - t, time.process_time() - c
+table_rss = rss() - before_table
+table_path = EntityFeatureTable.default_path(store)
+table.save(table_path)
+del table
+c = time.process_time()
+EntityFeatureTable.load(table_path)
+table_load_cpu_s = time.process_time() - c
 ru = resource.getrusage(resource.RUSAGE_SELF)
-print(json.dumps({"aliases": len(index), "build_s": build_s, "load_s": load_s,
+print(json.dumps({"aliases": len(AliasIndex.load(path)), "build_s": build_s, "load_s": load_s,
                   "build_cpu_s": build_cpu_s, "load_cpu_s": load_cpu_s,
-                  "rss_before": base, "rss_after_build": after, "maxrss": ru.ru_maxrss * 1024,
-                  "file_bytes": path.stat().st_size}))
+                  "rss_before": base, "rss_after_build": after, "maxrss": index_maxrss,
+                  "file_bytes": path.stat().st_size,
+                  "table": {"build_s": table_build_s, "build_cpu_s": table_build_cpu_s, "load_cpu_s": table_load_cpu_s,
+                            "rss_growth": table_rss, "maxrss_after": ru.ru_maxrss * 1024,
+                            "file_bytes": table_path.stat().st_size}}))
 """
 
 
@@ -340,6 +359,26 @@ def profile_linking(db: Path, link_chars: int, batch: int, commit: str | None, r
     return out
 
 
+def build_index(db: Path) -> dict:
+    """The alias index and the linker's feature table built (and saved beside `db`) in a child
+    process: build and load CPU seconds, memory, file sizes."""
+    out: dict = {}
+    log("alias index build (child process)")
+    idx, wall, _ = child(INDEX_CODE, str(db))
+    out["alias_index"] = {"aliases": idx["aliases"], "build_s": round(idx["build_s"], 1),
+                          "load_s": round(idx["load_s"], 1), "build_cpu_s": round(idx["build_cpu_s"], 1),
+                          "load_cpu_s": round(idx["load_cpu_s"], 1), "process_wall_s": round(wall, 1),
+                          "rss_growth_mb": round((idx["rss_after_build"] - idx["rss_before"]) / 2**20),
+                          "peak_rss_mb": round(idx["maxrss"] / 2**20), "file_mb": round(idx["file_bytes"] / 2**20)}
+    t = idx["table"]
+    out["feature_table"] = {"build_s": round(t["build_s"], 1), "build_cpu_s": round(t["build_cpu_s"], 1),
+                            "load_cpu_s": round(t["load_cpu_s"], 3), "rss_growth_mb": round(t["rss_growth"] / 2**20),
+                            "process_peak_rss_mb": round(t["maxrss_after"] / 2**20),
+                            "file_mb": round(t["file_bytes"] / 2**20, 1)}
+    log(f"alias index: {out['alias_index']}, feature table: {out['feature_table']}")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", type=float, default=1.0, help="fraction of KgCLUE size (1.0 = 20.5M triples)")
@@ -356,6 +395,8 @@ def main() -> None:
                     help="--reference compares link_many with context only (theirs and ours), no other contender")
     ap.add_argument("--compare-only", action="store_true",
                     help="with --store: skip the index build, lookups and single pass; only --reference / --profile")
+    ap.add_argument("--index", action="store_true",
+                    help="with --compare-only: do build the alias index and the feature table first (timed)")
     ap.add_argument("--profile", action="store_true",
                     help="add a cProfile of link_many (and of the reference's link), cold and warm")
     args = ap.parse_args()
@@ -398,6 +439,8 @@ def main() -> None:
     if args.compare_only:
         if not args.store:
             ap.error("--compare-only needs --store")
+        if args.index:
+            result.update(build_index(db))
         if args.reference:
             log(f"against the linker at {args.reference}, interleaved")
             result["reference"] = compare_reference(db, args.link_chars, args.reference, args.batch,
@@ -409,14 +452,7 @@ def main() -> None:
         print(json.dumps(result, ensure_ascii=False))
         return
 
-    log("alias index build (child process)")
-    idx, wall, _ = child(INDEX_CODE, str(db))
-    result["alias_index"] = {"aliases": idx["aliases"], "build_s": round(idx["build_s"], 1),
-                             "load_s": round(idx["load_s"], 1), "build_cpu_s": round(idx["build_cpu_s"], 1),
-                             "load_cpu_s": round(idx["load_cpu_s"], 1), "process_wall_s": round(wall, 1),
-                             "rss_growth_mb": round((idx["rss_after_build"] - idx["rss_before"]) / 2**20),
-                             "peak_rss_mb": round(idx["maxrss"] / 2**20), "file_mb": round(idx["file_bytes"] / 2**20)}
-    log(f"alias index: {result['alias_index']}")
+    result.update(build_index(db))
 
     log("entity lookups")
     from wenzhi.kg import TripleStore
