@@ -119,6 +119,28 @@ class _Names(NamedTuple):
     log_triples: float
 
 
+class _Pending:
+    """`link_many`'s ambiguous occurrences: which text and position in its Mentions, offsets in
+    the original text, the text's span and the occurrence's in the joined normalised texts."""
+
+    __slots__ = ("text", "at", "o_start", "o_end", "text_start", "text_end", "start", "end", "key_ids")
+
+    def __init__(self):
+        for name in self.__slots__:
+            setattr(self, name, [])
+
+    def add(self, text, at, o_start, o_end, text_start, text_end, start, end, key_id) -> None:
+        self.text.append(text)
+        self.at.append(at)
+        self.o_start.append(o_start)
+        self.o_end.append(o_end)
+        self.text_start.append(text_start)
+        self.text_end.append(text_end)
+        self.start.append(start)
+        self.end.append(end)
+        self.key_ids.append(key_id)
+
+
 class _Alias(NamedTuple):
     """What scoring an occurrence of an alias needs that no context changes."""
     candidates: tuple[tuple[Profile, tuple[float, ...], float], ...]  # (profile, weighted context-free terms, their sum)
@@ -198,7 +220,9 @@ class EntityLinker:
         ends = list(itertools.accumulate(len(norm) + 1 for norm, _ in normalized))
         t, base, text, norm, offmap = -1, 0, "", "", None
         unambiguous = self._unambiguous
-        pending = []  # ambiguous occurrences, scored together below
+        # the ambiguous occurrences, scored together below; in parallel lists of ints (which the
+        # garbage collector does not track: a tuple per occurrence made its collections longer)
+        pending = _Pending()
         for s, e, key_id in found:
             if t < 0 or s >= ends[t]:
                 t = next(i for i in range(t + 1, len(ends)) if s < ends[i])
@@ -211,19 +235,19 @@ class EntityLinker:
             elif scorer is None:
                 out[t].append(self._ambiguous(text[o_start:o_end], o_start, o_end, norm, s - base, e - base, key_id))
             else:
-                pending.append((t, len(out[t]), o_start, o_end, base, base + len(norm), s, e, key_id))
+                pending.add(t, len(out[t]), o_start, o_end, base, base + len(norm), s, e, key_id)
                 out[t].append(None)
-        if pending:
+        if pending.key_ids:
             self._score_pending(scorer, joined, texts, pending, out)
         return out
 
-    def _score_pending(self, scorer, joined: str, texts, pending, out) -> None:
+    def _score_pending(self, scorer, joined: str, texts, pending: "_Pending", out) -> None:
         """Fill in the Mentions of the ambiguous occurrences `link_many` left pending."""
         codes = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-        _, _, _, _, lo, hi, starts, ends, key_ids = zip(*pending)
-        scores, offsets = scorer.score(codes, lo, hi, starts, ends, key_ids)
+        scores, offsets = scorer.score(codes, pending.text_start, pending.text_end, pending.start, pending.end,
+                                       pending.key_ids)
         outcomes = self._outcomes
-        for i, (t, at, o_start, o_end, _, _, _, _, key_id) in enumerate(pending):
+        for i, key_id in enumerate(pending.key_ids):
             # the same scores give the same outcome: half the ambiguous occurrences in running
             # text repeat an earlier one's (no context evidence, or the same evidence)
             raw = tuple(scores[offsets[i] : offsets[i + 1]])
@@ -231,7 +255,9 @@ class EntityLinker:
             if outcome is None:
                 outcome = outcomes.put((key_id, raw), self._outcome(key_id, raw))
             ranked, best, score = outcome
-            out[t][at] = Mention(texts[t][o_start:o_end], o_start, o_end, best, score, ranked)
+            o_start, o_end = pending.o_start[i], pending.o_end[i]
+            out[pending.text[i]][pending.at[i]] = Mention(texts[pending.text[i]][o_start:o_end], o_start, o_end,
+                                                          best, score, ranked)
 
     def rank(self, text: str, k: int = 5) -> list[tuple[Entity, float, Mention]]:
         """The entities `text` is most likely about, best first: KBQA topic-entity selection.
@@ -348,7 +374,8 @@ class EntityLinker:
         before in one batched read, and each new ambiguous alias registered with the scorer
         (its candidates' context-free terms; their context features come from the table)."""
         unambiguous, slots = self._unambiguous, scorer.slots
-        new = {key_id for _, _, key_id in found} - unambiguous.keys() - slots.keys()
+        # (not `set - dict.keys()`: that turns the whole cache into a set, batch after batch)
+        new = {key_id for _, _, key_id in found if key_id not in unambiguous and key_id not in slots}
         if not new:  # the common case once warm
             return
         first: dict[int, tuple[int, int]] = {}  # where each new alias occurs first
