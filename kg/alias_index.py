@@ -309,24 +309,21 @@ class AliasIndex:
         # end so far) begins a run of overlapping matches that no choice crosses. Most runs hold
         # one match, taken as it is; only the others need the longest-first pass.
         found.sort()  # (start, end, id) from end order: nearly sorted already
-        chosen, run, furthest = [], [], -1
+        # runs are found[first:i] (positions, not lists: a list per run was one more object per
+        # match for the garbage collector)
+        chosen, first, i, furthest = [], 0, 0, -1
+        found.append((furthest, furthest, -1))  # a sentinel ends the last run
         for m in found:
-            if m[0] >= furthest:
-                if len(run) == 1:
-                    s, e, p = run[0]
+            if m[0] >= furthest or m[2] < 0:
+                if i - first == 1:
+                    s, e, p = found[first]
                     chosen.append((s, e, p if key is None else key[p]))
-                elif run:
-                    chosen += _longest_first(run, key)
-                run = [m]
-            else:
-                run.append(m)
+                elif i > first:
+                    chosen += _longest_first(found[first:i], key, furthest)
+                first = i
             if m[1] > furthest:
                 furthest = m[1]
-        if len(run) == 1:
-            s, e, p = run[0]
-            chosen.append((s, e, p if key is None else key[p]))
-        elif run:
-            chosen += _longest_first(run, key)
+            i += 1
         return chosen
 
     def _find(self, text: str) -> list[tuple[int, int, int]]:
@@ -350,14 +347,14 @@ def _utf8(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
 
 
-def _longest_first(run: list[tuple[int, int, int]], key) -> list[tuple[int, int, int]]:
-    """Of overlapping (start, end, id) matches, the longest first, then the leftmost, skipping
-    any that overlaps one taken: (start, end, key id) in text order; `key` maps ids to key ids
-    (None: they are key ids)."""
+def _longest_first(run: list[tuple[int, int, int]], key, end: int) -> list[tuple[int, int, int]]:
+    """Of overlapping (start, end, id) matches in start order, ending at `end` at the furthest,
+    the longest first, then the leftmost, skipping any that overlaps one taken: (start, end, key
+    id) in text order; `key` maps ids to key ids (None: they are key ids)."""
     # (-length, start, ...) tuples sort longest first, then leftmost, with no key function
     ordered = sorted((s - e, s, e, p) for s, e, p in run)
-    origin = min(s for _, s, _, _ in ordered)
-    taken = bytearray(max(e for _, _, e, _ in ordered) - origin)
+    origin = run[0][0]
+    taken = bytearray(end - origin)
     chosen = []
     for _, s, e, p in ordered:
         if taken.find(1, s - origin, e - origin) == -1:

@@ -119,28 +119,6 @@ class _Names(NamedTuple):
     log_triples: float
 
 
-class _Pending:
-    """`link_many`'s ambiguous occurrences: which text and position in its Mentions, offsets in
-    the original text, the text's span and the occurrence's in the joined normalised texts."""
-
-    __slots__ = ("text", "at", "o_start", "o_end", "text_start", "text_end", "start", "end", "key_ids")
-
-    def __init__(self):
-        for name in self.__slots__:
-            setattr(self, name, [])
-
-    def add(self, text, at, o_start, o_end, text_start, text_end, start, end, key_id) -> None:
-        self.text.append(text)
-        self.at.append(at)
-        self.o_start.append(o_start)
-        self.o_end.append(o_end)
-        self.text_start.append(text_start)
-        self.text_end.append(text_end)
-        self.start.append(start)
-        self.end.append(end)
-        self.key_ids.append(key_id)
-
-
 class _Alias(NamedTuple):
     """What scoring an occurrence of an alias needs that no context changes."""
     candidates: tuple[tuple[Profile, tuple[float, ...], float], ...]  # (profile, weighted context-free terms, their sum)
@@ -220,34 +198,44 @@ class EntityLinker:
         ends = list(itertools.accumulate(len(norm) + 1 for norm, _ in normalized))
         t, base, text, norm, offmap = -1, 0, "", "", None
         unambiguous = self._unambiguous
-        # the ambiguous occurrences, scored together below; in parallel lists of ints (which the
-        # garbage collector does not track: a tuple per occurrence made its collections longer)
-        pending = _Pending()
-        for s, e, key_id in found:
+        # the ambiguous occurrences, scored together below: where each is in `found`, its text,
+        # and its place in that text's Mentions (ints, which the garbage collector does not track:
+        # a tuple per occurrence made its collections longer)
+        pending, pending_text, pending_at = [], [], []
+        for j, (s, e, key_id) in enumerate(found):
             if t < 0 or s >= ends[t]:
                 t = next(i for i in range(t + 1, len(ends)) if s < ends[i])
                 base = ends[t - 1] if t else 0
                 text, (norm, offmap) = texts[t], normalized[t]
-            o_start, o_end = (s - base, e - base) if offmap is None else (offmap[s - base], offmap[e - base - 1] + 1)
             ranked = unambiguous.get(key_id)
+            if ranked is None and scorer is not None:
+                pending.append(j)
+                pending_text.append(t)
+                pending_at.append(len(out[t]))
+                out[t].append(None)
+                continue
+            o_start, o_end = (s - base, e - base) if offmap is None else (offmap[s - base], offmap[e - base - 1] + 1)
             if ranked is not None:  # the common case in running text: nothing to weigh
                 out[t].append(Mention(text[o_start:o_end], o_start, o_end, ranked[0][0], 1.0, ranked))
-            elif scorer is None:
-                out[t].append(self._ambiguous(text[o_start:o_end], o_start, o_end, norm, s - base, e - base, key_id))
             else:
-                pending.add(t, len(out[t]), o_start, o_end, base, base + len(norm), s, e, key_id)
-                out[t].append(None)
-        if pending.key_ids:
-            self._score_pending(scorer, joined, texts, pending, out)
+                out[t].append(self._ambiguous(text[o_start:o_end], o_start, o_end, norm, s - base, e - base, key_id))
+        if pending:
+            self._score_pending(scorer, joined, texts, normalized, ends, found, pending, pending_text, pending_at, out)
         return out
 
-    def _score_pending(self, scorer, joined: str, texts, pending: "_Pending", out) -> None:
-        """Fill in the Mentions of the ambiguous occurrences `link_many` left pending."""
+    def _score_pending(self, scorer, joined: str, texts, normalized, ends, found, pending, pending_text, pending_at,
+                       out) -> None:
+        """Fill in the Mentions of the ambiguous occurrences `link_many` left pending: found[j]
+        for j in `pending`, in text pending_text[i] at position pending_at[i] of its Mentions."""
         codes = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-        scores, offsets = scorer.score(codes, pending.text_start, pending.text_end, pending.start, pending.end,
-                                       pending.key_ids)
+        text_start = [ends[t - 1] if t else 0 for t in pending_text]
+        text_end = [ends[t] - 1 for t in pending_text]
+        occurrences = [found[j] for j in pending]
+        key_ids = [key_id for _, _, key_id in occurrences]
+        scores, offsets = scorer.score(codes, text_start, text_end, [s for s, _, _ in occurrences],
+                                       [e for _, e, _ in occurrences], key_ids)
         outcomes = self._outcomes
-        for i, key_id in enumerate(pending.key_ids):
+        for i, (s, e, key_id) in enumerate(occurrences):
             # the same scores give the same outcome: half the ambiguous occurrences in running
             # text repeat an earlier one's (no context evidence, or the same evidence)
             raw = tuple(scores[offsets[i] : offsets[i + 1]])
@@ -255,9 +243,10 @@ class EntityLinker:
             if outcome is None:
                 outcome = outcomes.put((key_id, raw), self._outcome(key_id, raw))
             ranked, best, score = outcome
-            o_start, o_end = pending.o_start[i], pending.o_end[i]
-            out[pending.text[i]][pending.at[i]] = Mention(texts[pending.text[i]][o_start:o_end], o_start, o_end,
-                                                          best, score, ranked)
+            t, base = pending_text[i], text_start[i]
+            offmap = normalized[t][1]
+            o_start, o_end = (s - base, e - base) if offmap is None else (offmap[s - base], offmap[e - base - 1] + 1)
+            out[t][pending_at[i]] = Mention(texts[t][o_start:o_end], o_start, o_end, best, score, ranked)
 
     def rank(self, text: str, k: int = 5) -> list[tuple[Entity, float, Mention]]:
         """The entities `text` is most likely about, best first: KBQA topic-entity selection.
