@@ -436,39 +436,27 @@ def main() -> None:
                             "input_mb": round(grown.stat().st_size / 2**20)}
         log(f"import: {result['import']}")
 
-    if args.compare_only:
-        if not args.store:
-            ap.error("--compare-only needs --store")
-        if args.index:
-            result.update(build_index(db))
-        if args.reference:
-            log(f"against the linker at {args.reference}, interleaved")
-            result["reference"] = compare_reference(db, args.link_chars, args.reference, args.batch,
-                                                    args.reference_index, args.rounds, args.context_batch_only)
-        if args.profile:
-            log("profiling link_many")
-            result["profile"] = profile_linking(db, args.link_chars, args.batch, args.reference, args.reference_index)
-        result["loadavg_end"] = os.getloadavg()
-        print(json.dumps(result, ensure_ascii=False))
-        return
+    if args.compare_only and not args.store:
+        ap.error("--compare-only needs --store")
+    if not args.compare_only or args.index:
+        result.update(build_index(db))
 
-    result.update(build_index(db))
+    if not args.compare_only:
+        log("entity lookups")
+        from wenzhi.kg import TripleStore
 
-    log("entity lookups")
-    from wenzhi.kg import TripleStore
+        rng = random.Random(1)
+        with TripleStore(db) as store:
+            n_entities = store.n_entities()
+            result["store"] = {"entities": n_entities, "bytes": db.stat().st_size}
+            names = [store.entity(rng.randint(1, n_entities)).name for _ in range(args.lookups)]
+        result["lookup"] = lookups(db, names)
+        log(f"lookup: {result['lookup']}")
 
-    rng = random.Random(1)
-    with TripleStore(db) as store:
-        n_entities = store.n_entities()
-        result["store"] = {"entities": n_entities, "bytes": db.stat().st_size}
-        names = [store.entity(rng.randint(1, n_entities)).name for _ in range(args.lookups)]
-    result["lookup"] = lookups(db, names)
-    log(f"lookup: {result['lookup']}")
-
-    log("linking the corpus on one core")
-    texts = corpus_texts(args.link_chars)
-    result["linking"] = linking(db, texts, args.batch)
-    log(f"linking: {result['linking']}")
+        log("linking the corpus on one core")
+        texts = corpus_texts(args.link_chars)
+        result["linking"] = linking(db, texts, args.batch)
+        log(f"linking: {result['linking']}")
     if args.reference:
         log(f"against the linker at {args.reference}, interleaved")
         result["reference"] = compare_reference(db, args.link_chars, args.reference, args.batch,
@@ -476,6 +464,10 @@ def main() -> None:
     if args.profile:
         log("profiling link_many")
         result["profile"] = profile_linking(db, args.link_chars, args.batch, args.reference, args.reference_index)
+    if args.compare_only:
+        result["loadavg_end"] = os.getloadavg()
+        print(json.dumps(result, ensure_ascii=False))
+        return
     result["loadavg_end"] = os.getloadavg()
     imported = isinstance(result["import"], dict)
     result["targets"] = {

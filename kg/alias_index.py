@@ -190,23 +190,9 @@ class AliasIndex:
     def load(cls, path: str | Path) -> "AliasIndex":
         """Read an index written by `save`; AliasIndexError when the file is not one, is of
         another version, or its parts do not fit together. Nothing in it is executed."""
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(path), framework="numpy") as fh:
-                meta = fh.metadata() or {}
-                if meta.get("format") != FORMAT or meta.get("version") != str(FORMAT_VERSION):
-                    raise AliasIndexError(f"{path}: not a version {FORMAT_VERSION} alias index "
-                                          f"(format {meta.get('format')!r}, version {meta.get('version')!r})")
-                arrays = {name: fh.get_tensor(name) for name in fh.keys()}
-        except SafetensorError as exc:
-            raise AliasIndexError(f"{path}: not a safetensors alias index ({exc})") from exc
         want = {"patterns": np.uint8, "pattern_keys": np.int32, "single_chars": np.uint8, "single_keys": np.int32,
                 "offsets": np.int64, "entity_ids": np.int32, "priors": np.float32, "text_frequency": np.float32}
-        for name, dtype in want.items():
-            a = arrays.get(name)
-            if a is None or a.dtype != dtype or a.ndim != 1:
-                raise AliasIndexError(f"{path}: array {name!r} missing or not 1-d {np.dtype(dtype).name}")
+        meta, arrays = read_arrays(path, FORMAT, FORMAT_VERSION, want, AliasIndexError, "alias index")
         try:
             text = arrays["patterns"].tobytes().decode("utf-8")
             single_chars = arrays["single_chars"].tobytes().decode("utf-8")
@@ -341,6 +327,28 @@ class AliasIndex:
         ids = self._single_table[codes]
         at = np.flatnonzero(ids >= 0)
         return list(zip(at.tolist(), (at + 1).tolist(), ids[at].tolist()))
+
+
+def read_arrays(path, fmt: str, version: int, dtypes: dict, error: type[Exception], what: str):
+    """(metadata, arrays) of a safetensors file written with metadata {format: fmt, version},
+    holding at least the 1-d arrays `dtypes` names with those dtypes; `error` (with the path and
+    what is wrong) otherwise. Only numeric arrays and a JSON header are read: nothing runs."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as fh:
+            meta = fh.metadata() or {}
+            if meta.get("format") != fmt or meta.get("version") != str(version):
+                raise error(f"{path}: not a version {version} {what} "
+                            f"(format {meta.get('format')!r}, version {meta.get('version')!r})")
+            arrays = {name: fh.get_tensor(name) for name in fh.keys()}
+    except SafetensorError as exc:
+        raise error(f"{path}: not a safetensors {what} ({exc})") from exc
+    for name, dtype in dtypes.items():
+        a = arrays.get(name)
+        if a is None or a.dtype != dtype or a.ndim != 1:
+            raise error(f"{path}: array {name!r} missing or not 1-d {np.dtype(dtype).name}")
+    return meta, arrays
 
 
 def _utf8(text: str) -> np.ndarray:

@@ -147,6 +147,29 @@ def _python_sum(terms, n, neumaier) -> float:
 
 
 @numba.njit(cache=True)
+def _hits(offsets, values, g, present) -> int:
+    """How many of group g's characters (values[offsets[g]:offsets[g + 1]]) the window holds."""
+    hits = 0
+    for q in range(offsets[g], offsets[g + 1]):
+        hits += present[values[q]]
+    return hits
+
+
+@numba.njit(cache=True)
+def _max_cover(set_offsets, set_values, offsets, values, s, present) -> float:
+    """The largest fraction of a group's characters in the window, over the groups of set s."""
+    best = 0.0
+    for r in range(set_offsets[s], set_offsets[s + 1]):
+        g = set_values[r]
+        hits = _hits(offsets, values, g, present)
+        if hits > 0:
+            cover = hits / (offsets[g + 1] - offsets[g])
+            if cover > best:
+                best = cover
+    return best
+
+
+@numba.njit(cache=True)
 def _context_terms(p, present, grams, distinct, n_grams, weights, table, terms) -> bool:
     """The weighted context features of profile p into terms[:6]; False when the context gives
     it no evidence (no character shared, no description): its score is then the fixed sum.
@@ -161,9 +184,7 @@ def _context_terms(p, present, grams, distinct, n_grams, weights, table, terms) 
     rs = profile_relations[p]
     for r in range(rs_offsets[rs], rs_offsets[rs + 1]):
         g = rs_values[r]
-        hits = 0
-        for q in range(rc_offsets[g], rc_offsets[g + 1]):
-            hits += present[rc_values[q]]
+        hits = _hits(rc_offsets, rc_values, g, present)
         if hits > 0:
             shared = True
             cover = hits / (rc_offsets[g + 1] - rc_offsets[g])
@@ -180,24 +201,13 @@ def _context_terms(p, present, grams, distinct, n_grams, weights, table, terms) 
                 cover = found / n_relation_grams
                 if cover > gram_cover:
                     gram_cover = cover
-    tail_cover = 0.0
-    ts = profile_tails[p]
-    for r in range(ts_offsets[ts], ts_offsets[ts + 1]):
-        g = ts_values[r]
-        hits = 0
-        for q in range(tc_offsets[g], tc_offsets[g + 1]):
-            hits += present[tc_values[q]]
-        if hits > 0:
-            shared = True
-            cover = hits / (tc_offsets[g + 1] - tc_offsets[g])
-            if cover > tail_cover:
-                tail_cover = cover
+    tail_cover = _max_cover(ts_offsets, ts_values, tc_offsets, tc_values, profile_tails[p], present)
+    if tail_cover > 0.0:
+        shared = True
     dis_cover = 0.0
     n_dis = dis_offsets[p + 1] - dis_offsets[p]
     if n_dis > 0:
-        hits = 0
-        for q in range(dis_offsets[p], dis_offsets[p + 1]):
-            hits += present[dis_chars[q]]
+        hits = _hits(dis_offsets, dis_chars, p, present)
         if hits > 0:
             shared = True
         dis_cover = hits / n_dis

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wenzhi.kg.alias_index import read_arrays
 from wenzhi.kg.entity_features import SHORT_TAIL
 from wenzhi.kg.names import normalize_each
 
@@ -146,21 +147,7 @@ class EntityFeatureTable:
     def load(cls, path: str | Path) -> "EntityFeatureTable":
         """Read a table written by `save`; FeatureTableError when the file is not one, is of
         another version, or an array or an index into another array is out of bounds."""
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(path), framework="numpy") as fh:
-                meta = fh.metadata() or {}
-                if meta.get("format") != FORMAT or meta.get("version") != str(FORMAT_VERSION):
-                    raise FeatureTableError(f"{path}: not a version {FORMAT_VERSION} feature table "
-                                            f"(format {meta.get('format')!r}, version {meta.get('version')!r})")
-                arrays = {name: fh.get_tensor(name) for name in fh.keys()}
-        except SafetensorError as exc:
-            raise FeatureTableError(f"{path}: not a safetensors feature table ({exc})") from exc
-        for name, dtype in _DTYPES.items():
-            a = arrays.get(name)
-            if a is None or a.dtype != dtype or a.ndim != 1:
-                raise FeatureTableError(f"{path}: array {name!r} missing or not 1-d {np.dtype(dtype).name}")
+        meta, arrays = read_arrays(path, FORMAT, FORMAT_VERSION, _DTYPES, FeatureTableError, "feature table")
         problem = _check(arrays)
         if problem:
             raise FeatureTableError(f"{path}: {problem}")

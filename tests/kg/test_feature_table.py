@@ -13,7 +13,7 @@ import pytest
 from safetensors import safe_open
 from safetensors.numpy import save
 
-from wenzhi.kg import EntityLinker, TripleStore
+from wenzhi.kg import EntityLinker
 from wenzhi.kg.context_scorer import NEUMAIER_SUM, _python_sum
 from wenzhi.kg.feature_table import EntityFeatureTable, FeatureTableError
 from wenzhi.kg.linker import LinkerConfig
@@ -101,20 +101,12 @@ def test_python_sum_is_builtin_sum():
         assert _python_sum(np.array(terms), len(terms), NEUMAIER_SUM) == sum(terms)
 
 
-def _store(tmp_path, lines: list[str], name: str = "kb") -> TripleStore:
-    src = tmp_path / f"{name}.txt"
-    src.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
-    db = tmp_path / f"{name}.sqlite"
-    TripleStore.import_files([src], db)
-    return TripleStore(db)
-
-
 LINES = ["刘晓华（北京大学教授）\t主讲课程\t数学分析", "刘晓华（北京大学教授）\t描述\t北京大学数学系教授",
          "刘晓华（演员）\t代表作品\t大宅门", "刘晓华（演员）\t职业\t演员", "大宅门\t导演\t郭宝昌"]
 
 
-def test_table_round_trip_and_deterministic(tmp_path):
-    store = _store(tmp_path, LINES)
+def test_table_round_trip_and_deterministic(tmp_path, store_of):
+    store = store_of(LINES)
     table = EntityFeatureTable.build(store, 300)
     path = tmp_path / "t.features"
     table.save(path)
@@ -138,8 +130,8 @@ def _rewrite(path, arrays=None, **meta_changes) -> None:
 
 
 @pytest.mark.parametrize("change", ["version", "out_of_bounds", "not_a_code_point", "offsets"])
-def test_bad_tables_are_refused_then_rebuilt(tmp_path, change):
-    store = _store(tmp_path, LINES)
+def test_bad_tables_are_refused_then_rebuilt(store_of, change):
+    store = store_of(LINES)
     path = EntityFeatureTable.default_path(store)
     EntityFeatureTable.for_store(store, 300)
     good = EntityFeatureTable.load(path).arrays
@@ -159,8 +151,8 @@ def test_bad_tables_are_refused_then_rebuilt(tmp_path, change):
     assert all(np.array_equal(good[k], v) for k, v in EntityFeatureTable.load(path).arrays.items())
 
 
-def test_planted_pickle_is_not_run_and_stale_tables_rebuilt(tmp_path):
-    store = _store(tmp_path, LINES)
+def test_planted_pickle_is_not_run_and_stale_tables_rebuilt(tmp_path, store_of):
+    store = store_of(LINES)
     marker = tmp_path / "payload-ran"
     path = EntityFeatureTable.default_path(store)
 
