@@ -46,6 +46,7 @@ FORMAT = "wenzhi-entity-features"
 FORMAT_VERSION = 1  # bump when normalisation, the features' definitions or the layout change
 MAX_CODE_POINT = 0x10FFFF
 _SECOND = operator.itemgetter(1)
+_SEPARATOR = "\x01"  # between a head's short tails in the aggregate query (a head with one in a tail is read row by row)
 
 # name -> (dtype, what its values index: an array whose length bounds them, or None)
 _CSR = ("profile_disambiguation", "profile_description", "relation_set", "relation_chars", "relation_bigrams",
@@ -97,24 +98,44 @@ class EntityFeatureTable:
     # -- building -------------------------------------------------------------------------
     @classmethod
     def build(cls, store, max_triples: int, progress: bool = False) -> "EntityFeatureTable":
-        """One pass over the entities and one over the triples, both in id order."""
+        """One pass over the entities and one over per-head summaries of the triples (relation
+        ids and short tails aggregated by SQLite: Python works per head, not per triple), both in
+        id order."""
         from tqdm import tqdm
 
         start = time.perf_counter()
         lo, hi = SHORT_TAIL
         relation_sets: dict[frozenset, int] = {frozenset(): 0}  # relation ids -> set id
         tail_sets: dict[frozenset, int] = {frozenset(): 0}  # raw short tails -> set id
+        # the aggregated texts -> set id (heads of a kind share them: each text is split once)
+        relations_of: dict[str, int] = {}
+        tails_of: dict[str | None, int] = {None: 0}
         profiles: dict[tuple, int] = {(0, 0, None, None): 0}  # (relations, tails, disambiguation, description)
         entity_profile = np.full(store.max_entity_id() + 1, -1, dtype=np.int32)
-        heads = itertools.groupby(store.iter_triple_rows(), operator.itemgetter(0))
-        head, group = next(heads, (None, None))
+        heads = store.iter_head_summaries(lo, hi, _SEPARATOR)
+        head = next(heads, None)
         for entity_id, disambiguation, description in tqdm(store.iter_entity_context(500), total=store.n_entities(),
                                                            desc="feature table", unit=" entities", disable=not progress):
-            while head is not None and head < entity_id:  # triples of a head the entities table lacks
-                head, group = next(heads, (None, None))
-            rows = list(itertools.islice(group, max_triples)) if head == entity_id else []
-            relations = relation_sets.setdefault(frozenset(map(_SECOND, rows)), len(relation_sets))
-            tails = tail_sets.setdefault(frozenset([t for _, _, t in rows if lo <= len(t) <= hi]), len(tail_sets))
+            while head is not None and head[0] < entity_id:  # triples of a head the entities table lacks
+                head = next(heads, None)
+            if head is None or head[0] != entity_id:
+                relations = tails = 0
+            elif head[1] > max_triples or head[2]:
+                # features from the first max_triples triples only, or a tail holding the
+                # separator: this head's rows as the linker reads them
+                rows = store.triple_rows([entity_id], max_triples)[entity_id]
+                relations = relation_sets.setdefault(frozenset(map(_SECOND, rows)), len(relation_sets))
+                tails = tail_sets.setdefault(frozenset([t for _, _, t in rows if lo <= len(t) <= hi]), len(tail_sets))
+            else:
+                _, _, _, relation_text, tail_text = head
+                relations = relations_of.get(relation_text)
+                if relations is None:
+                    ids = frozenset(map(int, relation_text.split(",")))
+                    relations = relations_of[relation_text] = relation_sets.setdefault(ids, len(relation_sets))
+                tails = tails_of.get(tail_text)
+                if tails is None:
+                    tails = tails_of[tail_text] = tail_sets.setdefault(frozenset(tail_text.split(_SEPARATOR)),
+                                                                       len(tail_sets))
             key = (relations, tails, disambiguation or None, description or None)
             entity_profile[entity_id] = profiles.setdefault(key, len(profiles))
         arrays = {"entity_profile": entity_profile}

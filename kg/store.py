@@ -223,6 +223,15 @@ class TripleStore:
         table's clustering order: one sequential scan)."""
         return iter(self._conn.execute("SELECT head_id, rel_id, tail FROM triples ORDER BY head_id, rel_id, tail"))
 
+    def iter_head_summaries(self, min_chars: int, max_chars: int, separator: str):
+        """(head id, number of triples, whether a tail holds `separator`, its distinct relation ids
+        joined by ",", its tails of `min_chars` to `max_chars` characters joined by `separator` or
+        None) per head, in head order: one aggregate query, no Python per triple."""
+        return iter(self._conn.execute(
+            "SELECT head_id, COUNT(*), MAX(instr(tail, ?)) > 0, group_concat(DISTINCT rel_id), "
+            "group_concat(CASE WHEN length(tail) BETWEEN ? AND ? THEN tail END, ?) "
+            "FROM triples GROUP BY head_id ORDER BY head_id", (separator, min_chars, max_chars, separator)))
+
     def relation_names(self) -> dict[int, str]:
         if self._relation_names is None:
             self._relation_names = dict(self._conn.execute("SELECT id, name FROM relations"))

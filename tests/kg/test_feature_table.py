@@ -76,12 +76,16 @@ def test_compiled_scores_are_the_python_scores(kb_store, texts):
     assert compared >= 60 and with_evidence >= 40 and described >= 1
 
 
-def test_link_many_is_the_python_path(kb_store, texts):
+@pytest.mark.parametrize("max_triples", [300, 2])
+def test_link_many_is_the_python_path(kb_store, texts, max_triples):
     """Whole Mentions: `link_many` (compiled scorer) against `link(text, spans)` on the same
-    occurrences (the Python path), batch sizes 1 and 16, cold then warm."""
-    reference = EntityLinker(kb_store)
+    occurrences (the Python path), batch sizes 1 and 16, cold then warm. max_triples=2 puts most
+    entities on the table build's other path (features from their first triples only)."""
+    config = LinkerConfig(max_triples=max_triples)
+    table = EntityFeatureTable.build(kb_store, max_triples)
+    reference = EntityLinker(kb_store, config=config)
     for size in (1, 16):
-        linker = EntityLinker(kb_store)
+        linker = EntityLinker(kb_store, config=config, feature_table=table)
         for _ in range(2):
             ambiguous = 0
             for i in range(0, len(texts), size):
