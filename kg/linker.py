@@ -385,15 +385,20 @@ class EntityLinker:
         # like any other, which gives the same one candidate at 1.0)
         new = [key_id for key_id in new if key_id not in unambiguous]
         scorer.make_room(len(new))
+        # the candidates' names, normalised in one pass for the whole batch (an id the store
+        # lacks, which only a foreign alias index has, gets empty names)
+        ids = list({eid for key_id in new for eid, _ in self._candidates(key_id)})
+        ents = [entities[eid] or Entity(eid, "", "", None, None, 0) for eid in ids]
+        names = normalize_each([x.base for x in ents] + [x.name for x in ents])
+        names_of = {eid: _Names(names[i], names[len(ids) + i], math.log1p(x.n_triples))
+                    for i, (eid, x) in enumerate(zip(ids, ents))}
         fixed_weights = self.config.weights[N_CONTEXT_FEATURES:]
         for key_id in new:
             s, e = first[key_id]
             mention, cands = joined[s:e], self._candidates(key_id)
-            ents = [entities[eid] or Entity(eid, "", "", None, None, 0) for eid, _ in cands]
-            names = normalize_each([x.base for x in ents] + [x.name for x in ents])
             fixed_terms, fixed_scores = [], []
-            for i, ((_, prior), entity) in enumerate(zip(cands, ents)):
-                f = _Names(names[i], names[len(ents) + i], math.log1p(entity.n_triples))
+            for eid, prior in cands:
+                f = names_of[eid]
                 fixed = tuple(map(operator.mul, fixed_weights, self._fixed_features(mention, key_id, f, prior)))
                 fixed_terms.append(fixed)
                 fixed_scores.append(sum(fixed))
