@@ -218,11 +218,6 @@ class TripleStore:
         for head, rel_id, tail, head_id in cur:
             yield Triple(head, names[rel_id], tail, head_id)
 
-    def iter_triple_rows(self) -> Iterator[tuple[int, int, str]]:
-        """(head id, relation id, tail) of every triple, in `triples()`'s order head by head (the
-        table's clustering order: one sequential scan)."""
-        return iter(self._conn.execute("SELECT head_id, rel_id, tail FROM triples ORDER BY head_id, rel_id, tail"))
-
     def iter_head_summaries(self, min_chars: int, max_chars: int, separator: str):
         """(head id, number of triples, whether a tail holds `separator`, its distinct relation ids
         joined by ",", its tails of `min_chars` to `max_chars` characters joined by `separator` or
