@@ -77,10 +77,21 @@ def cpu_seconds(pid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def start_server(args, port: int, extra: list[str]) -> subprocess.Popen:
+def gen_weighted(model: str) -> bool:
+    """Whether the model folder's fusion weights give GEN's evidence any weight (then `wenzhi serve`
+    decodes GEN, as `wenzhi evaluate --mode fused` does)."""
+    from wenzhi.qa_service.pipeline import PipelineConfig
+
+    config = PipelineConfig.load(Path(model))
+    return (Path(model) / "gen" / "config.json").exists() and bool(config.w_gen or config.w_gen_head)
+
+
+def server_command(args, port: int, extra: list[str]) -> list[str]:
+    """`wenzhi serve` as the model folder asks to be served (its GEN head where pipeline.json
+    weighs it), unless --no-gen leaves GEN out."""
     cmd = [sys.executable, "-m", "wenzhi", "serve", "--model", args.model, "--kb", args.kb,
            "--host", "127.0.0.1", "--port", str(port), *extra]
-    if not args.gen:
+    if args.no_gen:
         cmd.append("--no-gen")
     if args.threads:
         cmd += ["--threads", str(args.threads)]
@@ -88,6 +99,11 @@ def start_server(args, port: int, extra: list[str]) -> subprocess.Popen:
         cmd += ["--max-batch", str(args.max_batch)]
     if args.max_wait_ms is not None:
         cmd += ["--max-wait-ms", str(args.max_wait_ms)]
+    return cmd
+
+
+def start_server(args, port: int, extra: list[str]) -> subprocess.Popen:
+    cmd = server_command(args, port, extra)
     log = open(Path(args.log_dir) / f"serve-{port}.log", "w")
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
 
@@ -244,7 +260,7 @@ async def compare_interleaved(args, questions: list[str], servers: dict, clients
     return out
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True)
     p.add_argument("--kb", required=True)
@@ -253,7 +269,8 @@ def main() -> int:
     p.add_argument("--requests-small", type=int, default=500, help="requests at the lower levels")
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--levels", default="1,8,32")
-    p.add_argument("--gen", action="store_true", help="serve with the GEN head (default: --no-gen)")
+    p.add_argument("--no-gen", action="store_true",
+                   help="serve without the GEN head (default: as the model's pipeline.json asks)")
     p.add_argument("--threads", type=int, help="server torch threads")
     p.add_argument("--max-wait-ms", type=float, help="server micro-batching wait")
     p.add_argument("--max-batch", type=int, help="server micro-batch size")
@@ -261,7 +278,11 @@ def main() -> int:
     p.add_argument("--compare-in-process", action="store_true",
                    help="only: the top level on a worker-process server and an --in-process one, interleaved")
     p.add_argument("--log-dir", default="/tmp")
-    args = p.parse_args()
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
 
     sys.path.insert(0, str(ROOT))
     from wenzhi.qa_service.data import read_qa
@@ -272,8 +293,8 @@ def main() -> int:
         args.questions = str(data_path("kgclue/dev.json"))
     questions = [ex.question for ex in read_qa(args.questions)]
     levels = [int(x) for x in args.levels.split(",")]
-    result: dict = {"model": args.model, "kb": args.kb, "cpus": os.cpu_count(), "gen": args.gen,
-                    "max_batch": args.max_batch}
+    result: dict = {"model": args.model, "kb": args.kb, "cpus": os.cpu_count(),
+                    "gen_served": not args.no_gen and gen_weighted(args.model), "max_batch": args.max_batch}
     if args.compare_in_process:
         servers = {}
         try:

@@ -93,6 +93,10 @@ def register(sub: "argparse._SubParsersAction") -> None:
                     help="fit the weights over these settings of `wenzhi evaluate --distractor-relations` "
                          "together (each question once per setting)")
     ff.add_argument("--threads", type=int, help="torch threads (none: torch's choice)")
+    ff.add_argument("--save-evidence", metavar="FILE.npz",
+                    help="also write every candidate's evidence (numbers only) for a later --evidence")
+    ff.add_argument("--evidence", metavar="FILE.npz",
+                    help="choose the weights from evidence saved by --save-evidence (the heads are not run)")
     ff.set_defaults(handler=_fit_fusion)
 
     ev = sub.add_parser("evaluate", help="KgCLUE metric (EM/F1 on S, P, O, All; Score) on KBQA questions")
@@ -211,7 +215,8 @@ def _fit_fusion(args) -> int:
 
     report = fit_fusion(args.model, args.kb, args.questions or data_path("kgclue/train.json"), limit=args.limit,
                         skip=args.skip, use_gen=not args.no_gen, threads=args.threads,
-                        distractor_relations=tuple(args.distractor_relations))
+                        distractor_relations=tuple(args.distractor_relations), evidence_out=args.save_evidence,
+                        evidence_in=args.evidence)
     print(json.dumps(report, ensure_ascii=False))
     return 0
 
