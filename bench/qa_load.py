@@ -45,16 +45,21 @@ def process_tree(pid: int) -> list[int]:
     return pids
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of the server and its worker together."""
-    total = 0
+def rss_each_mb(pid: int) -> list[float]:
+    """Resident memory of the server, then of each of its descendants (the QA worker)."""
+    out = []
     for p in process_tree(pid):
         try:
             with open(f"/proc/{p}/status") as fh:
-                total += next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
+                out.append(next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:")) / 1024)
         except (FileNotFoundError, StopIteration):
             pass
-    return total / 1024
+    return out
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of the server and its worker together."""
+    return sum(rss_each_mb(pid))
 
 
 def steal_jiffies() -> tuple[int, int]:
@@ -220,11 +225,14 @@ async def run_levels(args, port: int, questions: list[str], proc, levels: list[i
             out["rss_before_mb"] = round(rss_mb(proc.pid), 1)
             steal0 = steal_jiffies()
             out["rss_trajectory_mb"] = [out["rss_before_mb"]]
+            # per process (HTTP side, worker), so a growth can be told apart
+            out["rss_each_trajectory_mb"] = [[round(x, 1) for x in rss_each_mb(proc.pid)]]
             parts = []
             for start in range(0, args.requests, 1000):
                 parts.append(await drive(port, questions[start % len(questions):] + questions,
                                          min(1000, args.requests - start), c))
                 out["rss_trajectory_mb"].append(round(rss_mb(proc.pid), 1))
+                out["rss_each_trajectory_mb"].append([round(x, 1) for x in rss_each_mb(proc.pid)])
             out["rss_after_mb"] = out["rss_trajectory_mb"][-1]
             steal1 = steal_jiffies()
             out["cpu_steal_share"] = round((steal1[0] - steal0[0]) / max(1, steal1[1] - steal0[1]), 3)
