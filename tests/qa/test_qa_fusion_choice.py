@@ -69,3 +69,13 @@ def test_the_choice_does_not_move_with_float_noise():
         ev = evidence(kinds)
         ev.features = ev.features + rng.normal(0, 1e-6, ev.features.shape)  # another thread count's sums
         assert choose_weights(ev)["weights"] == base
+
+
+def test_a_significant_but_tiny_gen_gain_is_not_worth_serving():
+    # +6 of 1,206 (0.5% would be 6.03): beyond two standard errors (2 x sqrt 6) and on both halves
+    kinds = [SIM_RIGHT] * 1200 + [GEN_FIXES] * 6
+    choice = choose_weights(evidence(kinds))
+    assert choice["report"]["gen_gain"] == 6 and choice["report"]["gen_half_gains"] == [3, 3]
+    assert not choice["report"]["gen_accepted"] and choice["weights"]["w_gen"] == 0
+    assert choose_weights(evidence(kinds), min_gain=0.0)["report"]["gen_accepted"]
+    assert choose_weights(evidence([SIM_RIGHT] * 1100 + [GEN_FIXES] * 6))["report"]["gen_accepted"]  # 6 >= 5.53
