@@ -176,7 +176,8 @@ def fit_fusion(model_dir: str | Path, kb: str | Path, questions: str | Path, lim
     best = replace(base, **choice["weights"])
     # the answering weights only: mode, distractors, threads are choices of whoever runs it
     saved = {k: v for k, v in asdict(best).items()
-             if k not in ("threads", "use_gen", "mode", "distractor_relations", "gen_memo", "all_evidence")}
+             if k not in ("threads", "use_gen", "mode", "distractor_relations", "gen_memo", "gen_cascade",
+                          "all_evidence")}
     path = Path(model_dir) / "pipeline.json"
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(saved, indent=1), encoding="utf-8")
