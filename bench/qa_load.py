@@ -2,11 +2,13 @@
 
     .venv/bin/python bench/qa_load.py --model runs/demo/qa --kb runs/demo/kb.sqlite
 
-Starts the server as a subprocess, waits for /readyz, warms up, then for 1, 8 and 32 concurrent
-clients posts real KgCLUE dev questions to /v1/qa and reports p50/p99 latency, throughput and
-errors (closed-loop clients over keep-alive connections, a light hand-written HTTP/1.1
-client in this process). The 32-client level runs `--requests` (10,000) requests with the server's RSS read from
-/proc before and after. With `--compare-unbatched` it repeats the 32-client level against a
+Starts the server as a subprocess (as the model folder asks to be served: with its GEN head where
+pipeline.json's fusion weights weigh it; `--no-gen` leaves it out), waits for /readyz, warms up,
+then for 1, 8 and 32 concurrent clients posts real KgCLUE dev questions to /v1/qa and reports
+p50/p99 latency, throughput and errors (closed-loop clients over keep-alive connections, a light
+hand-written HTTP/1.1 client in this process). The 32-client level runs `--requests` (10,000)
+requests with the server's RSS read from /proc before, after and every 1,000 requests (also per
+process: HTTP side, QA worker). With `--compare-unbatched` it repeats the 32-client level against a
 second server started with `--max-batch 1` (micro-batching off) and reports the ratio.
 Last line: a JSON object with p99_ms_at_32, errors and rss_growth_mb.
 """
