@@ -66,6 +66,18 @@ class Evidence:
         _, first = np.unique(self._group[at_best], return_index=True)
         return self.gold[at_best[first]]
 
+    def subset(self, keep: np.ndarray) -> "Evidence":
+        """The evidence of the fit questions whose position `keep` (bool, one per question) marks,
+        renumbered in order (so its halves are again odd and even positions)."""
+        keep = np.asarray(keep, dtype=bool)
+        chosen = np.flatnonzero(keep[self.question])
+        ends = np.r_[self.starts[1:], len(self.gold)]
+        sizes = (ends - self.starts)[chosen]
+        rows = np.concatenate([np.arange(self.starts[i], ends[i]) for i in chosen]) if len(chosen) else np.zeros(0, int)
+        settings = self.n_questions // max(1, len(keep))
+        return Evidence(self.features[rows], self.gold[rows], np.r_[0, np.cumsum(sizes)[:-1]].astype(np.int64),
+                        (np.cumsum(keep) - 1)[self.question[chosen]], int(keep.sum()) * settings)
+
     def save(self, path: str | Path) -> None:
         np.savez(path, features=self.features, gold=self.gold, starts=self.starts, question=self.question,
                  n_questions=np.asarray(self.n_questions))

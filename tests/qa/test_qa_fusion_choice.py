@@ -79,3 +79,12 @@ def test_a_significant_but_tiny_gen_gain_is_not_worth_serving():
     assert not choice["report"]["gen_accepted"] and choice["weights"]["w_gen"] == 0
     assert choose_weights(evidence(kinds), min_gain=0.0)["report"]["gen_accepted"]
     assert choose_weights(evidence([SIM_RIGHT] * 1100 + [GEN_FIXES] * 6))["report"]["gen_accepted"]  # 6 >= 5.53
+
+
+def test_a_subset_of_the_evidence_is_renumbered_into_halves():
+    kinds = [SIM_RIGHT, GEN_FIXES, LEX_FIXES, GEN_HURTS, SIM_RIGHT, GEN_FIXES]
+    ev = evidence(kinds)
+    part = ev.subset(np.asarray([False, True, False, True, True, True]))
+    assert part.n_questions == 4 and list(part.question) == [0, 1, 2, 3]
+    assert part.features.tolist() == [row for i in (1, 3, 4, 5) for row in kinds[i]]
+    assert list(part.starts) == [0, 2, 4, 6] and part.gold.tolist() == [True, False] * 4
