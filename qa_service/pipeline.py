@@ -249,11 +249,13 @@ class QAPipeline:
         keys = [(tuple(ids), self.config.distractor_relations, self.config.gen_beams) for ids in q_ids]
         todo = [i for i, key in enumerate(keys) if key not in self._gen_memo]
         fresh = dict(zip(todo, self._decode([q_ids[i] for i in todo]))) if todo else {}
+        # read before evicting: a smaller gen_memo (reconfigure) may evict the hits this batch reuses
+        out = [dict(fresh[i]) if i in fresh else dict(self._gen_memo[key]) for i, key in enumerate(keys)]
         for i, hits in fresh.items():
             self._gen_memo[keys[i]] = hits
         while len(self._gen_memo) > self.config.gen_memo:
             self._gen_memo.pop(next(iter(self._gen_memo)))
-        return [dict(fresh[i]) if i in fresh else dict(self._gen_memo[key]) for i, key in enumerate(keys)]
+        return out
 
     def _decode(self, q_ids) -> list[dict[tuple[int, str], float]]:
         import torch

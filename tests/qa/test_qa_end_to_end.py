@@ -56,7 +56,7 @@ def test_gen_is_not_decoded_where_its_evidence_weighs_nothing(pipeline, kgclue_d
     questions = [q.question for q in kgclue_dev[8:12]]
     before = pipeline.config
     try:
-        pipeline.reconfigure(gen_memo=0)
+        pipeline.reconfigure(gen_memo=0, gen_cascade=False)  # GEN decoded for every question
         weighed = pipeline.answer_batch(questions, top_k=50)
         assert any(c.gen > 0 for a in weighed for c in a.candidates)  # decoded: GEN's evidence is there
         pipeline.reconfigure(w_gen=0.0, w_gen_head=0.0)
