@@ -12,8 +12,8 @@ heads (nondeterministic two-thread training moves the best grid point by a quest
    whose number of right answers is within one standard error of the best one's (a paired,
    McNemar-style error: sqrt of the questions the two settings answer differently), the simplest:
    fewest evidence terms, then the most right answers, then the smallest weights;
-2. GEN on top of those weights (its decoding costs ~20 ms of CPU per question to serve, 20x the
-   rest of the pipeline): the best (w_gen, w_gen_head) is taken only if it answers more questions
+2. GEN on top of those weights (decoding it costs ~20 ms of CPU per question, 20x the rest of
+   the pipeline): the best (w_gen, w_gen_head) is taken only if it answers more questions
    right than the pipeline weights alone by more than two standard errors, by at least one
    question in 200, AND on each half of the fit questions (odd and even positions); otherwise
    GEN's weights stay 0.
@@ -38,9 +38,10 @@ PIPELINE_GRID = {"w_link": (0.5, 1.0, 2.0), "w_ner": (0.0, 1.0, 2.0), "w_sim": (
 GEN_GRID = {"w_gen": (0.0, 1.0, 2.0, 4.0, 8.0), "w_gen_head": (0.0, 1.0, 2.0, 4.0, 8.0)}
 OPTIONAL = ("w_ner", "w_len", "w_lex")  # terms a setting may leave out (0): fewer is simpler
 # GEN must win by more than two standard errors (a one-sided test at about 2%) and by at least one
-# question in 200: decoding it multiplies the answering CPU by ~20 (bench/RESULTS.md, issue 12), so a
-# gain that small is not worth serving. With one standard error and no floor the demo's heads (GEN
-# +0.1-0.3% on every sample of train questions) had GEN on for some samples and off for others.
+# question in 200: decoding it for every question multiplies the answering CPU by ~20, and by ~3-5
+# even where the pipeline decodes it only for close questions (bench/RESULTS.md, issue 12 and h12d),
+# so a gain that small is not worth serving. With one standard error and no floor the demo's heads
+# (GEN +0.1-0.3% on most samples of train questions) had GEN on for some samples and off for others.
 GEN_MARGIN_SE, GEN_MIN_GAIN = 2.0, 0.005
 
 
@@ -52,7 +53,7 @@ class Evidence:
     starts: np.ndarray  # int [questions with candidates]: each one's first row
     question: np.ndarray  # int [questions with candidates]: its position among all fit questions (a setting
     # counts each question once per distractor setting)
-    n_questions: int  # all fit questions (a question without candidates is wrong under every setting)
+    n_questions: int  # fit questions x distractor settings (one without candidates is wrong under any weights)
 
     def right(self, weights: dict) -> np.ndarray:
         """bool [questions with candidates]: the first best-scoring candidate is the gold one."""
