@@ -119,11 +119,30 @@ del index
 t, c = time.perf_counter(), time.process_time()
 index = AliasIndex.load(path)
 load_s, load_cpu_s = time.perf_counter() - t, time.process_time() - c
+index_maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+# the linker's feature table, built after the index (as `EntityLinker` does), its own figures
+from wenzhi.kg.feature_table import EntityFeatureTable
+from wenzhi.kg.linker import LinkerConfig
+del index
+before_table = rss()
+t, c = time.perf_counter(), time.process_time()
+table = EntityFeatureTable.build(store, LinkerConfig().max_triples)
+table_build_s, table_build_cpu_s = time.perf_counter() - t, time.process_time() - c
+table_rss = rss() - before_table
+table_path = EntityFeatureTable.default_path(store)
+table.save(table_path)
+del table
+c = time.process_time()
+EntityFeatureTable.load(table_path)
+table_load_cpu_s = time.process_time() - c
 ru = resource.getrusage(resource.RUSAGE_SELF)
-print(json.dumps({"aliases": len(index), "build_s": build_s, "load_s": load_s,
+print(json.dumps({"aliases": len(AliasIndex.load(path)), "build_s": build_s, "load_s": load_s,
                   "build_cpu_s": build_cpu_s, "load_cpu_s": load_cpu_s,
-                  "rss_before": base, "rss_after_build": after, "maxrss": ru.ru_maxrss * 1024,
-                  "file_bytes": path.stat().st_size}))
+                  "rss_before": base, "rss_after_build": after, "maxrss": index_maxrss,
+                  "file_bytes": path.stat().st_size,
+                  "table": {"build_s": table_build_s, "build_cpu_s": table_build_cpu_s, "load_cpu_s": table_load_cpu_s,
+                            "rss_growth": table_rss, "maxrss_after": ru.ru_maxrss * 1024,
+                            "file_bytes": table_path.stat().st_size}}))
 """
 
 
@@ -244,7 +263,18 @@ else:
     index = AliasIndex.for_store(TripleStore(db))
 texts = corpus_texts(chars)
 normalize("预热" * 40)  # one-time tables (folding), not linking
-linker = EntityLinker(TripleStore(db), index, LinkerConfig(context=context))
+# Setup, timed apart from linking: the linker made with everything it loads up front (this tree:
+# the feature table read, numba imported and the compiled scorer loaded from numba's cache).
+c = time.process_time()
+store = TripleStore(db)
+if which.startswith("reference"):
+    linker = EntityLinker(store, index, LinkerConfig(context=context))
+else:
+    from wenzhi.kg.feature_table import EntityFeatureTable
+    config = LinkerConfig(context=context)
+    table = EntityFeatureTable.for_store(store, config.max_triples) if context else None
+    linker = EntityLinker(store, index, config, feature_table=table)
+setup = time.process_time() - c
 api = "link" if which.endswith("link") else "link_many"
 if api == "link":
     run = lambda: [linker.link(t) for t in texts]
@@ -271,7 +301,8 @@ c = time.process_time(); found = run(); cold = time.process_time() - c
 c = time.process_time(); run(); warm = time.process_time() - c
 digest = [hashlib.md5(repr([(m.start, m.end, m.entity and m.entity.id, m.score) for m in ms]).encode()).hexdigest()
           for ms in found]
-print(json.dumps({"cold_cpu_s": cold, "warm_cpu_s": warm, "mentions": sum(map(len, found)), "digest": digest}))
+print(json.dumps({"setup_cpu_s": setup, "cold_cpu_s": cold, "warm_cpu_s": warm, "mentions": sum(map(len, found)),
+                  "digest": digest}))
 """
 
 
@@ -304,6 +335,7 @@ def compare_reference(db: Path, link_chars: int, commit: str, batch: int, refere
             summary[phase] = {name: {"chars_per_s_cpu": round(chars / t), "speedup": round(median[base] / t, 2),
                                      "cpu_s_rounds": [round(r[f"{phase}_cpu_s"], 2) for r in runs[name]]}
                               for name, t in median.items()}
+        summary["setup_cpu_s_rounds"] = {name: [round(r["setup_cpu_s"], 3) for r in rs] for name, rs in runs.items()}
         ref_digest = runs[base][0]["digest"]
         summary["texts_linked_differently"] = {name: sum(a != b for a, b in zip(ref_digest, rs[0]["digest"]))
                                                for name, rs in runs.items()}
@@ -327,6 +359,26 @@ def profile_linking(db: Path, link_chars: int, batch: int, commit: str | None, r
     return out
 
 
+def build_index(db: Path) -> dict:
+    """The alias index and the linker's feature table built (and saved beside `db`) in a child
+    process: build and load CPU seconds, memory, file sizes."""
+    out: dict = {}
+    log("alias index build (child process)")
+    idx, wall, _ = child(INDEX_CODE, str(db))
+    out["alias_index"] = {"aliases": idx["aliases"], "build_s": round(idx["build_s"], 1),
+                          "load_s": round(idx["load_s"], 1), "build_cpu_s": round(idx["build_cpu_s"], 1),
+                          "load_cpu_s": round(idx["load_cpu_s"], 1), "process_wall_s": round(wall, 1),
+                          "rss_growth_mb": round((idx["rss_after_build"] - idx["rss_before"]) / 2**20),
+                          "peak_rss_mb": round(idx["maxrss"] / 2**20), "file_mb": round(idx["file_bytes"] / 2**20)}
+    t = idx["table"]
+    out["feature_table"] = {"build_s": round(t["build_s"], 1), "build_cpu_s": round(t["build_cpu_s"], 1),
+                            "load_cpu_s": round(t["load_cpu_s"], 3), "rss_growth_mb": round(t["rss_growth"] / 2**20),
+                            "process_peak_rss_mb": round(t["maxrss_after"] / 2**20),
+                            "file_mb": round(t["file_bytes"] / 2**20, 1)}
+    log(f"alias index: {out['alias_index']}, feature table: {out['feature_table']}")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", type=float, default=1.0, help="fraction of KgCLUE size (1.0 = 20.5M triples)")
@@ -341,6 +393,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="fresh processes per contender in --reference")
     ap.add_argument("--context-batch-only", action="store_true",
                     help="--reference compares link_many with context only (theirs and ours), no other contender")
+    ap.add_argument("--compare-only", action="store_true",
+                    help="with --store: skip the index build, lookups and single pass; only --reference / --profile")
+    ap.add_argument("--index", action="store_true",
+                    help="with --compare-only: do build the alias index and the feature table first (timed)")
     ap.add_argument("--profile", action="store_true",
                     help="add a cProfile of link_many (and of the reference's link), cold and warm")
     args = ap.parse_args()
@@ -380,30 +436,27 @@ def main() -> None:
                             "input_mb": round(grown.stat().st_size / 2**20)}
         log(f"import: {result['import']}")
 
-    log("alias index build (child process)")
-    idx, wall, _ = child(INDEX_CODE, str(db))
-    result["alias_index"] = {"aliases": idx["aliases"], "build_s": round(idx["build_s"], 1),
-                             "load_s": round(idx["load_s"], 1), "build_cpu_s": round(idx["build_cpu_s"], 1),
-                             "load_cpu_s": round(idx["load_cpu_s"], 1), "process_wall_s": round(wall, 1),
-                             "rss_growth_mb": round((idx["rss_after_build"] - idx["rss_before"]) / 2**20),
-                             "peak_rss_mb": round(idx["maxrss"] / 2**20), "file_mb": round(idx["file_bytes"] / 2**20)}
-    log(f"alias index: {result['alias_index']}")
+    if args.compare_only and not args.store:
+        ap.error("--compare-only needs --store")
+    if not args.compare_only or args.index:
+        result.update(build_index(db))
 
-    log("entity lookups")
-    from wenzhi.kg import TripleStore
+    if not args.compare_only:
+        log("entity lookups")
+        from wenzhi.kg import TripleStore
 
-    rng = random.Random(1)
-    with TripleStore(db) as store:
-        n_entities = store.n_entities()
-        result["store"] = {"entities": n_entities, "bytes": db.stat().st_size}
-        names = [store.entity(rng.randint(1, n_entities)).name for _ in range(args.lookups)]
-    result["lookup"] = lookups(db, names)
-    log(f"lookup: {result['lookup']}")
+        rng = random.Random(1)
+        with TripleStore(db) as store:
+            n_entities = store.n_entities()
+            result["store"] = {"entities": n_entities, "bytes": db.stat().st_size}
+            names = [store.entity(rng.randint(1, n_entities)).name for _ in range(args.lookups)]
+        result["lookup"] = lookups(db, names)
+        log(f"lookup: {result['lookup']}")
 
-    log("linking the corpus on one core")
-    texts = corpus_texts(args.link_chars)
-    result["linking"] = linking(db, texts, args.batch)
-    log(f"linking: {result['linking']}")
+        log("linking the corpus on one core")
+        texts = corpus_texts(args.link_chars)
+        result["linking"] = linking(db, texts, args.batch)
+        log(f"linking: {result['linking']}")
     if args.reference:
         log(f"against the linker at {args.reference}, interleaved")
         result["reference"] = compare_reference(db, args.link_chars, args.reference, args.batch,
@@ -411,6 +464,10 @@ def main() -> None:
     if args.profile:
         log("profiling link_many")
         result["profile"] = profile_linking(db, args.link_chars, args.batch, args.reference, args.reference_index)
+    if args.compare_only:
+        result["loadavg_end"] = os.getloadavg()
+        print(json.dumps(result, ensure_ascii=False))
+        return
     result["loadavg_end"] = os.getloadavg()
     imported = isinstance(result["import"], dict)
     result["targets"] = {

@@ -2,11 +2,13 @@
 
     .venv/bin/python bench/qa_load.py --model runs/demo/qa --kb runs/demo/kb.sqlite
 
-Starts the server as a subprocess, waits for /readyz, warms up, then for 1, 8 and 32 concurrent
-clients posts real KgCLUE dev questions to /v1/qa and reports p50/p99 latency, throughput and
-errors (closed-loop clients over keep-alive connections, a light hand-written HTTP/1.1
-client in this process). The 32-client level runs `--requests` (10,000) requests with the server's RSS read from
-/proc before and after. With `--compare-unbatched` it repeats the 32-client level against a
+Starts the server as a subprocess (as the model folder asks to be served: with its GEN head where
+pipeline.json's fusion weights weigh it; `--no-gen` leaves it out), waits for /readyz, warms up,
+then for 1, 8 and 32 concurrent clients posts real KgCLUE dev questions to /v1/qa and reports
+p50/p99 latency, throughput and errors (closed-loop clients over keep-alive connections, a light
+hand-written HTTP/1.1 client in this process). The 32-client level runs `--requests` (10,000)
+requests with the server's RSS read from /proc before, after and every 1,000 requests (also per
+process: HTTP side, QA worker). With `--compare-unbatched` it repeats the 32-client level against a
 second server started with `--max-batch 1` (micro-batching off) and reports the ratio.
 Last line: a JSON object with p99_ms_at_32, errors and rss_growth_mb.
 """
@@ -45,16 +47,21 @@ def process_tree(pid: int) -> list[int]:
     return pids
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of the server and its worker together."""
-    total = 0
+def rss_each_mb(pid: int) -> list[float]:
+    """Resident memory of the server, then of each of its descendants (the QA worker)."""
+    out = []
     for p in process_tree(pid):
         try:
             with open(f"/proc/{p}/status") as fh:
-                total += next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
+                out.append(next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:")) / 1024)
         except (FileNotFoundError, StopIteration):
             pass
-    return total / 1024
+    return out
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of the server and its worker together."""
+    return sum(rss_each_mb(pid))
 
 
 def steal_jiffies() -> tuple[int, int]:
@@ -77,10 +84,21 @@ def cpu_seconds(pid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def start_server(args, port: int, extra: list[str]) -> subprocess.Popen:
+def gen_weighted(model: str) -> bool:
+    """Whether the model folder's fusion weights give GEN's evidence any weight (then `wenzhi serve`
+    decodes GEN, as `wenzhi evaluate --mode fused` does)."""
+    from wenzhi.qa_service.pipeline import PipelineConfig
+
+    config = PipelineConfig.load(Path(model))
+    return (Path(model) / "gen" / "config.json").exists() and bool(config.w_gen or config.w_gen_head)
+
+
+def server_command(args, port: int, extra: list[str]) -> list[str]:
+    """`wenzhi serve` as the model folder asks to be served (its GEN head where pipeline.json
+    weighs it), unless --no-gen leaves GEN out."""
     cmd = [sys.executable, "-m", "wenzhi", "serve", "--model", args.model, "--kb", args.kb,
            "--host", "127.0.0.1", "--port", str(port), *extra]
-    if not args.gen:
+    if args.no_gen:
         cmd.append("--no-gen")
     if args.threads:
         cmd += ["--threads", str(args.threads)]
@@ -88,6 +106,11 @@ def start_server(args, port: int, extra: list[str]) -> subprocess.Popen:
         cmd += ["--max-batch", str(args.max_batch)]
     if args.max_wait_ms is not None:
         cmd += ["--max-wait-ms", str(args.max_wait_ms)]
+    return cmd
+
+
+def start_server(args, port: int, extra: list[str]) -> subprocess.Popen:
+    cmd = server_command(args, port, extra)
     log = open(Path(args.log_dir) / f"serve-{port}.log", "w")
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
 
@@ -204,11 +227,14 @@ async def run_levels(args, port: int, questions: list[str], proc, levels: list[i
             out["rss_before_mb"] = round(rss_mb(proc.pid), 1)
             steal0 = steal_jiffies()
             out["rss_trajectory_mb"] = [out["rss_before_mb"]]
+            # per process (HTTP side, worker), so a growth can be told apart
+            out["rss_each_trajectory_mb"] = [[round(x, 1) for x in rss_each_mb(proc.pid)]]
             parts = []
             for start in range(0, args.requests, 1000):
                 parts.append(await drive(port, questions[start % len(questions):] + questions,
                                          min(1000, args.requests - start), c))
                 out["rss_trajectory_mb"].append(round(rss_mb(proc.pid), 1))
+                out["rss_each_trajectory_mb"].append([round(x, 1) for x in rss_each_mb(proc.pid)])
             out["rss_after_mb"] = out["rss_trajectory_mb"][-1]
             steal1 = steal_jiffies()
             out["cpu_steal_share"] = round((steal1[0] - steal0[0]) / max(1, steal1[1] - steal0[1]), 3)
@@ -244,7 +270,7 @@ async def compare_interleaved(args, questions: list[str], servers: dict, clients
     return out
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True)
     p.add_argument("--kb", required=True)
@@ -253,7 +279,8 @@ def main() -> int:
     p.add_argument("--requests-small", type=int, default=500, help="requests at the lower levels")
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--levels", default="1,8,32")
-    p.add_argument("--gen", action="store_true", help="serve with the GEN head (default: --no-gen)")
+    p.add_argument("--no-gen", action="store_true",
+                   help="serve without the GEN head (default: as the model's pipeline.json asks)")
     p.add_argument("--threads", type=int, help="server torch threads")
     p.add_argument("--max-wait-ms", type=float, help="server micro-batching wait")
     p.add_argument("--max-batch", type=int, help="server micro-batch size")
@@ -261,7 +288,11 @@ def main() -> int:
     p.add_argument("--compare-in-process", action="store_true",
                    help="only: the top level on a worker-process server and an --in-process one, interleaved")
     p.add_argument("--log-dir", default="/tmp")
-    args = p.parse_args()
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
 
     sys.path.insert(0, str(ROOT))
     from wenzhi.qa_service.data import read_qa
@@ -272,8 +303,8 @@ def main() -> int:
         args.questions = str(data_path("kgclue/dev.json"))
     questions = [ex.question for ex in read_qa(args.questions)]
     levels = [int(x) for x in args.levels.split(",")]
-    result: dict = {"model": args.model, "kb": args.kb, "cpus": os.cpu_count(), "gen": args.gen,
-                    "max_batch": args.max_batch}
+    result: dict = {"model": args.model, "kb": args.kb, "cpus": os.cpu_count(),
+                    "gen_served": not args.no_gen and gen_weighted(args.model), "max_batch": args.max_batch}
     if args.compare_in_process:
         servers = {}
         try:

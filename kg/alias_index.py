@@ -190,23 +190,9 @@ class AliasIndex:
     def load(cls, path: str | Path) -> "AliasIndex":
         """Read an index written by `save`; AliasIndexError when the file is not one, is of
         another version, or its parts do not fit together. Nothing in it is executed."""
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(path), framework="numpy") as fh:
-                meta = fh.metadata() or {}
-                if meta.get("format") != FORMAT or meta.get("version") != str(FORMAT_VERSION):
-                    raise AliasIndexError(f"{path}: not a version {FORMAT_VERSION} alias index "
-                                          f"(format {meta.get('format')!r}, version {meta.get('version')!r})")
-                arrays = {name: fh.get_tensor(name) for name in fh.keys()}
-        except SafetensorError as exc:
-            raise AliasIndexError(f"{path}: not a safetensors alias index ({exc})") from exc
         want = {"patterns": np.uint8, "pattern_keys": np.int32, "single_chars": np.uint8, "single_keys": np.int32,
                 "offsets": np.int64, "entity_ids": np.int32, "priors": np.float32, "text_frequency": np.float32}
-        for name, dtype in want.items():
-            a = arrays.get(name)
-            if a is None or a.dtype != dtype or a.ndim != 1:
-                raise AliasIndexError(f"{path}: array {name!r} missing or not 1-d {np.dtype(dtype).name}")
+        meta, arrays = read_arrays(path, FORMAT, FORMAT_VERSION, want, AliasIndexError, "alias index")
         try:
             text = arrays["patterns"].tobytes().decode("utf-8")
             single_chars = arrays["single_chars"].tobytes().decode("utf-8")
@@ -309,24 +295,21 @@ class AliasIndex:
         # end so far) begins a run of overlapping matches that no choice crosses. Most runs hold
         # one match, taken as it is; only the others need the longest-first pass.
         found.sort()  # (start, end, id) from end order: nearly sorted already
-        chosen, run, furthest = [], [], -1
+        # runs are found[first:i] (positions, not lists: a list per run was one more object per
+        # match for the garbage collector)
+        chosen, first, i, furthest = [], 0, 0, -1
+        found.append((furthest, furthest, -1))  # a sentinel ends the last run
         for m in found:
-            if m[0] >= furthest:
-                if len(run) == 1:
-                    s, e, p = run[0]
+            if m[0] >= furthest or m[2] < 0:
+                if i - first == 1:
+                    s, e, p = found[first]
                     chosen.append((s, e, p if key is None else key[p]))
-                elif run:
-                    chosen += _longest_first(run, key)
-                run = [m]
-            else:
-                run.append(m)
+                elif i > first:
+                    chosen += _longest_first(found[first:i], key, furthest)
+                first = i
             if m[1] > furthest:
                 furthest = m[1]
-        if len(run) == 1:
-            s, e, p = run[0]
-            chosen.append((s, e, p if key is None else key[p]))
-        elif run:
-            chosen += _longest_first(run, key)
+            i += 1
         return chosen
 
     def _find(self, text: str) -> list[tuple[int, int, int]]:
@@ -346,18 +329,40 @@ class AliasIndex:
         return list(zip(at.tolist(), (at + 1).tolist(), ids[at].tolist()))
 
 
+def read_arrays(path, fmt: str, version: int, dtypes: dict, error: type[Exception], what: str):
+    """(metadata, arrays) of a safetensors file written with metadata {format: fmt, version},
+    holding at least the 1-d arrays `dtypes` names with those dtypes; `error` (with the path and
+    what is wrong) otherwise. Only numeric arrays and a JSON header are read: nothing runs."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as fh:
+            meta = fh.metadata() or {}
+            if meta.get("format") != fmt or meta.get("version") != str(version):
+                raise error(f"{path}: not a version {version} {what} "
+                            f"(format {meta.get('format')!r}, version {meta.get('version')!r})")
+            arrays = {name: fh.get_tensor(name) for name in fh.keys()}
+    except SafetensorError as exc:
+        raise error(f"{path}: not a safetensors {what} ({exc})") from exc
+    for name, dtype in dtypes.items():
+        a = arrays.get(name)
+        if a is None or a.dtype != dtype or a.ndim != 1:
+            raise error(f"{path}: array {name!r} missing or not 1-d {np.dtype(dtype).name}")
+    return meta, arrays
+
+
 def _utf8(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
 
 
-def _longest_first(run: list[tuple[int, int, int]], key) -> list[tuple[int, int, int]]:
-    """Of overlapping (start, end, id) matches, the longest first, then the leftmost, skipping
-    any that overlaps one taken: (start, end, key id) in text order; `key` maps ids to key ids
-    (None: they are key ids)."""
+def _longest_first(run: list[tuple[int, int, int]], key, end: int) -> list[tuple[int, int, int]]:
+    """Of overlapping (start, end, id) matches in start order, ending at `end` at the furthest,
+    the longest first, then the leftmost, skipping any that overlaps one taken: (start, end, key
+    id) in text order; `key` maps ids to key ids (None: they are key ids)."""
     # (-length, start, ...) tuples sort longest first, then leftmost, with no key function
     ordered = sorted((s - e, s, e, p) for s, e, p in run)
-    origin = min(s for _, s, _, _ in ordered)
-    taken = bytearray(max(e for _, _, e, _ in ordered) - origin)
+    origin = run[0][0]
+    taken = bytearray(end - origin)
     chosen = []
     for _, s, e, p in ordered:
         if taken.find(1, s - origin, e - origin) == -1:

@@ -17,6 +17,9 @@ entity the batch needs; `link` is a batch of one. The part of each score that do
 the context is computed once per (alias, candidate), and a candidate sharing no character with
 the text skips the context features, all 0 for it (`_occurrence_scores`). The scores are the same
 floats as the plain weights . `_feature_vector`, which `feature_rows` still gives the fitting.
+`link_many` (and so `link(text)`) scores the ambiguous mentions of a batch in one compiled call
+over the KB's feature table (kg/context_scorer.py, kg/feature_table.py): no store rows read and no
+sets built for a candidate's context features; `rank` and NER spans keep the Python path above.
 """
 from __future__ import annotations
 
@@ -28,11 +31,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import NamedTuple, Sequence
 
+import numpy as np
+
 from wenzhi.kg.alias_index import SEPARATOR, AliasIndex
 from wenzhi.kg.entity_features import (FEATURES, N_CONTEXT_FEATURES, Context, EntityFeatures, Profile,
                                        ProfileTable, context_features, description_cover, disambiguation_cover,
                                        relation_overlap, tail_overlap, union)
-from wenzhi.kg.names import normalize_many, normalize_with_offsets
+from wenzhi.kg.feature_table import EntityFeatureTable
+from wenzhi.kg.names import normalize_each, normalize_many, normalize_with_offsets
 from wenzhi.kg.store import Entity, TripleStore
 
 __all__ = ["EntityLinker", "LinkerConfig", "Mention", "FEATURES", "DEFAULT_WEIGHTS"]
@@ -106,6 +112,13 @@ class _Cache(dict):
         return value
 
 
+class _Names(NamedTuple):
+    """What the context-free features need of an entity (as EntityFeatures has them)."""
+    base: str  # normalised
+    full: str  # normalised full name
+    log_triples: float
+
+
 class _Alias(NamedTuple):
     """What scoring an occurrence of an alias needs that no context changes."""
     candidates: tuple[tuple[Profile, tuple[float, ...], float], ...]  # (profile, weighted context-free terms, their sum)
@@ -116,12 +129,21 @@ class _Alias(NamedTuple):
 
 class EntityLinker:
     def __init__(self, store: TripleStore, alias_index: AliasIndex | None = None,
-                 config: LinkerConfig | None = None, progress: bool = False):
+                 config: LinkerConfig | None = None, progress: bool = False,
+                 feature_table: EntityFeatureTable | None = None):
+        """`feature_table`: the KB's EntityFeatureTable for this config's `max_triples`; by
+        default loaded (or built and saved) beside the store on the first `link_many` with
+        context, which is the only user of it."""
         self.store = store
         self.index = alias_index if alias_index is not None else AliasIndex.for_store(store, progress=progress)
         self.config = config or LinkerConfig()
         if len(self.config.weights) != len(FEATURES):
             raise ValueError(f"weights has {len(self.config.weights)} entries, FEATURES {len(FEATURES)}")
+        if feature_table is not None and feature_table.max_triples != self.config.max_triples:
+            raise ValueError(f"feature table made for max_triples={feature_table.max_triples}, "
+                             f"the config has {self.config.max_triples}")
+        self._progress = progress
+        self._scorer = None if feature_table is None else self._make_scorer(feature_table)
         # The store and the AliasIndex do not change once opened, and a linker's config must not
         # change once it is built (the weights are folded into `_prepared`): all of these are pure.
         self._entities: _Cache = _Cache()  # entity id -> Entity (None: not in the store)
@@ -157,32 +179,74 @@ class EntityLinker:
 
     def link_many(self, texts: Sequence[str]) -> list[list[Mention]]:
         """`link(text)` of each text, the same mentions, at batch speed: one normalisation, one
-        automaton pass and one store read per batch. The way to link a corpus: 16 to 64 texts per
-        call (the Mentions of hundreds of texts alive at once outlive Python's young-object
-        collections, and the full collections that follow cost more than larger batches save)."""
-        out: list[list[Mention]] = [[] for _ in texts]
+        automaton pass, one store read and one compiled scoring call per batch. The way to link a
+        corpus: 16 to 64 texts per call (the Mentions of hundreds of texts alive at once outlive
+        Python's young-object collections, and the full collections that follow cost more than
+        larger batches save)."""
+        out: list[list[Mention | None]] = [[] for _ in texts]
         normalized = normalize_many(texts)
         # texts joined by a separator no alias holds: no match spans two texts
-        found = self._detect(SEPARATOR.join(norm for norm, _ in normalized))
+        joined = SEPARATOR.join(norm for norm, _ in normalized)
+        found = self._detect(joined)
         if not found:
             return out
-        self._prefetch({key_id for _, _, key_id in found})
+        scorer = self._context_scorer() if self.config.context else None
+        if scorer is None:
+            self._prefetch({key_id for _, _, key_id in found})
+        else:
+            self._prefetch_scored(found, joined, scorer)
         ends = list(itertools.accumulate(len(norm) + 1 for norm, _ in normalized))
         t, base, text, norm, offmap = -1, 0, "", "", None
         unambiguous = self._unambiguous
-        for s, e, key_id in found:
+        # the ambiguous occurrences, scored together below: where each is in `found`, its text,
+        # and its place in that text's Mentions (ints, which the garbage collector does not track:
+        # a tuple per occurrence made its collections longer)
+        pending, pending_text, pending_at = [], [], []
+        for j, (s, e, key_id) in enumerate(found):
             if t < 0 or s >= ends[t]:
                 t = next(i for i in range(t + 1, len(ends)) if s < ends[i])
                 base = ends[t - 1] if t else 0
                 text, (norm, offmap) = texts[t], normalized[t]
-            s, e = s - base, e - base
-            o_start, o_end = (s, e) if offmap is None else (offmap[s], offmap[e - 1] + 1)
             ranked = unambiguous.get(key_id)
+            if ranked is None and scorer is not None:
+                pending.append(j)
+                pending_text.append(t)
+                pending_at.append(len(out[t]))
+                out[t].append(None)
+                continue
+            o_start, o_end = (s - base, e - base) if offmap is None else (offmap[s - base], offmap[e - base - 1] + 1)
             if ranked is not None:  # the common case in running text: nothing to weigh
                 out[t].append(Mention(text[o_start:o_end], o_start, o_end, ranked[0][0], 1.0, ranked))
-                continue
-            out[t].append(self._ambiguous(text[o_start:o_end], o_start, o_end, norm, s, e, key_id))
+            else:
+                out[t].append(self._ambiguous(text[o_start:o_end], o_start, o_end, norm, s - base, e - base, key_id))
+        if pending:
+            self._score_pending(scorer, joined, texts, normalized, ends, found, pending, pending_text, pending_at, out)
         return out
+
+    def _score_pending(self, scorer, joined: str, texts, normalized, ends, found, pending, pending_text, pending_at,
+                       out) -> None:
+        """Fill in the Mentions of the ambiguous occurrences `link_many` left pending: found[j]
+        for j in `pending`, in text pending_text[i] at position pending_at[i] of its Mentions."""
+        codes = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        text_start = [ends[t - 1] if t else 0 for t in pending_text]
+        text_end = [ends[t] - 1 for t in pending_text]
+        occurrences = [found[j] for j in pending]
+        key_ids = [key_id for _, _, key_id in occurrences]
+        scores, offsets = scorer.score(codes, text_start, text_end, [s for s, _, _ in occurrences],
+                                       [e for _, e, _ in occurrences], key_ids)
+        outcomes = self._outcomes
+        for i, (s, e, key_id) in enumerate(occurrences):
+            # the same scores give the same outcome: half the ambiguous occurrences in running
+            # text repeat an earlier one's (no context evidence, or the same evidence)
+            raw = tuple(scores[offsets[i] : offsets[i + 1]])
+            outcome = outcomes.get((key_id, raw))
+            if outcome is None:
+                outcome = outcomes.put((key_id, raw), self._outcome(key_id, raw))
+            ranked, best, score = outcome
+            t, base = pending_text[i], text_start[i]
+            offmap = normalized[t][1]
+            o_start, o_end = (s - base, e - base) if offmap is None else (offmap[s - base], offmap[e - base - 1] + 1)
+            out[t][pending_at[i]] = Mention(texts[t][o_start:o_end], o_start, o_end, best, score, ranked)
 
     def rank(self, text: str, k: int = 5) -> list[tuple[Entity, float, Mention]]:
         """The entities `text` is most likely about, best first: KBQA topic-entity selection.
@@ -293,6 +357,63 @@ class EntityLinker:
             self._unambiguous.put(key_id, ((entities[self._candidates(key_id)[0][0]], 1.0),))
         if self.config.context:
             self._features_of(ambiguous)
+
+    def _prefetch_scored(self, found, joined: str, scorer) -> None:
+        """`_prefetch` for `link_many` with the compiled scorer: the entities of aliases not seen
+        before in one batched read, and each new ambiguous alias registered with the scorer
+        (its candidates' context-free terms; their context features come from the table)."""
+        unambiguous, slots = self._unambiguous, scorer.slots
+        # (not `set - dict.keys()`: that turns the whole cache into a set, batch after batch)
+        new = {key_id for _, _, key_id in found if key_id not in unambiguous and key_id not in slots}
+        if not new:  # the common case once warm
+            return
+        first: dict[int, tuple[int, int]] = {}  # where each new alias occurs first
+        for s, e, key_id in found:
+            if key_id in new and key_id not in first:
+                first[key_id] = (s, e)
+        new = list(first)  # (in text order)
+        ids, single = set(), []
+        for key_id in new:
+            cands = self._candidates(key_id)
+            ids.update(eid for eid, _ in cands)
+            if len(cands) == 1:
+                single.append(key_id)
+        entities = self._entities_of(ids)
+        for key_id in single:
+            unambiguous.put(key_id, ((entities[self._candidates(key_id)[0][0]], 1.0),))
+        # (a full `_unambiguous` empties itself: a single-candidate alias it dropped is scored
+        # like any other, which gives the same one candidate at 1.0)
+        new = [key_id for key_id in new if key_id not in unambiguous]
+        scorer.make_room(len(new))
+        # the candidates' names, normalised in one pass for the whole batch (an id the store
+        # lacks, which only a foreign alias index has, gets empty names)
+        ids = list({eid for key_id in new for eid, _ in self._candidates(key_id)})
+        ents = [entities[eid] or Entity(eid, "", "", None, None, 0) for eid in ids]
+        names = normalize_each([x.base for x in ents] + [x.name for x in ents])
+        names_of = {eid: _Names(names[i], names[len(ids) + i], math.log1p(x.n_triples))
+                    for i, (eid, x) in enumerate(zip(ids, ents))}
+        fixed_weights = self.config.weights[N_CONTEXT_FEATURES:]
+        for key_id in new:
+            s, e = first[key_id]
+            mention, cands = joined[s:e], self._candidates(key_id)
+            fixed_terms, fixed_scores = [], []
+            for eid, prior in cands:
+                f = names_of[eid]
+                fixed = tuple(map(operator.mul, fixed_weights, self._fixed_features(mention, key_id, f, prior)))
+                fixed_terms.append(fixed)
+                fixed_scores.append(sum(fixed))
+            scorer.add(key_id, [eid for eid, _ in cands], fixed_terms, fixed_scores)
+
+    def _context_scorer(self):
+        if self._scorer is None:
+            self._scorer = self._make_scorer(EntityFeatureTable.for_store(self.store, self.config.max_triples,
+                                                                          progress=self._progress))
+        return self._scorer
+
+    def _make_scorer(self, table: EntityFeatureTable):
+        from wenzhi.kg.context_scorer import ContextScorer  # numba: imported by the linkers that score
+
+        return ContextScorer(table, self.config.weights, self.config.context_window, _CACHE_SIZE)
 
     def _prefetch_features(self, key_ids: set[int]) -> None:
         self._features_of({eid for key_id in key_ids for eid, _ in self._candidates(key_id)})
@@ -453,7 +574,7 @@ class EntityLinker:
         f = self._entity_features(entity_id)
         return [*context_features(f.profile, ctx), *self._fixed_features(mention, key_id, f, prior)]
 
-    def _fixed_features(self, mention: str, key_id: int, f: EntityFeatures, prior: float) -> tuple[float, ...]:
+    def _fixed_features(self, mention: str, key_id: int, f: EntityFeatures | _Names, prior: float) -> tuple[float, ...]:
         """The features after the context ones: the alias and the candidate alone."""
         length, single_char, no_word_char, text_frequency = self._mention_features(mention, key_id)
         return (

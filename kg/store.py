@@ -133,6 +133,15 @@ class TripleStore:
     def n_entities(self) -> int:
         return self._conn.execute("SELECT COUNT(*) FROM entities").fetchone()[0]
 
+    def max_entity_id(self) -> int:
+        return self._conn.execute("SELECT COALESCE(MAX(id), 0) FROM entities").fetchone()[0]
+
+    def iter_entity_context(self, description_chars: int) -> Iterator[tuple[int, str | None, str | None]]:
+        """(id, disambiguation, the description's first `description_chars` characters) of every
+        entity, in id order (what the linker's feature table needs of it)."""
+        return iter(self._conn.execute("SELECT id, disambiguation, substr(description, 1, ?) FROM entities ORDER BY id",
+                                       (description_chars,)))
+
     def iter_entities(self) -> Iterator[Entity]:
         for row in self._conn.execute(f"SELECT {_ENTITY_COLUMNS} FROM entities ORDER BY id"):
             yield Entity(*row)
@@ -208,6 +217,15 @@ class TripleStore:
         )
         for head, rel_id, tail, head_id in cur:
             yield Triple(head, names[rel_id], tail, head_id)
+
+    def iter_head_summaries(self, min_chars: int, max_chars: int, separator: str):
+        """(head id, number of triples, whether a tail holds `separator`, its distinct relation ids
+        joined by ",", its tails of `min_chars` to `max_chars` characters joined by `separator` or
+        None) per head, in head order: one aggregate query, no Python per triple."""
+        return iter(self._conn.execute(
+            "SELECT head_id, COUNT(*), MAX(instr(tail, ?)) > 0, group_concat(DISTINCT rel_id), "
+            "group_concat(CASE WHEN length(tail) BETWEEN ? AND ? THEN tail END, ?) "
+            "FROM triples GROUP BY head_id ORDER BY head_id", (separator, min_chars, max_chars, separator)))
 
     def relation_names(self) -> dict[int, str]:
         if self._relation_names is None:

@@ -129,6 +129,10 @@ def load_local(model: str, kb: str, index: str | None = None, use_gen: bool = Tr
         from wenzhi.qa_service.pipeline import PipelineConfig, QAPipeline
 
         config = PipelineConfig.load(model, use_gen=use_gen, threads=threads)
+        if config.mode == "fused" and not (config.w_gen or config.w_gen_head):
+            # the fusion fit weighed GEN at 0: the service would never decode it, so it is not loaded
+            # (its model and KB trie: memory and start-up time for nothing)
+            config.use_gen = False
         pipeline = QAPipeline(model, kb, config, index=index)
     if manage_gc:
         quiet_gc()

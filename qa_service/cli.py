@@ -15,9 +15,10 @@ from wenzhi.retrieval.bm25 import add_search_arguments
 
 # `wenzhi fit-fusion`'s question sample: KgCLUE train holds 18,000 questions; skipping the first
 # 17,000 fits on its tail, training questions (dev, which is reported, is never fitted on) that a
-# quick `finetune --limit` run reads last; 500 of them give a few thousand candidate triples,
-# enough for a coarse grid over seven weights and a fit of minutes on CPU.
-FUSION_SKIP, FUSION_LIMIT = 17_000, 500
+# quick `finetune --limit` run reads last; all 1,000 of them: weights fitted on 500 moved with which
+# 500 (and did worse on another 1,000 train questions: 1,956-1,968 right of 2,000 against 1,972;
+# bench/RESULTS.md, h12d), and the fit stays a few minutes on CPU.
+FUSION_SKIP, FUSION_LIMIT = 17_000, 1_000
 
 
 def register(sub: "argparse._SubParsersAction") -> None:
@@ -93,6 +94,10 @@ def register(sub: "argparse._SubParsersAction") -> None:
                     help="fit the weights over these settings of `wenzhi evaluate --distractor-relations` "
                          "together (each question once per setting)")
     ff.add_argument("--threads", type=int, help="torch threads (none: torch's choice)")
+    ff.add_argument("--save-evidence", metavar="FILE.npz",
+                    help="also write every candidate's evidence (numbers only) for a later --evidence")
+    ff.add_argument("--evidence", metavar="FILE.npz",
+                    help="choose the weights from evidence saved by --save-evidence (the heads are not run)")
     ff.set_defaults(handler=_fit_fusion)
 
     ev = sub.add_parser("evaluate", help="KgCLUE metric (EM/F1 on S, P, O, All; Score) on KBQA questions")
@@ -211,7 +216,8 @@ def _fit_fusion(args) -> int:
 
     report = fit_fusion(args.model, args.kb, args.questions or data_path("kgclue/train.json"), limit=args.limit,
                         skip=args.skip, use_gen=not args.no_gen, threads=args.threads,
-                        distractor_relations=tuple(args.distractor_relations))
+                        distractor_relations=tuple(args.distractor_relations), evidence_out=args.save_evidence,
+                        evidence_in=args.evidence)
     print(json.dumps(report, ensure_ascii=False))
     return 0
 

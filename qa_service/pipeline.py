@@ -42,6 +42,7 @@ class PipelineConfig:
     use_gen: bool = True
     gen_beams: int = 3
     gen_memo: int = GEN_MEMO_SIZE  # questions whose GEN hits are kept (0: decode every time)
+    gen_cascade: bool = True  # fused: decode GEN only where it could change the answer (answer_batch)
     w_link: float = 1.0
     w_ner: float = 1.0
     w_sim: float = 1.0
@@ -248,11 +249,13 @@ class QAPipeline:
         keys = [(tuple(ids), self.config.distractor_relations, self.config.gen_beams) for ids in q_ids]
         todo = [i for i, key in enumerate(keys) if key not in self._gen_memo]
         fresh = dict(zip(todo, self._decode([q_ids[i] for i in todo]))) if todo else {}
+        # read before evicting: a smaller gen_memo (reconfigure) may evict the hits this batch reuses
+        out = [dict(fresh[i]) if i in fresh else dict(self._gen_memo[key]) for i, key in enumerate(keys)]
         for i, hits in fresh.items():
             self._gen_memo[keys[i]] = hits
         while len(self._gen_memo) > self.config.gen_memo:
             self._gen_memo.pop(next(iter(self._gen_memo)))
-        return [dict(fresh[i]) if i in fresh else dict(self._gen_memo[key]) for i, key in enumerate(keys)]
+        return out
 
     def _decode(self, q_ids) -> list[dict[tuple[int, str], float]]:
         import torch
@@ -279,9 +282,44 @@ class QAPipeline:
         return out
 
     def answer_batch(self, questions: list[str], top_k: int = 5) -> list[Answer]:
-        import torch
-
+        """Answer each question. With GEN weighed in fused mode and `gen_cascade` on, the pipeline's
+        evidence answers first and GEN is decoded only for the questions where it could change the
+        answer: GEN adds at most w_gen + w_gen_head to a candidate (both its terms are probability
+        shares), so where the best candidate leads the next by more, the answer stands."""
+        cfg = self.config
         top_k = max(1, top_k)
+        cascade = (cfg.gen_cascade and cfg.mode == "fused" and not cfg.all_evidence and self.gen is not None
+                   and (cfg.w_gen or cfg.w_gen_head))
+        if not cascade:
+            return self._answer_batch(questions, top_k, decode_gen=True)
+        answers = self._answer_batch(questions, 10_000, decode_gen=False)
+        close = [i for i, a in enumerate(answers) if not self._gen_cannot_overtake(a.candidates)]
+        if close:
+            for i, a in zip(close, self._answer_batch([questions[i] for i in close], top_k, decode_gen=True)):
+                answers[i] = a
+        for a in answers:
+            del a.candidates[top_k:]
+            a.timings_ms["gen_decoded_share"] = round(len(close) / max(1, len(questions)), 3)
+        return answers
+
+    def _gen_cannot_overtake(self, ranked: list[Candidate]) -> bool:
+        """Whether GEN's terms could not put another candidate above the best one. A candidate of the
+        best's (entity, relation) gets the same GEN terms (and stays behind it: the sort is stable);
+        another relation of the same entity the same w_gen_head term."""
+        if not ranked:
+            return False  # GEN may find an entity the linker missed
+        top, w_gen, w_head = ranked[0], abs(self.config.w_gen), abs(self.config.w_gen_head)
+        for c in ranked[1:]:  # best first
+            lead = top.score - c.score
+            if lead > w_gen + w_head:
+                return True  # nobody further down comes within reach either
+            if (c.entity_id, c.relation) != (top.entity_id, top.relation) and lead <= w_gen + (
+                    w_head if c.entity_id != top.entity_id else 0.0):
+                return False
+        return True
+
+    def _answer_batch(self, questions: list[str], top_k: int, decode_gen: bool) -> list[Answer]:
+        import torch
 
         from wenzhi.qa_service.lexical import lexical_score, strip_mention
         from wenzhi.qa_service.packing import encode_questions, encode_questions_packed, relation_segments, score_relations
@@ -301,7 +339,8 @@ class QAPipeline:
             t1 = time.perf_counter()
             # GEN decoding is ~95% of a fused answer's cost (bench/RESULTS.md, issue 12): skip it
             # where its evidence weighs nothing (a fusion fit may give it weight 0)
-            gen_counts = cfg.mode == "gen" or (cfg.mode == "fused" and (cfg.all_evidence or cfg.w_gen or cfg.w_gen_head))
+            gen_counts = decode_gen and (cfg.mode == "gen" or (cfg.mode == "fused" and (
+                cfg.all_evidence or cfg.w_gen or cfg.w_gen_head)))
             gen_hits = self._gen(q_ids) if gen_counts else [{} for _ in questions]
             gen_heads = [{} for _ in questions]  # head id -> GEN's share over all its pairs
             for hits, heads in zip(gen_hits, gen_heads):

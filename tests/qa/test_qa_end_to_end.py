@@ -56,13 +56,34 @@ def test_gen_is_not_decoded_where_its_evidence_weighs_nothing(pipeline, kgclue_d
     questions = [q.question for q in kgclue_dev[8:12]]
     before = pipeline.config
     try:
-        pipeline.reconfigure(gen_memo=0)
+        pipeline.reconfigure(gen_memo=0, gen_cascade=False)  # GEN decoded for every question
         weighed = pipeline.answer_batch(questions, top_k=50)
         assert any(c.gen > 0 for a in weighed for c in a.candidates)  # decoded: GEN's evidence is there
         pipeline.reconfigure(w_gen=0.0, w_gen_head=0.0)
         unweighed = pipeline.answer_batch(questions, top_k=50)
         assert all(c.gen == 0 and c.gen_head == 0 for a in unweighed for c in a.candidates)
         assert [a.triple for a in unweighed] == [a.triple for a in pipeline.answer_batch(questions, top_k=50)]
+    finally:
+        pipeline.config = before
+        pipeline.reconfigure()
+
+
+def test_gen_cascade_answers_as_full_fusion_and_decodes_only_close_questions(pipeline, kgclue_dev):
+    """Fused answering with GEN weighed decodes GEN only where the pipeline's lead is within GEN's
+    reach (w_gen + w_gen_head); the answers equal those of decoding GEN for every question."""
+    questions = [q.question for q in kgclue_dev[:24]]
+    before = pipeline.config
+    try:
+        for w_gen, w_gen_head in ((0.05, 0.05), (2.0, 1.0)):
+            pipeline.reconfigure(gen_memo=0, w_gen=w_gen, w_gen_head=w_gen_head, gen_cascade=False)
+            full = pipeline.answer_batch(questions, top_k=3)
+            pipeline.reconfigure(gen_cascade=True)
+            cascade = pipeline.answer_batch(questions, top_k=3)
+            assert [a.triple for a in cascade] == [a.triple for a in full]
+            assert all(len(a.candidates) <= 3 for a in cascade)
+            share = cascade[0].timings_ms["gen_decoded_share"]
+            if w_gen == 0.05:  # a reach this short: most leads are longer, so most questions skip GEN
+                assert share < 0.5, share
     finally:
         pipeline.config = before
         pipeline.reconfigure()
