@@ -227,13 +227,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_model(path: str):
-    """Any masked-LM folder: a wenzhi checkpoint (WenzhiForMaskedLM, registered with the Auto
+    """Any masked-LM folder: a wenzhi checkpoint (as WenzhiForPretraining, registered with the Auto
     classes on `import wenzhi`) or a transformers one; a run's output_dir means its model/."""
-    from transformers import AutoModelForMaskedLM
+    from transformers import AutoConfig, AutoModelForMaskedLM, AutoModelForPreTraining
 
     from wenzhi.model.pretrained import resolve_model_dir
 
-    return AutoModelForMaskedLM.from_pretrained(resolve_model_dir(path))
+    path = resolve_model_dir(path)
+    # a wenzhi folder loads as WenzhiForPretraining: given labels it projects to the vocabulary at the
+    # masked rows only (`mlm_logits`), where a *ForMaskedLM projects every position and takes a loss
+    # over them all: the same scores at a third of the CPU (a probe item's rows are mostly unmasked)
+    if AutoConfig.from_pretrained(path).model_type == "wenzhi":
+        return AutoModelForPreTraining.from_pretrained(path)
+    return AutoModelForMaskedLM.from_pretrained(path)
 
 
 def main(args: argparse.Namespace) -> int:
