@@ -1,10 +1,12 @@
 """What the KBQA service's KB side keeps in memory: RSS growth of the linker's and store's caches.
 
-    WENZHI_DATA=/work/shared/data .venv/bin/python bench/linker_memory.py --kb runs/demo/kb.sqlite [--trace]
+    WENZHI_DATA=/work/shared/data .venv/bin/python bench/linker_memory.py --kb runs/demo/kb.sqlite [--trace] [--python-scoring]
 
 Per question, the calls the QA pipeline makes (`linker.rank(question, k=8)`, `store.triples` of
 each ranked entity, `linker.link(question, spans=[top mention])`), over the KgCLUE dev questions
-once after a 50-question warm-up; prints RSS growth and CPU per question,
+once after a 50-question warm-up; prints RSS growth and CPU per question (scores from the compiled
+scorer over the feature table, loaded before the warm-up; `--python-scoring`: the Python definition,
+which builds and caches feature sets per entity),
 and with --trace the lines that allocated what is kept (tracemalloc, slower).
 The service's own allocations (models, batching) are bench/qa_load.py's to measure.
 """
@@ -30,9 +32,10 @@ def main() -> None:
     ap.add_argument("--kb", required=True)
     ap.add_argument("--questions", type=int, default=2000)
     ap.add_argument("--trace", action="store_true", help="tracemalloc: the top allocating lines of what is kept")
+    ap.add_argument("--python-scoring", action="store_true", help="EntityLinker(compiled=False)")
     args = ap.parse_args()
     store = TripleStore(args.kb)
-    linker = EntityLinker(store)
+    linker = EntityLinker(store, compiled=not args.python_scoring).warm()
     with open(data_path("kgclue/dev.json"), encoding="utf-8") as fh:
         questions = [json.loads(line)["question"] for line, _ in zip(fh, range(args.questions))]
 
@@ -56,7 +59,7 @@ def main() -> None:
         serve(q)
     cpu = time.process_time() - cpu
     gc.collect()
-    result = {"questions": len(questions), "rss_growth_mb": round(rss_mb() - before, 1),
+    result = {"scoring": "python" if args.python_scoring else "compiled", "questions": len(questions), "rss_growth_mb": round(rss_mb() - before, 1),
               "cpu_ms_per_question": round(1000 * cpu / len(questions), 3)}
     if args.trace:
         stats = tracemalloc.take_snapshot().compare_to(snapshot, "lineno")

@@ -55,11 +55,14 @@ class ContextScorer:
     def __contains__(self, key_id: int) -> bool:
         return key_id in self.slots
 
-    def make_room(self, n_keys: int) -> None:
+    def make_room(self, n_keys: int) -> bool:
         """Before adding `n_keys` aliases: start over if they would pass `max_keys` (bounded
-        memory, as the linker's other caches; never in the middle of a batch's additions)."""
+        memory, as the linker's other caches; never in the middle of a batch's additions).
+        True when it did: the caller registers the batch's other aliases again."""
         if len(self.slots) + n_keys > self.max_keys:
             self.clear()
+            return True
+        return False
 
     def add(self, key_id: int, entity_ids, fixed_terms, fixed_scores) -> None:
         """Register an alias: its candidates' entity ids, each one's weighted context-free terms

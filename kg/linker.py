@@ -14,12 +14,13 @@
 Speed (linking is the heart of knowledge masking and of the KBQA service): `link_many` links a
 batch of texts with one normalisation, one automaton pass and one batched store read for every
 entity the batch needs; `link` is a batch of one. The part of each score that does not depend on
-the context is computed once per (alias, candidate), and a candidate sharing no character with
-the text skips the context features, all 0 for it (`_occurrence_scores`). The scores are the same
-floats as the plain weights . `_feature_vector`, which `feature_rows` still gives the fitting.
-`link_many` (and so `link(text)`) scores the ambiguous mentions of a batch in one compiled call
-over the KB's feature table (kg/context_scorer.py, kg/feature_table.py): no store rows read and no
-sets built for a candidate's context features; `rank` and NER spans keep the Python path above.
+the context is computed once per (alias, candidate). Every score with context (`link_many`,
+`link`, NER spans, `rank`) comes from one compiled call per batch over the KB's feature table
+(kg/context_scorer.py, kg/feature_table.py): no store rows read and no sets built per candidate,
+and nothing per entity cached but its Entity. `_occurrence_scores` is the same computation in
+Python, the definition the compiled one equals to the bit (a linker made with `compiled=False`
+uses it everywhere: the tests' reference); its scores are in turn the plain weights .
+`_feature_vector`, which `feature_rows` gives the fitting.
 """
 from __future__ import annotations
 
@@ -130,10 +131,11 @@ class _Alias(NamedTuple):
 class EntityLinker:
     def __init__(self, store: TripleStore, alias_index: AliasIndex | None = None,
                  config: LinkerConfig | None = None, progress: bool = False,
-                 feature_table: EntityFeatureTable | None = None):
+                 feature_table: EntityFeatureTable | None = None, compiled: bool = True):
         """`feature_table`: the KB's EntityFeatureTable for this config's `max_triples`; by
-        default loaded (or built and saved) beside the store on the first `link_many` with
-        context, which is the only user of it."""
+        default loaded (or built and saved) beside the store when first needed (`warm` loads it
+        now). `compiled=False`: score with the Python definition instead (slower, and it caches
+        per-entity feature sets): the reference the tests hold the compiled scores to."""
         self.store = store
         self.index = alias_index if alias_index is not None else AliasIndex.for_store(store, progress=progress)
         self.config = config or LinkerConfig()
@@ -143,6 +145,7 @@ class EntityLinker:
             raise ValueError(f"feature table made for max_triples={feature_table.max_triples}, "
                              f"the config has {self.config.max_triples}")
         self._progress = progress
+        self._compiled = compiled
         self._scorer = None if feature_table is None else self._make_scorer(feature_table)
         # The store and the AliasIndex do not change once opened, and a linker's config must not
         # change once it is built (the weights are folded into `_prepared`): all of these are pure.
@@ -173,9 +176,14 @@ class EntityLinker:
         norm, offmap = normalize_with_offsets(text)
         found = self._spans_from_ner(text, norm, offmap, spans)
         self._prefetch({key_id for _, _, key_id in found if key_id >= 0})
+        raw: dict = {}  # occurrence -> its candidates' scores, for the ambiguous ones
+        if self.config.context:
+            ambiguous = [o for o in found if o[2] >= 0 and len(self._candidates(o[2])) > 1]
+            raw = dict(zip(ambiguous, self._scores(norm, ambiguous)))
         if offmap is None:  # nothing dropped: offsets into `norm` are offsets into `text`
-            return [self._disambiguate(text, norm, s, e, key_id, s, e) for s, e, key_id in found]
-        return [self._disambiguate(text, norm, s, e, key_id, offmap[s], offmap[e - 1] + 1) for s, e, key_id in found]
+            return [self._disambiguate(text, key_id, s, e, raw.get((s, e, key_id))) for s, e, key_id in found]
+        return [self._disambiguate(text, key_id, offmap[s], offmap[e - 1] + 1, raw.get((s, e, key_id)))
+                for s, e, key_id in found]
 
     def link_many(self, texts: Sequence[str]) -> list[list[Mention]]:
         """`link(text)` of each text, the same mentions, at batch speed: one normalisation, one
@@ -190,7 +198,7 @@ class EntityLinker:
         found = self._detect(joined)
         if not found:
             return out
-        scorer = self._context_scorer() if self.config.context else None
+        scorer = self._context_scorer() if self.config.context and self._compiled else None
         if scorer is None:
             self._prefetch({key_id for _, _, key_id in found})
         else:
@@ -218,7 +226,8 @@ class EntityLinker:
             if ranked is not None:  # the common case in running text: nothing to weigh
                 out[t].append(Mention(text[o_start:o_end], o_start, o_end, ranked[0][0], 1.0, ranked))
             else:
-                out[t].append(self._ambiguous(text[o_start:o_end], o_start, o_end, norm, s - base, e - base, key_id))
+                raw = self._occurrence_scores(norm, s - base, e - base, key_id) if self.config.context else None
+                out[t].append(self._ambiguous(text[o_start:o_end], o_start, o_end, key_id, raw))
         if pending:
             self._score_pending(scorer, joined, texts, normalized, ends, found, pending, pending_text, pending_at, out)
         return out
@@ -258,14 +267,13 @@ class EntityLinker:
             return []
         cfg = self.config
         norm, offmap = normalize_with_offsets(text)
-        found = set(self.index.matches(norm, single_chars=True))
-        if cfg.context:  # one store read for the candidates of aliases not scored before
-            prepared = self._prepared
-            self._prefetch_features({key_id for _, _, key_id in found if key_id not in prepared})
+        found = list(set(self.index.matches(norm, single_chars=True)))
+        if cfg.context:
+            scores = self._scores(norm, found)
         occurrences = []
-        for s, e, key_id in found:
+        for i, (s, e, key_id) in enumerate(found):
             if cfg.context:
-                cands = zip(map(_FIRST, self._candidates(key_id)), self._occurrence_scores(norm, s, e, key_id))
+                cands = zip(map(_FIRST, self._candidates(key_id)), scores[i])
             else:  # the baseline: longest match first, then the most frequent homonym
                 cands = [(eid, 100.0 * (e - s) + math.log(max(p, 1e-9))) for eid, p in self._candidates(key_id)]
             if offmap is None:
@@ -342,7 +350,7 @@ class EntityLinker:
         ids, ambiguous, single = set(), set(), []
         # aliases seen before need nothing more (an entity dropped from a full cache since is
         # read again when asked for)
-        done = self._prepared if self.config.context else self._outcomes
+        done = self._outcomes if not self.config.context else {} if self._compiled else self._prepared
         for key_id in key_ids:
             if key_id in self._unambiguous or key_id in done:
                 continue
@@ -355,8 +363,25 @@ class EntityLinker:
         entities = self._entities_of(ids)
         for key_id in single:
             self._unambiguous.put(key_id, ((entities[self._candidates(key_id)[0][0]], 1.0),))
-        if self.config.context:
+        if self.config.context and not self._compiled:
             self._features_of(ambiguous)
+
+    def _scores(self, norm: str, found) -> list[tuple[float, ...]]:
+        """The scores of the candidates of each occurrence (start, end, key id) in the normalised
+        text `norm`, in candidate order: compiled, or the Python definition (`compiled=False`)."""
+        if not found:
+            return []
+        if not self._compiled:  # one store read for the candidates of aliases not scored before
+            prepared = self._prepared
+            self._prefetch_features({key_id for _, _, key_id in found if key_id not in prepared})
+            return [self._occurrence_scores(norm, s, e, key_id) for s, e, key_id in found]
+        scorer = self._context_scorer()
+        self._register(scorer, norm, found)
+        codes = np.frombuffer(norm.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        n = len(found)
+        scores, offsets = scorer.score(codes, [0] * n, [len(norm)] * n, [s for s, _, _ in found],
+                                       [e for _, e, _ in found], [key_id for _, _, key_id in found])
+        return [tuple(scores[offsets[i] : offsets[i + 1]]) for i in range(n)]
 
     def _prefetch_scored(self, found, joined: str, scorer) -> None:
         """`_prefetch` for `link_many` with the compiled scorer: the entities of aliases not seen
@@ -371,9 +396,8 @@ class EntityLinker:
         for s, e, key_id in found:
             if key_id in new and key_id not in first:
                 first[key_id] = (s, e)
-        new = list(first)  # (in text order)
         ids, single = set(), []
-        for key_id in new:
+        for key_id in first:  # (in text order)
             cands = self._candidates(key_id)
             ids.update(eid for eid, _ in cands)
             if len(cands) == 1:
@@ -383,11 +407,30 @@ class EntityLinker:
             unambiguous.put(key_id, ((entities[self._candidates(key_id)[0][0]], 1.0),))
         # (a full `_unambiguous` empties itself: a single-candidate alias it dropped is scored
         # like any other, which gives the same one candidate at 1.0)
-        new = [key_id for key_id in new if key_id not in unambiguous]
-        scorer.make_room(len(new))
+        self._register(scorer, joined, found, unambiguous, first)
+
+    def _register(self, scorer, joined: str, found, skip=(), first: dict | None = None) -> None:
+        """Register with the scorer each alias of `found` it lacks, but those in `skip`: its
+        candidates' context-free terms (their context features come from the table). `first`:
+        where each alias the scorer lacks occurs first, when known."""
+        if first is None:
+            first, slots = {}, scorer.slots
+            for s, e, key_id in found:
+                if key_id not in slots and key_id not in skip and key_id not in first:
+                    first[key_id] = (s, e)
+        new = [key_id for key_id in first if key_id not in skip]
+        if not new:
+            return
+        if scorer.make_room(len(new)):  # it started over: the batch's other aliases are gone too
+            first = {}
+            for s, e, key_id in found:
+                if key_id not in skip and key_id not in first:
+                    first[key_id] = (s, e)
+            new = list(first)
         # the candidates' names, normalised in one pass for the whole batch (an id the store
         # lacks, which only a foreign alias index has, gets empty names)
         ids = list({eid for key_id in new for eid, _ in self._candidates(key_id)})
+        entities = self._entities_of(ids)
         ents = [entities[eid] or Entity(eid, "", "", None, None, 0) for eid in ids]
         names = normalize_each([x.base for x in ents] + [x.name for x in ents])
         names_of = {eid: _Names(names[i], names[len(ids) + i], math.log1p(x.n_triples))
@@ -403,6 +446,14 @@ class EntityLinker:
                 fixed_terms.append(fixed)
                 fixed_scores.append(sum(fixed))
             scorer.add(key_id, [eid for eid, _ in cands], fixed_terms, fixed_scores)
+
+    def warm(self) -> "EntityLinker":
+        """Load what scoring with context needs (the feature table, built and saved beside the
+        store if missing or stale; the compiled kernel) now, not on the first call: a service's
+        memory and start-up, not its first request."""
+        if self.config.context and self._compiled:
+            self._context_scorer()
+        return self
 
     def _context_scorer(self):
         if self._scorer is None:
@@ -461,7 +512,7 @@ class EntityLinker:
         return self._features.get(entity_id) or self._features_of([entity_id])[entity_id]
 
     # -- disambiguation -------------------------------------------------------------------
-    def _disambiguate(self, text, norm, s, e, key_id, o_start, o_end) -> Mention:
+    def _disambiguate(self, text, key_id, o_start, o_end, raw) -> Mention:
         surface = text[o_start:o_end]
         cands = self._candidates(key_id) if key_id >= 0 else ()
         if not cands:
@@ -469,14 +520,14 @@ class EntityLinker:
         if len(cands) == 1:  # the common case in running text: nothing to weigh
             entity = self._entity(cands[0][0])
             return Mention(surface, o_start, o_end, entity, 1.0, ((entity, 1.0),))
-        return self._ambiguous(surface, o_start, o_end, norm, s, e, key_id)
+        return self._ambiguous(surface, o_start, o_end, key_id, raw)
 
-    def _ambiguous(self, surface, o_start, o_end, norm, s, e, key_id) -> Mention:
-        """The mention of an alias with several candidates at norm[s:e] (text[o_start:o_end])."""
+    def _ambiguous(self, surface, o_start, o_end, key_id, raw) -> Mention:
+        """The mention (text[o_start:o_end]) of an alias with several candidates, whose scores
+        with context are `raw` (None: prior only)."""
         if self.config.context:
             # the same scores give the same outcome: half the ambiguous occurrences in running
             # text repeat an earlier one's (no context evidence, or the same evidence)
-            raw = self._occurrence_scores(norm, s, e, key_id)
             outcome = self._outcomes.get((key_id, raw))
             if outcome is None:
                 outcome = self._outcomes.put((key_id, raw), self._outcome(key_id, raw))

@@ -176,7 +176,8 @@ class QAPipeline:
                     t0 = time.perf_counter()
                     self.relation_states.warm(names)
                     log.info("relation states for %d relations in %.1f s", len(names), time.perf_counter() - t0)
-        self.linker = EntityLinker(self.store)
+        # the feature table and compiled scorer loaded now: start-up memory, not the first requests'
+        self.linker = EntityLinker(self.store).warm()
         self.gen = self.kb_trie = None
         self._gen_memo: dict = {}
         wants_gen = self.config.use_gen and self.config.mode != "pipeline"

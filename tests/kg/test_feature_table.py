@@ -83,7 +83,7 @@ def test_link_many_is_the_python_path(kb_store, texts, max_triples):
     entities on the table build's other path (features from their first triples only)."""
     config = LinkerConfig(max_triples=max_triples)
     table = EntityFeatureTable.build(kb_store, max_triples)
-    reference = EntityLinker(kb_store, config=config)
+    reference = EntityLinker(kb_store, config=config, compiled=False)
     for size in (1, 16):
         linker = EntityLinker(kb_store, config=config, feature_table=table)
         for _ in range(2):

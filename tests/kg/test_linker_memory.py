@@ -28,7 +28,7 @@ def _fill(linker: EntityLinker, question: str) -> None:
 
 def test_cached_features_share_character_objects(kb_db, data_dir):
     store = TripleStore(kb_db)
-    linker = EntityLinker(store)
+    linker = EntityLinker(store, compiled=False)  # the Python path: the one that caches feature sets
     for q in _dev_questions(data_dir, 300):
         _fill(linker, q)
     profiles = {f.profile for f in linker._features.values()}

@@ -106,12 +106,13 @@ def assert_same_ranking(got, want, text):
         assert abs(score - ref) <= 1e-9, text
 
 
-@pytest.mark.parametrize("index_min_groups", [entity_features.INDEX_MIN_GROUPS, 0])
-def test_rank_matches_reference(kb_store, questions, monkeypatch, index_min_groups):
+@pytest.mark.parametrize("index_min_groups,compiled", [(entity_features.INDEX_MIN_GROUPS, True),
+                                                       (entity_features.INDEX_MIN_GROUPS, False), (0, False)])
+def test_rank_matches_reference(kb_store, questions, monkeypatch, index_min_groups, compiled):
     # 0: every entity's relations and tails go through the inverted index, the path taken by
     # entities with many relations (rare in the slice, common in the full KgCLUE KB)
     monkeypatch.setattr(entity_features, "INDEX_MIN_GROUPS", index_min_groups)
-    linker = EntityLinker(kb_store)
+    linker = EntityLinker(kb_store, compiled=compiled)
     for _ in range(2):  # cold caches, then warm ones
         for q in questions:
             assert_same_ranking(ranked(linker, q), reference_rank(linker, q, 8), q)
@@ -164,6 +165,7 @@ def test_slice_exercises_every_context_feature(kb_store, questions):
 def test_link_spans_match_reference(kb_store, questions):
     shared = EntityLinker(kb_store)  # rank then link on each text, as the KBQA service does
     alone = EntityLinker(kb_store)  # link only: its caches filled in another order
+    python = EntityLinker(kb_store, compiled=False)  # the definition the compiled scores equal
     ambiguous = 0
     for q in questions:
         top = shared.rank(q, k=8)
@@ -172,8 +174,8 @@ def test_link_spans_match_reference(kb_store, questions):
         _, _, mention = top[0]
         spans = [(mention.start, mention.end)]
         got = [[(m.start, m.end, m.entity and m.entity.id, m.score, [(e.id, p) for e, p in m.candidates])
-                for m in linker.link(q, spans=spans)] for linker in (shared, alone)]
-        assert got[0] == got[1], q
+                for m in linker.link(q, spans=spans)] for linker in (shared, alone, python)]
+        assert got[0] == got[1] == got[2], q
         (start, end, best, score, cands), = got[0]
         assert (start, end) == spans[0]
         if len(cands) > 1:
@@ -206,3 +208,17 @@ def test_link_many_is_link_text_by_text(kb_store, questions, data_dir):
             got = [_mentions(ms) for i in range(0, len(texts), size) for ms in batched.link_many(texts[i : i + size])]
             assert got == want, size
     assert sum(map(len, want)) > 300 and sum(len(m[5]) > 1 for ms in want for m in ms) > 20
+
+
+def test_scorer_starting_over_keeps_the_batch(kb_store, questions):
+    """A compiled scorer that fills up starts over; the aliases of the batch it was scoring are
+    registered again, so the results do not change (a tiny scorer: it starts over on every text)."""
+    reference = EntityLinker(kb_store, compiled=False)
+    tiny = EntityLinker(kb_store).warm()
+    tiny._scorer.max_keys = 3
+    seen: set[int] = set()
+    for q in questions[:60]:
+        assert ranked(tiny, q) == ranked(reference, q), q
+        assert _mentions(tiny.link(q)) == _mentions(reference.link(q)), q
+        seen.update(tiny._scorer.slots)
+    assert len(seen) > 40 and len(tiny._scorer.slots) < 20  # it did start over, many times
