@@ -252,8 +252,10 @@ class AliasIndex:
             counts *= 1e6 / chars
         self.text_frequency = array("f", counts.astype(np.float32).tobytes())
 
-    def _slice(self, key_id: int) -> list[tuple[int, float]]:
+    def _slice(self, key_id: int, limit: int | None = None) -> list[tuple[int, float]]:
         a, b = self.offsets[key_id], self.offsets[key_id + 1]
+        if limit is not None:  # the first `limit` (highest priors): not a whole homonym group of thousands
+            b = min(b, a + limit)
         if b - a == 1:
             return [(self.entity_ids[a], 1.0)]
         return list(zip(self.entity_ids[a:b], self.priors[a:b]))
@@ -272,8 +274,9 @@ class AliasIndex:
         key_id = self.key_id(alias, normalized)
         return [] if key_id is None else self._slice(key_id)
 
-    def key_candidates(self, key_id: int) -> list[tuple[int, float]]:
-        return self._slice(key_id)
+    def key_candidates(self, key_id: int, limit: int | None = None) -> list[tuple[int, float]]:
+        """(entity id, prior) of a key, highest prior first; the first `limit` of them if given."""
+        return self._slice(key_id, limit)
 
     def matches(self, normalized_text: str, single_chars: bool = False) -> list[tuple[int, int, int]]:
         """Alias occurrences in normalised text: (start, end, key_id), end exclusive, in order of

@@ -652,7 +652,7 @@ class EntityLinker:
                       any(p.description for p, _, _ in rows), tuple(fixed_score for _, _, fixed_score in rows))
 
     def _compute_candidates(self, key_id: int) -> tuple[tuple[int, float], ...]:
-        return tuple(self.index.key_candidates(key_id)[: self.config.max_candidates])
+        return tuple(self.index.key_candidates(key_id, self.config.max_candidates))
 
     def _compute_mention_features(self, mention: str, key_id: int) -> tuple[float, float, float, float]:
         """The features of the mention alone (same for every candidate and occurrence)."""
