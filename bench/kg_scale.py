@@ -255,11 +255,18 @@ if which.startswith("reference"):
     from wenzhi_ref.kg.linker import EntityLinker, LinkerConfig
     from wenzhi_ref.kg.names import normalize
     from wenzhi_ref.kg.store import TripleStore
+    try:
+        from wenzhi_ref.kg.feature_table import EntityFeatureTable
+        has_table = True
+    except ImportError:  # a reference from before the feature table
+        has_table = False
     index = AliasIndex.load(ref_index) if ref_index else AliasIndex.build(TripleStore(db))
 else:
     from wenzhi.kg import AliasIndex, EntityLinker, TripleStore
     from wenzhi.kg.linker import LinkerConfig
     from wenzhi.kg.names import normalize
+    from wenzhi.kg.feature_table import EntityFeatureTable
+    has_table = True
     index = AliasIndex.for_store(TripleStore(db))
 texts = corpus_texts(chars)
 normalize("预热" * 40)  # one-time tables (folding), not linking
@@ -267,11 +274,10 @@ normalize("预热" * 40)  # one-time tables (folding), not linking
 # the feature table read, numba imported and the compiled scorer loaded from numba's cache).
 c = time.process_time()
 store = TripleStore(db)
-if which.startswith("reference"):
-    linker = EntityLinker(store, index, LinkerConfig(context=context))
-else:
-    from wenzhi.kg.feature_table import EntityFeatureTable
-    config = LinkerConfig(context=context)
+config = LinkerConfig(context=context)
+if which.startswith("reference") and not has_table:
+    linker = EntityLinker(store, index, config)
+else:  # (a reference with a feature table gets the same setup as this tree: its loading is not linking)
     table = EntityFeatureTable.for_store(store, config.max_triples) if context else None
     linker = EntityLinker(store, index, config, feature_table=table)
 setup = time.process_time() - c
