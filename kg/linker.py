@@ -201,14 +201,13 @@ class EntityLinker:
         scorer = self._context_scorer() if self.config.context and self._compiled else None
         if scorer is None:
             self._prefetch({key_id for _, _, key_id in found})
-        else:
-            self._prefetch_scored(found, joined, scorer)
         ends = list(itertools.accumulate(len(norm) + 1 for norm, _ in normalized))
         t, base, text, norm, offmap = -1, 0, "", "", None
         unambiguous = self._unambiguous
-        # the ambiguous occurrences, scored together below: where each is in `found`, its text,
-        # and its place in that text's Mentions (ints, which the garbage collector does not track:
-        # a tuple per occurrence made its collections longer)
+        # the occurrences of aliases with several candidates, or not seen before: finished
+        # together below. Where each is in `found`, its text, and its place in that text's
+        # Mentions (ints, which the garbage collector does not track: a tuple per occurrence
+        # made its collections longer)
         pending, pending_text, pending_at = [], [], []
         for j, (s, e, key_id) in enumerate(found):
             if t < 0 or s >= ends[t]:
@@ -229,33 +228,50 @@ class EntityLinker:
                 raw = self._occurrence_scores(norm, s - base, e - base, key_id) if self.config.context else None
                 out[t].append(self._ambiguous(text[o_start:o_end], o_start, o_end, key_id, raw))
         if pending:
-            self._score_pending(scorer, joined, texts, normalized, ends, found, pending, pending_text, pending_at, out)
+            self._finish_pending(scorer, joined, texts, normalized, ends, found, pending, pending_text, pending_at,
+                                 out)
         return out
 
-    def _score_pending(self, scorer, joined: str, texts, normalized, ends, found, pending, pending_text, pending_at,
-                       out) -> None:
-        """Fill in the Mentions of the ambiguous occurrences `link_many` left pending: found[j]
-        for j in `pending`, in text pending_text[i] at position pending_at[i] of its Mentions."""
-        codes = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    def _finish_pending(self, scorer, joined: str, texts, normalized, ends, found, pending, pending_text, pending_at,
+                        out) -> None:
+        """Fill in the Mentions `link_many` left pending: found[j] for j in `pending`, in text
+        pending_text[i] at position pending_at[i] of its Mentions. Aliases not seen before get
+        their entities in one batched read; those with one candidate are done, the others are
+        registered with the scorer, and all ambiguous occurrences are scored in one call."""
+        single = self._prefetch_scored(found, pending, joined, scorer)
         text_start = [ends[t - 1] if t else 0 for t in pending_text]
-        text_end = [ends[t] - 1 for t in pending_text]
-        occurrences = [found[j] for j in pending]
-        key_ids = [key_id for _, _, key_id in occurrences]
-        scores, offsets = scorer.score(codes, text_start, text_end, [s for s, _, _ in occurrences],
-                                       [e for _, e, _ in occurrences], key_ids)
-        outcomes = self._outcomes
-        for i, (s, e, key_id) in enumerate(occurrences):
-            # the same scores give the same outcome: half the ambiguous occurrences in running
-            # text repeat an earlier one's (no context evidence, or the same evidence)
-            raw = tuple(scores[offsets[i] : offsets[i + 1]])
-            outcome = outcomes.get((key_id, raw))
-            if outcome is None:
-                outcome = outcomes.put((key_id, raw), self._outcome(key_id, raw))
-            ranked, best, score = outcome
+        scored = []  # positions in `pending` of the occurrences to score
+        for i, j in enumerate(pending):
+            s, e, key_id = found[j]
+            ranked = single.get(key_id)
+            if ranked is None:
+                scored.append(i)
+                continue
             t, base = pending_text[i], text_start[i]
             offmap = normalized[t][1]
             o_start, o_end = (s - base, e - base) if offmap is None else (offmap[s - base], offmap[e - base - 1] + 1)
-            out[t][pending_at[i]] = Mention(texts[t][o_start:o_end], o_start, o_end, best, score, ranked)
+            out[t][pending_at[i]] = Mention(texts[t][o_start:o_end], o_start, o_end, ranked[0][0], 1.0, ranked)
+        if not scored:
+            return
+        codes = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        occurrences = [found[pending[i]] for i in scored]
+        scores, offsets = scorer.score(codes, [text_start[i] for i in scored], [ends[pending_text[i]] - 1 for i in scored],
+                                       [s for s, _, _ in occurrences], [e for _, e, _ in occurrences],
+                                       [key_id for _, _, key_id in occurrences])
+        outcomes, nil_threshold = self._outcomes, self.config.nil_threshold
+        for n, (i, (s, e, key_id)) in enumerate(zip(scored, occurrences)):
+            # the same scores give the same outcome: half the ambiguous occurrences in running
+            # text repeat an earlier one's (no context evidence, or the same evidence)
+            raw = tuple(scores[offsets[n] : offsets[n + 1]])
+            ranked = outcomes.get((key_id, raw))
+            if ranked is None:
+                ranked = outcomes.put((key_id, raw), self._outcome(key_id, raw))
+            best, score = ranked[0]
+            t, base = pending_text[i], text_start[i]
+            offmap = normalized[t][1]
+            o_start, o_end = (s - base, e - base) if offmap is None else (offmap[s - base], offmap[e - base - 1] + 1)
+            out[t][pending_at[i]] = Mention(texts[t][o_start:o_end], o_start, o_end,
+                                            best if score >= nil_threshold else None, score, ranked)
 
     def rank(self, text: str, k: int = 5) -> list[tuple[Entity, float, Mention]]:
         """The entities `text` is most likely about, best first: KBQA topic-entity selection.
@@ -383,31 +399,33 @@ class EntityLinker:
                                        [e for _, e, _ in found], [key_id for _, _, key_id in found])
         return [tuple(scores[offsets[i] : offsets[i + 1]]) for i in range(n)]
 
-    def _prefetch_scored(self, found, joined: str, scorer) -> None:
-        """`_prefetch` for `link_many` with the compiled scorer: the entities of aliases not seen
-        before in one batched read, and each new ambiguous alias registered with the scorer
-        (its candidates' context-free terms; their context features come from the table)."""
-        unambiguous, slots = self._unambiguous, scorer.slots
-        # (not `set - dict.keys()`: that turns the whole cache into a set, batch after batch)
-        new = {key_id for _, _, key_id in found if key_id not in unambiguous and key_id not in slots}
-        if not new:  # the common case once warm
-            return
-        first: dict[int, tuple[int, int]] = {}  # where each new alias occurs first
-        for s, e, key_id in found:
-            if key_id in new and key_id not in first:
+    def _prefetch_scored(self, found, pending, joined: str, scorer) -> dict[int, tuple]:
+        """`_prefetch` for `link_many` with the compiled scorer, over the occurrences found[j]
+        for j in `pending` (those of aliases not known to have one candidate): the entities of
+        aliases not seen before in one batched read, each new ambiguous alias registered with the
+        scorer (its candidates' context-free terms; their context features come from the table).
+        Returns the `ranked` of each new alias with one candidate."""
+        slots = scorer.slots
+        first: dict[int, tuple[int, int]] = {}  # where each new alias occurs first (in text order)
+        for j in pending:
+            s, e, key_id = found[j]
+            if key_id not in slots and key_id not in first:
                 first[key_id] = (s, e)
+        if not first:  # the common case once warm
+            return {}
         ids, single = set(), []
-        for key_id in first:  # (in text order)
+        for key_id in first:
             cands = self._candidates(key_id)
             ids.update(eid for eid, _ in cands)
             if len(cands) == 1:
                 single.append(key_id)
         entities = self._entities_of(ids)
+        unambiguous, ranked = self._unambiguous, {}
         for key_id in single:
-            unambiguous.put(key_id, ((entities[self._candidates(key_id)[0][0]], 1.0),))
-        # (a full `_unambiguous` empties itself: a single-candidate alias it dropped is scored
-        # like any other, which gives the same one candidate at 1.0)
-        self._register(scorer, joined, found, unambiguous, first)
+            ranked[key_id] = unambiguous.put(key_id, ((entities[self._candidates(key_id)[0][0]], 1.0),))
+            del first[key_id]
+        self._register(scorer, joined, found, ranked, first)
+        return ranked
 
     def _register(self, scorer, joined: str, found, skip=(), first: dict | None = None) -> None:
         """Register with the scorer each alias of `found` it lacks, but those in `skip`: its
@@ -536,11 +554,12 @@ class EntityLinker:
             if outcome is None:
                 raw = [math.log(max(p, 1e-9)) for _, p in self._candidates(key_id)]
                 outcome = self._outcomes.put(key_id, self._outcome(key_id, raw))
-        ranked, best, score = outcome
-        return Mention(surface, o_start, o_end, best, score, ranked)
+        best, score = outcome[0]
+        return Mention(surface, o_start, o_end, best if score >= self.config.nil_threshold else None, score, outcome)
 
-    def _outcome(self, key_id: int, raw: Sequence[float]) -> tuple[tuple[tuple[Entity, float], ...], Entity | None, float]:
-        """Posteriors (a softmax of the raw scores), best first, and the choice they make."""
+    def _outcome(self, key_id: int, raw: Sequence[float]) -> tuple[tuple[Entity, float], ...]:
+        """Posteriors (a softmax of the raw scores), best first: `ranked`. The first is the
+        choice, unless its posterior is under `nil_threshold` (NIL)."""
         entities, complete = self._candidate_entities(key_id)
         top = max(raw)
         exp = [math.exp(r - top) for r in raw]
@@ -549,8 +568,7 @@ class EntityLinker:
         ranked = tuple(sorted(zip(entities, [x / z for x in exp]), key=_SECOND, reverse=True))
         if not complete:
             ranked = tuple((ent, p) for ent, p in ranked if ent is not None)
-        best, score = ranked[0]
-        return ranked, (best if score >= self.config.nil_threshold else None), score
+        return ranked
 
     def _candidate_entities(self, key_id: int) -> tuple[tuple[Entity | None, ...], bool]:
         """The Entity of each candidate of an alias, and whether the store has them all."""
