@@ -274,6 +274,13 @@ class AliasIndex:
         key_id = self.key_id(alias, normalized)
         return [] if key_id is None else self._slice(key_id)
 
+    def candidate_count(self, key_id: int) -> int:
+        return self.offsets[key_id + 1] - self.offsets[key_id]
+
+    def first_candidate(self, key_id: int) -> int:
+        """The entity id of the key's first candidate (highest prior)."""
+        return self.entity_ids[self.offsets[key_id]]
+
     def key_candidates(self, key_id: int, limit: int | None = None) -> list[tuple[int, float]]:
         """(entity id, prior) of a key, highest prior first; the first `limit` of them if given."""
         return self._slice(key_id, limit)

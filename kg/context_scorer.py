@@ -88,6 +88,11 @@ class ContextScorer:
         code points of the batch's normalised texts, joined), whose text spans
         [text_start, text_end): one flat list, and where each occurrence's scores begin (and the
         last ends)."""
+        out, offsets = self.score_arrays(codes, text_start, text_end, start, end, key_ids)
+        return out.tolist(), offsets.tolist()
+
+    def score_arrays(self, codes: np.ndarray, text_start, text_end, start, end, key_ids) -> tuple[np.ndarray, np.ndarray]:
+        """`score` as the numpy arrays (float64 scores, int64 offsets)."""
         slots = np.fromiter(map(self.slots.__getitem__, key_ids), dtype=np.int64, count=len(key_ids))
         counts = self._slot_count[slots]
         offsets = np.zeros(len(slots) + 1, dtype=np.int64)
@@ -97,7 +102,7 @@ class ContextScorer:
                np.asarray(start, dtype=np.int64), np.asarray(end, dtype=np.int64), slots, self.window,
                self._slot_start, self._slot_count, self._profile, self._fixed, self._fixed_score,
                self.context_weights, NEUMAIER_SUM, self._present, self.table.kernel_arrays, offsets, out)
-        return out.tolist(), offsets.tolist()
+        return out, offsets
 
 
 @numba.njit(cache=True)

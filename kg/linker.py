@@ -255,17 +255,26 @@ class EntityLinker:
             return
         codes = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
         occurrences = [found[pending[i]] for i in scored]
-        scores, offsets = scorer.score(codes, [text_start[i] for i in scored], [ends[pending_text[i]] - 1 for i in scored],
-                                       [s for s, _, _ in occurrences], [e for _, e, _ in occurrences],
-                                       [key_id for _, _, key_id in occurrences])
+        key_ids = [key_id for _, _, key_id in occurrences]
+        scores, offsets = scorer.score_arrays(codes, [text_start[i] for i in scored],
+                                              [ends[pending_text[i]] - 1 for i in scored],
+                                              [s for s, _, _ in occurrences], [e for _, e, _ in occurrences], key_ids)
+        # Outcomes are cached by the alias and its candidates' scores as bytes: a key the
+        # collector does not count (a tuple of floats and its pair with the key id, one per
+        # outcome, made up a tenth of the objects that brought on its full collections). Equal
+        # bytes are equal floats; the few equal floats with other bytes (0.0 and -0.0) give the
+        # same outcome, computed twice.
+        raw_bytes, offsets = scores.tobytes(), offsets.tolist()
+        scores = scores.tolist()
         outcomes, nil_threshold = self._outcomes, self.config.nil_threshold
         for n, (i, (s, e, key_id)) in enumerate(zip(scored, occurrences)):
             # the same scores give the same outcome: half the ambiguous occurrences in running
             # text repeat an earlier one's (no context evidence, or the same evidence)
-            raw = tuple(scores[offsets[n] : offsets[n + 1]])
-            ranked = outcomes.get((key_id, raw))
+            a, b = offsets[n], offsets[n + 1]
+            key = raw_bytes[8 * a : 8 * b] + key_id.to_bytes(4, "little")
+            ranked = outcomes.get(key)
             if ranked is None:
-                ranked = outcomes.put((key_id, raw), self._outcome(key_id, raw))
+                ranked = outcomes.put(key, self._outcome(key_id, scores[a:b]))
             best, score = ranked[0]
             t, base = pending_text[i], text_start[i]
             offmap = normalized[t][1]
@@ -413,16 +422,19 @@ class EntityLinker:
                 first[key_id] = (s, e)
         if not first:  # the common case once warm
             return {}
-        ids, single = set(), []
+        # aliases with one candidate (most of them) read from the index as they are, not as
+        # `_candidates` tuples: fewer objects kept for the collector
+        index, max_candidates = self.index, self.config.max_candidates
+        ids, single = set(), {}
         for key_id in first:
-            cands = self._candidates(key_id)
-            ids.update(eid for eid, _ in cands)
-            if len(cands) == 1:
-                single.append(key_id)
+            if min(index.candidate_count(key_id), max_candidates) == 1:
+                ids.add(single.setdefault(key_id, index.first_candidate(key_id)))
+            else:
+                ids.update(eid for eid, _ in self._candidates(key_id))
         entities = self._entities_of(ids)
         unambiguous, ranked = self._unambiguous, {}
-        for key_id in single:
-            ranked[key_id] = unambiguous.put(key_id, ((entities[self._candidates(key_id)[0][0]], 1.0),))
+        for key_id, eid in single.items():
+            ranked[key_id] = unambiguous.put(key_id, ((entities[eid], 1.0),))
             del first[key_id]
         self._register(scorer, joined, found, ranked, first)
         return ranked
