@@ -122,10 +122,17 @@ _EMPTY = -1  # a free slot of the window's bigram set (keys are >= 0)
 
 
 @numba.njit(cache=True)
+def _slot(key, mask):
+    """A bigram key's first slot in the window's set: middle bits of a multiplicative hash (its
+    low bits would be those of the second character alone)."""
+    return ((key * 0x9E3779B1) >> 29) & mask
+
+
+@numba.njit(cache=True)
 def _in_grams(table, key) -> bool:
     """Is `key` in the open-addressing set `table` (size a power of two, over twice its keys)?"""
     mask = len(table) - 1
-    i = (key * 0x9E3779B1) & mask
+    i = _slot(key, mask)
     while table[i] != _EMPTY:
         if table[i] == key:
             return True
@@ -244,6 +251,7 @@ def _score(codes, text_start, text_end, start, end, slots, window, slot_start, s
     """out[offsets[m] + j] = the score of candidate j of occurrence m (see `ContextScorer.score`)."""
     chars = np.empty(2 * window + 1, dtype=np.int64)
     distinct = np.empty(2 * window, dtype=np.int64)
+    used = np.empty(2 * window, dtype=np.int64)  # the set's slot of each of `distinct`
     size = 4
     while size < 4 * window:
         size *= 2
@@ -272,12 +280,13 @@ def _score(codes, text_start, text_end, start, end, slots, window, slot_start, s
         n_grams = 0  # the window's distinct bigrams, into the set and the list
         for i in range(n - 1):
             key = chars[i] << 21 | chars[i + 1]
-            h = (key * 0x9E3779B1) & mask
+            h = _slot(key, mask)
             while grams[h] != _EMPTY and grams[h] != key:
                 h = (h + 1) & mask
             if grams[h] == _EMPTY:
                 grams[h] = key
                 distinct[n_grams] = key
+                used[n_grams] = h
                 n_grams += 1
         n_memo = 0
         first = slot_start[slots[m]]
@@ -301,8 +310,4 @@ def _score(codes, text_start, text_end, start, end, slots, window, slot_start, s
         for i in range(n):
             present[chars[i]] = 0
         for i in range(n_grams):  # empty the set: clear exactly the slots used
-            key = distinct[i]
-            h = (key * 0x9E3779B1) & mask
-            while grams[h] != key:
-                h = (h + 1) & mask
-            grams[h] = _EMPTY
+            grams[used[i]] = _EMPTY
