@@ -314,6 +314,12 @@ class AliasIndex:
                 if i - first == 1:
                     s, e, p = found[first]
                     chosen.append((s, e, p if key is None else key[p]))
+                elif i - first == 2:  # two that overlap: the longer, else the first (leftmost)
+                    s, e, p = found[first]
+                    s2, e2, p2 = found[first + 1]
+                    if e2 - s2 > e - s:
+                        s, e, p = s2, e2, p2
+                    chosen.append((s, e, p if key is None else key[p]))
                 elif i > first:
                     chosen += _longest_first(found[first:i], key, furthest)
                 first = i
