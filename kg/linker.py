@@ -202,47 +202,50 @@ class EntityLinker:
         if scorer is None:
             self._prefetch({key_id for _, _, key_id in found})
         ends = list(itertools.accumulate(len(norm) + 1 for norm, _ in normalized))
-        t, base, text, norm, offmap = -1, 0, "", "", None
+        t, base, end, text, norm, offmap, mentions = -1, 0, -1, "", "", None, []
         unambiguous = self._unambiguous
         # the occurrences of aliases with several candidates, or not seen before: finished
-        # together below. Where each is in `found`, its text, and its place in that text's
+        # together below. Each (as `found` has it), its text, and its place in that text's
         # Mentions (ints, which the garbage collector does not track: a tuple per occurrence
         # made its collections longer)
         pending, pending_text, pending_at = [], [], []
-        for j, (s, e, key_id) in enumerate(found):
-            if t < 0 or s >= ends[t]:
+        for occurrence in found:
+            s, e, key_id = occurrence
+            if s >= end:  # the next text (with a match)
                 t = next(i for i in range(t + 1, len(ends)) if s < ends[i])
-                base = ends[t - 1] if t else 0
-                text, (norm, offmap) = texts[t], normalized[t]
+                base, end = (ends[t - 1] if t else 0), ends[t]
+                text, (norm, offmap), mentions = texts[t], normalized[t], out[t]
             ranked = unambiguous.get(key_id)
             if ranked is None and scorer is not None:
-                pending.append(j)
+                pending.append(occurrence)
                 pending_text.append(t)
-                pending_at.append(len(out[t]))
-                out[t].append(None)
+                pending_at.append(len(mentions))
+                mentions.append(None)
                 continue
-            o_start, o_end = (s - base, e - base) if offmap is None else (offmap[s - base], offmap[e - base - 1] + 1)
+            if offmap is None:
+                o_start, o_end = s - base, e - base
+            else:
+                o_start, o_end = offmap[s - base], offmap[e - base - 1] + 1
             if ranked is not None:  # the common case in running text: nothing to weigh
-                out[t].append(Mention(text[o_start:o_end], o_start, o_end, ranked[0][0], 1.0, ranked))
+                mentions.append(Mention(text[o_start:o_end], o_start, o_end, ranked[0][0], 1.0, ranked))
             else:
                 raw = self._occurrence_scores(norm, s - base, e - base, key_id) if self.config.context else None
-                out[t].append(self._ambiguous(text[o_start:o_end], o_start, o_end, key_id, raw))
+                mentions.append(self._ambiguous(text[o_start:o_end], o_start, o_end, key_id, raw))
         if pending:
-            self._finish_pending(scorer, joined, texts, normalized, ends, found, pending, pending_text, pending_at,
-                                 out)
+            self._finish_pending(scorer, joined, texts, normalized, ends, pending, pending_text, pending_at, out)
         return out
 
-    def _finish_pending(self, scorer, joined: str, texts, normalized, ends, found, pending, pending_text, pending_at,
+    def _finish_pending(self, scorer, joined: str, texts, normalized, ends, pending, pending_text, pending_at,
                         out) -> None:
-        """Fill in the Mentions `link_many` left pending: found[j] for j in `pending`, in text
-        pending_text[i] at position pending_at[i] of its Mentions. Aliases not seen before get
-        their entities in one batched read; those with one candidate are done, the others are
-        registered with the scorer, and all ambiguous occurrences are scored in one call."""
-        single = self._prefetch_scored(found, pending, joined, scorer)
+        """Fill in the Mentions `link_many` left pending: the occurrences (start, end, key id)
+        `pending`, in text pending_text[i] at position pending_at[i] of its Mentions. Aliases not
+        seen before get their entities in one batched read; those with one candidate are done,
+        the others are registered with the scorer, and all ambiguous occurrences are scored in
+        one call."""
+        single = self._prefetch_scored(pending, joined, scorer)
         text_start = [ends[t - 1] if t else 0 for t in pending_text]
         scored = []  # positions in `pending` of the occurrences to score
-        for i, j in enumerate(pending):
-            s, e, key_id = found[j]
+        for i, (s, e, key_id) in enumerate(pending):
             ranked = single.get(key_id)
             if ranked is None:
                 scored.append(i)
@@ -254,7 +257,7 @@ class EntityLinker:
         if not scored:
             return
         codes = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-        occurrences = [found[pending[i]] for i in scored]
+        occurrences = [pending[i] for i in scored]
         key_ids = [key_id for _, _, key_id in occurrences]
         scores, offsets = scorer.score_arrays(codes, [text_start[i] for i in scored],
                                               [ends[pending_text[i]] - 1 for i in scored],
@@ -408,16 +411,15 @@ class EntityLinker:
                                        [e for _, e, _ in found], [key_id for _, _, key_id in found])
         return [tuple(scores[offsets[i] : offsets[i + 1]]) for i in range(n)]
 
-    def _prefetch_scored(self, found, pending, joined: str, scorer) -> dict[int, tuple]:
-        """`_prefetch` for `link_many` with the compiled scorer, over the occurrences found[j]
-        for j in `pending` (those of aliases not known to have one candidate): the entities of
+    def _prefetch_scored(self, pending, joined: str, scorer) -> dict[int, tuple]:
+        """`_prefetch` for `link_many` with the compiled scorer, over the occurrences (start,
+        end, key id) `pending` (those of aliases not known to have one candidate): the entities of
         aliases not seen before in one batched read, each new ambiguous alias registered with the
         scorer (its candidates' context-free terms; their context features come from the table).
         Returns the `ranked` of each new alias with one candidate."""
         slots = scorer.slots
         first: dict[int, tuple[int, int]] = {}  # where each new alias occurs first (in text order)
-        for j in pending:
-            s, e, key_id = found[j]
+        for s, e, key_id in pending:
             if key_id not in slots and key_id not in first:
                 first[key_id] = (s, e)
         if not first:  # the common case once warm
@@ -436,7 +438,7 @@ class EntityLinker:
         for key_id, eid in single.items():
             ranked[key_id] = unambiguous.put(key_id, ((entities[eid], 1.0),))
             del first[key_id]
-        self._register(scorer, joined, found, ranked, first)
+        self._register(scorer, joined, pending, ranked, first)
         return ranked
 
     def _register(self, scorer, joined: str, found, skip=(), first: dict | None = None) -> None:
