@@ -254,10 +254,10 @@ class AliasIndex:
 
     def _slice(self, key_id: int, limit: int | None = None) -> list[tuple[int, float]]:
         a, b = self.offsets[key_id], self.offsets[key_id + 1]
-        if limit is not None:  # the first `limit` (highest priors): not a whole homonym group of thousands
-            b = min(b, a + limit)
         if b - a == 1:
             return [(self.entity_ids[a], 1.0)]
+        if limit is not None:  # the first `limit` (highest priors): not a whole homonym group of thousands
+            b = min(b, a + limit)
         return list(zip(self.entity_ids[a:b], self.priors[a:b]))
 
     def key_id(self, alias: str, normalized: bool = False) -> int | None:

@@ -152,3 +152,18 @@ def test_longest_matches_is_the_longest_first_choice():
                                             if (single or len(key) > 1)
                                             for i in range(len(text)) if text.startswith(key, i)})
             assert index.longest_matches(text, single_chars=single) == _greedy_reference(found), (keys, text)
+
+
+def test_candidates_of_a_key_by_position(kb_store):
+    """`key_candidates(key, limit)` is the first `limit` of the whole list (highest priors);
+    `candidate_count` and `first_candidate` read the same arrays."""
+    index = AliasIndex.for_store(kb_store)
+    sizes = set()
+    for key_id in range(0, len(index), 97):
+        whole = index.key_candidates(key_id)
+        sizes.add(len(whole))
+        assert index.candidate_count(key_id) == len(whole)
+        assert index.first_candidate(key_id) == whole[0][0]
+        for limit in (1, 2, 30):
+            assert index.key_candidates(key_id, limit) == whole[:limit]
+    assert 1 in sizes and max(sizes) > 2

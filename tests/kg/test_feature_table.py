@@ -97,6 +97,24 @@ def test_link_many_is_the_python_path(kb_store, texts, max_triples):
             assert ambiguous >= 60
 
 
+def test_link_many_with_caches_that_empty_mid_batch(kb_store, texts):
+    """Caches far smaller than a batch's aliases: they empty themselves while `link_many` fills
+    them (the single-candidate aliases it just read, the outcomes, the entities, the scorer's
+    slots), and the Mentions stay those of the Python path."""
+    reference = EntityLinker(kb_store, compiled=False)
+    linker = EntityLinker(kb_store).warm()
+    linker._unambiguous.max_size = linker._outcomes.max_size = 3
+    linker._entities.max_size = linker._key_entities.max_size = 5
+    linker._scorer.max_keys = 4
+    for _ in range(2):
+        for i in range(0, len(texts), 16):
+            batch = texts[i : i + 16]
+            for text, found in zip(batch, linker.link_many(batch)):
+                want = reference.link(text, spans=[(m.start, m.end) for m in found]) if found else []
+                assert _mentions(found) == _mentions(want), text
+    assert len(linker._unambiguous) <= 3 and len(linker._scorer.slots) <= 4
+
+
 def test_python_sum_is_builtin_sum():
     rng = random.Random(0)
     for _ in range(2000):
