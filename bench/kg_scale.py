@@ -303,11 +303,40 @@ if sys.argv[9] == "profile":  # cProfile of each pass: the functions taking the 
             for (f, line, name), (_, nc, tt, ct, _) in rows]}
     print(json.dumps(out))
     sys.exit()
-c = time.process_time(); found = run(); cold = time.process_time() - c
-c = time.process_time(); run(); warm = time.process_time() - c
+# The garbage collector: its full collections walk the whole heap, and where one falls (in the
+# cold pass or the warm one, or in neither) depends on every allocation before it, setup's
+# included. Each pass starts from a settled heap (an untimed collection: what is left to collect
+# of what came before is not this pass's), and its time includes a final collection (what it
+# leaves to collect is its own); full collections during each are counted apart.
+import gc
+full = {"n": 0, "cpu": 0.0, "start": 0.0}
+def on_gc(phase, info):
+    if info["generation"] == 2:
+        if phase == "start":
+            full["start"] = time.process_time()
+        else:
+            full["n"] += 1
+            full["cpu"] += time.process_time() - full["start"]
+gc.callbacks.append(on_gc)
+def timed(keep):
+    gc.collect()
+    full.update(n=0, cpu=0.0)
+    c = time.process_time()
+    found = run()
+    if not keep:  # (freeing the Mentions is the pass's work, as it always was)
+        found = None
+    passed = time.process_time() - c
+    c = time.process_time(); gc.collect(); collect = time.process_time() - c
+    return found, passed, collect, full["n"], full["cpu"]
+found, cold_pass, cold_collect, cold_full, cold_full_cpu = timed(True)
+_, warm_pass, warm_collect, warm_full, warm_full_cpu = timed(False)
+cold, warm = cold_pass + cold_collect, warm_pass + warm_collect
+gc.callbacks.remove(on_gc)
 digest = [hashlib.md5(repr([(m.start, m.end, m.entity and m.entity.id, m.score) for m in ms]).encode()).hexdigest()
           for ms in found]
 print(json.dumps({"setup_cpu_s": setup, "cold_cpu_s": cold, "warm_cpu_s": warm, "mentions": sum(map(len, found)),
+                  "cold_pass_cpu_s": cold_pass, "warm_pass_cpu_s": warm_pass,
+                  "full_collections": {"cold": [cold_full, cold_full_cpu], "warm": [warm_full, warm_full_cpu]},
                   "digest": digest}))
 """
 
@@ -339,7 +368,13 @@ def compare_reference(db: Path, link_chars: int, commit: str, batch: int, refere
         for phase in ("cold", "warm"):
             median = {name: sorted(r[f"{phase}_cpu_s"] for r in rs)[rounds // 2] for name, rs in runs.items()}
             summary[phase] = {name: {"chars_per_s_cpu": round(chars / t), "speedup": round(median[base] / t, 2),
-                                     "cpu_s_rounds": [round(r[f"{phase}_cpu_s"], 2) for r in runs[name]]}
+                                     "cpu_s_rounds": [round(r[f"{phase}_cpu_s"], 2) for r in runs[name]],
+                                     # the pass alone (no final collection), and the full
+                                     # collections during it: [count, CPU-s] per round
+                                     "pass_cpu_s_rounds": [round(r[f"{phase}_pass_cpu_s"], 2) for r in runs[name]],
+                                     "full_collections_rounds": [[r["full_collections"][phase][0],
+                                                                  round(r["full_collections"][phase][1], 2)]
+                                                                 for r in runs[name]]}
                               for name, t in median.items()}
         summary["setup_cpu_s_rounds"] = {name: [round(r["setup_cpu_s"], 3) for r in rs] for name, rs in runs.items()}
         ref_digest = runs[base][0]["digest"]
