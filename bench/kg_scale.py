@@ -305,10 +305,12 @@ if sys.argv[9] == "profile":  # cProfile of each pass: the functions taking the 
     sys.exit()
 # The garbage collector: its full collections walk the whole heap, and where one falls (in the
 # cold pass or the warm one, or in neither) depends on every allocation before it, setup's
-# included. Each pass starts from a settled heap (an untimed collection: what is left to collect
-# of what came before is not this pass's), and its time includes a final collection (what it
-# leaves to collect is its own); full collections during each are counted apart.
+# included. Full collections during each pass are counted apart. With --gc-settled each pass
+# starts from a settled heap (an untimed collection: what is left to collect of what came before
+# is not this pass's) and its time includes a final collection (what it leaves to collect is its
+# own): steadier, and stricter (one full collection more per pass).
 import gc
+settled = sys.argv[9] == "time-settled"
 full = {"n": 0, "cpu": 0.0, "start": 0.0}
 def on_gc(phase, info):
     if info["generation"] == 2:
@@ -319,14 +321,17 @@ def on_gc(phase, info):
             full["cpu"] += time.process_time() - full["start"]
 gc.callbacks.append(on_gc)
 def timed(keep):
-    gc.collect()
+    if settled:
+        gc.collect()
     full.update(n=0, cpu=0.0)
     c = time.process_time()
     found = run()
     if not keep:  # (freeing the Mentions is the pass's work, as it always was)
         found = None
     passed = time.process_time() - c
-    c = time.process_time(); gc.collect(); collect = time.process_time() - c
+    collect = 0.0
+    if settled:
+        c = time.process_time(); gc.collect(); collect = time.process_time() - c
     return found, passed, collect, full["n"], full["cpu"]
 found, cold_pass, cold_collect, cold_full, cold_full_cpu = timed(True)
 _, warm_pass, warm_collect, warm_full, warm_full_cpu = timed(False)
@@ -342,7 +347,7 @@ print(json.dumps({"setup_cpu_s": setup, "cold_cpu_s": cold, "warm_cpu_s": warm, 
 
 
 def compare_reference(db: Path, link_chars: int, commit: str, batch: int, reference_index: str | None,
-                      rounds: int = 3, context_batch_only: bool = False) -> dict:
+                      rounds: int = 3, context_batch_only: bool = False, gc_settled: bool = False) -> dict:
     """This linker against the one at `commit`: each contender in a fresh process per round,
     contenders alternating within each round, cold (fresh linker and store) then warm (the same
     texts again); the median CPU time of the rounds. Outputs are compared text by text."""
@@ -362,7 +367,8 @@ def compare_reference(db: Path, link_chars: int, commit: str, batch: int, refere
         for _ in range(rounds):
             for name in runs:
                 result, _, _ = child(CONTENDER_CODE, name, str(db), context, str(batch), str(link_chars),
-                                     ref_path, bench_dir, reference_index or "", "time")
+                                     ref_path, bench_dir, reference_index or "",
+                                     "time-settled" if gc_settled else "time")
                 runs[name].append(result)
         summary = {}
         for phase in ("cold", "warm"):
@@ -438,6 +444,8 @@ def main() -> None:
                     help="with --store: skip the index build, lookups and single pass; only --reference / --profile")
     ap.add_argument("--index", action="store_true",
                     help="with --compare-only: do build the alias index and the feature table first (timed)")
+    ap.add_argument("--gc-settled", action="store_true",
+                    help="with --reference: each timed pass starts after a collection and ends with one (counted)")
     ap.add_argument("--profile", action="store_true",
                     help="add a cProfile of link_many (and of the reference's link), cold and warm")
     args = ap.parse_args()
@@ -501,7 +509,8 @@ def main() -> None:
     if args.reference:
         log(f"against the linker at {args.reference}, interleaved")
         result["reference"] = compare_reference(db, args.link_chars, args.reference, args.batch,
-                                                args.reference_index, args.rounds, args.context_batch_only)
+                                                args.reference_index, args.rounds, args.context_batch_only,
+                                                args.gc_settled)
     if args.profile:
         log("profiling link_many")
         result["profile"] = profile_linking(db, args.link_chars, args.batch, args.reference, args.reference_index)
