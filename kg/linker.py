@@ -205,9 +205,9 @@ class EntityLinker:
         t, base, end, text, norm, offmap, mentions = -1, 0, -1, "", "", None, []
         unambiguous = self._unambiguous
         # the occurrences of aliases with several candidates, or not seen before: finished
-        # together below. Each (as `found` has it), its text, and its place in that text's
-        # Mentions (ints, which the garbage collector does not track: a tuple per occurrence
-        # made its collections longer)
+        # together below. Each (the tuple `found` holds), its text, and its place in that text's
+        # Mentions (ints: no new object per occurrence for the garbage collector, whose
+        # collections a tuple per occurrence made longer)
         pending, pending_text, pending_at = [], [], []
         for occurrence in found:
             s, e, key_id = occurrence
