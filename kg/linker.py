@@ -378,7 +378,10 @@ class EntityLinker:
         ids, ambiguous, single = set(), set(), []
         # aliases seen before need nothing more (an entity dropped from a full cache since is
         # read again when asked for)
-        done = self._outcomes if not self.config.context else {} if self._compiled else self._prepared
+        if not self.config.context:
+            done = self._outcomes
+        else:  # (the compiled scorer registers aliases itself, as they are scored)
+            done = {} if self._compiled else self._prepared
         for key_id in key_ids:
             if key_id in self._unambiguous or key_id in done:
                 continue
@@ -417,11 +420,7 @@ class EntityLinker:
         aliases not seen before in one batched read, each new ambiguous alias registered with the
         scorer (its candidates' context-free terms; their context features come from the table).
         Returns the `ranked` of each new alias with one candidate."""
-        slots = scorer.slots
-        first: dict[int, tuple[int, int]] = {}  # where each new alias occurs first (in text order)
-        for s, e, key_id in pending:
-            if key_id not in slots and key_id not in first:
-                first[key_id] = (s, e)
+        first = _first_occurrences(pending, scorer.slots)  # the new aliases
         if not first:  # the common case once warm
             return {}
         # aliases with one candidate (most of them) read from the index as they are, not as
@@ -444,21 +443,14 @@ class EntityLinker:
     def _register(self, scorer, joined: str, found, skip=(), first: dict | None = None) -> None:
         """Register with the scorer each alias of `found` it lacks, but those in `skip`: its
         candidates' context-free terms (their context features come from the table). `first`:
-        where each alias the scorer lacks occurs first, when known."""
+        where each of those aliases occurs first, when the caller knows already."""
         if first is None:
-            first, slots = {}, scorer.slots
-            for s, e, key_id in found:
-                if key_id not in slots and key_id not in skip and key_id not in first:
-                    first[key_id] = (s, e)
-        new = [key_id for key_id in first if key_id not in skip]
-        if not new:
+            first = _first_occurrences(found, scorer.slots, skip)
+        if not first:
             return
-        if scorer.make_room(len(new)):  # it started over: the batch's other aliases are gone too
-            first = {}
-            for s, e, key_id in found:
-                if key_id not in skip and key_id not in first:
-                    first[key_id] = (s, e)
-            new = list(first)
+        if scorer.make_room(len(first)):  # it started over: the batch's other aliases are gone too
+            first = _first_occurrences(found, (), skip)
+        new = list(first)
         # the candidates' names, normalised in one pass for the whole batch (an id the store
         # lacks, which only a foreign alias index has, gets empty names)
         ids = list({eid for key_id in new for eid, _ in self._candidates(key_id)})
@@ -690,6 +682,16 @@ class EntityLinker:
         """The features of the mention alone (same for every candidate and occurrence)."""
         return (min(len(mention), 12) / 12.0, float(len(mention) == 1), float(not _has_word_char(mention)),
                 math.log1p(self.index.text_frequency[key_id]))
+
+
+def _first_occurrences(found, known, skip=()) -> dict[int, tuple[int, int]]:
+    """(start, end) of the first occurrence of each alias of `found` that is in neither `known`
+    nor `skip`, in text order."""
+    first: dict[int, tuple[int, int]] = {}
+    for s, e, key_id in found:
+        if key_id not in first and key_id not in known and key_id not in skip:
+            first[key_id] = (s, e)
+    return first
 
 
 def _has_word_char(text: str) -> bool:
