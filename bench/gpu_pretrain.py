@@ -3,6 +3,10 @@
     python bench/gpu_pretrain.py                  # one H100/H200, at most --budget-s (480 s)
     python bench/gpu_pretrain.py --compile        # the same with torch.compile on both models
     python bench/gpu_pretrain.py --dry-run        # CPU: tiny sizes, 2 steps, the same code path (a test runs it)
+    python bench/gpu_pretrain.py --compile --sizes bert-large --seqs 512   # one cell of the table
+
+Needs torch and transformers, not an installed wenzhi: on a bare GPU image the checkout's folders are
+imported as pyproject.toml's package-dir maps them (see import_wenzhi).
 
 Models: BERT-base (hidden 768, 12 layers, 12 heads, FFN 3072) and BERT-large (1024, 24, 16, 4096),
 vocabulary 21128 (BERT Chinese), at sequence 128 and 512, dropout 0.1. wenzhi =
@@ -35,7 +39,21 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def import_wenzhi() -> None:
+    """Use the installed wenzhi; without one, make `wenzhi.<sub>` resolve to the checkout's top-level
+    folders (what pyproject.toml's package-dir does) so a GPU image with torch and transformers runs
+    this file as it is. wenzhi/__init__ (Auto-class registration) is not needed here."""
+    import importlib.util
+    import types
+
+    if importlib.util.find_spec("wenzhi") is not None and importlib.util.find_spec("wenzhi.model") is not None:
+        return
+    root = Path(__file__).resolve().parents[1]
+    package = types.ModuleType("wenzhi")
+    package.__path__ = [str(root / "wenzhi"), str(root)]
+    sys.modules["wenzhi"] = package
 
 SIZES = {
     "bert-base": dict(hidden=768, layers=12, heads=12, intermediate=3072),
@@ -186,11 +204,14 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=480, help="start no new measurement after this")
     parser.add_argument("--peak-tflops", type=float, help="dense bf16 peak (default: looked up from the device name)")
     parser.add_argument("--skip-faiss", action="store_true")
+    parser.add_argument("--sizes", nargs="+", choices=sorted(SIZES), help="measure these sizes only (default: all)")
+    parser.add_argument("--seqs", nargs="+", type=int, choices=[128, 512], help="these sequence lengths only")
     parser.add_argument("--json", help="also write the result object here")
     args = parser.parse_args()
 
     import torch
 
+    import_wenzhi()
     from wenzhi.model.flops import peak_flops_for
 
     start = time.perf_counter()
@@ -201,7 +222,9 @@ def main() -> None:
     else:
         if not torch.cuda.is_available():
             sys.exit("no CUDA device: run with --dry-run to check the code path on CPU")
-        device, sizes, seqs = torch.device("cuda"), SIZES, [128, 512]
+        device = torch.device("cuda")
+        sizes = {name: SIZES[name] for name in (args.sizes or SIZES)}
+        seqs = args.seqs or [128, 512]
         tokens_per_step, warmup, steps = TOKENS_PER_STEP, args.warmup, args.steps
         torch.backends.cuda.matmul.allow_tf32 = True
     name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"

@@ -123,9 +123,13 @@ def rotary_tables(positions: torch.Tensor, head_dim: int, theta: float, dtype: t
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x rotated by the tables, in x's dtype. Under bf16 autocast the projections are bf16 while the
+    tables follow the fp32 residual stream: mixing them promoted q and k to fp32 (twice the bytes,
+    then a cast back) in every layer of an eager GPU training step."""
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
+    return torch.addcmul(x * cos, rotated, sin)
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -148,7 +152,7 @@ class SelfAttention(nn.Module):
         B, L, H = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [B, nh, L, hd]
         if cos is not None:
-            k = apply_rotary(k, cos, sin).to(v.dtype)
+            k = apply_rotary(k, cos, sin)
         if queries is not None:
             q = q[:, :, queries]
             if cos is not None:
@@ -156,7 +160,7 @@ class SelfAttention(nn.Module):
             if mask is not None and mask.shape[2] > 1:
                 mask = mask[:, :, queries]
         if cos is not None:
-            q = apply_rotary(q, cos, sin).to(v.dtype)
+            q = apply_rotary(q, cos, sin)
         if cache is not None:  # incremental decoding: keys/values of earlier tokens
             if "k" in cache:
                 k = torch.cat([cache["k"], k], dim=2)
