@@ -281,6 +281,11 @@ else:  # (a reference with a feature table gets the same setup as this tree: its
     table = EntityFeatureTable.for_store(store, config.max_triples) if context else None
     linker = EntityLinker(store, index, config, feature_table=table)
 setup = time.process_time() - c
+if which.endswith("_frozen"):  # as a `pretrain prepare` worker runs: its setup moved out of the collector's sight
+    import gc
+    linker.warm()
+    gc.collect()
+    gc.freeze()
 api = "link" if which.endswith("link") else "link_many"
 if api == "link":
     run = lambda: [linker.link(t) for t in texts]
@@ -347,7 +352,8 @@ print(json.dumps({"setup_cpu_s": setup, "cold_cpu_s": cold, "warm_cpu_s": warm, 
 
 
 def compare_reference(db: Path, link_chars: int, commit: str, batch: int, reference_index: str | None,
-                      rounds: int = 3, context_batch_only: bool = False, gc_settled: bool = False) -> dict:
+                      rounds: int = 3, context_batch_only: bool = False, gc_settled: bool = False,
+                      frozen_contender: bool = False) -> dict:
     """This linker against the one at `commit`: each contender in a fresh process per round,
     contenders alternating within each round, cold (fresh linker and store) then warm (the same
     texts again); the median CPU time of the rounds. Outputs are compared text by text."""
@@ -361,6 +367,8 @@ def compare_reference(db: Path, link_chars: int, commit: str, batch: int, refere
     modes = (("context", "1"), ("prior_only", "0"))
     if context_batch_only:  # more rounds in the same time: the reference's link_many against ours, context on
         names, modes = ["reference_link_many", "link_many"], modes[:1]
+    if frozen_contender:  # this tree once more, with gc.freeze() after setup (what prepare_job does)
+        names.append("link_many_frozen")
     base = names[0]
     for label, context in modes:
         runs: dict[str, list[dict]] = {name: [] for name in names}
@@ -446,6 +454,8 @@ def main() -> None:
                     help="with --compare-only: do build the alias index and the feature table first (timed)")
     ap.add_argument("--gc-settled", action="store_true",
                     help="with --reference: each timed pass starts after a collection and ends with one (counted)")
+    ap.add_argument("--frozen-contender", action="store_true",
+                    help="with --reference: also this tree with gc.freeze() after setup, as `pretrain prepare` workers run")
     ap.add_argument("--profile", action="store_true",
                     help="add a cProfile of link_many (and of the reference's link), cold and warm")
     args = ap.parse_args()
@@ -510,7 +520,7 @@ def main() -> None:
         log(f"against the linker at {args.reference}, interleaved")
         result["reference"] = compare_reference(db, args.link_chars, args.reference, args.batch,
                                                 args.reference_index, args.rounds, args.context_batch_only,
-                                                args.gc_settled)
+                                                args.gc_settled, args.frozen_contender)
     if args.profile:
         log("profiling link_many")
         result["profile"] = profile_linking(db, args.link_chars, args.batch, args.reference, args.reference_index)

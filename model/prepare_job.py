@@ -164,7 +164,23 @@ def resources(job: Job, retriever=None) -> Resources:
             _LOADED.pop(old_key).close()
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # workers are the parallelism
         _LOADED[key] = Resources(job.cfg, retriever)
+        settle_gc(_LOADED[key])
     return _LOADED[key]
+
+
+def settle_gc(res: Resources) -> None:
+    """Load the linker's scorer now and move everything loaded so far out of the collector's sight.
+    Each full collection otherwise walks the ~77,000 objects that numba and the compiled scorer
+    leave behind (a third of cold linking's CPU time: bench/RESULTS.md, h14g). Frozen objects are
+    still freed by their reference counts; earlier frozen objects (a previous job's resources in a
+    long-lived worker) are unfrozen first so that the collection can free them."""
+    import gc
+
+    if res.linker is not None:
+        res.linker.warm()
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def release() -> None:
