@@ -187,3 +187,31 @@ def test_a_dask_worker_killed_midway_changes_nothing(tmp_path, kb_db):
                         show_progress=False)
     assert reference["partitions"] == 13
     assert _files(tmp_path / "reference") == _files(tmp_path / "killed")
+
+
+def test_a_worker_moves_its_setup_out_of_the_collectors_sight(tmp_path, kb_db):
+    """settle_gc freezes what a worker loaded (the linker's scorer included), after freeing the
+    garbage cycles a previous job left frozen."""
+    import gc
+    import weakref
+
+    from wenzhi.model.prepare_job import Resources, settle_gc
+
+    class Node:
+        pass
+
+    earlier = Node()
+    earlier.self = earlier  # a cycle: only the collector frees it
+    gone = weakref.ref(earlier)
+    gc.collect()
+    gc.freeze()  # as a previous job's settle_gc would have left it
+    del earlier
+    res = Resources(PrepareConfig.from_dict(_config(tmp_path, kb_db, "unused")))
+    try:
+        settle_gc(res)
+        assert gone() is None
+        assert gc.get_freeze_count() > 1000
+        assert [m.text for m in res.linker.link("守望星光是韩玉玲、刘东考演唱的歌曲吗") if m.entity]  # still links
+    finally:
+        gc.unfreeze()
+        res.close()
