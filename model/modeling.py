@@ -122,14 +122,38 @@ def rotary_tables(positions: torch.Tensor, head_dim: int, theta: float, dtype: t
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x rotated by the tables, in x's dtype. Under bf16 autocast the projections are bf16 while the
-    tables follow the fp32 residual stream: mixing them promoted q and k to fp32 (twice the bytes,
-    then a cast back) in every layer of an eager GPU training step."""
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return torch.addcmul(x * cos, rotated, sin)
+
+
+class _RotaryFunction(torch.autograd.Function):
+    """The rotation with its gradient written out: each (x_i, x_{i+D/2}) pair turns by its angle,
+    so the gradient is the same pairs turned back (sin negated): one more rotation. Autograd's own
+    backward of the formula retraced the concatenation, the negation and both slices, each slice's
+    gradient a zero-filled full-size tensor (per layer, for q and for k)."""
+
+    @staticmethod
+    def forward(ctx, x, cos, sin):
+        ctx.save_for_backward(cos, sin)
+        return _rotate(x, cos, sin)
+
+    @staticmethod
+    def backward(ctx, grad):
+        cos, sin = ctx.saved_tensors
+        return _rotate(grad, cos, -sin), None, None
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [..., D] rotated by the tables (`rotary_tables`: both halves hold the same angles), in x's
+    dtype. Under bf16 autocast the projections are bf16 while the tables follow the fp32 residual
+    stream: mixing them promoted q and k to fp32 (twice the bytes, then a cast back) in every layer
+    of an eager GPU training step (bench/RESULTS.md, the H200 check)."""
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    if cos.requires_grad or sin.requires_grad:  # tables from positions never need one; learned ones would
+        return _rotate(x, cos, sin)
+    return _RotaryFunction.apply(x, cos, sin)
 
 
 # ----------------------------------------------------------------------------- blocks

@@ -212,3 +212,19 @@ def test_constrained_generation_respects_allowed_tokens():
                 got = sorted([t for t in result.sequences[b, r].tolist() if t not in (0, 102)] for r in range(2))
                 assert got == sorted(answers[b])
     assert (0, (140,)) in seen and (1, ()) in seen
+
+
+def test_rotary_gradient_is_the_rotation_turned_back():
+    """apply_rotary's written-out backward (one rotation by -angle) equals the formula's gradient."""
+    from wenzhi.model.modeling import apply_rotary, rotary_tables
+
+    positions = torch.tensor([[0, 1, 2, 3, 0, 1, 2], [5, 6, 7, 8, 9, 10, 11]])
+    cos, sin = rotary_tables(positions, 8, 10000.0, torch.float64)
+    x = torch.randn(2, 3, 7, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: apply_rotary(t, cos, sin), (x,))
+    half = 4
+    formula = x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
+    upstream = torch.randn_like(x)
+    expected, = torch.autograd.grad(formula, x, upstream)
+    got, = torch.autograd.grad(apply_rotary(x, cos, sin), x, upstream)
+    torch.testing.assert_close(got, expected)
