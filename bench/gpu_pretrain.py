@@ -3,7 +3,7 @@
     python bench/gpu_pretrain.py                  # one H100/H200, at most --budget-s (480 s)
     python bench/gpu_pretrain.py --compile        # the same with torch.compile on both models
     python bench/gpu_pretrain.py --dry-run        # CPU: tiny sizes, 2 steps, the same code path (a test runs it)
-    python bench/gpu_pretrain.py --compile --sizes bert-large --seqs 512   # one cell of the table
+    python bench/gpu_pretrain.py --compile --sizes bert-large --seqs 512   # one row: both systems at that size
 
 Needs torch and transformers, not an installed wenzhi: on a bare GPU image the checkout's folders are
 imported as pyproject.toml's package-dir maps them (see import_wenzhi).
@@ -40,7 +40,6 @@ import time
 from pathlib import Path
 
 
-
 def import_wenzhi() -> None:
     """Use the installed wenzhi; without one, make `wenzhi.<sub>` resolve to the checkout's top-level
     folders (what pyproject.toml's package-dir does) so a GPU image with torch and transformers runs
@@ -54,6 +53,7 @@ def import_wenzhi() -> None:
     package = types.ModuleType("wenzhi")
     package.__path__ = [str(root / "wenzhi"), str(root)]
     sys.modules["wenzhi"] = package
+
 
 SIZES = {
     "bert-base": dict(hidden=768, layers=12, heads=12, intermediate=3072),
