@@ -4,6 +4,7 @@
     python bench/gpu_pretrain.py --compile        # the same with torch.compile on both models
     python bench/gpu_pretrain.py --dry-run        # CPU: tiny sizes, 2 steps, the same code path (a test runs it)
     python bench/gpu_pretrain.py --compile --sizes bert-large --seqs 512   # one row: both systems at that size
+    python bench/gpu_pretrain.py --profile ...    # also where each step's device time goes, by kernel
 
 Needs torch and transformers, not an installed wenzhi: on a bare GPU image the checkout's folders are
 imported as pyproject.toml's package-dir maps them (see import_wenzhi).
@@ -110,8 +111,48 @@ def step_flops(size: dict, tokens: int, seq: int, masked: int) -> float:
     return training_step_flops(cfg, tokens, seq, masked)
 
 
+# Where a step's device time goes, by kernel name: matmuls, attention, the optimizer, and the rest
+# (normalisation, activations, dropout, casts, copies: what fusion can shrink). CPU names are aten's.
+# Checked in this order (fmha_cutlass* is attention, not a matmul).
+KERNEL_KINDS = (("attention", ("flash", "fmha", "attention", "sdpa", "aten::_scaled_dot")),
+                ("matmul", ("gemm", "nvjet", "sm90_xmma", "cutlass", "cublas", "aten::mm", "aten::addmm", "aten::bmm")),
+                ("optimizer", ("adam", "multi_tensor")))
+
+
+def kernel_kind(name: str) -> str:
+    lowered = name.lower()
+    return next((kind for kind, parts in KERNEL_KINDS if any(p in lowered for p in parts)), "other")
+
+
+def profile_steps(one, batches, device, steps: int = 3, top: int = 12) -> dict:
+    """torch.profiler over `steps` more steps: device time per kernel kind and the top kernels by
+    their own time (CPU ops on a dry run)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        for i in range(steps):
+            one(batches[i % 2])
+        if cuda:
+            torch.cuda.synchronize()
+    rows = []
+    for event in prof.key_averages():
+        own_us = event.self_device_time_total if cuda else event.self_cpu_time_total
+        if own_us > 0 and (not cuda or event.device_type == torch.autograd.DeviceType.CUDA):
+            rows.append((event.key, own_us / steps / 1e3))
+    total = sum(ms for _, ms in rows) or 1.0
+    kinds: dict[str, float] = {}
+    for name, ms in rows:
+        kinds[kernel_kind(name)] = kinds.get(kernel_kind(name), 0.0) + ms
+    rows.sort(key=lambda r: -r[1])
+    return {"ms_per_step": round(total, 2), "share_by_kind": {k: round(v / total, 3) for k, v in sorted(kinds.items())},
+            "top": [{"name": name[:90], "ms_per_step": round(ms, 3), "share": round(ms / total, 3)} for name, ms in rows[:top]]}
+
+
 def measure(system: str, size: dict, seq: int, docs: int, device, tokens_per_step: int, warmup: int, steps: int,
-            compile_: bool, peak: float | None) -> dict:
+            compile_: bool, peak: float | None, profile: bool = False) -> dict:
     import torch
 
     torch.manual_seed(0)
@@ -149,6 +190,8 @@ def measure(system: str, size: dict, seq: int, docs: int, device, tokens_per_ste
               "model_tflops_per_step": round(flops / 1e12, 4), "achieved_tflops": round(flops / secs / 1e12, 2),
               "mfu": round(flops / secs / peak, 4) if peak else None, "warmup_s": round(warm_s, 2),
               "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None}
+    if profile:
+        result["profile"] = profile_steps(one, batches, device)
     return result  # the models go with this frame; main() empties the CUDA cache between runs
 
 
@@ -206,6 +249,8 @@ def main() -> None:
     parser.add_argument("--skip-faiss", action="store_true")
     parser.add_argument("--sizes", nargs="+", choices=sorted(SIZES), help="measure these sizes only (default: all)")
     parser.add_argument("--seqs", nargs="+", type=int, choices=[128, 512], help="these sequence lengths only")
+    parser.add_argument("--profile", action="store_true",
+                        help="after each measurement, profile 3 more steps: device time by kernel kind, top kernels")
     parser.add_argument("--json", help="also write the result object here")
     args = parser.parse_args()
 
@@ -239,7 +284,8 @@ def main() -> None:
                 if time.perf_counter() - start > args.budget_s:
                     skipped.append(label)
                     continue
-                r = measure(system, size, seq, docs, device, tokens_per_step, warmup, steps, args.compile, peak)
+                r = measure(system, size, seq, docs, device, tokens_per_step, warmup, steps, args.compile, peak,
+                            args.profile)
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                     torch.cuda.reset_peak_memory_stats()
@@ -248,6 +294,11 @@ def main() -> None:
                 mfu = f"{r['mfu'] * 100:.1f}%" if r["mfu"] is not None else "n/a"
                 print(f"{label:40s} {r['tokens_per_s']:>12,.0f} tok/s  {r['achieved_tflops']:>7.2f} TFLOP/s  MFU {mfu}",
                       flush=True)
+                if "profile" in r:
+                    p = r["profile"]
+                    print(f"    profiled {p['ms_per_step']} ms/step by kind {p['share_by_kind']}")
+                    for k in p["top"][:6]:
+                        print(f"      {k['share']:6.1%} {k['ms_per_step']:9.3f} ms  {k['name']}")
     ratios = {}
     for r in results:
         if r["system"] == "wenzhi":

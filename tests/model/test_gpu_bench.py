@@ -11,7 +11,7 @@ ROOT = Path(__file__).parents[2]
 
 def test_gpu_pretrain_bench_dry_run(tmp_path):
     out = tmp_path / "result.json"
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_pretrain.py"), "--dry-run", "--peak-tflops", "1",
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_pretrain.py"), "--dry-run", "--peak-tflops", "1", "--profile",
                            "--json", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT,
                           env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "WENZHI_DATA": str(ROOT / "../shared/data")})
     assert done.returncode == 0, done.stderr[-3000:]
@@ -22,5 +22,7 @@ def test_gpu_pretrain_bench_dry_run(tmp_path):
     assert len(runs) == 2 * 2 * 3 and not result["skipped_over_budget"]
     for r in result["results"]:
         assert r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1 and r["model_tflops_per_step"] > 0
+        shares = r["profile"]["share_by_kind"]
+        assert abs(sum(shares.values()) - 1) < 0.01 and shares["matmul"] > 0 and r["profile"]["top"]
     assert len(result["wenzhi_over_hf"]) == 8
     assert result["faiss"]["device"] == "cpu" and result["faiss"]["ivf_recall_at_10"] > 0.5
