@@ -1,6 +1,6 @@
 """ContextScorer: the linear scores of ambiguous mentions' candidates, compiled, a batch at a time.
 
-`EntityLinker._occurrence_scores` (kg/linker.py) defines the score of a candidate at an alias
+`DefinitionScorer.occurrence_scores` (kg/linker_definition.py) defines the score of a candidate at an alias
 occurrence: its six context features (kg/entity_features.py: relation, tail, disambiguation and
 description overlap with the text around the mention) times their weights, then the context-free
 terms, summed in that order by Python's `sum`. In Python each feature costs set building and set

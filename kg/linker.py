@@ -17,10 +17,10 @@ entity the batch needs; `link` is a batch of one. The part of each score that do
 the context is computed once per (alias, candidate). Every score with context (`link_many`,
 `link`, NER spans, `rank`) comes from one compiled call per batch over the KB's feature table
 (kg/context_scorer.py, kg/feature_table.py): no store rows read and no sets built per candidate,
-and nothing per entity cached but its Entity. `_occurrence_scores` is the same computation in
-Python, the definition the compiled one equals to the bit (a linker made with `compiled=False`
-uses it everywhere: the tests' reference); its scores are in turn the plain weights .
-`_feature_vector`, which `feature_rows` gives the fitting.
+and nothing per entity cached but its Entity. `DefinitionScorer` (kg/linker_definition.py) is the
+same computation in Python, the definition the compiled one equals to the bit (a linker made with
+`compiled=False` uses it everywhere: the tests' reference); its scores are in turn the plain
+weights . `_feature_vector`, which `feature_rows` gives the fitting.
 """
 from __future__ import annotations
 
@@ -35,10 +35,10 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from wenzhi.kg.alias_index import SEPARATOR, AliasIndex
-from wenzhi.kg.entity_features import (FEATURES, N_CONTEXT_FEATURES, Context, EntityFeatures, Profile,
-                                       ProfileTable, context_features, description_cover, disambiguation_cover,
-                                       relation_overlap, tail_overlap, union)
+from wenzhi.kg.entity_features import (FEATURES, N_CONTEXT_FEATURES, Context, EntityFeatures, ProfileTable,
+                                       context_features)
 from wenzhi.kg.feature_table import EntityFeatureTable
+from wenzhi.kg.linker_definition import DefinitionScorer
 from wenzhi.kg.names import normalize_each, normalize_many, normalize_with_offsets
 from wenzhi.kg.store import Entity, TripleStore
 
@@ -120,14 +120,6 @@ class _Names(NamedTuple):
     log_triples: float
 
 
-class _Alias(NamedTuple):
-    """What scoring an occurrence of an alias needs that no context changes."""
-    candidates: tuple[tuple[Profile, tuple[float, ...], float], ...]  # (profile, weighted context-free terms, their sum)
-    chars: frozenset  # every character of the candidates' profiles
-    described: bool  # some candidate has a description
-    fixed_scores: tuple[float, ...]  # the scores with no context evidence
-
-
 class EntityLinker:
     def __init__(self, store: TripleStore, alias_index: AliasIndex | None = None,
                  config: LinkerConfig | None = None, progress: bool = False,
@@ -148,22 +140,20 @@ class EntityLinker:
         self._compiled = compiled
         self._scorer = None if feature_table is None else self._make_scorer(feature_table)
         # The store and the AliasIndex do not change once opened, and a linker's config must not
-        # change once it is built (the weights are folded into `_prepared`): all of these are pure.
+        # change once it is built (the weights are folded into `definition.prepared`): all of these are pure.
         self._entities: _Cache = _Cache()  # entity id -> Entity (None: not in the store)
         self._features: _Cache = _Cache()  # entity id -> EntityFeatures
         self._profiles = ProfileTable(_CACHE_SIZE)
-        self._prepared: _Cache = _Cache()  # key id -> _Alias: its candidates' context-free score terms
         # (key id, raw scores) -> (ranked, best, score); with the prior only, key id -> the same
         self._outcomes: _Cache = _Cache()
         self._unambiguous: _Cache = _Cache()  # key id -> ((its one candidate's Entity, 1.0),)
         self._key_entities: _Cache = _Cache()  # key id -> (its candidates' entities, all in the store)
         self._mention_features = lru_cache(maxsize=_CACHE_SIZE)(self._compute_mention_features)
         self._candidates = lru_cache(maxsize=_CACHE_SIZE)(self._compute_candidates)
-        # Per profile (or its relation names, or tails) and the few of its characters a context
-        # holds (see entity_features.relation_overlap).
-        self._terms = lru_cache(maxsize=100_000)(self._compute_terms)
-        self._relation_overlap = lru_cache(maxsize=100_000)(relation_overlap)
-        self._tail_overlap = lru_cache(maxsize=100_000)(tail_overlap)
+        # The scores with context in Python (`compiled=False`, and the tests' reference); its
+        # per-alias terms (weights folded in) live in the cache handed to it.
+        self.definition = DefinitionScorer(self.config.weights, self.config.context_window, self._candidates,
+                                           self._features_of, self._fixed_features, _Cache())
 
     # -- public ---------------------------------------------------------------------------
     def link(self, text: str, spans: list[tuple[int, int]] | None = None) -> list[Mention]:
@@ -229,7 +219,7 @@ class EntityLinker:
             if ranked is not None:  # the common case in running text: nothing to weigh
                 mentions.append(Mention(text[o_start:o_end], o_start, o_end, ranked[0][0], 1.0, ranked))
             else:
-                raw = self._occurrence_scores(norm, s - base, e - base, key_id) if self.config.context else None
+                raw = self.definition.occurrence_scores(norm, s - base, e - base, key_id) if self.config.context else None
                 mentions.append(self._ambiguous(text[o_start:o_end], o_start, o_end, key_id, raw))
         if pending:
             self._finish_pending(scorer, joined, texts, normalized, ends, pending, pending_text, pending_at, out)
@@ -381,7 +371,7 @@ class EntityLinker:
         if not self.config.context:
             done = self._outcomes
         else:  # (the compiled scorer registers aliases itself, as they are scored)
-            done = {} if self._compiled else self._prepared
+            done = {} if self._compiled else self.definition.prepared
         for key_id in key_ids:
             if key_id in self._unambiguous or key_id in done:
                 continue
@@ -403,9 +393,9 @@ class EntityLinker:
         if not found:
             return []
         if not self._compiled:  # one store read for the candidates of aliases not scored before
-            prepared = self._prepared
+            prepared, definition = self.definition.prepared, self.definition
             self._prefetch_features({key_id for _, _, key_id in found if key_id not in prepared})
-            return [self._occurrence_scores(norm, s, e, key_id) for s, e, key_id in found]
+            return [definition.occurrence_scores(norm, s, e, key_id) for s, e, key_id in found]
         scorer = self._context_scorer()
         self._register(scorer, norm, found)
         codes = np.frombuffer(norm.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
@@ -586,59 +576,6 @@ class EntityLinker:
             found = self._key_entities.put(key_id, (entities, None not in entities))
         return found
 
-    def _occurrence_scores(self, norm: str, s: int, e: int, key_id: int) -> tuple[float, ...]:
-        """The linear score of each candidate of the alias occurrence norm[s:e], in candidate
-        order: the same floats as w . `_feature_vector`, summed in the same order."""
-        alias = self._prepared.get(key_id)
-        if alias is None:
-            alias = self._prepared.put(key_id, self._prepare_alias(norm[s:e], key_id))
-        # Most candidates (3 in 4 on KgCLUE questions, mostly 1-character entries) share no
-        # character with the text around the mention: their context features are all 0, and
-        # adding 0.0 terms changes no float, so the score is the precomputed context-free sum.
-        cw = self.config.context_window
-        window = norm[max(0, s - cw) : s] + "\x00" + norm[e : e + cw]  # the text of `_context`
-        # the candidates' characters the context holds: one set lookup per window character
-        near = alias.chars.intersection(window)
-        if not near and not alias.described:
-            return alias.fixed_scores
-        ctx, terms_of = None, self._terms
-        scores = []
-        memo: dict[Profile, tuple] = {}  # homonyms with the same profile: features computed once
-        for p, fixed, fixed_score in alias.candidates:
-            shared = p.chars & near  # = p.chars & ctx.chars, as near holds all of those
-            if shared or p.description:
-                weighted = memo.get(p)
-                if weighted is None:
-                    # `context_features(p, ctx)` times the weights, from the characters the
-                    # context holds (`shared`), then its bigrams and description
-                    w_rel_cover, w_rel_hits, w_tail_cover, w_disambiguation, gram_checks = terms_of(p, shared)
-                    rel_gram_cover = description = 0.0
-                    if gram_checks:
-                        in_window = window.__contains__
-                        rel_gram_cover = max(sum(map(in_window, grams)) / n for grams, n in gram_checks)
-                    if p.description:
-                        ctx = ctx or Context(window)
-                        description = description_cover(p, ctx)
-                    w = self.config.weights
-                    weighted = memo[p] = (w_rel_cover, w_rel_hits, w[2] * rel_gram_cover, w_tail_cover,
-                                          w_disambiguation, w[5] * description)
-                fixed_score = sum((*weighted, *fixed))
-            scores.append(fixed_score)
-        return tuple(scores)
-
-    def _compute_terms(self, p: Profile, shared: frozenset) -> tuple:
-        """`overlap(p, shared)` with its features times their weights (bigram checks as they
-        are), from the overlaps of its relation names and of its tails, cached apart: entities
-        share those more often than whole profiles."""
-        # (a context sharing no character with the names or tails: their overlaps are 0)
-        on_relations, on_tails = shared & p.relations.chars, shared & p.tails.chars
-        rel_cover, rel_hits, gram_checks = (self._relation_overlap(p.relations, on_relations) if on_relations
-                                            else (0.0, 0.0, ()))
-        tail_cover = self._tail_overlap(p.tails, on_tails) if on_tails else 0.0
-        w = self.config.weights
-        return (w[0] * rel_cover, w[1] * rel_hits, w[3] * tail_cover,
-                w[4] * disambiguation_cover(p.disambiguation, shared), gram_checks)
-
     def _context(self, norm: str, s: int, e: int) -> Context:
         w = self.config.context_window
         return Context(norm[max(0, s - w) : s] + "\x00" + norm[e : e + w])
@@ -662,18 +599,6 @@ class EntityLinker:
             float(mention != f.base and mention != f.full),
             text_frequency,
         )
-
-    def _prepare_alias(self, mention: str, key_id: int) -> "_Alias":
-        fixed_weights = self.config.weights[N_CONTEXT_FEATURES:]
-        cands = self._candidates(key_id)
-        features = self._features_of([eid for eid, _ in cands])
-        rows = []
-        for eid, prior in cands:
-            f = features[eid]
-            fixed = tuple(map(operator.mul, fixed_weights, self._fixed_features(mention, key_id, f, prior)))
-            rows.append((f.profile, fixed, sum(fixed)))
-        return _Alias(tuple(rows), union(p.chars for p, _, _ in rows),
-                      any(p.description for p, _, _ in rows), tuple(fixed_score for _, _, fixed_score in rows))
 
     def _compute_candidates(self, key_id: int) -> tuple[tuple[int, float], ...]:
         return tuple(self.index.key_candidates(key_id, self.config.max_candidates))

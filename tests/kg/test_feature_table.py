@@ -39,7 +39,7 @@ def _mentions(found) -> list:
 
 
 def test_compiled_scores_are_the_python_scores(kb_store, texts):
-    """Every ambiguous occurrence `link_many` scores: the kernel's floats == `_occurrence_scores`'s."""
+    """Every ambiguous occurrence `link_many` scores: the kernel's floats == `definition.occurrence_scores`'s."""
     linker = EntityLinker(kb_store)
     compared = with_evidence = described = 0
     for i in range(0, len(texts), 16):
@@ -67,12 +67,12 @@ def test_compiled_scores_are_the_python_scores(kb_store, texts):
         codes = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
         scores, offsets = scorer.score(codes, lo, hi, starts, ends, keys)
         for j, (norm, s, e, key_id) in enumerate(local):
-            want = linker._occurrence_scores(norm, s, e, key_id)
+            want = linker.definition.occurrence_scores(norm, s, e, key_id)
             got = tuple(scores[offsets[j] : offsets[j + 1]])
             assert got == want, (norm, s, e)
             compared += 1
-            with_evidence += want != linker._prepared[key_id].fixed_scores
-            described += linker._prepared[key_id].described
+            with_evidence += want != linker.definition.prepared[key_id].fixed_scores
+            described += linker.definition.prepared[key_id].described
     assert compared >= 60 and with_evidence >= 40 and described >= 1
 
 
