@@ -145,7 +145,8 @@ def profile_steps(one, batches, device, steps: int = 3, top: int = 12) -> dict:
     total = sum(ms for _, ms in rows) or 1.0
     kinds: dict[str, float] = {}
     for name, ms in rows:
-        kinds[kernel_kind(name)] = kinds.get(kernel_kind(name), 0.0) + ms
+        kind = kernel_kind(name)
+        kinds[kind] = kinds.get(kind, 0.0) + ms
     rows.sort(key=lambda r: -r[1])
     return {"ms_per_step": round(total, 2), "share_by_kind": {k: round(v / total, 3) for k, v in sorted(kinds.items())},
             "top": [{"name": name[:90], "ms_per_step": round(ms, 3), "share": round(ms / total, 3)} for name, ms in rows[:top]]}

@@ -393,8 +393,8 @@ class EntityLinker:
         if not found:
             return []
         if not self._compiled:  # one store read for the candidates of aliases not scored before
-            prepared, definition = self.definition.prepared, self.definition
-            self._prefetch_features({key_id for _, _, key_id in found if key_id not in prepared})
+            definition = self.definition
+            self._prefetch_features({key_id for _, _, key_id in found if key_id not in definition.prepared})
             return [definition.occurrence_scores(norm, s, e, key_id) for s, e, key_id in found]
         scorer = self._context_scorer()
         self._register(scorer, norm, found)

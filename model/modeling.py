@@ -149,7 +149,8 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     """x [..., D] rotated by the tables (`rotary_tables`: both halves hold the same angles), in x's
     dtype. Under bf16 autocast the projections are bf16 while the tables follow the fp32 residual
     stream: mixing them promoted q and k to fp32 (twice the bytes, then a cast back) in every layer
-    of an eager GPU training step (bench/RESULTS.md, the H200 check)."""
+    of an eager GPU training step (bench/RESULTS.md, the H200 check). WenzhiModel.rotary makes them
+    in the autocast dtype; the cast here is then a no-op, kept for callers with their own tables."""
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     if cos.requires_grad or sin.requires_grad:  # tables from positions never need one; learned ones would
         return _rotate(x, cos, sin)
@@ -333,9 +334,13 @@ class WenzhiModel(WenzhiPreTrainedModel):
         self.post_init()
 
     def rotary(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple:
-        """(cos, sin) rotary tables for `positions` [B, L]; (None, None) with absolute positions."""
+        """(cos, sin) rotary tables for `positions` [B, L]; (None, None) with absolute positions.
+        Under autocast they are made once in its dtype, the dtype of the projections they rotate
+        (`dtype`, the residual stream's, is fp32 there), not cast again in every layer."""
         if self.config.position_embedding_type != "rotary":
             return None, None
+        if torch.is_autocast_enabled(positions.device.type):
+            dtype = torch.get_autocast_dtype(positions.device.type)
         head_dim = self.config.hidden_size // self.config.num_attention_heads
         return rotary_tables(positions, head_dim, self.config.rope_theta, dtype)
 
