@@ -156,12 +156,17 @@ def measure(system: str, size: dict, seq: int, docs: int, device, tokens_per_ste
             compile_: bool, peak: float | None, profile: bool = False) -> dict:
     import torch
 
+    from torch._dynamo.utils import counters
+
+    from wenzhi.model.compiling import compile_for_training
+
     torch.manual_seed(0)
     model = build(system, size).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     rows = max(1, tokens_per_step // seq)
     batches = [make_batch(rows, seq, docs, device, seed) for seed in range(2)]
-    forward = torch.compile(model) if compile_ else model
+    forward = compile_for_training(model) if compile_ else model  # as the trainer compiles
+    graphs_before = counters["stats"]["unique_graphs"]
 
     def one(batch):
         with torch.autocast(device.type, dtype=torch.bfloat16):
@@ -190,7 +195,8 @@ def measure(system: str, size: dict, seq: int, docs: int, device, tokens_per_ste
               "step_s": round(secs, 5), "tokens_per_s": round(rows * seq / secs, 1),
               "model_tflops_per_step": round(flops / 1e12, 4), "achieved_tflops": round(flops / secs / 1e12, 2),
               "mfu": round(flops / secs / peak, 4) if peak else None, "warmup_s": round(warm_s, 2),
-              "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None}
+              "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None,
+              "compiled_graphs": counters["stats"]["unique_graphs"] - graphs_before if compile_ else None}
     if profile:
         try:  # (written and tested on CPU only: a profiler failure must not cost the measured figures)
             result["profile"] = profile_steps(one, batches, device)

@@ -99,8 +99,8 @@ def build_layout(
             document_ids = torch.where(attention_mask.bool(), 0, -1).long()
     document_ids = document_ids.long()
     positions = positions_from_documents(document_ids)
-    single_document = bool((document_ids == document_ids[:, :1]).all())
-    if not prefix_lm and single_document:
+    # (the prefix-LM mask is needed either way: no need to ask, and asking waits for the device)
+    if not prefix_lm and bool((document_ids == document_ids[:, :1]).all()):
         return AttentionLayout(None, positions, document_ids, False)
     mask = document_ids[:, :, None] == document_ids[:, None, :]
     if prefix_lm:
@@ -530,13 +530,15 @@ class WenzhiForPretraining(WenzhiPreTrainedModel):
         targets = labels.reshape(-1)[selected].long()
         logits = self.mlm_head(masked_hidden, self.wenzhi.embeddings.word.weight)  # [M, V]
         token_loss = F.cross_entropy(logits.float(), targets, reduction="none")
-        loss = token_loss.mean() if targets.numel() else logits.sum() * 0.0
+        # a sum over a clamped count, not mean() behind an emptiness test: no branch on how many tokens
+        # are masked, so torch.compile traces the head into the encoder's graph (0 when none is masked)
+        loss = token_loss.sum() / selected.sum().clamp(min=1)
         kind_sum = kind_count = None
         if kind is not None:
             token_kind = kind.long()[:, None].expand_as(labels).reshape(-1)[selected]
             n = self.config.num_kinds
             kind_sum = torch.zeros(n, device=loss.device).index_add_(0, token_kind, token_loss.detach())
-            kind_count = torch.bincount(token_kind, minlength=n)[:n]
+            kind_count = torch.zeros(n, dtype=torch.long, device=loss.device).index_add_(0, token_kind, torch.ones_like(token_kind))
         correct = (logits.argmax(-1) == targets).sum().detach()
         return loss, logits, kind_sum, kind_count, correct
 
@@ -548,9 +550,8 @@ class WenzhiForPretraining(WenzhiPreTrainedModel):
         keep = (shifted != IGNORE_INDEX) & (doc[:, 1:] == doc[:, :-1])
         h = hidden[:, :-1][keep]
         logits = self.lm_head(h, self.wenzhi.embeddings.word.weight)
-        if not h.shape[0]:
-            return logits.sum() * 0.0
-        return F.cross_entropy(logits.float(), shifted[keep].long())
+        # as the MLM loss: no branch on the number of predictions (0 when there is none)
+        return F.cross_entropy(logits.float(), shifted[keep].long(), reduction="sum") / keep.sum().clamp(min=1)
 
     def forward(
         self,
@@ -571,8 +572,11 @@ class WenzhiForPretraining(WenzhiPreTrainedModel):
         """MLM over (masked) `input_ids`; the NLG loss runs when `lm_prefix_lengths` ([B] or per token
         [B, L]) is given: on `lm_input_ids` (default: the original tokens, labels put back), predicting
         `lm_labels` (default: the tokens after each document's prefix)."""
-        out = self.wenzhi.universal(input_ids, token_type_ids, document_ids, attention_mask,
-                                    task_type_ids=task_type_ids, output_hidden_states=bool(output_hidden_states))
+        # The layout first, here: deciding whether a row holds one document waits for the device, and
+        # torch.compile breaks its graph there; at the top of forward, everything after it is one graph.
+        layout = build_layout(input_ids, document_ids, attention_mask)
+        out = self.wenzhi.universal(input_ids, token_type_ids, layout=layout, task_type_ids=task_type_ids,
+                                    output_hidden_states=bool(output_hidden_states))
         mlm_loss = mlm_logits = kind_sum = kind_count = correct = logits = None
         total = None
         if labels is not None:

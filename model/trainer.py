@@ -335,6 +335,7 @@ def _train(cfg: TrainConfig, resume: bool, show_progress: bool, overwrite: bool)
     import torch
     from accelerate.utils import set_seed
 
+    from wenzhi.model.compiling import compile_for_training
     from wenzhi.model.distributed import fill_deepspeed_config
     from wenzhi.model.flops import peak_flops_for, training_step_flops
     from wenzhi.model.shards import batch_to_tensors
@@ -364,7 +365,7 @@ def _train(cfg: TrainConfig, resume: bool, show_progress: bool, overwrite: bool)
     if run.deepspeed:
         fill_deepspeed_config(accelerator.state.deepspeed_plugin.deepspeed_config, cfg, world)
     if cfg.compile:
-        model = torch.compile(model)
+        model = compile_for_training(model)
     # The model was built from one seed on every rank (FSDP and ZeRO-3 shard each rank's copy);
     # dropout from here on draws per rank, so ranks do not drop the same units on different rows.
     model, optimizer = run.prepare(model, optimizer, scheduler, reseed=cfg.seed)
