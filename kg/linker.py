@@ -120,6 +120,12 @@ class _Names(NamedTuple):
     log_triples: float
 
 
+def _outcome_key(raw_scores: bytes, key_id: int) -> bytes:
+    """The outcome cache's key for an alias's candidates scored with context: their float64 bytes
+    (a key the collector does not track, unlike a tuple of floats) and the key id's."""
+    return raw_scores + key_id.to_bytes(4, "little")
+
+
 class EntityLinker:
     def __init__(self, store: TripleStore, alias_index: AliasIndex | None = None,
                  config: LinkerConfig | None = None, progress: bool = False,
@@ -144,7 +150,8 @@ class EntityLinker:
         self._entities: _Cache = _Cache()  # entity id -> Entity (None: not in the store)
         self._features: _Cache = _Cache()  # entity id -> EntityFeatures
         self._profiles = ProfileTable(_CACHE_SIZE)
-        # (key id, raw scores) -> (ranked, best, score); with the prior only, key id -> the same
+        # ranked candidates (`_outcome`), keyed with context by the raw scores' float64 bytes + the key
+        # id's 4 bytes (`_outcome_key`), with the prior only by the key id
         self._outcomes: _Cache = _Cache()
         self._unambiguous: _Cache = _Cache()  # key id -> ((its one candidate's Entity, 1.0),)
         self._key_entities: _Cache = _Cache()  # key id -> (its candidates' entities, all in the store)
@@ -264,7 +271,7 @@ class EntityLinker:
             # the same scores give the same outcome: half the ambiguous occurrences in running
             # text repeat an earlier one's (no context evidence, or the same evidence)
             a, b = offsets[n], offsets[n + 1]
-            key = raw_bytes[8 * a : 8 * b] + key_id.to_bytes(4, "little")
+            key = _outcome_key(raw_bytes[8 * a : 8 * b], key_id)
             ranked = outcomes.get(key)
             if ranked is None:
                 ranked = outcomes.put(key, self._outcome(key_id, scores[a:b]))
@@ -542,9 +549,10 @@ class EntityLinker:
         if self.config.context:
             # the same scores give the same outcome: half the ambiguous occurrences in running
             # text repeat an earlier one's (no context evidence, or the same evidence)
-            outcome = self._outcomes.get((key_id, raw))
+            key = _outcome_key(np.asarray(raw, dtype=np.float64).tobytes(), key_id)
+            outcome = self._outcomes.get(key)
             if outcome is None:
-                outcome = self._outcomes.put((key_id, raw), self._outcome(key_id, raw))
+                outcome = self._outcomes.put(key, self._outcome(key_id, raw))
         else:  # the baseline: the prior decides, the same for every occurrence of the alias
             outcome = self._outcomes.get(key_id)
             if outcome is None:
