@@ -538,7 +538,8 @@ class WenzhiForPretraining(WenzhiPreTrainedModel):
             token_kind = kind.long()[:, None].expand_as(labels).reshape(-1)[selected]
             n = self.config.num_kinds
             kind_sum = torch.zeros(n, device=loss.device).index_add_(0, token_kind, token_loss.detach())
-            kind_count = torch.zeros(n, dtype=torch.long, device=loss.device).index_add_(0, token_kind, torch.ones_like(token_kind))
+            kind_count = torch.zeros(n, dtype=torch.long, device=loss.device).index_add_(
+                0, token_kind, torch.ones_like(token_kind))  # (bincount's size depends on the data)
         correct = (logits.argmax(-1) == targets).sum().detach()
         return loss, logits, kind_sum, kind_count, correct
 
