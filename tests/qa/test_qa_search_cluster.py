@@ -55,7 +55,7 @@ def entity_indexes(kb_store, secured_cluster, tmp_path_factory):
     return path, setting
 
 
-def test_the_services_fallback_answers_through_the_cluster_as_through_tantivy(
+def test_the_services_fallback_answers_through_the_cluster_as_the_pipeline_does(
         model_dir, kb_db, garbled_questions, entity_indexes, secured_cluster, monkeypatch, caplog):
     from wenzhi.qa_service.pipeline import PipelineConfig, QAPipeline
     from wenzhi.qa_service.service import ServiceSettings, create_app
@@ -63,14 +63,20 @@ def test_the_services_fallback_answers_through_the_cluster_as_through_tantivy(
     tantivy_path, setting = entity_indexes
     gateway, _ = secured_cluster
     questions = [q for q, _ in garbled_questions]
-    pipeline = QAPipeline(model_dir, kb_db, PipelineConfig(use_gen=False, threads=1), index=tantivy_path)
-    try:
-        by_tantivy = [pipeline.answer(q, top_k=3) for q in questions]
-    finally:
-        pipeline.close()
-    assert all(a.entity is not None and a.mention is None for a in by_tantivy)  # found by the fallback alone
-    recovered = sum(a.entity == gold for a, (_, gold) in zip(by_tantivy, garbled_questions))
-    assert recovered >= N_QUESTIONS // 2, recovered
+    # Each backend recovers the questions on its own. Their answers are not compared with each other:
+    # the two BM25 implementations agree on the top hit but not always below it (hits 4-5 of one
+    # question differ), and the fallback hands its top 8 to the relation scorer.
+    by_backend = {}
+    for name, index in (("tantivy", tantivy_path), ("cluster", setting)):
+        pipeline = QAPipeline(model_dir, kb_db, PipelineConfig(use_gen=False, threads=1), index=index)
+        try:
+            by_backend[name] = answers = [pipeline.answer(q, top_k=3) for q in questions]
+        finally:
+            pipeline.close()
+        assert all(a.entity is not None and a.mention is None for a in answers), name  # the fallback alone
+        recovered = sum(a.entity == gold for a, (_, gold) in zip(answers, garbled_questions))
+        assert recovered >= N_QUESTIONS // 2, (name, recovered)
+    by_cluster = by_backend["cluster"]
 
     # the service as `wenzhi serve` runs it: the pipeline in a spawned worker, handed the public
     # form of the setting; the API key and CA bundle reach it through the environment only
@@ -85,8 +91,8 @@ def test_the_services_fallback_answers_through_the_cluster_as_through_tantivy(
                 break
             time.sleep(0.1)
         bodies = [client.post("/v1/qa", json={"question": q, "top_k": 3}).json() for q in questions]
-    assert [b["answer"]["entity"]["name"] if b["answer"] else None for b in bodies] == [a.entity for a in by_tantivy]
-    assert [b["answer"]["triple"]["relation"] for b in bodies] == [a.triple[1] for a in by_tantivy]
+    assert [b["answer"]["entity"]["name"] if b["answer"] else None for b in bodies] == [a.entity for a in by_cluster]
+    assert [b["answer"]["triple"]["relation"] for b in bodies] == [a.triple[1] for a in by_cluster]
     assert gateway.seen[seen_before:].count(f"ApiKey {CLUSTER_API_KEY}") >= N_QUESTIONS
     assert CLUSTER_API_KEY not in caplog.text
 
