@@ -155,7 +155,6 @@ def profile_steps(one, batches, device, steps: int = 3, top: int = 12) -> dict:
 def measure(system: str, size: dict, seq: int, docs: int, device, tokens_per_step: int, warmup: int, steps: int,
             compile_: bool, peak: float | None, profile: bool = False) -> dict:
     import torch
-
     from torch._dynamo.utils import counters
 
     from wenzhi.model.compiling import compile_for_training
