@@ -5,6 +5,7 @@
     python bench/gpu_pretrain.py --dry-run        # CPU: tiny sizes, 2 steps, the same code path (a test runs it)
     python bench/gpu_pretrain.py --compile --sizes bert-large --seqs 512   # one row: both systems at that size
     python bench/gpu_pretrain.py --profile ...    # also where each step's device time goes, by kernel
+    python bench/gpu_pretrain.py --compile --systems wenzhi --attention-backend cudnn   # one variant
 
 Needs torch and transformers, not an installed wenzhi: on a bare GPU image the checkout's folders are
 imported as pyproject.toml's package-dir maps them (see import_wenzhi).
@@ -68,6 +69,21 @@ VOCAB = 21128
 FLOPS_FORMULA = ("per layer forward = 2*T*(4*H^2 + 2*H*I) + 2*2*T*S*H (QK^T, AV); head forward = 2*P*(H^2 + H*V); "
                  "step = 3 * (L * layer + head); T = tokens in the step, S = sequence length, P = masked positions "
                  "(15%), H hidden, I FFN, V vocabulary, L layers")
+
+
+# --attention-backend: which kernel F.scaled_dot_product_attention may use (PyTorch picks among those
+# allowed; at head_dim 64 on Hopper cuDNN's fused attention may beat FlashAttention-2, PyTorch's default).
+SDPA_BACKENDS = {"default": None, "cudnn": "CUDNN_ATTENTION", "flash": "FLASH_ATTENTION",
+                 "efficient": "EFFICIENT_ATTENTION", "math": "MATH"}
+
+
+def sdpa_backend(name: str):
+    """A context that allows only that kernel (tracing under it bakes the choice into a compiled graph)."""
+    import contextlib
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return contextlib.nullcontext() if SDPA_BACKENDS[name] is None else sdpa_kernel([getattr(SDPBackend, SDPA_BACKENDS[name])])
 
 
 def make_batch(rows: int, seq: int, docs_per_row: int, device, seed: int):
@@ -153,7 +169,7 @@ def profile_steps(one, batches, device, steps: int = 3, top: int = 12) -> dict:
 
 
 def measure(system: str, size: dict, seq: int, docs: int, device, tokens_per_step: int, warmup: int, steps: int,
-            compile_: bool, peak: float | None, profile: bool = False) -> dict:
+            compile_: bool, peak: float | None, profile: bool = False, compile_mode: str | None = None) -> dict:
     import torch
     from torch._dynamo.utils import counters
 
@@ -164,7 +180,7 @@ def measure(system: str, size: dict, seq: int, docs: int, device, tokens_per_ste
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     rows = max(1, tokens_per_step // seq)
     batches = [make_batch(rows, seq, docs, device, seed) for seed in range(2)]
-    forward = compile_for_training(model) if compile_ else model  # as the trainer compiles
+    forward = compile_for_training(model, mode=compile_mode) if compile_ else model  # as the trainer compiles
     graphs_before = counters["stats"]["unique_graphs"]
 
     def one(batch):
@@ -260,6 +276,12 @@ def main() -> None:
     parser.add_argument("--seqs", nargs="+", type=int, choices=[128, 512], help="these sequence lengths only")
     parser.add_argument("--profile", action="store_true",
                         help="after each measurement, profile 3 more steps: device time by kernel kind, top kernels")
+    parser.add_argument("--systems", nargs="+", choices=["wenzhi", "wenzhi-packed", "hf"],
+                        help="measure these only (default: all three; wenzhi-packed = 4 documents per row)")
+    parser.add_argument("--attention-backend", choices=sorted(SDPA_BACKENDS), default="default",
+                        help="restrict F.scaled_dot_product_attention to one kernel (default: PyTorch's choice)")
+    parser.add_argument("--compile-mode", choices=["default", "max-autotune-no-cudagraphs"], default="default",
+                        help="torch.compile mode (max-autotune: GEMM autotuning, minutes of warm-up)")
     parser.add_argument("--json", help="also write the result object here")
     args = parser.parse_args()
 
@@ -289,12 +311,15 @@ def main() -> None:
     for size_name, size in sizes.items():
         for seq in seqs:
             for system, docs in (("wenzhi", 1), ("wenzhi", 4), ("hf", 1)):
+                if args.systems and (system if docs == 1 else "wenzhi-packed") not in args.systems:
+                    continue
                 label = f"{size_name} seq {seq} {system}" + (f" ({docs} docs/row)" if system == "wenzhi" else "")
                 if time.perf_counter() - start > args.budget_s:
                     skipped.append(label)
                     continue
-                r = measure(system, size, seq, docs, device, tokens_per_step, warmup, steps, args.compile, peak,
-                            args.profile)
+                with sdpa_backend(args.attention_backend):
+                    r = measure(system, size, seq, docs, device, tokens_per_step, warmup, steps, args.compile, peak,
+                                args.profile, None if args.compile_mode == "default" else args.compile_mode)
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                     torch.cuda.reset_peak_memory_stats()
@@ -323,7 +348,8 @@ def main() -> None:
             faiss_result = faiss_check(1_000_000, 768, 10_000, gpu=True)
         print("faiss:", faiss_result)
     summary = {"device": name, "peak_tflops": peak / 1e12 if peak else None, "dry_run": args.dry_run,
-               "compile": args.compile, "steps": steps, "warmup": warmup, "flops_formula": FLOPS_FORMULA,
+               "compile": args.compile, "compile_mode": args.compile_mode,
+               "attention_backend": args.attention_backend, "steps": steps, "warmup": warmup, "flops_formula": FLOPS_FORMULA,
                "results": results, "wenzhi_over_hf": ratios, "skipped_over_budget": skipped, "faiss": faiss_result,
                "wall_s": round(time.perf_counter() - start, 1)}
     if args.json:

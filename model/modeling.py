@@ -574,7 +574,7 @@ class WenzhiForPretraining(WenzhiPreTrainedModel):
         [B, L]) is given: on `lm_input_ids` (default: the original tokens, labels put back), predicting
         `lm_labels` (default: the tokens after each document's prefix)."""
         # The layout first, here: deciding whether a row holds one document waits for the device, and
-        # torch.compile breaks its graph there; at the top of forward, everything after it is one graph.
+        # torch.compile breaks its graph there; at the top of forward, the encoder is traced after it.
         layout = build_layout(input_ids, document_ids, attention_mask)
         out = self.wenzhi.universal(input_ids, token_type_ids, layout=layout, task_type_ids=task_type_ids,
                                     output_hidden_states=bool(output_hidden_states))
