@@ -26,3 +26,16 @@ def test_gpu_pretrain_bench_dry_run(tmp_path):
         assert abs(sum(shares.values()) - 1) < 0.01 and shares["matmul"] > 0 and r["profile"]["top"]
     assert len(result["wenzhi_over_hf"]) == 8
     assert result["faiss"]["device"] == "cpu" and result["faiss"]["ivf_recall_at_10"] > 0.5
+
+
+def test_gpu_pretrain_bench_measures_the_chosen_systems_under_the_chosen_attention_kernel(tmp_path):
+    out = tmp_path / "result.json"
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_pretrain.py"), "--dry-run", "--peak-tflops", "1",
+                           "--skip-faiss", "--systems", "wenzhi-packed", "hf", "--attention-backend", "math",
+                           "--json", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert {(r["system"], r["docs_per_row"]) for r in result["results"]} == {("wenzhi", 4), ("hf", 1)}
+    assert result["attention_backend"] == "math" and result["faiss"] is None
+    assert set(result["wenzhi_over_hf"]) == {f"{size}/{seq}/4docs" for size in ("tiny-a", "tiny-b") for seq in (32, 64)}
