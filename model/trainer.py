@@ -323,9 +323,13 @@ def train(cfg: TrainConfig, resume: bool = True, show_progress: bool = True, ove
         torch.set_num_threads(threads)
 
 
-# Per-step sums that are all-reduced across ranks: the logged figures are the global batch's.
-_SUMS = ["mlm_sum", "lm_sum", "correct", "masked", "lm_predicted", "tokens", "flops"]
-
+# The logged figures are the global batch's. Those the host knows from the numpy batches are summed
+# across ranks at the start of each step (one collective; nothing at all for one process); those the
+# model computes stay on the device, summed over the logging window, and are read (and all-reduced)
+# only when a line is logged: reading them every step would make the host wait for the device, and
+# the device then waits for the host to build and send the next batch.
+_HOST_SUMS = ["masked", "lm_predicted", "tokens", "flops"]
+_DEVICE_SUMS = ["loss", "mlm_sum", "lm_sum", "correct"]  # + kind loss sums, kind counts
 
 def _train(cfg: TrainConfig, resume: bool, show_progress: bool, overwrite: bool) -> dict:
     """Pretraining's own part of the run: the data position, the MLM + LM loss over the global
@@ -379,8 +383,9 @@ def _train(cfg: TrainConfig, resume: bool, show_progress: bool, overwrite: bool)
     run.start(cfg_record, data_order=[d.order for d in phases])
 
     num_kinds = config.num_kinds
-    window = np.zeros(len(_SUMS) + 2 * num_kinds)  # + kind loss sums, kind counts
-    window_loss, window_steps = 0.0, 0
+    window_host = np.zeros(len(_HOST_SUMS))
+    window_device = torch.zeros(len(_DEVICE_SUMS) + 2 * num_kinds, dtype=torch.float64, device=device)
+    window_steps = 0
     first_loss = last_loss = None
     use_lm = cfg.lm_weight > 0
     model.train()
@@ -396,9 +401,13 @@ def _train(cfg: TrainConfig, resume: bool, show_progress: bool, overwrite: bool)
         # FSDP and DeepSpeed average gradients over ranks.
         local = [(int((b["labels"] != IGNORE_INDEX).sum()), lm_predicted(b["lm_targets"], b["document_ids"]) if use_lm else 0)
                  for b in micro_batches]
-        counts = run.reduce_sum([sum(c[0] for c in local), sum(c[1] for c in local)])
-        global_masked, global_lm = max(float(counts[0]), 1.0), max(float(counts[1]), 1.0)
-        step_sums = torch.zeros(len(_SUMS) + 2 * num_kinds, dtype=torch.float64, device=device)
+        host = np.array([[masked, lm_count, int((b["document_ids"] >= 0).sum()),
+                          training_step_flops(config, b["input_ids"].size, b["input_ids"].shape[1], masked,
+                                              b["input_ids"].size if use_lm else 0, lm_count)]
+                         for b, (masked, lm_count) in zip(micro_batches, local)], dtype=np.float64).sum(axis=0)
+        host = np.asarray(run.reduce_sum(host.tolist()))  # the global step's counts
+        global_masked, global_lm = max(host[0], 1.0), max(host[1], 1.0)
+        step_device = torch.zeros(len(_DEVICE_SUMS) - 1 + 2 * num_kinds, dtype=torch.float64, device=device)
         for micro, (np_batch, (masked, lm_count)) in enumerate(zip(micro_batches, local)):
             batch = {k: v.to(device, non_blocking=True) for k, v in batch_to_tensors(np_batch).items()}
             original = torch.where(batch["labels"] != IGNORE_INDEX, batch["labels"], batch["input_ids"])
@@ -414,32 +423,32 @@ def _train(cfg: TrainConfig, resume: bool, show_progress: bool, overwrite: bool)
                 mlm_sum = output.mlm_loss * masked
                 lm_sum = output.lm_loss * lm_count if use_lm else torch.zeros((), device=device)
                 run.backward((mlm_sum / global_masked + cfg.lm_weight * lm_sum / global_lm) * world, accum)
-            slots = batch["input_ids"].numel()
-            flops = training_step_flops(config, slots, batch["input_ids"].shape[1], masked,
-                                        slots if use_lm else 0, lm_count)
-            step_sums += torch.cat([
-                torch.stack([mlm_sum.detach(), lm_sum.detach()]).double(),
-                torch.tensor([int(output.mlm_correct), masked, lm_count, int((np_batch["document_ids"] >= 0).sum()), flops],
-                             dtype=torch.float64, device=device),
+            step_device += torch.cat([
+                torch.stack([mlm_sum.detach().double(), lm_sum.detach().double(), output.mlm_correct.double()]),
                 output.kind_loss_sum.double(), output.kind_count.double()])
         run.optimizer_step(model)
-        step_sums = accelerator.reduce(step_sums, reduction="sum").cpu().numpy()
-        step_loss = step_sums[0] / global_masked + cfg.lm_weight * step_sums[1] / global_lm
-        tokens += int(step_sums[5])
-        first_loss = step_loss if first_loss is None else first_loss
-        last_loss = step_loss
-        window += step_sums
-        window_loss, window_steps = window_loss + step_loss, window_steps + 1
+        # this rank's share of the global step's loss (the sum over ranks is the step's loss)
+        step_loss = step_device[0] / global_masked + cfg.lm_weight * step_device[1] / global_lm
+        window_device += torch.cat([step_loss[None], step_device])
+        window_host += host
+        window_steps += 1
+        tokens += int(host[2])
+        first_of_run, last_of_run = first_loss is None, run.step + 1 == cfg.total_steps
+        if first_of_run or last_of_run:  # (a read from the device; every rank takes part)
+            loss_now = float(run.reduce_sum_on_device(step_loss))
+            first_loss = loss_now if first_of_run else first_loss
+            last_loss = loss_now if last_of_run else last_loss
         run.end_step({"tokens": tokens})
         if run.log_due():
             now = time.perf_counter()
             elapsed = now - t_window
-            sums = dict(zip(_SUMS, window[: len(_SUMS)]))
-            kind_sum = window[len(_SUMS) : len(_SUMS) + num_kinds]
-            kind_count = window[len(_SUMS) + num_kinds : len(_SUMS) + 2 * num_kinds]
+            device_sums = run.reduce_sum_on_device(window_device).cpu().numpy()
+            sums = dict(zip(_HOST_SUMS, window_host)) | dict(zip(_DEVICE_SUMS, device_sums[: len(_DEVICE_SUMS)]))
+            kind_sum = device_sums[len(_DEVICE_SUMS) : len(_DEVICE_SUMS) + num_kinds]
+            kind_count = device_sums[len(_DEVICE_SUMS) + num_kinds :]
             record = {
                 "step": run.step, "phase": phase_index, "seq_len": data.reader.seq_len,
-                "loss": window_loss / window_steps,
+                "loss": sums["loss"] / window_steps,
                 "mlm_loss": sums["mlm_sum"] / max(sums["masked"], 1),
                 "lm_loss": sums["lm_sum"] / max(sums["lm_predicted"], 1),
                 "mlm_accuracy": sums["correct"] / max(sums["masked"], 1),
@@ -452,8 +461,9 @@ def _train(cfg: TrainConfig, resume: bool, show_progress: bool, overwrite: bool)
                 record["mfu"] = sums["flops"] / elapsed / (peak * world)
             run.log(record)
             run.bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
-            window[:] = 0
-            window_loss, window_steps, t_window = 0.0, 0, now
+            window_host[:] = 0
+            window_device.zero_()
+            window_steps, t_window = 0, now
     summary = {"event": "done", "steps": run.step, "resumed_from": run.resumed_from,
                "steps_this_run": run.step - run.start_step, "first_loss_this_run": first_loss,
                "last_loss": last_loss, "tokens_total": tokens, "elapsed_s": round(run.elapsed(), 2),

@@ -219,11 +219,19 @@ class TrainingRun:
     def backward(self, loss, accum: int = 1) -> None:
         self.accelerator.backward(loss * accum if self.deepspeed else loss)  # DeepSpeed divides by accum
 
-    def reduce_sum(self, values: list[float]):
-        """The sum over ranks of per-rank figures (float64)."""
+    def reduce_sum(self, values: list[float]) -> list[float]:
+        """The sum over ranks of per-rank figures the host knows (float64); one process: the figures,
+        without a round trip through the device (which would wait for its queued work)."""
         import torch
 
-        return self.accelerator.reduce(torch.tensor(values, dtype=torch.float64, device=self.device), reduction="sum")
+        if self.world == 1:
+            return [float(v) for v in values]
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        return self.accelerator.reduce(tensor, reduction="sum").tolist()
+
+    def reduce_sum_on_device(self, tensor):
+        """The sum over ranks of a tensor the model computed, left on the device."""
+        return tensor if self.world == 1 else self.accelerator.reduce(tensor, reduction="sum")
 
     def optimizer_step(self, model) -> None:
         if self.settings.max_grad_norm:
