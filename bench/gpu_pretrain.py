@@ -11,7 +11,7 @@ Needs torch and transformers, not an installed wenzhi: on a bare GPU image the c
 imported as pyproject.toml's package-dir maps them (see import_wenzhi).
 
 Models: BERT-base (hidden 768, 12 layers, 12 heads, FFN 3072) and BERT-large (1024, 24, 16, 4096),
-vocabulary 21128 (BERT Chinese), at sequence 128 and 512, dropout 0.1. wenzhi =
+vocabulary 21128 (BERT Chinese), at sequence 128 and 512, dropout 0.1 (--dropout). wenzhi =
 WenzhiForPretraining with universal + NLU layers = BERT's layers (no NLG branch: BERT has none),
 its masked-only MLM head; measured on full rows of one document each (SDPA without a mask) and on
 packed rows of 4 documents (block-diagonal mask, what pretraining on packed shards runs). Hugging
@@ -98,12 +98,13 @@ def make_batch(rows: int, seq: int, docs_per_row: int, device, seed: int):
     return {k: v.to(device) for k, v in dict(input_ids=input_ids, labels=labels, document_ids=doc).items()}
 
 
-def build(system: str, size: dict):
+def build(system: str, size: dict, dropout: float = 0.1):
     from transformers import BertConfig, BertForMaskedLM
 
     from wenzhi.model.modeling import WenzhiConfig, WenzhiForPretraining
 
-    common = dict(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, intermediate_size=size["intermediate"])
+    common = dict(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+                  intermediate_size=size["intermediate"])
     if system == "hf":
         cfg = BertConfig(vocab_size=VOCAB, hidden_size=size["hidden"], num_hidden_layers=size["layers"],
                          num_attention_heads=size["heads"], max_position_embeddings=512, **common)
@@ -169,14 +170,15 @@ def profile_steps(one, batches, device, steps: int = 3, top: int = 12) -> dict:
 
 
 def measure(system: str, size: dict, seq: int, docs: int, device, tokens_per_step: int, warmup: int, steps: int,
-            compile_: bool, peak: float | None, profile: bool = False, compile_mode: str | None = None) -> dict:
+            compile_: bool, peak: float | None, profile: bool = False, compile_mode: str | None = None,
+            dropout: float = 0.1) -> dict:
     import torch
     from torch._dynamo.utils import counters
 
     from wenzhi.model.compiling import compile_for_training
 
     torch.manual_seed(0)
-    model = build(system, size).to(device).train()
+    model = build(system, size, dropout).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     rows = max(1, tokens_per_step // seq)
     batches = [make_batch(rows, seq, docs, device, seed) for seed in range(2)]
@@ -282,6 +284,8 @@ def main() -> None:
                         help="restrict F.scaled_dot_product_attention to one kernel (default: PyTorch's choice)")
     parser.add_argument("--compile-mode", choices=["default", "max-autotune-no-cudagraphs"], default="default",
                         help="torch.compile mode (max-autotune: GEMM autotuning, minutes of warm-up)")
+    parser.add_argument("--dropout", type=float, default=0.1,
+                        help="hidden and attention dropout of both models (BERT's and ERNIE's 0.1 by default)")
     parser.add_argument("--json", help="also write the result object here")
     args = parser.parse_args()
 
@@ -319,7 +323,8 @@ def main() -> None:
                     continue
                 with sdpa_backend(args.attention_backend):
                     r = measure(system, size, seq, docs, device, tokens_per_step, warmup, steps, args.compile, peak,
-                                args.profile, None if args.compile_mode == "default" else args.compile_mode)
+                                args.profile, None if args.compile_mode == "default" else args.compile_mode,
+                                args.dropout)
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                     torch.cuda.reset_peak_memory_stats()
@@ -349,7 +354,8 @@ def main() -> None:
         print("faiss:", faiss_result)
     summary = {"device": name, "peak_tflops": peak / 1e12 if peak else None, "dry_run": args.dry_run,
                "compile": args.compile, "compile_mode": args.compile_mode,
-               "attention_backend": args.attention_backend, "steps": steps, "warmup": warmup, "flops_formula": FLOPS_FORMULA,
+               "attention_backend": args.attention_backend, "dropout": args.dropout, "steps": steps, "warmup": warmup,
+               "flops_formula": FLOPS_FORMULA,
                "results": results, "wenzhi_over_hf": ratios, "skipped_over_budget": skipped, "faiss": faiss_result,
                "wall_s": round(time.perf_counter() - start, 1)}
     if args.json:

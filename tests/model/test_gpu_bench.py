@@ -39,3 +39,15 @@ def test_gpu_pretrain_bench_measures_the_chosen_systems_under_the_chosen_attenti
     assert {(r["system"], r["docs_per_row"]) for r in result["results"]} == {("wenzhi", 4), ("hf", 1)}
     assert result["attention_backend"] == "math" and result["faiss"] is None
     assert set(result["wenzhi_over_hf"]) == {f"{size}/{seq}/4docs" for size in ("tiny-a", "tiny-b") for seq in (32, 64)}
+
+
+def test_gpu_trainer_bench_dry_run_trains_through_the_trainer(tmp_path):
+    out = tmp_path / "trainer.json"
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_trainer.py"), "--dry-run", "--steps", "4",
+                           "--log-every", "2", "--json", str(out)], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["steps"] == 4 and [w["step"] for w in result["windows"]] == [2, 4]
+    assert all(w["tokens_per_s"] > 0 and 0 < w["loss"] < 20 for w in result["windows"])
+    assert result["last_window"] == result["windows"][-1] and result["rows_per_step"] * result["seq_len"] > 0
