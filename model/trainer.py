@@ -331,6 +331,7 @@ def train(cfg: TrainConfig, resume: bool = True, show_progress: bool = True, ove
 _HOST_SUMS = ["masked", "lm_predicted", "tokens", "flops"]
 _DEVICE_SUMS = ["loss", "mlm_sum", "lm_sum", "correct"]  # + kind loss sums, kind counts
 
+
 def _train(cfg: TrainConfig, resume: bool, show_progress: bool, overwrite: bool) -> dict:
     """Pretraining's own part of the run: the data position, the MLM + LM loss over the global
     batch and its figures; the rest (accelerator, checkpoints, resume, log, final save) is the
