@@ -37,7 +37,15 @@ class MatchStates:
     prior: torch.Tensor  # [N]: the relation prior read from the [CLS] state (unused for questions)
 
     def select(self, index: torch.Tensor) -> "MatchStates":
-        return MatchStates(self.vectors[index], self.mask[index], self.prior[index])
+        """The rows `index` (any shape) in that shape. By index_select, not `vectors[index]`: the
+        gradient of advanced indexing adds the rows of repeated indices in whatever order CPU threads
+        reach them, so SIM fine-tuning on 2 threads gave different weights run to run."""
+        flat = index.reshape(-1)
+
+        def pick(t: torch.Tensor) -> torch.Tensor:
+            return t.index_select(0, flat).view(*index.shape, *t.shape[1:])
+
+        return MatchStates(pick(self.vectors), pick(self.mask), pick(self.prior))
 
 
 class WenzhiForRelationMatching(WenzhiPreTrainedModel):
