@@ -72,7 +72,8 @@ FLOPS_FORMULA = ("per layer forward = 2*T*(4*H^2 + 2*H*I) + 2*2*T*S*H (QK^T, AV)
 
 
 # --attention-backend: which kernel F.scaled_dot_product_attention may use (PyTorch picks among those
-# allowed; at head_dim 64 on Hopper cuDNN's fused attention may beat FlashAttention-2, PyTorch's default).
+# allowed). On the H200 with torch 2.11 PyTorch's own choice for unmasked rows was already cuDNN's fused
+# attention (bench/RESULTS.md, seventh session); the option is there to compare kernels.
 SDPA_BACKENDS = {"default": None, "cudnn": "CUDNN_ATTENTION", "flash": "FLASH_ATTENTION",
                  "efficient": "EFFICIENT_ATTENTION", "math": "MATH"}
 
@@ -83,7 +84,9 @@ def sdpa_backend(name: str):
 
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    return contextlib.nullcontext() if SDPA_BACKENDS[name] is None else sdpa_kernel([getattr(SDPBackend, SDPA_BACKENDS[name])])
+    if SDPA_BACKENDS[name] is None:
+        return contextlib.nullcontext()
+    return sdpa_kernel([getattr(SDPBackend, SDPA_BACKENDS[name])])
 
 
 def make_batch(rows: int, seq: int, docs_per_row: int, device, seed: int):
