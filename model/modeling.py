@@ -530,8 +530,8 @@ class WenzhiForPretraining(WenzhiPreTrainedModel):
         targets = labels.reshape(-1)[selected].long()
         logits = self.mlm_head(masked_hidden, self.wenzhi.embeddings.word.weight)  # [M, V]
         token_loss = F.cross_entropy(logits.float(), targets, reduction="none")
-        # a sum over a clamped count, not mean() behind an emptiness test: no branch on how many tokens
-        # are masked, so torch.compile traces the head into the encoder's graph (0 when none is masked)
+        # a sum over a clamped count, not mean() behind an emptiness test: no branch (a device sync) on
+        # how many tokens are masked; 0 when none is
         loss = token_loss.sum() / selected.sum().clamp(min=1)
         kind_sum = kind_count = None
         if kind is not None:
@@ -573,8 +573,8 @@ class WenzhiForPretraining(WenzhiPreTrainedModel):
         """MLM over (masked) `input_ids`; the NLG loss runs when `lm_prefix_lengths` ([B] or per token
         [B, L]) is given: on `lm_input_ids` (default: the original tokens, labels put back), predicting
         `lm_labels` (default: the tokens after each document's prefix)."""
-        # The layout first, here: deciding whether a row holds one document waits for the device, and
-        # torch.compile breaks its graph there; at the top of forward, the encoder is traced after it.
+        # The layout first, here: deciding whether a row holds one document waits for the device (and
+        # torch.compile breaks its graph there), once per forward, before any of the encoder's work.
         layout = build_layout(input_ids, document_ids, attention_mask)
         out = self.wenzhi.universal(input_ids, token_type_ids, layout=layout, task_type_ids=task_type_ids,
                                     output_hidden_states=bool(output_hidden_states))

@@ -296,7 +296,7 @@ def train_mean_loss(run: TrainingRun, model, micro_loss, micro_count, micro_rows
     while run.step < total:
         rows = [micro_rows(run.step, m) for m in range(accum)]
         counts = [micro_count(r) for r in rows]
-        global_count = max(float(run.reduce_sum([sum(counts)])[0]), 1.0) if run.world > 1 else max(sum(counts), 1)
+        global_count = max(run.reduce_sum([sum(counts)])[0], 1.0)  # (one process: no collective)
         loss_sum = 0.0
         for m, (r, count) in enumerate(zip(rows, counts)):
             with run.micro_batch(model, m, accum):
@@ -306,7 +306,7 @@ def train_mean_loss(run: TrainingRun, model, micro_loss, micro_count, micro_rows
             loss_sum += loss.item() * count
             examples += len(r)
         run.optimizer_step(model)
-        step_loss = float(run.reduce_sum([loss_sum])[0]) / global_count if run.world > 1 else loss_sum / global_count
+        step_loss = run.reduce_sum([loss_sum])[0] / global_count
         losses.append(step_loss)
         window.append(step_loss)
         run.end_step((keep or {}) | {"losses": losses})
