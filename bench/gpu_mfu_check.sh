@@ -1,38 +1,71 @@
 #!/usr/bin/env bash
 # The prepared GPU check for issue 14's MFU goal: BERT-large at sequence 512, bf16, one H100/H200,
-# in one device call of about 7 minutes (each compile warms up 35-60 s). Each variant runs in its
-# own process with its own time limit and writes its own JSON under ${OUT:-bench/gpu_out} (few
-# files: the device tool returns a limited number), so a failure or a timeout costs only that one.
-# Order = priority: the compiled step as the trainer runs it (with a profile), the trainer itself
-# (bench/gpu_trainer.py: what `wenzhi pretrain run` logs, data reader and all), compiled Hugging Face
-# (the ratio in the same call), the compiled step without dropout (what dropout costs), eager both;
-# with REF=<dir>, first a reference tree's compiled step for an A/B in the same call. Make REF inside the checkout (the device copies the working tree):
+# in one device call. Each variant runs in its
+# own process with its own time limit, so a failure or a timeout costs only that one; its JSON goes
+# into ${OUT:-bench/gpu_out}/check.json under its name as soon as it ends (two files in all, beside
+# check.log: the device tool returns only a few).
+# Order = priority: the compiled step as the trainer runs it (with a profile, "other" by family), the
+# same in the `bert` block family (post-LN, absolute positions: what an imported BERT/ERNIE continues
+# pretraining with, and Hugging Face's own math), the trainer itself (bench/gpu_trainer.py: what
+# `wenzhi pretrain run` logs, data reader and all), compiled Hugging Face (the ratio in the same call),
+# PyTorch's FlashAttention-2 kernel in place of cuDNN's (both keep attention dropout), the compiled
+# step without dropout (what dropout costs), eager both; with REF=<dir>, first a reference tree's
+# compiled step for an A/B in the same call. About 7 minutes (each compile warms up 35-60 s): give the
+# device call timeout_s 600. Make REF inside the checkout (the device copies the working tree):
 #     git archive <commit> model bench/gpu_pretrain.py | tar -x -C ref_tree   (ref_tree/ untracked)
 #     OUT=/some/dir REF=ref_tree bash bench/gpu_mfu_check.sh
 # Not tried again: --compile-mode max-autotune-no-cudagraphs (over 200 s of warm-up; cuBLAS beat
 # every Triton GEMM it tried at these shapes, bench/RESULTS.md).
+# DRY_RUN=1: every variant on CPU with --dry-run and without compiling (tiny sizes, seconds each),
+# to check the script's plumbing before device minutes are spent on it (a slow test runs it).
 set -u
 OUT=${OUT:-bench/gpu_out}
+PYTHON=${PYTHON:-python3}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$OUT/check.log"
+if [ "${DRY_RUN:-0}" = 1 ]; then
+    COMPILE="" DRY="--dry-run --peak-tflops 1"
+    TRAINER_DRY="--dry-run --steps 4 --log-every 2"
+else
+    COMPILE="--compile" DRY="" TRAINER_DRY=""
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$OUT/check.log"
+fi
+keep() {  # keep NAME: move $OUT/NAME.json into $OUT/check.json as {NAME: ...}
+    "$PYTHON" - "$OUT" "$1" <<'PY'
+import json, sys
+from pathlib import Path
+out, name = Path(sys.argv[1]), sys.argv[2]
+part, merged = out / f"{name}.json", out / "check.json"
+if part.exists():
+    everything = json.loads(merged.read_text()) if merged.exists() else {}
+    everything[name] = json.loads(part.read_text())
+    merged.write_text(json.dumps(everything, indent=1))
+    part.unlink()
+PY
+}
 run() {  # run NAME LIMIT_S SCRIPT ARGS...
     local name=$1 limit=$2 script=$3; shift 3
     echo "== $name: $script $*" | tee -a "$OUT/check.log"
-    timeout "$limit" python3 "$script" --skip-faiss --sizes bert-large --seqs 512 --budget-s 1 \
-        --json "$OUT/$name.json" "$@" 2>&1 | grep -v '^{' | grep -v '^[WE][0-9]\{4\}' | tee -a "$OUT/check.log"
+    # shellcheck disable=SC2086  # $DRY: several words or none
+    timeout "$limit" "$PYTHON" "$script" --skip-faiss --sizes bert-large --seqs 512 --budget-s 1 \
+        --json "$OUT/$name.json" $DRY "$@" 2>&1 | grep -v '^{' | grep -v '^[WE][0-9]\{4\}' | tee -a "$OUT/check.log"
     echo "== $name: exit ${PIPESTATUS[0]}" | tee -a "$OUT/check.log"
+    keep "$name"
 }
-[ -n "${REF:-}" ] && run reference 100 "$REF/bench/gpu_pretrain.py" --compile
-run compiled 100 bench/gpu_pretrain.py --compile --systems wenzhi --profile
-if python3 -c "import accelerate" 2>/dev/null; then
+[ -n "${REF:-}" ] && run reference 80 "$REF/bench/gpu_pretrain.py" $COMPILE
+run compiled 80 bench/gpu_pretrain.py $COMPILE --systems wenzhi --profile
+run compiled-bert 80 bench/gpu_pretrain.py $COMPILE --systems wenzhi --architecture bert --profile
+if "$PYTHON" -c "import accelerate" 2>/dev/null; then
     echo "== trainer: bench/gpu_trainer.py" | tee -a "$OUT/check.log"
-    timeout 150 python3 bench/gpu_trainer.py --json "$OUT/trainer.json" 2>&1 | grep -v '^{' \
+    # shellcheck disable=SC2086
+    timeout 120 "$PYTHON" bench/gpu_trainer.py --json "$OUT/trainer.json" $TRAINER_DRY 2>&1 | grep -v '^{' \
         | grep -v '^[WE][0-9]\{4\}' | tee -a "$OUT/check.log"
     echo "== trainer: exit ${PIPESTATUS[0]}" | tee -a "$OUT/check.log"
+    keep trainer
 else
     echo "== trainer: skipped, accelerate is not installed here" | tee -a "$OUT/check.log"
 fi
-run compiled-hf 100 bench/gpu_pretrain.py --compile --systems hf
-run compiled-no-dropout 100 bench/gpu_pretrain.py --compile --systems wenzhi --dropout 0
-run eager 60 bench/gpu_pretrain.py --systems wenzhi hf --profile --budget-s 30
+run compiled-hf 80 bench/gpu_pretrain.py $COMPILE --systems hf
+run compiled-flash 70 bench/gpu_pretrain.py $COMPILE --systems wenzhi --attention-backend flash
+run compiled-no-dropout 70 bench/gpu_pretrain.py $COMPILE --systems wenzhi --dropout 0
+run eager 50 bench/gpu_pretrain.py --systems wenzhi hf --budget-s 20

@@ -6,6 +6,7 @@
     python bench/gpu_pretrain.py --compile --sizes bert-large --seqs 512   # one row: both systems at that size
     python bench/gpu_pretrain.py --profile ...    # also where each step's device time goes, by kernel
     python bench/gpu_pretrain.py --compile --systems wenzhi --attention-backend cudnn   # one variant
+    python bench/gpu_pretrain.py --compile --architecture bert ...   # wenzhi as it runs an imported BERT
 
 Needs torch and transformers, not an installed wenzhi: on a bare GPU image the checkout's folders are
 imported as pyproject.toml's package-dir maps them (see import_wenzhi).
@@ -13,7 +14,9 @@ imported as pyproject.toml's package-dir maps them (see import_wenzhi).
 Models: BERT-base (hidden 768, 12 layers, 12 heads, FFN 3072) and BERT-large (1024, 24, 16, 4096),
 vocabulary 21128 (BERT Chinese), at sequence 128 and 512, dropout 0.1 (--dropout). wenzhi =
 WenzhiForPretraining with universal + NLU layers = BERT's layers (no NLG branch: BERT has none),
-its masked-only MLM head; measured on full rows of one document each (SDPA without a mask) and on
+its masked-only MLM head, in one of its two block families (--architecture): `pre-ln-rotary`, the
+default for models trained from scratch, or `bert`, post-LN with learned absolute positions, which
+is BERT's own math and what a user's imported BERT/ERNIE checkpoint continues pretraining with; measured on full rows of one document each (SDPA without a mask) and on
 packed rows of 4 documents (block-diagonal mask, what pretraining on packed shards runs). Hugging
 Face = BertForMaskedLM(attn_implementation="sdpa") on full rows (no padding: its best case).
 Both: bf16 autocast over fp32 weights (what accelerate's mixed_precision="bf16" does), fused
@@ -101,7 +104,12 @@ def make_batch(rows: int, seq: int, docs_per_row: int, device, seed: int):
     return {k: v.to(device) for k, v in dict(input_ids=input_ids, labels=labels, document_ids=doc).items()}
 
 
-def build(system: str, size: dict, dropout: float = 0.1):
+# --architecture: wenzhi's two block families (model/configuration.py)
+ARCHITECTURES = {"pre-ln-rotary": dict(norm_placement="pre", position_embedding_type="rotary"),
+                 "bert": dict(norm_placement="post", position_embedding_type="absolute", max_position_embeddings=512)}
+
+
+def build(system: str, size: dict, dropout: float = 0.1, architecture: str = "pre-ln-rotary"):
     from transformers import BertConfig, BertForMaskedLM
 
     from wenzhi.model.modeling import WenzhiConfig, WenzhiForPretraining
@@ -117,7 +125,7 @@ def build(system: str, size: dict, dropout: float = 0.1):
     universal = size["layers"] // 2
     return WenzhiForPretraining(WenzhiConfig(vocab_size=VOCAB, hidden_size=size["hidden"], num_attention_heads=size["heads"],
                                              num_universal_layers=universal, num_nlu_layers=size["layers"] - universal,
-                                             num_nlg_layers=0, **common))
+                                             num_nlg_layers=0, **ARCHITECTURES[architecture], **common))
 
 
 def step_flops(size: dict, tokens: int, seq: int, masked: int) -> float:
@@ -139,14 +147,27 @@ KERNEL_KINDS = (("attention", ("flash", "fmha", "attention", "sdpa", "aten::_sca
                 ("optimizer", ("adam", "multi_tensor")))
 
 
+# The "other" kind by what its kernels do, read from the op names inductor gives a fused kernel
+# (triton_poi_fused_gelu_gelu_backward_...) or aten's: where fusion or a kernel of our own could save.
+OTHER_FAMILIES = (("gelu", ("gelu",)), ("layernorm/dropout/residual", ("layer_norm", "dropout")),
+                  ("loss", ("log_softmax", "nll_loss", "cross_entropy")), ("embedding", ("embedding",)),
+                  ("rotary", ("neg",)), ("reduction (bias grads)", ("sum",)),
+                  ("cast/copy", ("copy", "clone", "cat", "permute")))
+
+
 def kernel_kind(name: str) -> str:
     lowered = name.lower()
     return next((kind for kind, parts in KERNEL_KINDS if any(p in lowered for p in parts)), "other")
 
 
-def profile_steps(one, batches, device, steps: int = 3, top: int = 12) -> dict:
-    """torch.profiler over `steps` more steps: device time per kernel kind and the top kernels by
-    their own time (CPU ops on a dry run)."""
+def other_family(name: str) -> str:
+    lowered = name.lower()
+    return next((family for family, parts in OTHER_FAMILIES if any(p in lowered for p in parts)), "rest")
+
+
+def profile_steps(one, batches, device, steps: int = 3, top: int = 25) -> dict:
+    """torch.profiler over `steps` more steps: device time per kernel kind, the "other" kind's ms by
+    family, and the top kernels by their own time (CPU ops on a dry run)."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -164,24 +185,28 @@ def profile_steps(one, batches, device, steps: int = 3, top: int = 12) -> dict:
             rows.append((event.key, own_us / steps / 1e3))
     total = sum(ms for _, ms in rows) or 1.0
     kinds: dict[str, float] = {}
+    families: dict[str, float] = {}
     for name, ms in rows:
         kind = kernel_kind(name)
         kinds[kind] = kinds.get(kind, 0.0) + ms
+        if kind == "other":
+            families[other_family(name)] = families.get(other_family(name), 0.0) + ms
     rows.sort(key=lambda r: -r[1])
     return {"ms_per_step": round(total, 2), "share_by_kind": {k: round(v / total, 3) for k, v in sorted(kinds.items())},
+            "other_ms_by_family": {k: round(v, 2) for k, v in sorted(families.items(), key=lambda kv: -kv[1])},
             "top": [{"name": name[:90], "ms_per_step": round(ms, 3), "share": round(ms / total, 3)} for name, ms in rows[:top]]}
 
 
 def measure(system: str, size: dict, seq: int, docs: int, device, tokens_per_step: int, warmup: int, steps: int,
             compile_: bool, peak: float | None, profile: bool = False, compile_mode: str | None = None,
-            dropout: float = 0.1) -> dict:
+            dropout: float = 0.1, architecture: str = "pre-ln-rotary") -> dict:
     import torch
     from torch._dynamo.utils import counters
 
     from wenzhi.model.compiling import compile_for_training
 
     torch.manual_seed(0)
-    model = build(system, size, dropout).to(device).train()
+    model = build(system, size, dropout, architecture).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     rows = max(1, tokens_per_step // seq)
     batches = [make_batch(rows, seq, docs, device, seed) for seed in range(2)]
@@ -211,7 +236,8 @@ def measure(system: str, size: dict, seq: int, docs: int, device, tokens_per_ste
     secs = (time.perf_counter() - t0) / steps
     masked = int((batches[0]["labels"] != -100).sum())
     flops = step_flops(size, rows * seq, seq, masked)
-    result = {"system": system, "seq_len": seq, "docs_per_row": docs if system != "hf" else 1, "rows": rows,
+    blocks = "post-LN absolute" if system == "hf" else f"{model.config.norm_placement}-LN {model.config.position_embedding_type}"
+    result = {"system": system, "blocks": blocks, "seq_len": seq, "docs_per_row": docs if system != "hf" else 1, "rows": rows,
               "step_s": round(secs, 5), "tokens_per_s": round(rows * seq / secs, 1),
               "model_tflops_per_step": round(flops / 1e12, 4), "achieved_tflops": round(flops / secs / 1e12, 2),
               "mfu": round(flops / secs / peak, 4) if peak else None, "warmup_s": round(warm_s, 2),
@@ -219,7 +245,7 @@ def measure(system: str, size: dict, seq: int, docs: int, device, tokens_per_ste
               "compiled_graphs": counters["stats"]["unique_graphs"] - graphs_before if compile_ else None}
     if profile:
         try:  # (written and tested on CPU only: a profiler failure must not cost the measured figures)
-            result["profile"] = profile_steps(one, batches, device)
+            result["profile"] = profile_steps(one, batches, device, steps=3 if device.type == "cuda" else 1)
         except Exception as exc:  # noqa: BLE001
             result["profile_error"] = f"{type(exc).__name__}: {exc}"
     return result  # the models go with this frame; main() empties the CUDA cache between runs
@@ -289,6 +315,8 @@ def main() -> None:
                         help="torch.compile mode (max-autotune: GEMM autotuning, minutes of warm-up)")
     parser.add_argument("--dropout", type=float, default=0.1,
                         help="hidden and attention dropout of both models (BERT's and ERNIE's 0.1 by default)")
+    parser.add_argument("--architecture", choices=sorted(ARCHITECTURES), default="pre-ln-rotary",
+                        help="wenzhi's block family: pre-LN rotary (from scratch) or bert (post-LN, absolute: an import)")
     parser.add_argument("--json", help="also write the result object here")
     args = parser.parse_args()
 
@@ -327,7 +355,7 @@ def main() -> None:
                 with sdpa_backend(args.attention_backend):
                     r = measure(system, size, seq, docs, device, tokens_per_step, warmup, steps, args.compile, peak,
                                 args.profile, None if args.compile_mode == "default" else args.compile_mode,
-                                args.dropout)
+                                args.dropout, args.architecture)
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                     torch.cuda.reset_peak_memory_stats()
@@ -339,6 +367,7 @@ def main() -> None:
                 if "profile" in r:
                     p = r["profile"]
                     print(f"    profiled {p['ms_per_step']} ms/step by kind {p['share_by_kind']}")
+                    print(f"    other, ms by family: {p['other_ms_by_family']}")
                     for k in p["top"][:6]:
                         print(f"      {k['share']:6.1%} {k['ms_per_step']:9.3f} ms  {k['name']}")
     ratios = {}
@@ -357,7 +386,8 @@ def main() -> None:
         print("faiss:", faiss_result)
     summary = {"device": name, "peak_tflops": peak / 1e12 if peak else None, "dry_run": args.dry_run,
                "compile": args.compile, "compile_mode": args.compile_mode,
-               "attention_backend": args.attention_backend, "dropout": args.dropout, "steps": steps, "warmup": warmup,
+               "attention_backend": args.attention_backend, "dropout": args.dropout,
+               "architecture": args.architecture, "steps": steps, "warmup": warmup,
                "flops_formula": FLOPS_FORMULA,
                "results": results, "wenzhi_over_hf": ratios, "skipped_over_budget": skipped, "faiss": faiss_result,
                "wall_s": round(time.perf_counter() - start, 1)}

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parents[2]
 
 
@@ -24,6 +26,9 @@ def test_gpu_pretrain_bench_dry_run(tmp_path):
         assert r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1 and r["model_tflops_per_step"] > 0
         shares = r["profile"]["share_by_kind"]
         assert abs(sum(shares.values()) - 1) < 0.01 and shares["matmul"] > 0 and r["profile"]["top"]
+        families = r["profile"]["other_ms_by_family"]
+        assert families["gelu"] > 0 and families["layernorm/dropout/residual"] > 0
+        assert r["blocks"] == ("post-LN absolute" if r["system"] == "hf" else "pre-LN rotary")
     assert len(result["wenzhi_over_hf"]) == 8
     assert result["faiss"]["device"] == "cpu" and result["faiss"]["ivf_recall_at_10"] > 0.5
 
@@ -32,12 +37,13 @@ def test_gpu_pretrain_bench_measures_the_chosen_systems_under_the_chosen_attenti
     out = tmp_path / "result.json"
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_pretrain.py"), "--dry-run", "--peak-tflops", "1",
                            "--skip-faiss", "--systems", "wenzhi-packed", "hf", "--attention-backend", "math",
-                           "--json", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                           "--architecture", "bert", "--json", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT,
                           env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
     assert {(r["system"], r["docs_per_row"]) for r in result["results"]} == {("wenzhi", 4), ("hf", 1)}
     assert result["attention_backend"] == "math" and result["faiss"] is None
+    assert {r["blocks"] for r in result["results"]} == {"post-LN absolute"}  # wenzhi as BERT's math, beside HF
     assert set(result["wenzhi_over_hf"]) == {f"{size}/{seq}/4docs" for size in ("tiny-a", "tiny-b") for seq in (32, 64)}
 
 
@@ -51,3 +57,23 @@ def test_gpu_trainer_bench_dry_run_trains_through_the_trainer(tmp_path):
     assert result["steps"] == 4 and [w["step"] for w in result["windows"]] == [2, 4]
     assert all(w["tokens_per_s"] > 0 and 0 < w["loss"] < 20 for w in result["windows"])
     assert result["last_window"] == result["windows"][-1] and result["rows_per_step"] * result["seq_len"] > 0
+
+
+@pytest.mark.slow
+def test_the_prepared_gpu_check_runs_every_variant_in_its_dry_run(tmp_path):
+    """bench/gpu_mfu_check.sh with DRY_RUN=1: each variant's arguments reach a script that accepts
+    them, and everything lands in the two files the device tool returns."""
+    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "DRY_RUN": "1", "OUT": str(tmp_path),
+           "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(ROOT / "bench" / "gpu_mfu_check.sh")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["check.json", "check.log"]
+    merged, log = json.loads((tmp_path / "check.json").read_text()), (tmp_path / "check.log").read_text()
+    # all but FlashAttention, which CPUs lack with dropout: its failure says the flag reached SDPA
+    assert set(merged) == {"compiled", "compiled-bert", "trainer", "compiled-hf", "compiled-no-dropout", "eager"}, log[-3000:]
+    assert "No available kernel" in log.split("== compiled-flash:")[1] and "== compiled-flash: exit 1" in log
+    assert {r["blocks"] for r in merged["compiled-bert"]["results"]} == {"post-LN absolute"}
+    assert merged["compiled-no-dropout"]["dropout"] == 0
+    assert merged["compiled"]["results"][0]["profile"]["other_ms_by_family"]
+    assert merged["trainer"]["windows"]
