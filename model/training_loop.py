@@ -38,6 +38,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 
 class OutputDirInUse(RuntimeError):
@@ -244,15 +245,18 @@ class TrainingRun:
     def lr(self) -> float:
         return self.scheduler.get_last_lr()[0]
 
-    def end_step(self, state: dict | None = None) -> None:
+    def end_step(self, state: dict | Callable[[], dict] | None = None) -> None:
         """Count the optimizer step; every `checkpoint_every` steps (not the last), an atomic checkpoint
-        holding the step, the schedule and the caller's JSON `state`."""
+        holding the step, the schedule and the caller's JSON `state` (or what `state()` returns: a
+        callable is asked only when a checkpoint is written, so figures that wait for the device
+        need not be read on the other steps)."""
         from wenzhi.model.checkpoint import save_checkpoint
 
         self.step += 1
         self.bar.update(1)
         every = self.settings.checkpoint_every
         if every and self.step % every == 0 and self.step < self.settings.total_steps:
+            state = state() if callable(state) else state
             path = save_checkpoint(self.accelerator, self.ckpt_root, self.step, self.settings.keep_checkpoints,
                                    (state or {}) | {"step": self.step, "scheduler": self.scheduler.state_dict()})
             self.log({"event": "checkpoint", "step": self.step, "path": str(path)})
@@ -288,35 +292,53 @@ def train_mean_loss(run: TrainingRun, model, micro_loss, micro_count, micro_rows
     the mean over the terms of all its micro-batches on all ranks: each micro-batch's mean is
     weighted by its share of the global count (times the world size, since DDP averages gradients
     over ranks), a factor of exactly 1 for one micro-batch on one process. Returns every step's
-    loss, resumed ones included (they travel in the checkpoint's state as `losses`, beside `keep`)."""
+    loss, resumed ones included (they travel in the checkpoint's state as `losses`, beside `keep`).
+
+    The steps' losses stay on the device (float64, summed in micro-batch order as the host would)
+    until a log line or a checkpoint needs them: reading one waits for all the device's queued
+    work, which on a GPU would stall every micro-batch."""
+    import torch
+
     losses = list((state or {}).get("losses", []))
     total = run.settings.total_steps
+    pending: list[tuple[torch.Tensor, float]] = []  # per unread step: its loss sum (device), its global count
     window: list[float] = []
     examples = 0
+
+    def settled() -> list[float]:
+        """Every step's loss as a float: the pending ones read in one wait for the device."""
+        if pending:
+            sums = torch.stack([s for s, _ in pending]).tolist()
+            read = [s / count for s, (_, count) in zip(sums, pending)]
+            losses.extend(read)
+            window.extend(read)
+            pending.clear()
+        return losses
+
     while run.step < total:
         rows = [micro_rows(run.step, m) for m in range(accum)]
         counts = [micro_count(r) for r in rows]
         global_count = max(run.reduce_sum([sum(counts)])[0], 1.0)  # (one process: no collective)
-        loss_sum = 0.0
+        loss_sum = None
         for m, (r, count) in enumerate(zip(rows, counts)):
             with run.micro_batch(model, m, accum):
                 loss = micro_loss(r)
                 weight = count * run.world / global_count
                 run.backward(loss if weight == 1 else loss * weight, accum)
-            loss_sum += loss.item() * count
+            term = loss.detach().double() * count
+            loss_sum = term if loss_sum is None else loss_sum + term
             examples += len(r)
         run.optimizer_step(model)
-        step_loss = run.reduce_sum([loss_sum])[0] / global_count
-        losses.append(step_loss)
-        window.append(step_loss)
-        run.end_step((keep or {}) | {"losses": losses})
+        pending.append((run.reduce_sum_on_device(loss_sum), global_count))
+        run.end_step(lambda: (keep or {}) | {"losses": settled()})
         if run.log_due():
+            settled()
             elapsed = run.elapsed()
             run.log({"step": run.step, "loss": sum(window) / len(window), "lr": run.lr,
                      "examples_per_s": examples * run.world / max(elapsed, 1e-9), "elapsed_s": elapsed})
             run.bar.set_postfix(loss=f"{sum(window) / len(window):.4f}")
-            window = []
-    return losses
+            window.clear()
+    return settled()
 
 
 def first_last_loss(losses: list[float]) -> dict:
