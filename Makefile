@@ -18,8 +18,12 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# Two pytest workers on CI's two cores (about a quarter less wall time, bench/RESULTS.md); their
+# OpenMP threads sleep at barriers, as in the demo below. TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
+test: export OMP_WAIT_POLICY ?= PASSIVE
 test: setup
-	WENZHI_DATA=$(DATA) $(PY) -m pytest -rs -q
+	WENZHI_DATA=$(DATA) $(PY) -m pytest -rs -q -n $(TEST_WORKERS)
 
 # The main job end to end on CPU: KB import and linking, BM25 index, brief pretraining of a tiny
 # encoder, fine-tuning of the SIM, NER and GEN heads, the fusion fit, evaluation of each answering
