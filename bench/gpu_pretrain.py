@@ -109,12 +109,15 @@ ARCHITECTURES = {"pre-ln-rotary": dict(norm_placement="pre", position_embedding_
                  "bert": dict(norm_placement="post", position_embedding_type="absolute", max_position_embeddings=512)}
 
 
-def build(system: str, size: dict, dropout: float = 0.1, architecture: str = "pre-ln-rotary"):
+def build(system: str, size: dict, dropout: float = 0.1, architecture: str = "pre-ln-rotary",
+          attention_dropout: float | None = None):
+    """`dropout` for hidden states and, unless `attention_dropout` is given, attention probabilities."""
     from transformers import BertConfig, BertForMaskedLM
 
     from wenzhi.model.modeling import WenzhiConfig, WenzhiForPretraining
 
-    common = dict(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+    common = dict(hidden_dropout_prob=dropout,
+                  attention_probs_dropout_prob=dropout if attention_dropout is None else attention_dropout,
                   intermediate_size=size["intermediate"])
     if system == "hf":
         cfg = BertConfig(vocab_size=VOCAB, hidden_size=size["hidden"], num_hidden_layers=size["layers"],
@@ -199,14 +202,14 @@ def profile_steps(one, batches, device, steps: int = 3, top: int = 25) -> dict:
 
 def measure(system: str, size: dict, seq: int, docs: int, device, tokens_per_step: int, warmup: int, steps: int,
             compile_: bool, peak: float | None, profile: bool = False, compile_mode: str | None = None,
-            dropout: float = 0.1, architecture: str = "pre-ln-rotary") -> dict:
+            dropout: float = 0.1, architecture: str = "pre-ln-rotary", attention_dropout: float | None = None) -> dict:
     import torch
     from torch._dynamo.utils import counters
 
     from wenzhi.model.compiling import compile_for_training
 
     torch.manual_seed(0)
-    model = build(system, size, dropout, architecture).to(device).train()
+    model = build(system, size, dropout, architecture, attention_dropout).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     rows = max(1, tokens_per_step // seq)
     batches = [make_batch(rows, seq, docs, device, seed) for seed in range(2)]
@@ -315,6 +318,8 @@ def main() -> None:
                         help="torch.compile mode (max-autotune: GEMM autotuning, minutes of warm-up)")
     parser.add_argument("--dropout", type=float, default=0.1,
                         help="hidden and attention dropout of both models (BERT's and ERNIE's 0.1 by default)")
+    parser.add_argument("--attention-dropout", type=float,
+                        help="attention dropout alone (default: --dropout); 0 lets attention kernels skip their RNG")
     parser.add_argument("--architecture", choices=sorted(ARCHITECTURES), default="pre-ln-rotary",
                         help="wenzhi's block family: pre-LN rotary (from scratch) or bert (post-LN, absolute: an import)")
     parser.add_argument("--json", help="also write the result object here")
@@ -355,7 +360,7 @@ def main() -> None:
                 with sdpa_backend(args.attention_backend):
                     r = measure(system, size, seq, docs, device, tokens_per_step, warmup, steps, args.compile, peak,
                                 args.profile, None if args.compile_mode == "default" else args.compile_mode,
-                                args.dropout, args.architecture)
+                                args.dropout, args.architecture, args.attention_dropout)
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                     torch.cuda.reset_peak_memory_stats()
@@ -387,6 +392,7 @@ def main() -> None:
     summary = {"device": name, "peak_tflops": peak / 1e12 if peak else None, "dry_run": args.dry_run,
                "compile": args.compile, "compile_mode": args.compile_mode,
                "attention_backend": args.attention_backend, "dropout": args.dropout,
+               "attention_dropout": args.dropout if args.attention_dropout is None else args.attention_dropout,
                "architecture": args.architecture, "steps": steps, "warmup": warmup,
                "flops_formula": FLOPS_FORMULA,
                "results": results, "wenzhi_over_hf": ratios, "skipped_over_budget": skipped, "faiss": faiss_result,
