@@ -154,7 +154,7 @@ KERNEL_KINDS = (("attention", ("flash", "fmha", "attention", "sdpa", "aten::_sca
 # (triton_poi_fused_gelu_gelu_backward_...) or aten's: where fusion or a kernel of our own could save.
 OTHER_FAMILIES = (("gelu", ("gelu",)), ("layernorm/dropout/residual", ("layer_norm", "dropout")),
                   ("loss", ("log_softmax", "nll_loss", "cross_entropy")), ("embedding", ("embedding",)),
-                  ("rotary", ("neg",)), ("reduction (bias grads)", ("sum",)),
+                  ("rotary", ("neg", "addcmul", "cos", "sin")), ("reduction (bias grads)", ("sum",)),
                   ("cast/copy", ("copy", "clone", "cat", "permute")))
 
 

@@ -33,6 +33,22 @@ def test_gpu_pretrain_bench_dry_run(tmp_path):
     assert result["faiss"]["device"] == "cpu" and result["faiss"]["ivf_recall_at_10"] > 0.5
 
 
+def test_device_kernels_of_the_h200_profiles_fall_into_their_kinds_and_families():
+    """Kernel names the seventh session's H200 profiles recorded (bench/gpu_results/)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from gpu_pretrain import kernel_kind, other_family
+
+    kinds = {"cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16_knob_26_64x64x64_1x4x1_cga1x1x": "attention",
+             "nvjet_sm90_tst_192x192_64x4_2x1_v_bz_coopB_bias_TNN": "matmul", "multi_tensor_apply_kernel": "optimizer"}
+    assert {name: kernel_kind(name) for name in kinds} == kinds
+    families = {
+        "triton_per_fused__to_copy_add_native_dropout_backward_native_layer_norm_backward_view_14": "layernorm/dropout/residual",
+        "triton_poi_fused__to_copy_add_addcmul_arange_cat_clone_cos_div_mul_permute_pow_reciprocal_": "rotary",
+        "triton_poi_fused__to_copy_add_arange_cat_clone_div_mul_neg_permute_pow_reciprocal_select_b": "rotary",
+        "triton_poi_fused_gelu_gelu_backward_view_15": "gelu", "triton_red_fused_sum_view_2": "reduction (bias grads)"}
+    assert {name: other_family(name) for name in families} == families
+
+
 def test_gpu_pretrain_bench_measures_the_chosen_systems_under_the_chosen_attention_kernel(tmp_path):
     out = tmp_path / "result.json"
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_pretrain.py"), "--dry-run", "--peak-tflops", "1",
