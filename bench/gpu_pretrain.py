@@ -16,9 +16,10 @@ vocabulary 21128 (BERT Chinese), at sequence 128 and 512, dropout 0.1 (--dropout
 WenzhiForPretraining with universal + NLU layers = BERT's layers (no NLG branch: BERT has none),
 its masked-only MLM head, in one of its two block families (--architecture): `pre-ln-rotary`, the
 default for models trained from scratch, or `bert`, post-LN with learned absolute positions, which
-is BERT's own math and what a user's imported BERT/ERNIE checkpoint continues pretraining with; measured on full rows of one document each (SDPA without a mask) and on
-packed rows of 4 documents (block-diagonal mask, what pretraining on packed shards runs). Hugging
-Face = BertForMaskedLM(attn_implementation="sdpa") on full rows (no padding: its best case).
+is BERT's own math and what a user's imported BERT/ERNIE checkpoint continues pretraining with;
+measured on full rows of one document each (SDPA without a mask) and on packed rows of 4
+documents (block-diagonal mask, what pretraining on packed shards runs). Hugging Face =
+BertForMaskedLM(attn_implementation="sdpa") on full rows (no padding: its best case).
 Both: bf16 autocast over fp32 weights (what accelerate's mixed_precision="bf16" does), fused
 AdamW, 15% of positions masked, token ids drawn uniformly (speed does not depend on the text).
 A step is forward + backward + optimizer step; tokens/s = real tokens / wall s after warm-up.
