@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # The prepared GPU check for issue 14's MFU goal: BERT-large at sequence 512, bf16, one H100/H200,
-# in one device call. Each variant runs in its
-# own process with its own time limit, so a failure or a timeout costs only that one; its JSON goes
-# into ${OUT:-bench/gpu_out}/check.json under its name as soon as it ends (two files in all, beside
-# check.log: the device tool returns only a few).
+# in one device call. Each variant runs in its own process with its own time limit, so a failure or
+# a timeout costs only that one; its JSON goes into ${OUT:-bench/gpu_out}/check.json under its name
+# as soon as it ends (two files in all, beside check.log: the device tool returns only a few).
 # Order = priority: the compiled step as the trainer runs it (with a profile, "other" by family), the
 # same in the `bert` block family (post-LN, absolute positions: what an imported BERT/ERNIE continues
 # pretraining with, and Hugging Face's own math), the trainer itself (bench/gpu_trainer.py: what
@@ -12,9 +11,10 @@
 # step without attention dropout (hidden dropout kept: a setting model owners may choose, as MosaicBERT
 # and ModernBERT did), then without any (what dropout costs in all), and eager HF last (HF's best
 # figure on the H200 was eager, 33.9% against 29.2% compiled; eager wenzhi, 28.4% against 42.2%
-# compiled, is left out: bench/RESULTS.md); with REF=<dir>, first a reference tree's
-# compiled step for an A/B in the same call. About 7-8 minutes (each compile warms up 35-60 s): give the device call timeout_s 600; the
-# limits add up to more, so if everything runs long the last, least needed variants are the ones lost. Make REF inside the checkout (the device copies the working tree):
+# compiled, is left out: bench/RESULTS.md); with REF=<dir>, first a reference tree's compiled step
+# for an A/B in the same call. About 7-8 minutes (each compile warms up 35-60 s): give the device
+# call timeout_s 600; the limits add up to more, so if everything runs long the last, least needed
+# variants are the ones lost. Make REF inside the checkout (the device copies the working tree):
 #     git archive <commit> model bench/gpu_pretrain.py | tar -x -C ref_tree   (ref_tree/ untracked)
 #     OUT=/some/dir REF=ref_tree bash bench/gpu_mfu_check.sh
 # Not tried again: --compile-mode max-autotune-no-cudagraphs (over 200 s of warm-up; cuBLAS beat

@@ -194,7 +194,8 @@ def profile_steps(one, batches, device, steps: int = 3, top: int = 25) -> dict:
         kind = kernel_kind(name)
         kinds[kind] = kinds.get(kind, 0.0) + ms
         if kind == "other":
-            families[other_family(name)] = families.get(other_family(name), 0.0) + ms
+            family = other_family(name)
+            families[family] = families.get(family, 0.0) + ms
     rows.sort(key=lambda r: -r[1])
     return {"ms_per_step": round(total, 2), "share_by_kind": {k: round(v / total, 3) for k, v in sorted(kinds.items())},
             "other_ms_by_family": {k: round(v, 2) for k, v in sorted(families.items(), key=lambda kv: -kv[1])},
