@@ -87,10 +87,13 @@ def test_the_prepared_gpu_check_runs_every_variant_in_its_dry_run(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["check.json", "check.log"]
     merged, log = json.loads((tmp_path / "check.json").read_text()), (tmp_path / "check.log").read_text()
     # all but FlashAttention, which CPUs lack with dropout: its failure says the flag reached SDPA
-    assert set(merged) == {"compiled", "compiled-bert", "trainer", "compiled-hf", "compiled-no-attention-dropout",
-                           "compiled-no-dropout", "eager-hf"}, log[-3000:]
+    assert set(merged) == {"compiled", "compiled-bert", "trainer", "compiled-hf", "compiled-bert-no-attention-dropout",
+                           "compiled-no-attention-dropout", "compiled-no-dropout", "eager-hf"}, log[-3000:]
     assert "No available kernel" in log.split("== compiled-flash:")[1] and "== compiled-flash: exit 1" in log
     assert {r["blocks"] for r in merged["compiled-bert"]["results"]} == {"post-LN absolute"}
+    both = merged["compiled-bert-no-attention-dropout"]
+    assert {r["blocks"] for r in both["results"]} == {"post-LN absolute"}
+    assert (both["dropout"], both["attention_dropout"]) == (0.1, 0)
     assert (merged["compiled-no-dropout"]["dropout"], merged["compiled-no-dropout"]["attention_dropout"]) == (0, 0)
     no_attention = merged["compiled-no-attention-dropout"]
     assert (no_attention["dropout"], no_attention["attention_dropout"]) == (0.1, 0)
