@@ -7,6 +7,7 @@
     python bench/gpu_pretrain.py --profile ...    # also where each step's device time goes, by kernel
     python bench/gpu_pretrain.py --compile --systems wenzhi --attention-backend cudnn   # one variant
     python bench/gpu_pretrain.py --compile --architecture bert ...   # wenzhi as it runs an imported BERT
+    python bench/gpu_pretrain.py --compile --bf16-residual ...       # wenzhi's residual stream in bf16
 
 Needs torch and transformers, not an installed wenzhi: on a bare GPU image the checkout's folders are
 imported as pyproject.toml's package-dir maps them (see import_wenzhi).
@@ -21,7 +22,8 @@ measured on full rows of one document each (SDPA without a mask) and on packed r
 documents (block-diagonal mask, what pretraining on packed shards runs). Hugging Face =
 BertForMaskedLM(attn_implementation="sdpa") on full rows (no padding: its best case).
 Both: bf16 autocast over fp32 weights (what accelerate's mixed_precision="bf16" does), fused
-AdamW, 15% of positions masked, token ids drawn uniformly (speed does not depend on the text).
+AdamW (--bf16-residual: wenzhi's residual stream in bf16 under that autocast, config.residual_in_fp32
+False; weights, gradients and AdamW stay fp32), 15% of positions masked, token ids drawn uniformly (speed does not depend on the text).
 A step is forward + backward + optimizer step; tokens/s = real tokens / wall s after warm-up.
 
 MFU = model FLOPs per step / step time / peak, with peak = dense bf16 (989 TFLOP/s on H100 SXM
@@ -111,7 +113,7 @@ ARCHITECTURES = {"pre-ln-rotary": dict(norm_placement="pre", position_embedding_
 
 
 def build(system: str, size: dict, dropout: float = 0.1, architecture: str = "pre-ln-rotary",
-          attention_dropout: float | None = None):
+          attention_dropout: float | None = None, bf16_residual: bool = False):
     """`dropout` for hidden states and, unless `attention_dropout` is given, attention probabilities."""
     from transformers import BertConfig, BertForMaskedLM
 
@@ -129,7 +131,8 @@ def build(system: str, size: dict, dropout: float = 0.1, architecture: str = "pr
     universal = size["layers"] // 2
     return WenzhiForPretraining(WenzhiConfig(vocab_size=VOCAB, hidden_size=size["hidden"], num_attention_heads=size["heads"],
                                              num_universal_layers=universal, num_nlu_layers=size["layers"] - universal,
-                                             num_nlg_layers=0, **ARCHITECTURES[architecture], **common))
+                                             num_nlg_layers=0, residual_in_fp32=not bf16_residual,
+                                             **ARCHITECTURES[architecture], **common))
 
 
 def step_flops(size: dict, tokens: int, seq: int, masked: int) -> float:
@@ -204,14 +207,15 @@ def profile_steps(one, batches, device, steps: int = 3, top: int = 25) -> dict:
 
 def measure(system: str, size: dict, seq: int, docs: int, device, tokens_per_step: int, warmup: int, steps: int,
             compile_: bool, peak: float | None, profile: bool = False, compile_mode: str | None = None,
-            dropout: float = 0.1, architecture: str = "pre-ln-rotary", attention_dropout: float | None = None) -> dict:
+            dropout: float = 0.1, architecture: str = "pre-ln-rotary", attention_dropout: float | None = None,
+            bf16_residual: bool = False) -> dict:
     import torch
     from torch._dynamo.utils import counters
 
     from wenzhi.model.compiling import compile_for_training
 
     torch.manual_seed(0)
-    model = build(system, size, dropout, architecture, attention_dropout).to(device).train()
+    model = build(system, size, dropout, architecture, attention_dropout, bf16_residual).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     rows = max(1, tokens_per_step // seq)
     batches = [make_batch(rows, seq, docs, device, seed) for seed in range(2)]
@@ -242,7 +246,8 @@ def measure(system: str, size: dict, seq: int, docs: int, device, tokens_per_ste
     masked = int((batches[0]["labels"] != -100).sum())
     flops = step_flops(size, rows * seq, seq, masked)
     blocks = "post-LN absolute" if system == "hf" else f"{model.config.norm_placement}-LN {model.config.position_embedding_type}"
-    result = {"system": system, "blocks": blocks, "seq_len": seq, "docs_per_row": docs if system != "hf" else 1, "rows": rows,
+    residual = "bf16" if system != "hf" and not model.config.residual_in_fp32 else "fp32"
+    result = {"system": system, "blocks": blocks, "residual": residual, "seq_len": seq, "docs_per_row": docs if system != "hf" else 1, "rows": rows,
               "step_s": round(secs, 5), "tokens_per_s": round(rows * seq / secs, 1),
               "model_tflops_per_step": round(flops / 1e12, 4), "achieved_tflops": round(flops / secs / 1e12, 2),
               "mfu": round(flops / secs / peak, 4) if peak else None, "warmup_s": round(warm_s, 2),
@@ -324,6 +329,8 @@ def main() -> None:
                         help="attention dropout alone (default: --dropout); 0 lets attention kernels skip their RNG")
     parser.add_argument("--architecture", choices=sorted(ARCHITECTURES), default="pre-ln-rotary",
                         help="wenzhi's block family: pre-LN rotary (from scratch) or bert (post-LN, absolute: an import)")
+    parser.add_argument("--bf16-residual", action="store_true",
+                        help="wenzhi's residual stream in bf16 under autocast (config residual_in_fp32=False)")
     parser.add_argument("--json", help="also write the result object here")
     args = parser.parse_args()
 
@@ -362,7 +369,7 @@ def main() -> None:
                 with sdpa_backend(args.attention_backend):
                     r = measure(system, size, seq, docs, device, tokens_per_step, warmup, steps, args.compile, peak,
                                 args.profile, None if args.compile_mode == "default" else args.compile_mode,
-                                args.dropout, args.architecture, args.attention_dropout)
+                                args.dropout, args.architecture, args.attention_dropout, args.bf16_residual)
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                     torch.cuda.reset_peak_memory_stats()
@@ -395,7 +402,7 @@ def main() -> None:
                "compile": args.compile, "compile_mode": args.compile_mode,
                "attention_backend": args.attention_backend, "dropout": args.dropout,
                "attention_dropout": args.dropout if args.attention_dropout is None else args.attention_dropout,
-               "architecture": args.architecture, "steps": steps, "warmup": warmup,
+               "architecture": args.architecture, "bf16_residual": args.bf16_residual, "steps": steps, "warmup": warmup,
                "flops_formula": FLOPS_FORMULA,
                "results": results, "wenzhi_over_hf": ratios, "skipped_over_budget": skipped, "faiss": faiss_result,
                "wall_s": round(time.perf_counter() - start, 1)}

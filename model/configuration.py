@@ -38,6 +38,13 @@ class WenzhiConfig(PretrainedConfig):
 
     `use_task_id` / `task_type_vocab_size`: ERNIE 3.0's task-type embeddings, added to the input
     embeddings (task id 0 unless `task_type_ids` is given).
+
+    `residual_in_fp32` (the name Mamba's config uses): under autocast, whether the residual stream
+    between blocks stays in fp32 (True, the default: what the model computes without autocast) or
+    in the autocast dtype (False: bf16, as Megatron-LM trains without --fp32-residual-connection).
+    Parameters, their gradients and the optimizer stay fp32 either way; False halves the memory
+    traffic of the kernels between matmuls (LayerNorm, dropout, residual adds, forward and
+    backward), which on a GPU are bandwidth-bound. It changes nothing outside autocast.
     """
 
     model_type = "wenzhi"
@@ -70,6 +77,7 @@ class WenzhiConfig(PretrainedConfig):
         num_kinds: int = len(ExampleKind),  # example kinds in the shards (per-kind loss)
         classifier_dropout: float | None = None,
         pair_interaction: str = "full",
+        residual_in_fp32: bool = True,
         **kwargs,
     ):
         # Input and output embeddings are tied by construction (the heads project with the word
@@ -115,6 +123,7 @@ class WenzhiConfig(PretrainedConfig):
         # "late" = the universal module encodes the segments apart and they meet in the NLU layers,
         # so the second segment's universal states (a relation name) can be computed once and cached.
         self.pair_interaction = pair_interaction
+        self.residual_in_fp32 = residual_in_fp32
 
     @property
     def num_hidden_layers(self) -> int:

@@ -225,8 +225,11 @@ class Block(nn.Module):
         """x [B, L, H] -> [B, L, H], or [B, len(queries), H] for the `queries` tokens only."""
         residual = x if queries is None else x[:, queries]
         if self.post_norm:
-            x = self.attn_norm(residual + self.dropout(self.attn(x, cos, sin, mask, cache, queries)))
-            return self.ffn_norm(x + self.dropout(self.ffn(x)))
+            # (autocast runs LayerNorm in fp32: its output goes back to the stream's dtype, a no-op
+            # unless the stream is kept in bf16, config.residual_in_fp32=False)
+            stream = x.dtype
+            x = self.attn_norm(residual + self.dropout(self.attn(x, cos, sin, mask, cache, queries))).to(stream)
+            return self.ffn_norm(x + self.dropout(self.ffn(x))).to(stream)
         x = residual + self.dropout(self.attn(self.attn_norm(x), cos, sin, mask, cache, queries))
         return x + self.dropout(self.ffn(self.ffn_norm(x)))
 
@@ -344,6 +347,14 @@ class WenzhiModel(WenzhiPreTrainedModel):
         head_dim = self.config.hidden_size // self.config.num_attention_heads
         return rotary_tables(positions, head_dim, self.config.rope_theta, dtype)
 
+    def residual_stream(self, embedded: torch.Tensor) -> torch.Tensor:
+        """The embeddings' output as the residual stream starts: in autocast's dtype where the
+        config keeps it out of fp32 (`residual_in_fp32=False`) and autocast is on, else as it is."""
+        device = embedded.device.type
+        if not self.config.residual_in_fp32 and torch.is_autocast_enabled(device):
+            return embedded.to(torch.get_autocast_dtype(device))
+        return embedded
+
     def universal(
         self,
         input_ids: torch.Tensor,
@@ -365,7 +376,7 @@ class WenzhiModel(WenzhiPreTrainedModel):
             layout = build_layout(
                 input_ids, document_ids, attention_mask, prefix_lengths, prefix_lm or prefix_lengths is not None
             )
-        x = self.embeddings(input_ids, token_type_ids.long(), layout.positions, task_type_ids)
+        x = self.residual_stream(self.embeddings(input_ids, token_type_ids.long(), layout.positions, task_type_ids))
         cos, sin = self.rotary(layout.positions, x.dtype)
         per_layer = [x] if output_hidden_states else None
         for i, block in enumerate(self.universal_layers):
@@ -419,7 +430,7 @@ class WenzhiModel(WenzhiPreTrainedModel):
         to each other, as `mask` [N, 1, L, cached + L] allows. The caches are left as they were."""
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        x = self.embeddings(input_ids, token_type_ids.long(), positions)
+        x = self.residual_stream(self.embeddings(input_ids, token_type_ids.long(), positions))
         cos, sin = self.rotary(positions, x.dtype)
         for block, cache in zip(self.universal_layers, caches):
             x = block(x, cos, sin, mask, _cache_rows(cache, rows))

@@ -261,7 +261,7 @@ def locate(cfg: TrainConfig, step: int) -> tuple[int, int]:
 
 
 # `model` keys that still apply when the architecture comes from an --init checkpoint
-INIT_OVERRIDES = ("hidden_dropout_prob", "attention_probs_dropout_prob")
+INIT_OVERRIDES = ("hidden_dropout_prob", "attention_probs_dropout_prob", "residual_in_fp32")  # no weight changes
 
 
 def build_model(cfg: TrainConfig, tokenizer):

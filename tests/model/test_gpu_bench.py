@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -87,13 +88,24 @@ def test_the_prepared_gpu_check_runs_every_variant_in_its_dry_run(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["check.json", "check.log"]
     merged, log = json.loads((tmp_path / "check.json").read_text()), (tmp_path / "check.log").read_text()
     # all but FlashAttention, which CPUs lack with dropout: its failure says the flag reached SDPA
-    assert set(merged) == {"compiled", "compiled-bert", "trainer", "compiled-hf", "compiled-bert-no-attention-dropout",
-                           "compiled-no-attention-dropout", "compiled-no-dropout", "eager-hf"}, log[-3000:]
+    assert set(merged) == {"compiled", "compiled-bf16-residual", "compiled-hf", "compiled-bert",
+                           "compiled-bert-bf16-residual-no-attention-dropout", "trainer",
+                           "compiled-no-attention-dropout", "compiled-bert-no-attention-dropout",
+                           "compiled-no-dropout", "eager-hf"}, log[-3000:]
+    # the two device calls (PART=1, PART=2) run every variant once between them
+    script = (ROOT / "bench" / "gpu_mfu_check.sh").read_text()
+    parts = [re.search(rf"^ +{n}\) ONLY=\"([^\"]+)\"", script, re.M).group(1).split() for n in (1, 2)]
+    variants = re.findall(r"^run ([\w-]+) ", script, re.M) + ["trainer"]
+    assert sorted(parts[0] + parts[1]) == sorted(variants) and "compiled" in parts[0]
     assert "No available kernel" in log.split("== compiled-flash:")[1] and "== compiled-flash: exit 1" in log
     assert {r["blocks"] for r in merged["compiled-bert"]["results"]} == {"post-LN absolute"}
     both = merged["compiled-bert-no-attention-dropout"]
     assert {r["blocks"] for r in both["results"]} == {"post-LN absolute"}
     assert (both["dropout"], both["attention_dropout"]) == (0.1, 0)
+    assert {r["residual"] for r in merged["compiled-bf16-residual"]["results"]} == {"bf16"}
+    assert {r["residual"] for r in merged["compiled"]["results"]} == {"fp32"}
+    every = merged["compiled-bert-bf16-residual-no-attention-dropout"]
+    assert every["attention_dropout"] == 0 and every["bf16_residual"] and every["architecture"] == "bert"
     assert (merged["compiled-no-dropout"]["dropout"], merged["compiled-no-dropout"]["attention_dropout"]) == (0, 0)
     no_attention = merged["compiled-no-attention-dropout"]
     assert (no_attention["dropout"], no_attention["attention_dropout"]) == (0.1, 0)

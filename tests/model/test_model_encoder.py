@@ -228,3 +228,47 @@ def test_rotary_gradient_is_the_rotation_turned_back():
     expected, = torch.autograd.grad(formula, x, upstream)
     got, = torch.autograd.grad(apply_rotary(x, cos, sin), x, upstream)
     torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_bf16_residual_stream_under_autocast_only(family):
+    """residual_in_fp32=False: under bf16 autocast every block reads and writes a bf16 stream (the
+    default keeps fp32) and the loss and gradients stay those of the fp32 stream within bf16's
+    rounding; without autocast the option changes nothing, bit for bit."""
+    torch.manual_seed(0)
+    fp32_stream = WenzhiForPretraining(tiny_config(**family))
+    bf16_stream = WenzhiForPretraining(tiny_config(**family, residual_in_fp32=False))
+    bf16_stream.load_state_dict(fp32_stream.state_dict())
+    # CUDA's autocast runs LayerNorm in fp32 (fp32 out), the CPU's in its input's dtype: as on CUDA
+    for model in (fp32_stream, bf16_stream):
+        for m in model.modules():
+            if isinstance(m, torch.nn.LayerNorm):
+                m.forward = lambda x, m=m: F.layer_norm(x.float(), m.normalized_shape, m.weight, m.bias, m.eps)
+    ids = tokens(2, 24)
+    labels = torch.where(torch.rand(ids.shape, generator=torch.Generator().manual_seed(1)) < 0.3, ids, -100)
+    doc = torch.tensor([[0] * 12 + [1] * 12, [0] * 24])
+
+    def run(model, autocast: bool):
+        seen = []
+        hooks = [b.register_forward_hook(lambda _m, inp, out: seen.append((inp[0].dtype, out.dtype)))
+                 for b in list(model.wenzhi.universal_layers) + list(model.wenzhi.nlu_layers)]
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = model(ids, labels=labels, document_ids=doc).loss
+        loss.backward()
+        for h in hooks:
+            h.remove()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        return loss.detach(), grads, seen
+
+    plain_loss, plain_grads, _ = run(fp32_stream, autocast=False)
+    same_loss, same_grads, _ = run(bf16_stream, autocast=False)
+    assert torch.equal(plain_loss, same_loss) and torch.equal(plain_grads, same_grads)
+
+    ref_loss, ref_grads, ref_seen = run(fp32_stream, autocast=True)
+    loss, grads, seen = run(bf16_stream, autocast=True)
+    assert set(ref_seen) == {(torch.float32, torch.float32)}
+    assert set(seen) == {(torch.bfloat16, torch.bfloat16)}
+    assert grads.dtype == torch.float32  # the parameters' gradients stay fp32
+    torch.testing.assert_close(loss, ref_loss, rtol=2e-2, atol=0)
+    assert F.cosine_similarity(grads, ref_grads, dim=0) > 0.99
