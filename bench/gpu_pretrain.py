@@ -23,7 +23,8 @@ documents (block-diagonal mask, what pretraining on packed shards runs). Hugging
 BertForMaskedLM(attn_implementation="sdpa") on full rows (no padding: its best case).
 Both: bf16 autocast over fp32 weights (what accelerate's mixed_precision="bf16" does), fused
 AdamW (--bf16-residual: wenzhi's residual stream in bf16 under that autocast, config.residual_in_fp32
-False; weights, gradients and AdamW stay fp32), 15% of positions masked, token ids drawn uniformly (speed does not depend on the text).
+False; weights, gradients and AdamW stay fp32), 15% of positions masked, token ids drawn uniformly
+(speed does not depend on the text).
 A step is forward + backward + optimizer step; tokens/s = real tokens / wall s after warm-up.
 
 MFU = model FLOPs per step / step time / peak, with peak = dense bf16 (989 TFLOP/s on H100 SXM
