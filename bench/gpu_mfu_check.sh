@@ -9,8 +9,8 @@
 # PART=1, in order of priority:
 #   compiled        the compiled step as the trainer runs it: the goal's reading (profile: "other" by family)
 #   compiled-bf16-residual   the same with the residual stream in bf16 (config residual_in_fp32=False,
-#                   Megatron-LM's default; weights, gradients and AdamW stay fp32): the kernels between
-#                   matmuls (LayerNorm, dropout, residual adds) are bandwidth-bound, a third of the step
+#                   Megatron-LM's default; weights, gradients and AdamW stay fp32): the memory-bound
+#                   kernels between matmuls (LayerNorm, dropout, residual adds) were 28% of the step
 #   compiled-hf     compiled Hugging Face BertForMaskedLM: the ratio in the same call
 #   compiled-bert   wenzhi's `bert` block family (post-LN, absolute positions: HF's own math and what an
 #                   imported BERT/ERNIE continues pretraining with; no rotary kernels)

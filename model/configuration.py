@@ -42,9 +42,9 @@ class WenzhiConfig(PretrainedConfig):
     `residual_in_fp32` (the name Mamba's config uses): under autocast, whether the residual stream
     between blocks stays in fp32 (True, the default: what the model computes without autocast) or
     in the autocast dtype (False: bf16, as Megatron-LM trains without --fp32-residual-connection).
-    Parameters, their gradients and the optimizer stay fp32 either way; False halves the memory
-    traffic of the kernels between matmuls (LayerNorm, dropout, residual adds, forward and
-    backward), which on a GPU are bandwidth-bound. It changes nothing outside autocast.
+    Parameters, their gradients and the optimizer stay fp32 either way; False halves the bytes of
+    the residual stream that the memory-bound kernels between matmuls (LayerNorm, dropout, residual
+    adds, forward and backward) read and write. It changes nothing outside autocast.
     """
 
     model_type = "wenzhi"
