@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wenzhi.kg.datadir import data_path  # noqa: E402
 from wenzhi.kg.names import parse_name  # noqa: E402
+from machine_facts import machine_facts  # noqa: E402  (bench/)
 
 KGCLUE_TRIPLES = 20_559_652
 KGCLUE_ENTITIES = 3_121_457
@@ -462,7 +463,7 @@ def main() -> None:
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     result: dict = {"scale": None if args.store else args.scale, "measured_store": args.store, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-                    "cpus": os.cpu_count(), "loadavg_start": os.getloadavg()}
+                    "cpus": os.cpu_count(), "loadavg_start": os.getloadavg(), "host": machine_facts()}
     try:
         result["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                               text=True, cwd=Path(__file__).resolve().parents[1]).stdout.strip()

@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine_facts import machine_facts  # bench/
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -128,6 +130,7 @@ def main() -> None:
     our_rate = [r["ours"]["chars"] / r["ours"]["bench_cpu_seconds"] for r in rows]
     ratios = [o / f for o, f in zip(our_rate, ref_rate)]
     print(f"\n## comparison: {chars:,} characters ({args.fraction:g} of each corpus), {args.rounds} rounds\n")
+    print(f"host: {json.dumps(machine_facts())}\n")
     print("| version | chars per CPU-second (median) | per round |")
     print("|---|---|---|")
     print(f"| reference {args.reference_commit} | {statistics.median(ref_rate):,.0f} | {', '.join(f'{x:,.0f}' for x in ref_rate)} |")

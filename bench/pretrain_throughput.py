@@ -35,6 +35,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from machine_facts import machine_facts  # noqa: E402  (bench/)
+
 SIZES = {
     "small": dict(hidden=256, layers=4, heads=4, intermediate=1024, batch_lines=32),
     "base": dict(hidden=768, layers=12, heads=12, intermediate=3072, batch_lines=16),
@@ -206,7 +208,7 @@ def main() -> None:
         "wenzhi_tokens_per_cpu_s": round(totals["wenzhi"][0] / totals["wenzhi"][3], 1),
         "hf_tokens_per_cpu_s": round(totals["hf"][0] / totals["hf"][3], 1),
         "ratio_cpu_time": round((totals["wenzhi"][0] / totals["wenzhi"][3]) / (totals["hf"][0] / totals["hf"][3]), 3),
-        "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__, "machine": platform.processor() or platform.machine(), "host": machine_facts(),
         "wenzhi_tokens_per_s": round(wz_tps, 1), "hf_tokens_per_s": round(hf_tps, 1), "ratio": round(wz_tps / hf_tps, 3),
     }
     import shutil

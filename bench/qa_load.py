@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from machine_facts import machine_facts  # bench/
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -303,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         args.questions = str(data_path("kgclue/dev.json"))
     questions = [ex.question for ex in read_qa(args.questions)]
     levels = [int(x) for x in args.levels.split(",")]
-    result: dict = {"model": args.model, "kb": args.kb, "cpus": os.cpu_count(),
+    result: dict = {"model": args.model, "kb": args.kb, "cpus": os.cpu_count(), "host": machine_facts(),
                     "gen_served": not args.no_gen and gen_weighted(args.model), "max_batch": args.max_batch}
     if args.compare_in_process:
         servers = {}
