@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/
 
 from wenzhi.kg.datadir import data_path  # noqa: E402
 from wenzhi.kg.names import parse_name  # noqa: E402

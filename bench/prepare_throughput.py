@@ -27,7 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine_facts import machine_facts  # bench/
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # also when loaded from its path
+from machine_facts import machine_facts  # noqa: E402  (bench/)
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -24,7 +24,8 @@ import sys
 import time
 from pathlib import Path
 
-from machine_facts import machine_facts  # bench/
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # also when loaded from its path
+from machine_facts import machine_facts  # noqa: E402  (bench/)
 
 ROOT = Path(__file__).resolve().parents[1]
 
