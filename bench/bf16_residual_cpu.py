@@ -27,6 +27,7 @@ from wenzhi.model.shards import ShardReader, batch_to_tensors  # noqa: E402
 
 TINY = dict(hidden_size=64, num_attention_heads=4, intermediate_size=256, num_universal_layers=2, num_nlu_layers=1,
             num_nlg_layers=0, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+EVAL_BATCH = 64  # held-out rows per forward pass (evaluation only: no effect on the figures)
 
 
 def mlm_loss(model, reader, rows, autocast: bool) -> torch.Tensor:
@@ -85,12 +86,12 @@ def main() -> None:
         fp32 = WenzhiForPretraining(WenzhiConfig(vocab_size=reader.meta["vocab_size"], **TINY))
         bf16 = WenzhiForPretraining(WenzhiConfig(vocab_size=reader.meta["vocab_size"], residual_in_fp32=False, **TINY))
         bf16.load_state_dict(fp32.state_dict())
-        row = {"seed": seed, "heldout_before": heldout_loss(fp32, reader, heldout_rows, 64)}
+        row = {"seed": seed, "heldout_before": heldout_loss(fp32, reader, heldout_rows, EVAL_BATCH)}
         for name, model in (("fp32_stream", fp32), ("bf16_stream", bf16)):
             t0 = time.process_time()
             losses = train(model, reader, order, args.steps, args.batch_size, args.lr, args.warmup)
             row[name] = {"train_last_20": round(statistics.fmean(losses[-20:]), 4),
-                         "heldout": round(heldout_loss(model, reader, heldout_rows, 64), 4),
+                         "heldout": round(heldout_loss(model, reader, heldout_rows, EVAL_BATCH), 4),
                          "cpu_s": round(time.process_time() - t0, 1)}
         row["heldout_bf16_over_fp32"] = round(row["bf16_stream"]["heldout"] / row["fp32_stream"]["heldout"], 4)
         per_seed.append(row)

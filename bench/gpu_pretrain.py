@@ -369,8 +369,10 @@ def main() -> None:
                     continue
                 with sdpa_backend(args.attention_backend):
                     r = measure(system, size, seq, docs, device, tokens_per_step, warmup, steps, args.compile, peak,
-                                args.profile, None if args.compile_mode == "default" else args.compile_mode,
-                                args.dropout, args.architecture, args.attention_dropout, args.bf16_residual)
+                                profile=args.profile,
+                                compile_mode=None if args.compile_mode == "default" else args.compile_mode,
+                                dropout=args.dropout, architecture=args.architecture,
+                                attention_dropout=args.attention_dropout, bf16_residual=args.bf16_residual)
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                     torch.cuda.reset_peak_memory_stats()
