@@ -9,7 +9,9 @@ p50/p99 latency, throughput and errors (closed-loop clients over keep-alive conn
 hand-written HTTP/1.1 client in this process). The 32-client level runs `--requests` (10,000)
 requests with the server's RSS read from /proc before, after and every 1,000 requests (also per
 process: HTTP side, QA worker). With `--compare-unbatched` it repeats the 32-client level against a
-second server started with `--max-batch 1` (micro-batching off) and reports the ratio.
+second server started with `--max-batch 1` (micro-batching off) and reports the ratio;
+`--compare-workers A,B` runs only the top level, interleaved in chunks of 1,000 requests, on servers
+with A and with B QA worker processes (`wenzhi serve --workers`), and reports A's throughput over B's.
 Last line: a JSON object with p99_ms_at_32, errors and rss_growth_mb.
 """
 from __future__ import annotations
@@ -109,6 +111,8 @@ def server_command(args, port: int, extra: list[str]) -> list[str]:
         cmd += ["--max-batch", str(args.max_batch)]
     if args.max_wait_ms is not None:
         cmd += ["--max-wait-ms", str(args.max_wait_ms)]
+    if args.workers is not None and "--workers" not in extra and "--in-process" not in extra:
+        cmd += ["--workers", str(args.workers)]
     return cmd
 
 
@@ -288,8 +292,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-wait-ms", type=float, help="server micro-batching wait")
     p.add_argument("--max-batch", type=int, help="server micro-batch size")
     p.add_argument("--compare-unbatched", action="store_true")
+    p.add_argument("--workers", type=int, help="server QA worker processes (default: wenzhi serve's)")
     p.add_argument("--compare-in-process", action="store_true",
                    help="only: the top level on a worker-process server and an --in-process one, interleaved")
+    p.add_argument("--compare-workers", metavar="A,B",
+                   help="only: the top level on servers with A and with B worker processes, interleaved")
     p.add_argument("--log-dir", default="/tmp")
     return p.parse_args(argv)
 
@@ -308,10 +315,15 @@ def main(argv: list[str] | None = None) -> int:
     levels = [int(x) for x in args.levels.split(",")]
     result: dict = {"model": args.model, "kb": args.kb, "cpus": os.cpu_count(), "host": machine_facts(),
                     "gen_served": not args.no_gen and gen_weighted(args.model), "max_batch": args.max_batch}
-    if args.compare_in_process:
+    if args.compare_in_process or args.compare_workers:
+        if args.compare_workers:
+            a, b = (int(x) for x in args.compare_workers.split(","))
+            arms = ((f"workers_{a}", ["--workers", str(a)]), (f"workers_{b}", ["--workers", str(b)]))
+        else:
+            arms = (("worker_process", []), ("in_process", ["--in-process"]))
         servers = {}
         try:
-            for name, extra in (("worker_process", []), ("in_process", ["--in-process"])):
+            for name, extra in arms:
                 port = free_port()
                 servers[name] = (port, start_server(args, port, extra))
             cmp = asyncio.run(compare_interleaved(args, questions, servers, max(levels)))
@@ -320,9 +332,9 @@ def main(argv: list[str] | None = None) -> int:
                 proc.terminate()
                 proc.wait(30)
         result.update(cmp)
-        result["throughput_ratio"] = round(cmp["worker_process"]["throughput_rps"]
-                                           / cmp["in_process"]["throughput_rps"], 2)
-        result["p99_ms_at_32"] = cmp["worker_process"]["p99_ms"]
+        (first, _), (second, _) = arms
+        result["throughput_ratio"] = round(cmp[first]["throughput_rps"] / cmp[second]["throughput_rps"], 2)
+        result["p99_ms_at_32"] = cmp[first]["p99_ms"]
         result["errors"] = sum(v["errors"] for v in cmp.values())
         print(json.dumps(result))
         return 0

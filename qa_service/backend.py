@@ -7,7 +7,10 @@ interleaved runs (bench/qa_load.py --compare-in-process; the event loop's part i
 per request, the pipeline's ~0.97 ms). What crosses the pipe per batch is a list of questions one
 way and finished JSON bodies the other.
 
-Both backends answer the same three calls, in the shapes the endpoints send:
+`WorkerPool` runs several such workers, each with its own copy of the pipeline, so that batches
+are answered side by side: one worker used about 1.2 of 2 cores under load (bench/RESULTS.md).
+
+Every backend answers the same three calls, in the shapes the endpoints send:
 `answer_batch([(question, top_k), ...])` -> one JSON body (without its latency) or exception per
 question, `link(text)` -> JSON body, `entity(name)` -> (status, JSON body or reason).
 """
@@ -18,6 +21,7 @@ import gc
 import logging
 import multiprocessing
 import os
+import queue
 import signal
 import threading
 import time
@@ -240,13 +244,83 @@ class PipelineProcess:
     def entity(self, name: str) -> tuple[int, str]:
         return self._call("entity", name)
 
-    def close(self) -> None:
+    def request_stop(self) -> None:
+        """Ask the worker to stop once its current call is answered; `close` waits for it."""
         with self._lock:
             try:
                 self._conn.send(("stop", None))
             except OSError:
                 pass
+
+    def close(self) -> None:
+        self.request_stop()
         self.process.join(10)
         if self.process.is_alive():
             self.process.kill()
         self._conn.close()
+
+
+class WorkerPool:
+    """The calls of `PipelineProcess`, spread over `size` worker processes: each call goes to an idle
+    worker (waiting for one when all are busy), so up to `size` batches are answered at once.
+
+    One worker's exit ends the pool, as a single worker's exit ends the service's backend: the
+    supervisor (qa_service/service.py) closes it and starts a new one, with its back-off. A pool
+    that mends itself worker by worker would stay half-ready instead; exits are rare (a kill, an
+    out-of-memory), so the simpler rule stands."""
+
+    def __init__(self, size: int, model: str, kb: str, index: str | None = None, use_gen: bool = True,
+                 threads: int | None = None, manage_gc: bool = False):
+        if size < 1:
+            raise ValueError(f"a pool needs at least one worker, not {size}")
+        self.workers: list[PipelineProcess] = []
+        try:
+            for _ in range(size):
+                self.workers.append(PipelineProcess(model, kb, index, use_gen, threads, manage_gc))
+        except BaseException:
+            self.close()
+            raise
+        self._idle: queue.SimpleQueue = queue.SimpleQueue()
+        for worker in self.workers:
+            self._idle.put(worker)
+        self.calls = [0] * size  # answered per worker, in the order of `workers`
+
+    @property
+    def size(self) -> int:
+        return len(self.workers)
+
+    def wait_ready(self) -> float:
+        """Block until every worker has loaded (they load side by side); the slowest one's seconds."""
+        return max(worker.wait_ready() for worker in self.workers)
+
+    def wait_exit(self, stop: threading.Event, poll_s: float = 0.2) -> int | None:
+        """Block until one worker exits (its exit code) or `stop` is set."""
+        while not stop.is_set():
+            for worker in self.workers:
+                worker.process.join(poll_s / len(self.workers))
+                if worker.process.exitcode is not None:
+                    return worker.process.exitcode
+        return None
+
+    def _on_idle(self, call: str, arg):
+        worker = self._idle.get()
+        try:
+            return getattr(worker, call)(arg)
+        finally:
+            self.calls[self.workers.index(worker)] += 1  # only this thread holds the worker now
+            self._idle.put(worker)
+
+    def answer_batch(self, items: list[tuple[str, int]]) -> list:
+        return self._on_idle("answer_batch", items)
+
+    def link(self, text: str) -> str:
+        return self._on_idle("link", text)
+
+    def entity(self, name: str) -> tuple[int, str]:
+        return self._on_idle("entity", name)
+
+    def close(self) -> None:
+        for worker in self.workers:  # all of them stop side by side: a shutdown waits for the slowest only
+            worker.request_stop()
+        for worker in self.workers:
+            worker.close()

@@ -13,6 +13,7 @@
   a Host header outside `trusted_hosts` a 400 (Starlette's TrustedHostMiddleware: no DNS
   rebinding, no redirect to a forged host), a body not in within `body_timeout_s` a 408
   (http_limits.py, with the header deadline uvicorn lacks).
+- `workers` > 1 (`wenzhi serve --workers N`): N worker processes, each answering its own batches.
 - A supervisor thread keeps the pipeline up: a worker process that exits is replaced, a failed
   load retried with back-off (/readyz "loading", 503s with Retry-After); after `restart_attempts`
   failed loads in a row /healthz fails too.
@@ -35,7 +36,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from wenzhi.qa_service.backend import LocalPipeline, PipelineProcess, WorkerGone, load_local
+from wenzhi.qa_service.backend import LocalPipeline, PipelineProcess, WorkerGone, WorkerPool, load_local
 from wenzhi.qa_service.http_limits import BodyDeadline, escape_for_log
 from wenzhi.qa_service.schemas import (BAD_REQUEST, MAX_NAME_CHARS, NOT_READY, CleanText, EntityResponse, ErrorOut,
                                 LinkRequest, LinkResponse, QARequest, QAResponse, ReadinessOut, with_latency)
@@ -45,18 +46,21 @@ log = logging.getLogger("wenzhi.service")
 
 
 class Batcher:
-    """A thread that hands queued questions to the backend in batches."""
+    """Threads that hand queued questions to the backend in batches: one per worker the backend
+    has, so that each worker answers a batch while the next one gathers."""
 
-    def __init__(self, backend, max_batch: int, max_wait_ms: float):
+    def __init__(self, backend, max_batch: int, max_wait_ms: float, threads: int = 1):
         self.backend = backend
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1e3
         self.queue: queue.Queue = queue.Queue()
         self._closed = False
         self._close_lock = threading.Lock()  # nothing is queued behind the closing marker
+        self._count_lock = threading.Lock()
         self.batches = self.questions = 0  # so far: questions / batches is the mean batch size
-        self.thread = threading.Thread(target=self._run, name="qa-batcher", daemon=True)
-        self.thread.start()
+        self.threads = [threading.Thread(target=self._run, name=f"qa-batcher-{i}", daemon=True) for i in range(threads)]
+        for thread in self.threads:
+            thread.start()
 
     def submit(self, question: str, top_k: int) -> asyncio.Future:
         """From the event loop: a future of that loop, resolved when the question's batch is done."""
@@ -82,6 +86,7 @@ class Batcher:
         while True:
             item = self.queue.get()
             if item is None:
+                self.queue.put(None)  # for the other threads
                 return
             batch = [item]
             deadline = time.perf_counter() + self.max_wait
@@ -98,8 +103,9 @@ class Batcher:
             batch = [b for b in batch if not b[2].cancelled()]  # timed out while queued
             if not batch:
                 continue
-            self.batches += 1
-            self.questions += len(batch)
+            with self._count_lock:
+                self.batches += 1
+                self.questions += len(batch)
             try:
                 outcome = self.backend.answer_batch([(b[0], b[1]) for b in batch])
             except Exception as exc:  # noqa: BLE001 - handed to each waiting request
@@ -128,7 +134,7 @@ class ServiceState:
 
     def __init__(self, settings: ServiceSettings, loader=None, on_gave_up=None):
         self.settings = settings
-        self.backend: LocalPipeline | PipelineProcess | None = None
+        self.backend: LocalPipeline | PipelineProcess | WorkerPool | None = None
         self.batcher: Batcher | None = None
         self.status = "loading"  # loading, ready or failed (given up)
         self.error: str | None = None  # why not ready
@@ -148,8 +154,9 @@ class ServiceState:
     def _start_backend(self):
         s = self.settings
         if self._loader is None and s.worker_process:
-            worker = PipelineProcess(s.model, s.kb, index=s.index, use_gen=s.use_gen, threads=s.threads,
-                                     manage_gc=s.manage_gc)
+            options = dict(index=s.index, use_gen=s.use_gen, threads=s.threads, manage_gc=s.manage_gc)
+            worker = (WorkerPool(s.workers, s.model, s.kb, **options) if s.workers > 1
+                      else PipelineProcess(s.model, s.kb, **options))
             with self._lock:  # before it is ready, so that shutdown can stop a loading worker
                 if self._closing.is_set():
                     worker.close()
@@ -191,20 +198,22 @@ class ServiceState:
                     backend.close()
                     return
                 self.backend = backend
-                self.batcher = Batcher(backend, s.max_batch, s.max_wait_ms)
+                self.batcher = Batcher(backend, s.max_batch, s.max_wait_ms,
+                                       threads=backend.size if isinstance(backend, WorkerPool) else 1)
             failures = 0
             self._load_s = time.perf_counter() - started
             self.error, self.status = None, "ready"
             self.ready.set()
             log.info("ready: model and KB loaded in %.1f s", self._load_s)
-            if not isinstance(backend, PipelineProcess):
+            if not isinstance(backend, (PipelineProcess, WorkerPool)):
                 return  # in this process: nothing to watch
             code = backend.wait_exit(self._closing)
             if self._closing.is_set():
                 return
             self.ready.clear()
             self.status = "loading"
-            self.error = f"the QA worker process exited (code {code}); starting a new one"
+            self.error = (f"the QA worker process exited (code {code}); starting "
+                          + ("a new one" if not isinstance(backend, WorkerPool) else f"{backend.size} new ones"))
             self._retry_at = 0.0
             log.error("%s", self.error)
             with self._lock:

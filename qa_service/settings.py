@@ -17,6 +17,7 @@ class ServiceSettings:
     threads: int | None = None
     manage_gc: bool = False  # `wenzhi serve`: the process is the service's own (see backend.quiet_gc)
     worker_process: bool = False  # `wenzhi serve`: the pipeline in a process of its own (see backend.py)
+    workers: int = 1  # with worker_process: that many worker processes answering side by side
     restart_attempts: int = 5  # failed loads in a row before giving up (then /healthz fails)
     restart_backoff_s: float = 1.0  # wait before the 2nd attempt, doubled for each next one ...
     restart_backoff_max_s: float = 16.0  # ... up to this

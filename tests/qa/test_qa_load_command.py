@@ -39,6 +39,12 @@ def test_the_load_command_serves_what_pipeline_json_asks(tmp_path):
     cmd = bench.server_command(forced, 8000, ["--max-batch", "1"])
     assert cmd[cmd.index("--model") + 1] == str(model) and "--no-gen" in cmd
     assert cmd[cmd.index("--threads") + 1] == "1" and cmd[cmd.index("--max-batch") + 1] == "1"
+    pooled = bench.parse_args(["--model", str(model), "--kb", "kb.sqlite", "--workers", "2"])
+    cmd = bench.server_command(pooled, 8000, [])
+    assert cmd[cmd.index("--workers") + 1] == "2"
+    # the arms of --compare-workers / --compare-in-process say their own count
+    assert bench.server_command(pooled, 8000, ["--workers", "1"]).count("--workers") == 1
+    assert "--workers" not in bench.server_command(pooled, 8000, ["--in-process"])
 
 
 def test_the_service_loads_gen_only_where_the_fusion_weighs_it(model_dir, kb_db, tmp_path):

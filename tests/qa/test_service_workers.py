@@ -1,0 +1,103 @@
+"""`wenzhi serve --workers N`: N worker processes answer batches side by side. Each worker
+answers as the one-worker service does; concurrent questions reach every worker; a killed worker
+is a 503 for what it held (never a 5xx other than that), and the pool is replaced as a whole."""
+import json
+import threading
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from wenzhi.qa_service.schemas import qa_body_without_latency, with_latency
+from wenzhi.qa_service.service import ServiceSettings, create_app
+
+
+def _wait(predicate, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.fixture(scope="module")
+def pool_client(model_dir, kb_db):
+    app = create_app(ServiceSettings(model=str(model_dir), kb=str(kb_db), use_gen=False, threads=1, timeout_s=60,
+                                     worker_process=True, workers=2))
+    with TestClient(app, base_url="http://localhost") as c:
+        assert _wait(lambda: c.get("/readyz").status_code == 200, 120)
+        yield c
+
+
+def _answers(client, questions: list[str]) -> tuple[list[int], list[dict]]:
+    statuses, bodies = [None] * len(questions), [None] * len(questions)
+
+    def ask(i, q):
+        r = client.post("/v1/qa", json={"question": q})
+        statuses[i], bodies[i] = r.status_code, r.json()
+
+    threads = [threading.Thread(target=ask, args=(i, q)) for i, q in enumerate(questions)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return statuses, bodies
+
+
+def _triple(body: dict):
+    answer = body["answer"]
+    return None if answer is None else (answer["triple"], answer["entity"], body["ner_spans"])
+
+
+def test_every_worker_answers_and_answers_as_the_pipeline_does(pool_client, model_dir, kb_db, kgclue_dev):
+    from wenzhi.qa_service.pipeline import PipelineConfig, QAPipeline
+
+    pool = pool_client.app.state.qa.backend
+    assert pool.size == 2 and len({w.process.pid for w in pool.workers}) == 2
+    questions = [ex.question for ex in kgclue_dev[:48]]
+    before = list(pool.calls)
+    statuses, bodies = _answers(pool_client, questions)
+    assert statuses == [200] * len(questions)
+    for _ in range(5):  # concurrent questions reach both workers (a round where one was enough: again)
+        if all(now > then for now, then in zip(pool.calls, before)):
+            break
+        assert _answers(pool_client, questions)[0] == [200] * len(questions)
+    assert all(now > then for now, then in zip(pool.calls, before)), (before, pool.calls)
+    pipe = QAPipeline(model_dir, kb_db, PipelineConfig(use_gen=False, threads=1))  # in this process
+    try:
+        expected = [json.loads(with_latency(qa_body_without_latency(q, 3, a), 0.0))
+                    for q, a in zip(questions, pipe.answer_batch(questions, 3))]
+    finally:
+        pipe.close()
+    assert [_triple(b) for b in bodies] == [_triple(b) for b in expected]
+    assert sum(_triple(b) is not None for b in bodies) >= len(questions) // 2  # answers, not only "none"
+    assert pool_client.get("/v1/entities/龙编站").status_code == 200
+    assert pool_client.post("/v1/link", json={"text": "龙编站的坐标是什么"}).status_code == 200
+
+
+def test_a_killed_worker_replaces_the_pool(pool_client, kgclue_dev):
+    state = pool_client.app.state.qa
+    old = state.backend
+    victim = old.workers[0].process
+    victim.kill()
+    victim.join(10)
+    statuses, bodies = _answers(pool_client, [ex.question for ex in kgclue_dev[:8]])
+    assert set(statuses) <= {200, 503}, statuses  # the survivor may still answer; never a 500
+    assert all("worker process exited" in b["detail"] or "loading" in b["detail"] or "replaced" in b["detail"]
+               for s, b in zip(statuses, bodies) if s == 503), bodies
+    assert _wait(lambda: state.backend is not old and pool_client.get("/readyz").status_code == 200, 120)
+    new = state.backend
+    assert new.size == 2 and all(w.process.is_alive() for w in new.workers)
+    assert not any(w.process.is_alive() for w in old.workers)
+    statuses, _ = _answers(pool_client, [ex.question for ex in kgclue_dev[:8]])
+    assert statuses == [200] * 8
+
+
+def test_serve_refuses_several_workers_in_process(kb_db, model_dir):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "wenzhi", "serve", "--model", str(model_dir), "--kb", str(kb_db),
+                           "--in-process", "--workers", "2"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--workers 2" in proc.stderr
