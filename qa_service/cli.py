@@ -139,15 +139,15 @@ def _register_serve(sub) -> None:
     sv.add_argument("--no-gen", action="store_true", help="leave the GEN head out (lower latency)")
     sv.add_argument("--timeout", type=float, default=defaults["timeout_s"], help="seconds to answer a question")
     sv.add_argument("--max-batch", type=int, default=defaults["max_batch"],
-                    help="questions answered in one pass at most")
+                    help="questions answered at once at most (with --workers N, N passes of max-batch/N)")
     sv.add_argument("--max-wait-ms", type=float, default=defaults["max_wait_ms"],
                     help="how long a batch waits for company (0: batch what queued while the pipeline was busy)")
     sv.add_argument("--threads", type=int, default=1,  # not ServiceSettings' None (torch's choice): see the help
                     help="torch threads of the pipeline (1: the event loop keeps the other core)")
     sv.add_argument("--workers", type=int, default=defaults["workers"], metavar="N",
                     help="worker processes answering batches side by side, each with its own copy of the pipeline "
-                         "(about 0.6 GB each for the demo's model): more throughput where cores are free; on 2 "
-                         "cores, 2 workers served 1.2x the questions per second at a p99 no better (bench/RESULTS.md)")
+                         "(about 0.6 GB each for the demo's model): more throughput where cores are free (on 2 cores, "
+                         "2 workers answered 1.2-1.3x the questions per second of 1: bench/RESULTS.md)")
     sv.add_argument("--in-process", action="store_true",
                     help="run the pipeline in the service's process instead of a worker process of its own")
     sv.add_argument("--restart-attempts", type=int, default=defaults["restart_attempts"],

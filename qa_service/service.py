@@ -47,17 +47,21 @@ log = logging.getLogger("wenzhi.service")
 
 class Batcher:
     """Threads that hand queued questions to the backend in batches: one per worker the backend
-    has, so that each worker answers a batch while the next one gathers."""
+    has, so that each worker answers a batch while the next one gathers; each batch holds at most
+    `max_batch / threads` questions (rounded up)."""
 
     def __init__(self, backend, max_batch: int, max_wait_ms: float, threads: int = 1):
         self.backend = backend
-        self.max_batch = max_batch
+        # `max_batch` questions in flight at most, split evenly: one thread taking all that queued
+        # while the other took one made the slowest answers slower (bench/RESULTS.md)
+        self.max_batch = -(-max_batch // threads)
         self.max_wait = max_wait_ms / 1e3
         self.queue: queue.Queue = queue.Queue()
         self._closed = False
         self._close_lock = threading.Lock()  # nothing is queued behind the closing marker
         self._count_lock = threading.Lock()
         self.batches = self.questions = 0  # so far: questions / batches is the mean batch size
+        self.largest = 0  # the largest batch so far
         self.threads = [threading.Thread(target=self._run, name=f"qa-batcher-{i}", daemon=True) for i in range(threads)]
         for thread in self.threads:
             thread.start()
@@ -106,6 +110,7 @@ class Batcher:
             with self._count_lock:
                 self.batches += 1
                 self.questions += len(batch)
+                self.largest = max(self.largest, len(batch))
             try:
                 outcome = self.backend.answer_batch([(b[0], b[1]) for b in batch])
             except Exception as exc:  # noqa: BLE001 - handed to each waiting request

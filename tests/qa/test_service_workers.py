@@ -1,5 +1,6 @@
 """`wenzhi serve --workers N`: N worker processes answer batches side by side. Each worker
-answers as the one-worker service does; concurrent questions reach every worker; a killed worker
+answers as the pipeline does; concurrent questions reach every worker, in batches of at most
+max_batch / N; a killed worker
 is a 503 for what it held (never a 5xx other than that), and the pool is replaced as a whole."""
 import json
 import threading
@@ -24,7 +25,7 @@ def _wait(predicate, seconds: float) -> bool:
 @pytest.fixture(scope="module")
 def pool_client(model_dir, kb_db):
     app = create_app(ServiceSettings(model=str(model_dir), kb=str(kb_db), use_gen=False, threads=1, timeout_s=60,
-                                     worker_process=True, workers=2))
+                                     worker_process=True, workers=2, max_batch=8))
     with TestClient(app, base_url="http://localhost") as c:
         assert _wait(lambda: c.get("/readyz").status_code == 200, 120)
         yield c
@@ -64,6 +65,8 @@ def test_every_worker_answers_and_answers_as_the_pipeline_does(pool_client, mode
             break
         assert _answers(pool_client, questions)[0] == [200] * len(questions)
     assert all(now > then for now, then in zip(pool.calls, before)), (before, pool.calls)
+    batcher = pool_client.app.state.qa.batcher
+    assert 1 < batcher.largest <= 4  # max_batch 8 over two workers: batches of 4 at most
     pipe = QAPipeline(model_dir, kb_db, PipelineConfig(use_gen=False, threads=1))  # in this process
     try:
         expected = [json.loads(with_latency(qa_body_without_latency(q, 3, a), 0.0))
