@@ -147,7 +147,8 @@ def _register_serve(sub) -> None:
     sv.add_argument("--workers", type=int, default=defaults["workers"], metavar="N",
                     help="worker processes answering batches side by side, each with its own copy of the pipeline "
                          "(about 0.6 GB each for the demo's model): more throughput where cores are free (on 2 cores, "
-                         "2 workers answered 1.2-1.3x the questions per second of 1: bench/RESULTS.md)")
+                         "2 workers answered 1.26x the questions per second of 1, at 1.15x the CPU per question: "
+                         "bench/RESULTS.md)")
     sv.add_argument("--in-process", action="store_true",
                     help="run the pipeline in the service's process instead of a worker process of its own")
     sv.add_argument("--restart-attempts", type=int, default=defaults["restart_attempts"],
