@@ -261,54 +261,91 @@ class PipelineProcess:
 
 
 class WorkerPool:
-    """The calls of `PipelineProcess`, spread over `size` worker processes: each call goes to an idle
+    """The calls of `PipelineProcess`, spread over worker processes: each call goes to an idle
     worker (waiting for one when all are busy), so up to `size` batches are answered at once.
 
-    One worker's exit ends the pool, as a single worker's exit ends the service's backend: the
-    supervisor (qa_service/service.py) closes it and starts a new one, with its back-off. A pool
-    that mends itself worker by worker would stay half-ready instead; exits are rare (a kill, an
-    out-of-memory), so the simpler rule stands."""
+    A worker that exits is dropped (calls go to the others) and `wait_dead` hands it to the
+    supervisor (qa_service/service.py), which loads a replacement and `add`s it while the pool
+    keeps answering. Only a pool with no live worker left fails its calls (WorkerGone: 503s)."""
 
     def __init__(self, size: int, model: str, kb: str, index: str | None = None, use_gen: bool = True,
                  threads: int | None = None, manage_gc: bool = False):
         if size < 1:
             raise ValueError(f"a pool needs at least one worker, not {size}")
+        self._options = dict(model=model, kb=kb, index=index, use_gen=use_gen, threads=threads, manage_gc=manage_gc)
+        self._available = threading.Condition()  # guards workers and _idle
         self.workers: list[PipelineProcess] = []
+        self._idle: list[PipelineProcess] = []
+        self.size = size
+        self.calls: dict[int, int] = {}  # answered calls per worker process id
         try:
             for _ in range(size):
-                self.workers.append(PipelineProcess(model, kb, index, use_gen, threads, manage_gc))
+                self.workers.append(self.new_worker())
         except BaseException:
             self.close()
             raise
-        self._idle: queue.SimpleQueue = queue.SimpleQueue()
-        for worker in self.workers:
-            self._idle.put(worker)
-        self.calls = [0] * size  # answered per worker, in the order of `workers`
+        self._idle = list(self.workers)
 
-    @property
-    def size(self) -> int:
-        return len(self.workers)
+    def new_worker(self) -> PipelineProcess:
+        """A worker process for this pool, started (not yet loaded, not yet in the pool: see `add`)."""
+        o = self._options
+        return PipelineProcess(o["model"], o["kb"], index=o["index"], use_gen=o["use_gen"], threads=o["threads"],
+                               manage_gc=o["manage_gc"])
+
+    def alive(self) -> int:
+        with self._available:
+            return sum(w.process.exitcode is None for w in self.workers)
 
     def wait_ready(self) -> float:
         """Block until every worker has loaded (they load side by side); the slowest one's seconds."""
         return max(worker.wait_ready() for worker in self.workers)
 
-    def wait_exit(self, stop: threading.Event, poll_s: float = 0.2) -> int | None:
-        """Block until one worker exits (its exit code) or `stop` is set."""
+    def wait_dead(self, stop: threading.Event, poll_s: float = 0.2) -> PipelineProcess | None:
+        """Block until a worker exits: that worker, closed and out of the pool. None once `stop` is set."""
         while not stop.is_set():
-            for worker in self.workers:
-                worker.process.join(poll_s / len(self.workers))
+            with self._available:
+                workers = list(self.workers)
+            for worker in workers:
+                worker.process.join(poll_s / max(len(workers), 1))
                 if worker.process.exitcode is not None:
-                    return worker.process.exitcode
+                    with self._available:
+                        self.workers.remove(worker)
+                        if worker in self._idle:
+                            self._idle.remove(worker)
+                    worker.close()
+                    return worker
+            if not workers:
+                stop.wait(poll_s)
         return None
 
+    def add(self, worker: PipelineProcess) -> None:
+        """A loaded worker joins the pool (the replacement of one `wait_dead` returned)."""
+        with self._available:
+            self.workers.append(worker)
+            self._idle.append(worker)
+            self._available.notify()
+
+    def _take(self) -> PipelineProcess:
+        with self._available:
+            while True:
+                while self._idle:
+                    worker = self._idle.pop(0)
+                    if worker.process.exitcode is None:
+                        return worker
+                if not any(w.process.exitcode is None for w in self.workers):
+                    raise WorkerGone("every QA worker process has exited; starting new ones")
+                self._available.wait(0.2)  # all busy: the first one back (or a dead one noticed)
+
     def _on_idle(self, call: str, arg):
-        worker = self._idle.get()
+        worker = self._take()
         try:
             return getattr(worker, call)(arg)
         finally:
-            self.calls[self.workers.index(worker)] += 1  # only this thread holds the worker now
-            self._idle.put(worker)
+            with self._available:
+                self.calls[worker.process.pid] = self.calls.get(worker.process.pid, 0) + 1
+                if worker in self.workers and worker.process.exitcode is None:
+                    self._idle.append(worker)
+                    self._available.notify()
 
     def answer_batch(self, items: list[tuple[str, int]]) -> list:
         return self._on_idle("answer_batch", items)
@@ -320,7 +357,9 @@ class WorkerPool:
         return self._on_idle("entity", name)
 
     def close(self) -> None:
-        for worker in self.workers:  # all of them stop side by side: a shutdown waits for the slowest only
+        with self._available:
+            workers = list(self.workers)
+        for worker in workers:  # all of them stop side by side: a shutdown waits for the slowest only
             worker.request_stop()
-        for worker in self.workers:
+        for worker in workers:
             worker.close()

@@ -14,7 +14,8 @@
   rebinding, no redirect to a forged host), a body not in within `body_timeout_s` a 408
   (http_limits.py, with the header deadline uvicorn lacks).
 - `workers` > 1 (`wenzhi serve --workers N`): N worker processes, each answering its own batches.
-- A supervisor thread keeps the pipeline up: a worker process that exits is replaced, a failed
+- A supervisor thread keeps the pipeline up: a worker process that exits is replaced (one of a
+  pool while the others answer; the service stays ready), a failed
   load retried with back-off (/readyz "loading", 503s with Retry-After); after `restart_attempts`
   failed loads in a row /healthz fails too.
 - One log line per request: method, path (escaped: no forged lines), status, latency.
@@ -151,6 +152,7 @@ class ServiceState:
         self._retry_at = 0.0  # monotonic time of the next load attempt
         self._load_s = 5.0  # how long the last load took: what a client waits beyond the back-off
         self._thread: threading.Thread | None = None
+        self._loading: PipelineProcess | None = None  # a pool's replacement worker while it loads
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._supervise, name="qa-supervisor", daemon=True)
@@ -210,20 +212,70 @@ class ServiceState:
             self.error, self.status = None, "ready"
             self.ready.set()
             log.info("ready: model and KB loaded in %.1f s", self._load_s)
-            if not isinstance(backend, (PipelineProcess, WorkerPool)):
+            if isinstance(backend, WorkerPool):
+                if not self._keep_pool(backend):
+                    return  # closing, or given up
+                self.error = f"every QA worker process has exited; starting {backend.size} new ones"
+            elif isinstance(backend, PipelineProcess):
+                code = backend.wait_exit(self._closing)
+                if self._closing.is_set():
+                    return
+                self.error = f"the QA worker process exited (code {code}); starting a new one"
+            else:
                 return  # in this process: nothing to watch
-            code = backend.wait_exit(self._closing)
-            if self._closing.is_set():
-                return
             self.ready.clear()
             self.status = "loading"
-            self.error = (f"the QA worker process exited (code {code}); starting "
-                          + ("a new one" if not isinstance(backend, WorkerPool) else f"{backend.size} new ones"))
             self._retry_at = 0.0
             log.error("%s", self.error)
             with self._lock:
                 self.batcher.close()  # fails what is still queued with WorkerGone (503)
                 backend.close()
+
+    def _keep_pool(self, pool: WorkerPool) -> bool:
+        """Replace each worker of the pool that exits, one at a time, while the others answer (the
+        service stays ready); failed loads of a replacement count and back off as loads do. True when
+        no worker is left (the caller loads a new pool); False when closing or given up."""
+        s = self.settings
+        failures = 0
+        while True:
+            dead = pool.wait_dead(self._closing)
+            if dead is None:
+                return False
+            log.error("a QA worker process exited (code %s); %d of %d answering; starting a replacement",
+                      dead.process.exitcode, pool.alive(), pool.size)
+            while True:
+                if pool.alive() == 0:
+                    return True
+                replacement = pool.new_worker()
+                with self._lock:
+                    if self._closing.is_set():
+                        replacement.close()
+                        return False
+                    self._loading = replacement
+                try:
+                    replacement.wait_ready()
+                except Exception as exc:  # noqa: BLE001 - retried with back-off
+                    replacement.close()
+                    if self._closing.is_set():
+                        return False
+                    failures += 1
+                    reason = f"{type(exc).__name__}: {exc}"
+                    log.error("loading a replacement worker failed (attempt %d of %d): %s", failures,
+                              s.restart_attempts, reason)
+                    if failures >= s.restart_attempts:
+                        self.ready.clear()
+                        self._give_up(f"a QA worker could not be loaded in {failures} attempts; last: {reason}")
+                        return False
+                    if self._closing.wait(min(s.restart_backoff_s * 2 ** (failures - 1), s.restart_backoff_max_s)):
+                        return False
+                    continue
+                finally:
+                    with self._lock:
+                        self._loading = None
+                pool.add(replacement)
+                failures = 0
+                log.info("a replacement QA worker answers: %d of %d", pool.alive(), pool.size)
+                break
 
     def _give_up(self, reason: str) -> None:
         self.error, self.status = reason, "failed"
@@ -239,11 +291,13 @@ class ServiceState:
         with self._lock:
             self._closing.set()
             self.ready.clear()
-            batcher, backend = self.batcher, self.backend
+            batcher, backend, loading = self.batcher, self.backend, self._loading
         if batcher:
             batcher.close()
         if backend:
             backend.close()
+        if loading:
+            loading.close()
         if self._thread is not None:  # a worker it is starting sees the flag and is stopped; an
             self._thread.join(2)      # in-process load cannot be interrupted (a daemon thread)
 
