@@ -21,7 +21,6 @@ import gc
 import logging
 import multiprocessing
 import os
-import queue
 import signal
 import threading
 import time
