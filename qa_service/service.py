@@ -247,35 +247,35 @@ class ServiceState:
                 if pool.alive() == 0:
                     return True
                 replacement = pool.new_worker()
-                with self._lock:
+                with self._lock:  # registered, so that shutdown stops it while it loads
                     if self._closing.is_set():
                         replacement.close()
                         return False
                     self._loading = replacement
                 try:
                     replacement.wait_ready()
+                    error = None
                 except Exception as exc:  # noqa: BLE001 - retried with back-off
-                    replacement.close()
-                    if self._closing.is_set():
-                        return False
-                    failures += 1
-                    reason = f"{type(exc).__name__}: {exc}"
-                    log.error("loading a replacement worker failed (attempt %d of %d): %s", failures,
-                              s.restart_attempts, reason)
-                    if failures >= s.restart_attempts:
-                        self.ready.clear()
-                        self._give_up(f"a QA worker could not be loaded in {failures} attempts; last: {reason}")
-                        return False
-                    if self._closing.wait(min(s.restart_backoff_s * 2 ** (failures - 1), s.restart_backoff_max_s)):
-                        return False
-                    continue
-                finally:
-                    with self._lock:
-                        self._loading = None
-                pool.add(replacement)
-                failures = 0
-                log.info("a replacement QA worker answers: %d of %d", pool.alive(), pool.size)
-                break
+                    error = f"{type(exc).__name__}: {exc}"
+                with self._lock:
+                    self._loading = None
+                    if error is None and not self._closing.is_set():
+                        pool.add(replacement)
+                        break
+                replacement.close()
+                if self._closing.is_set():
+                    return False
+                failures += 1
+                log.error("loading a replacement worker failed (attempt %d of %d): %s", failures,
+                          s.restart_attempts, error)
+                if failures >= s.restart_attempts:
+                    self.ready.clear()
+                    self._give_up(f"a QA worker could not be loaded in {failures} attempts; last: {error}")
+                    return False
+                if self._closing.wait(min(s.restart_backoff_s * 2 ** (failures - 1), s.restart_backoff_max_s)):
+                    return False
+            failures = 0
+            log.info("a replacement QA worker answers: %d of %d", pool.alive(), pool.size)
 
     def _give_up(self, reason: str) -> None:
         self.error, self.status = reason, "failed"

@@ -127,3 +127,23 @@ def test_serve_refuses_several_workers_in_process(kb_db, model_dir):
     proc = subprocess.run([sys.executable, "-m", "wenzhi", "serve", "--model", str(model_dir), "--kb", str(kb_db),
                            "--in-process", "--workers", "2"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "--workers 2" in proc.stderr
+
+
+def test_a_replacement_that_cannot_load_is_retried_then_given_up(model_dir, kb_db, tmp_path, kgclue_dev):
+    import shutil
+
+    model = tmp_path / "qa"
+    shutil.copytree(model_dir, model)
+    gave_up = threading.Event()
+    app = create_app(ServiceSettings(model=str(model), kb=str(kb_db), use_gen=False, threads=1, worker_process=True,
+                                     workers=2, restart_attempts=2, restart_backoff_s=0.1),
+                     on_gave_up=gave_up.set)
+    with TestClient(app, base_url="http://localhost") as c:
+        assert _wait(lambda: c.get("/readyz").status_code == 200, 120)
+        shutil.rmtree(model / "sim")  # from now on no worker can load
+        (model / "sim").mkdir()
+        c.app.state.qa.backend.workers[0].process.kill()
+        assert gave_up.wait(120)
+        r = c.get("/healthz")
+        assert r.status_code == 503 and "could not be loaded in 2 attempts" in r.json()["detail"]
+        assert c.get("/readyz").json()["status"] == "failed"
