@@ -130,6 +130,9 @@ class Batcher:
             self.queue.put(None)
 
 
+NO_WORKER_LEFT = "every QA worker process has exited; replacements are loading, retry shortly"
+
+
 class ServiceState:
     """Loads the backend and keeps one running: a supervisor thread loads it, watches a worker
     process, and replaces one that exits (killed, out of memory), retrying a failed load with
@@ -277,6 +280,12 @@ class ServiceState:
             failures = 0
             log.info("a replacement QA worker answers: %d of %d", pool.alive(), pool.size)
 
+    def answering(self) -> bool:
+        """Whether a live worker is there to answer: a pool whose workers all exited is not, while
+        its replacements load (it is still the backend; `ready` stays set)."""
+        backend = self.backend
+        return not isinstance(backend, WorkerPool) or backend.alive() > 0
+
     def _give_up(self, reason: str) -> None:
         self.error, self.status = reason, "failed"
         log.error("giving up: %s", reason)
@@ -389,6 +398,8 @@ def create_app(settings: ServiceSettings, loader=None, on_gave_up=None) -> FastA
     def require_ready():
         if not state.ready.is_set():
             raise not_ready(state.error or "loading the model and the KB, retry shortly")
+        if not state.answering():
+            raise not_ready(NO_WORKER_LEFT)
         return state.backend
 
     def call_backend(method, *args):
@@ -408,7 +419,10 @@ def create_app(settings: ServiceSettings, loader=None, on_gave_up=None) -> FastA
              responses={503: {"model": ReadinessOut, "description": "loading (or given up: failed)"}})
     def readyz():
         if state.ready.is_set():
-            return {"status": "ready"}
+            if state.answering():
+                return {"status": "ready"}
+            return JSONResponse(status_code=503, content={"status": "loading", "detail": NO_WORKER_LEFT},
+                                headers={"Retry-After": str(state.retry_after_s())})
         if state.status == "failed":
             return JSONResponse(status_code=503, content={"status": "failed", "detail": state.error})
         return JSONResponse(status_code=503, content={"status": "loading", "detail": state.error},

@@ -1,7 +1,7 @@
 """`wenzhi serve --workers N`: N worker processes answer batches side by side. Each worker
 answers as the pipeline does; concurrent questions reach every worker, in batches of at most
 max_batch / N; a killed worker is a 503 for the batch it held (never another 5xx) and is replaced
-while the others answer; a pool with no worker left is loaded again."""
+while the others answer; a pool with no worker left says it is not ready until new ones answer."""
 import json
 import threading
 import time
@@ -106,16 +106,25 @@ def test_a_killed_worker_is_replaced_while_the_others_answer(pool_client, kgclue
     assert pool.calls.get(replacement.process.pid, 0) > 0  # the replacement answers too
 
 
-def test_a_pool_with_no_worker_left_is_loaded_again(pool_client, kgclue_dev):
+def test_a_pool_with_no_worker_left_is_not_ready_until_workers_answer_again(pool_client, kgclue_dev):
     state = pool_client.app.state.qa
-    old = state.backend
-    for worker in list(old.workers):  # both dead before the supervisor looks (it polls every 0.2 s)
+    old = {w.process.pid for w in state.backend.workers}
+    for worker in list(state.backend.workers):
         worker.process.kill()
-    for worker in list(old.workers):
+    for worker in list(state.backend.workers):
         worker.process.join(10)
-    assert _wait(lambda: state.backend is not old and pool_client.get("/readyz").status_code == 200, 120)
-    assert state.backend.alive() == 2
-    assert not any(w.process.is_alive() for w in old.workers)
+    # no live worker (a replacement takes seconds to load): not ready, and a 503 with Retry-After
+    r = pool_client.get("/readyz")
+    assert r.status_code == 503 and r.json()["status"] == "loading" and int(r.headers["retry-after"]) >= 1
+    r = pool_client.post("/v1/qa", json={"question": kgclue_dev[0].question})
+    assert r.status_code == 503 and "exited" in r.json()["detail"]
+
+    def back():  # replaced one by one, or as a new pool: either way two new workers
+        pool = state.backend
+        pids = {w.process.pid for w in pool.workers}
+        return pool.alive() == 2 and not pids & old and pool_client.get("/readyz").status_code == 200
+
+    assert _wait(back, 120)
     statuses, _ = _answers(pool_client, [ex.question for ex in kgclue_dev[:8]])
     assert statuses == [200] * 8
 
