@@ -271,7 +271,8 @@ class WorkerPool:
                  threads: int | None = None, manage_gc: bool = False):
         if size < 1:
             raise ValueError(f"a pool needs at least one worker, not {size}")
-        self._options = dict(model=model, kb=kb, index=index, use_gen=use_gen, threads=threads, manage_gc=manage_gc)
+        self._model, self._kb = model, kb
+        self._options = dict(index=index, use_gen=use_gen, threads=threads, manage_gc=manage_gc)
         self._available = threading.Condition()  # guards workers and _idle
         self.workers: list[PipelineProcess] = []
         self._idle: list[PipelineProcess] = []
@@ -287,9 +288,7 @@ class WorkerPool:
 
     def new_worker(self) -> PipelineProcess:
         """A worker process for this pool, started (not yet loaded, not yet in the pool: see `add`)."""
-        o = self._options
-        return PipelineProcess(o["model"], o["kb"], index=o["index"], use_gen=o["use_gen"], threads=o["threads"],
-                               manage_gc=o["manage_gc"])
+        return PipelineProcess(self._model, self._kb, **self._options)
 
     def alive(self) -> int:
         with self._available:
