@@ -197,7 +197,7 @@ class ServiceState:
                 if failures >= s.restart_attempts:
                     self._give_up(f"the QA pipeline could not be loaded in {failures} attempts; last: {reason}")
                     return
-                delay = min(s.restart_backoff_s * 2 ** (failures - 1), s.restart_backoff_max_s)
+                delay = self._backoff_s(failures)
                 self._retry_at = time.monotonic() + delay
                 self.error = f"{reason}; attempt {failures + 1} of {s.restart_attempts} in {delay:g} s"
                 if self._closing.wait(delay):
@@ -249,23 +249,9 @@ class ServiceState:
             while True:
                 if pool.alive() == 0:
                     return True
-                replacement = pool.new_worker()
-                with self._lock:  # registered, so that shutdown stops it while it loads
-                    if self._closing.is_set():
-                        replacement.close()
-                        return False
-                    self._loading = replacement
-                try:
-                    replacement.wait_ready()
-                    error = None
-                except Exception as exc:  # noqa: BLE001 - retried with back-off
-                    error = f"{type(exc).__name__}: {exc}"
-                with self._lock:
-                    self._loading = None
-                    if error is None and not self._closing.is_set():
-                        pool.add(replacement)
-                        break
-                replacement.close()
+                error = self._load_replacement(pool)
+                if error is None:
+                    break
                 if self._closing.is_set():
                     return False
                 failures += 1
@@ -275,10 +261,36 @@ class ServiceState:
                     self.ready.clear()
                     self._give_up(f"a QA worker could not be loaded in {failures} attempts; last: {error}")
                     return False
-                if self._closing.wait(min(s.restart_backoff_s * 2 ** (failures - 1), s.restart_backoff_max_s)):
+                if self._closing.wait(self._backoff_s(failures)):
                     return False
             failures = 0
             log.info("a replacement QA worker answers: %d of %d", pool.alive(), pool.size)
+
+    def _load_replacement(self, pool: WorkerPool) -> str | None:
+        """Load one worker and add it to the pool: None, or why it did not join."""
+        replacement = pool.new_worker()
+        with self._lock:  # registered, so that shutdown stops it while it loads
+            if self._closing.is_set():
+                replacement.close()
+                return "the service is shutting down"
+            self._loading = replacement
+        try:
+            replacement.wait_ready()
+            error = None
+        except Exception as exc:  # noqa: BLE001 - the caller retries with back-off
+            error = f"{type(exc).__name__}: {exc}"
+        with self._lock:  # under the lock shutdown takes: no worker joins a closed pool
+            self._loading = None
+            if error is None and not self._closing.is_set():
+                pool.add(replacement)
+                return None
+        replacement.close()
+        return error or "the service is shutting down"
+
+    def _backoff_s(self, failures: int) -> float:
+        """The wait before the next load attempt after `failures` failed ones in a row."""
+        s = self.settings
+        return min(s.restart_backoff_s * 2 ** (failures - 1), s.restart_backoff_max_s)
 
     def answering(self) -> bool:
         """Whether a live worker is there to answer: a pool whose workers all exited is not, while
