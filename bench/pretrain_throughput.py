@@ -15,7 +15,9 @@ as its `run_mlm.py` feeds text in its two modes:
     attention, rotary positions restarting per line), masked-only MLM head. Rows per batch are
     chosen so that both systems see about the same number of real tokens per optimizer step.
 Same width, depth (wenzhi universal + NLU layers = BERT layers; wenzhi's NLG branch is not built
-or run here, since BERT has no counterpart), heads, FFN size, vocabulary, dropout 0.1, AdamW.
+or run here, since BERT has no counterpart), heads, FFN size, vocabulary, dropout 0.1. Each side
+steps the AdamW its trainer uses: wenzhi's training toolkit (`model/training_loop.py` `adamw`, BERT's
+two decay groups, fused), Hugging Face's Trainer default (`adamw_torch_fused`) for both HF modes.
 A step is forward + backward + optimizer step. Wall-clock tokens/s are the headline figures; tokens
 per CPU-second of this process are reported too, because on a shared machine wall time includes
 waiting for other processes (the ratio in CPU time is the steadier one). Steps alternate between the systems in rounds
@@ -25,6 +27,7 @@ real tokens only (no padding). The last line printed is a JSON object.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import statistics
@@ -56,7 +59,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads for both")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--levers", action="store_true",
-                        help="also time wenzhi on HF's padded line-by-line batches (separates packing from the rest)")
+                        help="also time wenzhi on HF's padded line-by-line batches (separates packing from the rest) "
+                             "and wenzhi with PyTorch's per-parameter AdamW (what the fused optimizer saves)")
     args = parser.parse_args()
 
     import numpy as np
@@ -66,6 +70,7 @@ def main() -> None:
     from wenzhi.model.devdata import bert_chinese_tokenizer, read_corpus_lines, tokenize_lines, write_text_shards
     from wenzhi.model.modeling import WenzhiConfig, WenzhiForPretraining
     from wenzhi.model.shards import ShardReader, batch_to_tensors
+    from wenzhi.model.training_loop import adamw
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -106,8 +111,10 @@ def main() -> None:
     wz = WenzhiForPretraining(WenzhiConfig(vocab_size=len(tok), hidden_size=size["hidden"], num_attention_heads=size["heads"],
                                            num_universal_layers=universal, num_nlu_layers=size["layers"] - universal,
                                            num_nlg_layers=0, **common))
-    hf_opt = torch.optim.AdamW(hf.parameters(), lr=1e-4)
-    wz_opt = torch.optim.AdamW(wz.parameters(), lr=1e-4)
+    hf_opt = torch.optim.AdamW(hf.parameters(), lr=1e-4, fused=True)  # TrainingArguments(optim="adamw_torch_fused")
+    wz_opt = adamw(wz, 1e-4, decay_norms_and_biases=False)  # as `wenzhi pretrain run` builds it
+    wz_loop = copy.deepcopy(wz) if args.levers else None  # the same model, stepped by the per-parameter loop
+    wz_loop_opt = torch.optim.AdamW(wz_loop.parameters(), lr=1e-4, foreach=False) if args.levers else None
     hf.train()
     wz.train()
 
@@ -141,6 +148,16 @@ def main() -> None:
         return int((batch["document_ids"] >= 0).sum()), batch["input_ids"].numel()
 
     wzp_iter = iter(range(10**9))
+    wzl_iter = iter(range(10**9))
+
+    def wz_loop_step() -> int:  # wenzhi's step with PyTorch's per-parameter AdamW
+        batch = batch_to_tensors(reader.batch(wz_batches[next(wzl_iter) % len(wz_batches)]))
+        out = wz_loop(input_ids=batch["input_ids"], labels=batch["labels"], token_type_ids=batch["token_type_ids"],
+                      document_ids=batch["document_ids"], kind=batch["kind"])
+        out.loss.backward()
+        wz_loop_opt.step()
+        wz_loop_opt.zero_grad(set_to_none=True)
+        return int((batch["document_ids"] >= 0).sum()), batch["input_ids"].numel()
 
     def wz_padded_step() -> int:  # wenzhi's model, HF's padded batches: everything but packing
         batch = collator(hf_batches[next(wzp_iter) % len(hf_batches)])
@@ -160,13 +177,13 @@ def main() -> None:
             real, slots = real + r, slots + s
         return real, slots, time.perf_counter() - start, time.process_time() - cpu_start
 
-    for step in (wz_step, hf_step, hf_concat_step):  # warm-up: allocator, oneDNN kernels
-        timed(step, 1)
-    totals = {name: [0, 0, 0.0, 0.0] for name in ("wenzhi", "hf", "hf_concat", "wenzhi_padded")}
+    for step in (wz_step, hf_step, hf_concat_step) + ((wz_padded_step, wz_loop_step) if args.levers else ()):
+        timed(step, 1)  # warm-up: allocator, oneDNN kernels, optimizer state
+    totals = {name: [0, 0, 0.0, 0.0] for name in ("wenzhi", "hf", "hf_concat", "wenzhi_padded", "wenzhi_loop_adamw")}
     round_ratios, concat_round_ratios = [], []
     for r in range(args.rounds):
         pair = [("wenzhi", wz_step), ("hf", hf_step), ("hf_concat", hf_concat_step)] + (
-            [("wenzhi_padded", wz_padded_step)] if args.levers else [])
+            [("wenzhi_padded", wz_padded_step), ("wenzhi_loop_adamw", wz_loop_step)] if args.levers else [])
         per_round = {}
         for name, step in (pair if r % 2 == 0 else pair[::-1]):
             real, slots, secs, cpu = timed(step, args.steps_per_round)
@@ -184,6 +201,9 @@ def main() -> None:
         print(f"levers: wenzhi on padded line-by-line batches {t[0] / t[2]:.0f} tok/s "
               f"(vs hf x{(t[0] / t[2]) / (totals['hf'][0] / totals['hf'][2]):.2f}: masked-only head, fused QKV; "
               f"packing then adds x{(totals['wenzhi'][0] / totals['wenzhi'][2]) / (t[0] / t[2]):.2f})", flush=True)
+        t = totals["wenzhi_loop_adamw"]
+        print(f"levers: wenzhi with the per-parameter AdamW {t[0] / t[3]:.0f} tok per CPU-s; the fused one "
+              f"x{(totals['wenzhi'][0] / totals['wenzhi'][3]) / (t[0] / t[3]):.3f}", flush=True)
     wz_tps = totals["wenzhi"][0] / totals["wenzhi"][2]
     hf_tps = totals["hf"][0] / totals["hf"][2]
     result = {
@@ -204,7 +224,8 @@ def main() -> None:
                                           / (totals["hf_concat"][0] / totals["hf_concat"][3]), 3),
         "ratio_vs_concat": round(wz_tps / (totals["hf_concat"][0] / totals["hf_concat"][2]), 3),
         **({"wenzhi_padded_tokens_per_s": round(totals["wenzhi_padded"][0] / totals["wenzhi_padded"][2], 1),
-            "wenzhi_padded_tokens_per_cpu_s": round(totals["wenzhi_padded"][0] / totals["wenzhi_padded"][3], 1)}
+            "wenzhi_padded_tokens_per_cpu_s": round(totals["wenzhi_padded"][0] / totals["wenzhi_padded"][3], 1),
+            "wenzhi_loop_adamw_tokens_per_cpu_s": round(totals["wenzhi_loop_adamw"][0] / totals["wenzhi_loop_adamw"][3], 1)}
            if args.levers else {}),
         "wenzhi_tokens_per_cpu_s": round(totals["wenzhi"][0] / totals["wenzhi"][3], 1),
         "hf_tokens_per_cpu_s": round(totals["hf"][0] / totals["hf"][3], 1),
