@@ -120,7 +120,6 @@ def main() -> None:
 
     hf_iter = iter(range(10**9))
     concat_iter = iter(range(10**9))
-    wz_iter = iter(range(10**9))
 
     def hf_step() -> int:
         batch = collator(hf_batches[next(hf_iter) % len(hf_batches)])
@@ -138,26 +137,24 @@ def main() -> None:
         hf_opt.zero_grad(set_to_none=True)
         return batch["input_ids"].numel(), batch["input_ids"].numel()
 
-    def wz_step() -> int:
-        batch = batch_to_tensors(reader.batch(wz_batches[next(wz_iter) % len(wz_batches)]))
-        out = wz(input_ids=batch["input_ids"], labels=batch["labels"], token_type_ids=batch["token_type_ids"],
-                 document_ids=batch["document_ids"], kind=batch["kind"])
-        out.loss.backward()
-        wz_opt.step()
-        wz_opt.zero_grad(set_to_none=True)
-        return int((batch["document_ids"] >= 0).sum()), batch["input_ids"].numel()
+    def packed_step(model, optimizer):
+        """wenzhi's training step on the packed rows, each contender with its own data position."""
+        position = iter(range(10**9))
+
+        def step() -> int:
+            batch = batch_to_tensors(reader.batch(wz_batches[next(position) % len(wz_batches)]))
+            out = model(input_ids=batch["input_ids"], labels=batch["labels"], token_type_ids=batch["token_type_ids"],
+                        document_ids=batch["document_ids"], kind=batch["kind"])
+            out.loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            return int((batch["document_ids"] >= 0).sum()), batch["input_ids"].numel()
+        return step
+
+    wz_step = packed_step(wz, wz_opt)
+    wz_loop_step = packed_step(wz_loop, wz_loop_opt)  # wenzhi's step with PyTorch's per-parameter AdamW
 
     wzp_iter = iter(range(10**9))
-    wzl_iter = iter(range(10**9))
-
-    def wz_loop_step() -> int:  # wenzhi's step with PyTorch's per-parameter AdamW
-        batch = batch_to_tensors(reader.batch(wz_batches[next(wzl_iter) % len(wz_batches)]))
-        out = wz_loop(input_ids=batch["input_ids"], labels=batch["labels"], token_type_ids=batch["token_type_ids"],
-                      document_ids=batch["document_ids"], kind=batch["kind"])
-        out.loss.backward()
-        wz_loop_opt.step()
-        wz_loop_opt.zero_grad(set_to_none=True)
-        return int((batch["document_ids"] >= 0).sum()), batch["input_ids"].numel()
 
     def wz_padded_step() -> int:  # wenzhi's model, HF's padded batches: everything but packing
         batch = collator(hf_batches[next(wzp_iter) % len(hf_batches)])
