@@ -70,7 +70,7 @@ def adamw(model, lr: float, weight_decay: float = 0.01, betas=(0.9, 0.999), eps:
     The fused implementation where every parameter allows it (floating point, on CPU or CUDA), as
     the Hugging Face Trainer's default optimizer (`adamw_torch_fused`) is: one kernel over all
     parameters instead of the loop of small ops per parameter that PyTorch otherwise runs on CPU
-    (`bench/pretrain_throughput.py --levers`: 1.01-1.08x the small model's training tokens per
+    (`bench/pretrain_throughput.py --levers`: 1.01-1.12x the small model's training tokens per
     CPU-second on one core; the same update within rounding, tests/model/test_model_training.py)."""
     import torch
 

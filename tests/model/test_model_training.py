@@ -155,8 +155,9 @@ def test_the_shared_adamw_is_fused_and_steps_as_torchs_per_parameter_adamw():
     fused = adamw(fused_model, 1e-2, weight_decay=0.1, decay_norms_and_biases=False)
     assert fused.defaults["fused"] is True
     assert [g["weight_decay"] for g in fused.param_groups] == [0.1, 0.0]
-    no_decay = [p for n, p in loop_model.named_parameters() if p.ndim < 2 or "norm" in n]  # biases, LayerNorms
-    decay = [p for p in loop_model.parameters() if all(p is not q for q in no_decay)]
+    decay, no_decay = [], []
+    for name, p in loop_model.named_parameters():
+        (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)  # biases and LayerNorms undecayed
     loop = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
                              lr=1e-2, foreach=False)
     ids = torch.randint(5, 300, (2, 16))
